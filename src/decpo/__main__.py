@@ -1,0 +1,3 @@
+from decpo.cli import main
+
+raise SystemExit(main())

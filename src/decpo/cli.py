@@ -1,0 +1,91 @@
+"""The `decpo` command line. The only module that prints."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if not verbose else logging.DEBUG,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    # third-party chatter at warning level
+    for name in ("transformers", "datasets", "accelerate", "peft", "trl", "httpx"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from decpo.config import load_config
+    from decpo.training.run import train
+
+    cfg = load_config(args.config, args.overrides)
+    output_dir = Path(args.output_dir or f"runs/{cfg.objective.name}")
+    result = train(cfg, output_dir)
+    print(f"run directory: {result.output_dir}")
+    print(f"final weights: {result.final_dir}")
+    for key in ("eval/rewards/accuracies", "eval/rewards/margins", "eval/loss"):
+        if key in result.metrics:
+            print(f"{key}: {result.metrics[key]:.4f}")
+    print(f"wall time: {result.wall_time_s:.0f} s")
+    return 0
+
+
+def _cmd_config_keys(args: argparse.Namespace) -> int:
+    from decpo.config import describe_keys
+
+    print(describe_keys())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="decpo", description="Preference alignment with feature decorrelation (DecPO)."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "train",
+        help="train DPO / DecPO / L1-Reg / SFT",
+        description="Train from a YAML config; any key can be overridden: objective.name=dpo train.max_steps=50",
+    )
+    p.add_argument("--config", default=None, help="YAML config (e.g. configs/default.yaml)")
+    p.add_argument("--output-dir", default=None, help="run directory (default: runs/<objective>)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides section.key=value")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("config-keys", help="list every config key with its default and help")
+    p.set_defaults(func=_cmd_config_keys)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    from decpo.config import ConfigError
+
+    known_errors: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, OSError)
+    try:
+        from decpo.data import DataError
+        from decpo.models import ModelError
+
+        known_errors += (DataError, ModelError)
+    except ImportError:
+        pass
+    try:
+        return args.func(args)
+    except known_errors as e:
+        print(f"decpo: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("decpo: interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

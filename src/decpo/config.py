@@ -1,0 +1,295 @@
+"""Typed run configuration: YAML files plus dotted command-line overrides, validated up front.
+
+Every field carries its help text in ``metadata["help"]``. Unknown keys fail at once and suggest the
+closest valid key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from decpo.functional import DECORRELATION_FORMS, TOKEN_SELECTIONS
+
+OBJECTIVES = ("dpo", "decpo", "l1", "sft", "simpo")
+ROWS = ("both", "chosen", "rejected")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used."""
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class ModelConfig:
+    name: str = field(
+        default="default",
+        metadata=_help(
+            "Model to train: 'default' (embedded SmolLM2-135M-Instruct), 'tiny-random-llama' (in-process, "
+            "for smoke tests), a Hugging Face model id, a local directory, or a .gguf file."
+        ),
+    )
+    gguf_file: str | None = field(default=None, metadata=_help("GGUF file name inside `name` (a directory)."))
+    dtype: str = field(default="float32", metadata=_help("float32, bfloat16 or float16."))
+    trust_remote_code: bool = field(
+        default=False, metadata=_help("Allow model code from the Hub. Off unless you trust the source.")
+    )
+    revision: str | None = field(default=None, metadata=_help("Hub revision (branch, tag or commit)."))
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+
+
+@dataclass
+class DataConfig:
+    task: str = field(
+        default="synthetic",
+        metadata=_help("Built-in task: synthetic, sycophancy, reframing, toxicity, toxicity_pairwise."),
+    )
+    path: str | None = field(
+        default=None,
+        metadata=_help("Your own preference file (JSONL/JSON/CSV or a saved dataset); overrides `task`."),
+    )
+    eval_path: str | None = field(
+        default=None, metadata=_help("Held-out pairs; default: the last `eval_fraction` of `path`.")
+    )
+    data_dir: str | None = field(
+        default=None, metadata=_help("Folder with the paper's data; default: $DECPO_DATA_DIR.")
+    )
+    eval_fraction: float = field(default=0.1, metadata=_help("Share of rows held out (the last ones)."))
+    max_train_samples: int | None = field(default=None, metadata=_help("Use only the first N train pairs."))
+    max_eval_samples: int | None = field(default=None, metadata=_help("Use only the first N eval pairs."))
+    chat_template: bool = field(
+        default=False,
+        metadata=_help("Wrap prompt/answers in the tokenizer's chat template (the paper: raw text, off)."),
+    )
+    on_error: str = field(
+        default="raise", metadata=_help("Malformed records: 'raise' (stop before training) or 'skip'.")
+    )
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ConfigError(f"data.eval_fraction must be in (0, 1), got {self.eval_fraction}")
+        if self.on_error not in ("raise", "skip"):
+            raise ConfigError(f"data.on_error must be 'raise' or 'skip', got {self.on_error!r}")
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = field(
+        default="decpo",
+        metadata=_help(
+            "dpo, decpo (DPO + lambda * decorrelation), l1 (DPO + lambda * mean|z|), sft, simpo (reference-free)."
+        ),
+    )
+    loss_type: str = field(
+        default="sigmoid",
+        metadata=_help(
+            "TRL loss type of the preference loss: sigmoid (DPO, summed log-probs), sigmoid_norm "
+            "(length-normalised, as in the authors' scripts), ipo, hinge, ..."
+        ),
+    )
+    beta: float = field(default=0.1, metadata=_help("DPO temperature beta (the paper: 0.1)."))
+    reg_weight: float = field(
+        default=1e-3,
+        metadata=_help(
+            "lambda: weight of the regularizer. The paper's 1e-4 is for the raw 'paper' form; the 'cosine' "
+            "form is scale-free (0 .. N(N-1))."
+        ),
+    )
+    reg_form: str = field(default="cosine", metadata=_help("cosine, paper or code_literal."))
+    layers: list[int] = field(
+        default_factory=lambda: [15],
+        metadata=_help("Regularized block(s); negative indices count from the end."),
+    )
+    site: str = field(default="mlp.up_proj", metadata=_help("Activation site: mlp.up_proj (the paper)."))
+    tokens: str = field(default="last", metadata=_help("last (last real token) or completion_mean."))
+    rows: str = field(default="both", metadata=_help("Rows of Z: both, chosen or rejected sequences."))
+    simpo_gamma: float = field(default=0.5, metadata=_help("SimPO target margin ratio gamma/beta."))
+
+    def __post_init__(self) -> None:
+        if self.name not in OBJECTIVES:
+            raise ConfigError(f"objective.name must be one of {OBJECTIVES}, got {self.name!r}")
+        if self.reg_form not in DECORRELATION_FORMS:
+            raise ConfigError(f"objective.reg_form must be one of {DECORRELATION_FORMS}, got {self.reg_form!r}")
+        if self.tokens not in TOKEN_SELECTIONS:
+            raise ConfigError(f"objective.tokens must be one of {TOKEN_SELECTIONS}, got {self.tokens!r}")
+        if self.rows not in ROWS:
+            raise ConfigError(f"objective.rows must be one of {ROWS}, got {self.rows!r}")
+        if isinstance(self.layers, int):
+            self.layers = [self.layers]
+        if not self.layers or not all(isinstance(x, int) for x in self.layers):
+            raise ConfigError(f"objective.layers must be a non-empty list of integers, got {self.layers!r}")
+        if self.reg_weight < 0 or self.beta <= 0:
+            raise ConfigError("objective.reg_weight must be >= 0 and objective.beta > 0")
+
+    @property
+    def regularizer(self) -> str | None:
+        """``"decorrelation"``, ``"l1"`` or None."""
+        return {"decpo": "decorrelation", "l1": "l1"}.get(self.name)
+
+
+@dataclass
+class LoraSettings:
+    enabled: bool = field(default=True, metadata=_help("Train a LoRA adapter (off: full fine-tuning)."))
+    r: int = field(default=8, metadata=_help("LoRA rank (the paper: 8)."))
+    alpha: int = field(default=16, metadata=_help("LoRA alpha (the paper: 16)."))
+    dropout: float = field(default=0.05, metadata=_help("LoRA dropout (the paper: 0.05)."))
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "v_proj", "up_proj"],
+        metadata=_help("Modules that get an adapter (the paper: q_proj, v_proj, up_proj)."),
+    )
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = field(default=-1, metadata=_help("Optimizer steps; -1: run `epochs` epochs."))
+    epochs: float = field(default=1.0, metadata=_help("Passes over the train pairs when max_steps is -1."))
+    batch_size: int = field(default=8, metadata=_help("Pairs per device per micro-batch."))
+    grad_accum: int = field(default=1, metadata=_help("Micro-batches per optimizer step."))
+    eval_batch_size: int = field(default=16, metadata=_help("Pairs per device at evaluation."))
+    lr: float = field(default=5e-4, metadata=_help("AdamW learning rate."))
+    lr_scheduler: str = field(default="constant", metadata=_help("transformers scheduler name."))
+    warmup_steps: int = field(default=0, metadata=_help("Linear warm-up steps."))
+    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
+    max_grad_norm: float = field(default=1.0, metadata=_help("Gradient clipping norm."))
+    max_length: int = field(default=256, metadata=_help("Max tokens of prompt + answer (the paper: 256)."))
+    seed: int = field(default=0, metadata=_help("Seed of model init, adapters, data order and synthetic data."))
+    logging_steps: int = field(default=5, metadata=_help("Log train metrics every N steps."))
+    eval_steps: int = field(default=10, metadata=_help("Evaluate on held-out pairs every N steps (0: never)."))
+    save_steps: int = field(default=50, metadata=_help("Checkpoint every N steps."))
+    save_total_limit: int = field(default=2, metadata=_help("Checkpoints kept."))
+    gradient_checkpointing: bool = field(default=False, metadata=_help("Recompute activations in backward."))
+    precompute_ref: bool = field(
+        default=True, metadata=_help("Compute reference log-probs once before training (saves a forward).")
+    )
+    bf16: bool = field(default=False, metadata=_help("bf16 mixed precision (GPUs)."))
+    resume: bool = field(default=True, metadata=_help("Resume from the latest checkpoint in the output dir."))
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "grad_accum", "eval_batch_size", "max_length", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(RunConfig)}
+FIELDS = {
+    f"{section}.{f.name}": f for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+}
+
+
+def _check_type(key: str, value: Any) -> Any:
+    """Reject a value whose type does not fit the field's default (ints are accepted for floats)."""
+    f = FIELDS[key]
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    if value is None or default is None:
+        return value
+    expected = type(default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is list and not isinstance(value, list):
+        value = [value]
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(f"config key {key!r} expects {expected.__name__}, got {value!r}")
+    return value
+
+
+VALID_KEYS = tuple(FIELDS)
+
+
+def _unknown_key(key: str, source: str) -> ConfigError:
+    close = difflib.get_close_matches(key, VALID_KEYS, n=1, cutoff=0.5)
+    if not close:  # a right leaf under a wrong section, e.g. `beta` for `objective.beta`
+        close = [k for k in VALID_KEYS if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]][:1]
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"unknown config key {key!r} in {source}{hint} (see `decpo config-keys`)")
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and key in SECTIONS:
+            flat.update(_flatten(v, key + "."))
+        else:
+            flat[key] = v
+    return flat
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"objective.beta=0.2"`` -> ``("objective.beta", 0.2)``; the value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value, e.g. objective.beta=0.2")
+    key, raw = item.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Build a RunConfig from a YAML file (safe loader) and dotted overrides, in that order."""
+    flat: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        for key, value in _flatten(tree).items():
+            if key not in VALID_KEYS:
+                raise _unknown_key(key, str(path))
+            flat[key] = _check_type(key, value)
+    for item in overrides:
+        key, value = parse_override(item)
+        if key not in VALID_KEYS:
+            raise _unknown_key(key, "the command line")
+        flat[key] = _check_type(key, value)
+    sections: dict[str, dict[str, Any]] = {}
+    for key, value in flat.items():
+        section, leaf = key.split(".", 1)
+        sections.setdefault(section, {})[leaf] = value
+    try:
+        return RunConfig(**{name: cls(**sections.get(name, {})) for name, cls in SECTIONS.items()})  # type: ignore[misc]
+    except TypeError as e:  # a value of the wrong shape
+        raise ConfigError(f"bad config value: {e}") from e
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    from decpo.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def describe_keys() -> str:
+    """One line per valid key with its default and help text."""
+    lines = []
+    for key, f in FIELDS.items():
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        lines.append(f"{key} = {default!r}  # {f.metadata.get('help', '')}")
+    return "\n".join(lines)

@@ -1,0 +1,28 @@
+"""The one exception type of the data layer."""
+
+from __future__ import annotations
+
+
+class DataError(ValueError):
+    """Bad or missing data.
+
+    The message always says where the problem is: the file, the position inside it (``line N`` for JSONL,
+    1-based; ``row N (line L)`` for CSV, rows 1-based after the header, lines counting the header as line 1;
+    ``item N`` for a JSON list or a saved dataset, 0-based) and, where one is involved, the field.
+
+    Args:
+        message: what is wrong.
+        where: the position, e.g. ``"data.jsonl line 3"``; prefixed to the message when given.
+        field: the record field at fault; added to the message when given.
+    """
+
+    def __init__(self, message: str, *, where: str | None = None, field: str | None = None) -> None:
+        self.where = where
+        self.field = field
+        self.reason = message
+        text = message
+        if field is not None:
+            text = f"field {field!r}: {text}"
+        if where is not None:
+            text = f"{where}: {text}"
+        super().__init__(text)

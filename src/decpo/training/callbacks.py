@@ -1,0 +1,117 @@
+"""Trainer callbacks: namespaced metrics JSONL, one log line per interval, numeric guards."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_callback import ProgressCallback
+
+from decpo.io import append_jsonl
+
+logger = logging.getLogger("decpo.train")
+
+_SKIP = {"epoch", "total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second"}
+
+
+def namespaced(logs: dict[str, float]) -> dict[str, float]:
+    """TRL/Trainer log keys -> ``train/...`` and ``eval/...`` (``eval_rewards/margins`` -> ``eval/rewards/margins``)."""
+    out = {}
+    for key, value in logs.items():
+        if key in _SKIP or not isinstance(value, int | float):
+            continue
+        if key.startswith("eval_"):
+            out["eval/" + key[len("eval_") :]] = value
+        else:
+            out["train/" + key] = value
+    return out
+
+
+class MetricsJsonlCallback(TrainerCallback):
+    """Appends one JSON object per logged step to ``metrics.jsonl`` (rank 0 only).
+
+    On resume, lines beyond the checkpoint's step are dropped first, so the file never holds a step twice.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero or not self.path.exists():
+            return
+        import json
+
+        kept = [line for line in self.path.read_text().splitlines() if line.strip()]
+        kept = [line for line in kept if json.loads(line).get("step", 0) <= state.global_step]
+        from decpo.io import atomic_write_text
+
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        record = namespaced(logs)
+        if record:
+            append_jsonl(self.path, {"step": state.global_step, "time": time.time(), **record})
+
+
+class LogLineCallback(TrainerCallback):
+    """``step 20 | loss 0.512 (pref 0.498, decorr 0.014) | margin 0.83 | acc 0.75 | 410 ms/step``."""
+
+    def __init__(self):
+        self._t0 = None
+        self._step0 = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._t0, self._step0 = time.perf_counter(), state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        ms = 1000 * (time.perf_counter() - self._t0) / max(state.global_step - self._step0, 1)
+        if "loss" in logs:
+            terms = ", ".join(
+                f"{k.split('/')[1]} {logs[k]:.4g}" for k in sorted(logs) if k.startswith("loss/")
+            )
+            logger.info(
+                "step %d | loss %.4g%s | margin %.3g | acc %.2f | %.0f ms/step",
+                state.global_step, logs["loss"], f" ({terms})" if terms else "",
+                logs.get("rewards/margins", float("nan")), logs.get("rewards/accuracies", float("nan")), ms,
+            )
+        elif "eval_loss" in logs:
+            logger.info(
+                "eval @ step %d | loss %.4g | margin %.3g | acc %.2f",
+                state.global_step, logs["eval_loss"], logs.get("eval_rewards/margins", float("nan")),
+                logs.get("eval_rewards/accuracies", float("nan")),
+            )
+
+
+class NonFiniteGuardCallback(TrainerCallback):
+    """Stops the run when a gradient becomes NaN/inf, naming the step and the parameters."""
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        bad = [
+            name
+            for name, p in model.named_parameters()
+            if p.grad is not None and not torch.isfinite(p.grad).all()
+        ]
+        if bad:
+            raise FloatingPointError(
+                f"non-finite gradient at step {state.global_step + 1} in {len(bad)} parameter(s), e.g. {bad[:3]}"
+            )
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        grad_norm = (logs or {}).get("grad_norm")
+        if isinstance(grad_norm, float) and not math.isfinite(grad_norm):
+            raise FloatingPointError(f"non-finite gradient norm at step {state.global_step}")
+
+
+class QuietProgressCallback(ProgressCallback):
+    """The Trainer's progress bar without its print of every log dict."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        pass

@@ -1,0 +1,284 @@
+"""One training run: config -> data -> model -> `DecPOTrainer` -> run directory.
+
+The run directory holds ``config.yaml`` (resolved), ``env.json``, ``metrics.jsonl``, the Trainer's
+``checkpoint-*`` folders (safetensors) and ``final/`` (a peft adapter or full weights, loadable with
+``from_pretrained``). Re-running the same command resumes from the latest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+
+from decpo.config import RunConfig, save_config
+from decpo.io import atomic_write_json, check_writable
+
+logger = logging.getLogger("decpo.train")
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    final_dir: Path
+    metrics: dict[str, float]
+    wall_time_s: float
+
+
+def environment() -> dict[str, Any]:
+    """Versions, git hash and device, for ``env.json``."""
+    import accelerate
+    import peft
+    import transformers
+    import trl
+
+    import decpo
+
+    try:
+        git = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        git = ""
+    return {
+        "decpo": decpo.__version__,
+        "git": git or None,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trl": trl.__version__,
+        "peft": peft.__version__,
+        "accelerate": accelerate.__version__,
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def load_records(cfg: RunConfig) -> tuple[list[dict], list[dict]]:
+    """Train and eval pairs, validated before any model is loaded."""
+    from decpo.data import load_pairs, load_task, split_train_eval
+
+    d = cfg.data
+    if d.path:
+        records = load_pairs(d.path, on_error=d.on_error)
+        if d.eval_path:
+            train, evals = records, load_pairs(d.eval_path, on_error=d.on_error)
+        else:
+            train, evals = split_train_eval(records, d.eval_fraction)
+    else:
+        kwargs = {"data_dir": d.data_dir, "seed": cfg.train.seed, "on_error": d.on_error}
+        train = load_task(d.task, "train", **kwargs)
+        evals = load_task(d.task, "eval", **kwargs)
+    if d.max_train_samples:
+        train = train[: d.max_train_samples]
+    if d.max_eval_samples:
+        evals = evals[: d.max_eval_samples]
+    return train, evals
+
+
+def to_dataset(records: list[dict], chat_template: bool) -> Dataset:
+    """Keep the three TRL columns; wrap in messages when the chat template is asked for."""
+    if chat_template and isinstance(records[0]["prompt"], str):
+        rows = [
+            {
+                "prompt": [{"role": "user", "content": r["prompt"]}],
+                "chosen": [{"role": "assistant", "content": r["chosen"].strip()}],
+                "rejected": [{"role": "assistant", "content": r["rejected"].strip()}],
+            }
+            for r in records
+        ]
+    else:
+        rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in records]
+    return Dataset.from_list(rows)
+
+
+def trainer_args(cfg: RunConfig, output_dir: Path):
+    """`DecPOConfig` from a RunConfig: the one place where our keys meet TRL/transformers names."""
+    from decpo.training.trainer import DecPOConfig
+
+    t, o = cfg.train, cfg.objective
+    if o.name == "simpo":
+        raise NotImplementedError("objective simpo is not available yet in this version of decpo")
+    loss_type = ["sft"] if o.name == "sft" else [o.loss_type]
+    return DecPOConfig(
+        output_dir=str(output_dir),
+        reg_type=o.regularizer,
+        reg_weight=o.reg_weight if o.regularizer else 0.0,
+        reg_form=o.reg_form,
+        reg_layers=list(o.layers),
+        reg_site=o.site,
+        reg_tokens=o.tokens,
+        reg_rows=o.rows,
+        loss_type=loss_type,
+        beta=o.beta,
+        max_steps=t.max_steps,
+        num_train_epochs=t.epochs,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.eval_batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.lr,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        max_length=t.max_length,
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        eval_strategy="steps" if t.eval_steps > 0 else "no",
+        eval_steps=t.eval_steps if t.eval_steps > 0 else None,
+        eval_on_start=t.eval_steps > 0,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        save_only_model=False,
+        gradient_checkpointing=t.gradient_checkpointing,
+        precompute_ref_log_probs=t.precompute_ref,
+        bf16=t.bf16,
+        fp16=False,
+        report_to="none",
+        disable_tqdm=False,
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def build_trainer(cfg: RunConfig, output_dir: Path, train_records: list[dict], eval_records: list[dict]):
+    """Load the model and tokenizer and assemble a `DecPOTrainer` (no training yet)."""
+    from peft import LoraConfig
+
+    from decpo.models import frozen_copy, load_model, load_tokenizer, resolve_layers
+    from transformers.trainer_callback import ProgressCallback
+
+    from decpo.training.callbacks import (
+        LogLineCallback,
+        MetricsJsonlCallback,
+        NonFiniteGuardCallback,
+        QuietProgressCallback,
+    )
+    from decpo.training.trainer import DecPOTrainer
+
+    m = cfg.model
+    tokenizer = load_tokenizer(m.name, m.gguf_file, m.trust_remote_code, m.revision)
+    model = load_model(
+        m.name, gguf_file=m.gguf_file, dtype=m.dtype, trust_remote_code=m.trust_remote_code,
+        revision=m.revision, seed=cfg.train.seed,
+    )
+    if cfg.objective.regularizer:
+        resolve_layers(model, cfg.objective.layers)  # a clear error before anything slow
+    args = trainer_args(cfg, output_dir)
+    peft_config = None
+    if cfg.lora.enabled:
+        peft_config = LoraConfig(
+            r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+            target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM",
+        )
+    # Full fine-tuning without precomputed reference log-probs needs a frozen copy; TRL would otherwise
+    # reload the model by name, which fails for the embedded and in-process models.
+    ref_model = None if (cfg.lora.enabled or cfg.train.precompute_ref) else frozen_copy(model)
+    trainer = DecPOTrainer(
+        model=model,
+        ref_model=ref_model,
+        args=args,
+        train_dataset=to_dataset(train_records, cfg.data.chat_template),
+        eval_dataset=to_dataset(eval_records, cfg.data.chat_template) if eval_records else None,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[MetricsJsonlCallback(output_dir / "metrics.jsonl"), LogLineCallback(), NonFiniteGuardCallback()],
+    )
+    # keep the progress bar, drop its printing of every log dict (our log line says it once)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(QuietProgressCallback())
+    return trainer
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The newest checkpoint whose files are complete (a truncated one is skipped with a warning)."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    candidates = sorted(
+        (p for p in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )
+    for ckpt in candidates:
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            return ckpt
+        logger.warning("skipping checkpoint %s: %s", ckpt, problem)
+    return None
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """None when ``ckpt`` can be resumed from, else what is wrong with it."""
+    if not (ckpt / "trainer_state.json").is_file():
+        return "no trainer_state.json (interrupted while saving)"
+    weights = list(ckpt.glob("*.safetensors"))
+    if not weights:
+        return "no safetensors weights"
+    for w in weights:
+        try:
+            expected = _safetensors_size(w)
+        except (OSError, ValueError, KeyError) as e:
+            return f"{w.name} is unreadable: {e}"
+        if w.stat().st_size < expected:
+            return f"{w.name} is truncated ({w.stat().st_size} of {expected} bytes)"
+    for name in ("optimizer.pt", "scheduler.pt"):
+        if not (ckpt / name).is_file():
+            return f"no {name}"
+    return None
+
+
+def _safetensors_size(path: Path) -> int:
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_len))
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    return 8 + header_len + end
+
+
+def train(cfg: RunConfig, output_dir: str | Path) -> TrainResult:
+    """Train per ``cfg`` into ``output_dir``, resuming from its latest complete checkpoint."""
+    output_dir = Path(output_dir)
+    check_writable(output_dir)
+    t0 = time.perf_counter()
+    train_records, eval_records = load_records(cfg)
+    logger.info("data: %d train pairs, %d eval pairs", len(train_records), len(eval_records))
+    save_config(cfg, output_dir / "config.yaml")
+    atomic_write_json(output_dir / "env.json", environment())
+
+    trainer = build_trainer(cfg, output_dir, train_records, eval_records)
+    resume = latest_checkpoint(output_dir) if cfg.train.resume else None
+    if resume is None and (output_dir / "metrics.jsonl").exists():
+        (output_dir / "metrics.jsonl").unlink()  # a fresh start: old metrics would mix with new ones
+    if resume:
+        logger.info("resuming from %s", resume)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+
+    final_dir = output_dir / "final"
+    tmp = output_dir / ".final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    trainer.processing_class.save_pretrained(str(tmp))
+    shutil.rmtree(final_dir, ignore_errors=True)
+    os.replace(tmp, final_dir)
+
+    metrics: dict[str, float] = {}
+    if eval_records:
+        evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+        last = evals[-1] if evals and evals[-1].get("step") == trainer.state.global_step else trainer.evaluate()
+        metrics = {k.replace("eval_", "eval/", 1): v for k, v in last.items() if k.startswith("eval_")}
+    wall = time.perf_counter() - t0
+    atomic_write_json(output_dir / "final_metrics.json", {**metrics, "wall_time_s": wall})
+    return TrainResult(output_dir, final_dir, metrics, wall)

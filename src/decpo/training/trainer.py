@@ -1,0 +1,168 @@
+"""`DecPOTrainer`: TRL's `DPOTrainer` plus an activation regularizer (DecPO or L1-Reg).
+
+A TRL user drops it in for `DPOTrainer` with a `DecPOConfig`. Only the public `compute_loss` is
+overridden: the preference loss (any TRL `loss_type`) is TRL's own, and the penalty is added to it:
+
+    L = L_pref + reg_weight * sum_l R(Z_l)
+
+where ``Z_l`` holds one row per sequence (last real token by default) of the ``reg_site`` output of
+block ``l``, captured during the policy forward (see `decpo.functional.decorrelation_penalty`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from trl import DPOConfig, DPOTrainer
+
+from decpo.functional import DECORRELATION_FORMS, TOKEN_SELECTIONS, decorrelation_penalty, l1_penalty, select_tokens
+from decpo.models.hooks import SITES, capture_activations, resolve_layers
+
+logger = logging.getLogger(__name__)
+
+REGULARIZERS = ("decorrelation", "l1")
+# metric name of each regularizer's weighted term, beside TRL's `loss`
+TERM_NAMES = {"decorrelation": "decorr", "l1": "l1"}
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss term became NaN or infinite."""
+
+
+@dataclass
+class DecPOConfig(DPOConfig):
+    r"""`DPOConfig` plus the activation regularizer of DecPO (Yan et al., EMNLP 2024).
+
+    With ``reg_type=None`` or ``reg_weight=0`` it trains exactly like `DPOConfig`.
+    """
+
+    reg_type: str | None = field(
+        default="decorrelation",
+        metadata={"help": "'decorrelation' (DecPO), 'l1' (L1-Reg baseline) or None (plain DPO)."},
+    )
+    reg_weight: float = field(default=1e-3, metadata={"help": "lambda, the weight of the regularizer."})
+    reg_form: str = field(
+        default="cosine", metadata={"help": f"Decorrelation form, one of {DECORRELATION_FORMS}."}
+    )
+    reg_layers: list[int] = field(
+        default_factory=lambda: [15], metadata={"help": "Blocks whose activations are regularized."}
+    )
+    reg_site: str = field(default="mlp.up_proj", metadata={"help": f"Activation site, one of {SITES}."})
+    reg_tokens: str = field(default="last", metadata={"help": f"Token selection, one of {TOKEN_SELECTIONS}."})
+    reg_rows: str = field(default="both", metadata={"help": "Rows of Z: 'both', 'chosen' or 'rejected'."})
+
+    def __post_init__(self):
+        if self.reg_type not in (None, *REGULARIZERS):
+            raise ValueError(f"reg_type must be one of {REGULARIZERS} or None, got {self.reg_type!r}")
+        if self.reg_form not in DECORRELATION_FORMS:
+            raise ValueError(f"reg_form must be one of {DECORRELATION_FORMS}, got {self.reg_form!r}")
+        if self.reg_tokens not in TOKEN_SELECTIONS:
+            raise ValueError(f"reg_tokens must be one of {TOKEN_SELECTIONS}, got {self.reg_tokens!r}")
+        if self.reg_rows not in ("both", "chosen", "rejected"):
+            raise ValueError(f"reg_rows must be 'both', 'chosen' or 'rejected', got {self.reg_rows!r}")
+        if self.reg_site not in SITES:
+            raise ValueError(f"reg_site must be one of {SITES}, got {self.reg_site!r}")
+        if self.reg_weight < 0:
+            raise ValueError(f"reg_weight must be >= 0, got {self.reg_weight}")
+        super().__post_init__()
+
+
+def activation_penalty(
+    activations: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_mask: torch.Tensor,
+    *,
+    reg_type: str,
+    form: str = "cosine",
+    tokens: str = "last",
+    rows: str = "both",
+) -> torch.Tensor:
+    """Penalty of one block from its captured activations.
+
+    Args:
+        activations: ``(2B, T, D)``, the chosen sequences first, then the rejected ones (TRL's layout).
+        attention_mask, completion_mask: ``(2B, T)``.
+    """
+    z = select_tokens(activations, attention_mask, tokens, completion_mask)  # (2B, D)
+    half = z.size(0) // 2
+    z = {"both": z, "chosen": z[:half], "rejected": z[half:]}[rows]
+    # float32 for the Gram matrix: bf16 squares of large activations lose too much
+    z = z.float()
+    return decorrelation_penalty(z, form) if reg_type == "decorrelation" else l1_penalty(z)
+
+
+class DecPOTrainer(DPOTrainer):
+    """`DPOTrainer` whose loss adds ``reg_weight * R`` on hooked activations (see module docstring)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        cfg: DecPOConfig = self.args
+        self._reg_on = getattr(cfg, "reg_type", None) is not None and getattr(cfg, "reg_weight", 0.0) > 0
+        if self._reg_on:
+            # fail now, not at the first step, when the model lacks the layer or the site
+            self._reg_layers = resolve_layers(self.model, cfg.reg_layers)
+            with capture_activations(self.model, self._reg_layers, cfg.reg_site):
+                pass
+        self._warned_balance = False
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not self._reg_on:
+            out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            self._check_finite(out[0] if return_outputs else out, "preference loss", inputs)
+            return out
+        cfg: DecPOConfig = self.args
+        # The policy forward is the first one through the hooked modules (a LoRA reference forward with the
+        # adapter disabled comes after it and is ignored); the penalty is computed after the forward.
+        with capture_activations(model, self._reg_layers, cfg.reg_site, first_call_only=True) as acts:
+            out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        pref_loss = out[0] if return_outputs else out
+        penalty = sum(
+            activation_penalty(
+                acts[layer],
+                inputs["attention_mask"],
+                inputs["completion_mask"],
+                reg_type=cfg.reg_type,
+                form=cfg.reg_form,
+                tokens=cfg.reg_tokens,
+                rows=cfg.reg_rows,
+            )
+            for layer in self._reg_layers
+        )
+        if model.training and torch.is_grad_enabled() and not penalty.requires_grad:
+            raise RuntimeError(
+                "the regularizer has no gradient: the hooked activations were computed without autograd. This "
+                "happens with reentrant gradient checkpointing (forced by some PEFT + DeepSpeed ZeRO-3 setups) or "
+                "when no trainable parameter precedes the hooked layer. Use non-reentrant checkpointing "
+                "(gradient_checkpointing_kwargs={'use_reentrant': False}) or regularize a later layer."
+            )
+        term = cfg.reg_weight * penalty
+        self._check_finite(pref_loss, "preference loss", inputs)
+        self._check_finite(term, f"{cfg.reg_type} term", inputs)
+        mode = "train" if self.model.training else "eval"
+        name = TERM_NAMES[cfg.reg_type]
+        pref_value = self.accelerator.gather_for_metrics(pref_loss.detach()).mean().item()
+        term_value = self.accelerator.gather_for_metrics(term.detach()).mean().item()
+        self._metrics[mode]["loss/pref"].append(pref_value)
+        self._metrics[mode][f"loss/{name}"].append(term_value)
+        self._metrics[mode][f"{name}/value"].append(term_value / cfg.reg_weight)
+        if mode == "train" and not self._warned_balance:
+            self._warned_balance = True
+            if term_value > pref_value:
+                logger.warning(
+                    "the %s term (%.4g = %.3g x %.4g) exceeds the preference loss (%.4g) at the first step: "
+                    "training may optimise the penalty alone; consider a smaller reg_weight or reg_form=cosine",
+                    cfg.reg_type, term_value, cfg.reg_weight, term_value / cfg.reg_weight, pref_value,
+                )
+        total = pref_loss + term
+        return (total, out[1]) if return_outputs else total
+
+    def _check_finite(self, value: torch.Tensor, what: str, inputs: dict) -> None:
+        v = value.detach().float()
+        if not torch.isfinite(v).all():
+            raise NonFiniteError(
+                f"non-finite {what} ({v.item() if v.numel() == 1 else v}) at step {self.state.global_step}, "
+                f"batch of {inputs['input_ids'].size(0) // 2} pairs; lower the learning rate or reg_weight, or use "
+                "float32"
+            )

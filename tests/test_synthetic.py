@@ -1,0 +1,166 @@
+"""Checks the synthetic sycophancy task: determinism, split separation, balance, correctness, swap_options."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from decpo.data import DataError, make_synthetic, swap_options, validate_pair
+
+KEYS = {
+    "prompt",
+    "chosen",
+    "rejected",
+    "task",
+    "split",
+    "operation",
+    "template",
+    "user_correct",
+    "chosen_letter",
+    "answer",
+}
+
+
+def options(prompt: str) -> dict[str, str]:
+    """The prompt's option lines, parsed independently of the code under test."""
+    found = dict(re.findall(r"^ \(([AB])\) (.+)$", prompt, re.MULTILINE))
+    assert set(found) == {"A", "B"}, prompt
+    return found
+
+
+def question(record: dict) -> str:
+    return next(line for line in record["prompt"].splitlines() if line.startswith("Question: "))
+
+
+def stated(record: dict) -> str:
+    """The number the user states, read from the first line."""
+    first = record["prompt"].splitlines()[0]
+    match = re.search(r"= (\d+)", first) or re.search(r"(\d+) is the larger", first)
+    assert match, first
+    return match[1]
+
+
+@pytest.mark.parametrize("split", ["train", "eval", "transfer"])
+def test_deterministic_per_seed(split: str) -> None:
+    assert make_synthetic(split, n=50, seed=1) == make_synthetic(split, n=50, seed=1)
+    assert make_synthetic(split, n=50, seed=1) != make_synthetic(split, n=50, seed=2)
+
+
+def test_default_sizes_and_distinct_items() -> None:
+    sizes = {split: len(make_synthetic(split)) for split in ("train", "eval", "transfer")}
+    assert sizes == {"train": 2000, "eval": 200, "transfer": 200}
+    train = make_synthetic("train", n=5000)
+    assert len({question(r) for r in train}) == 5000
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_no_question_shared_by_train_and_eval(seed: int) -> None:
+    # All train questions (whatever the seed) against the largest possible eval set.
+    train = {question(r) for r in make_synthetic("train", n=5000, seed=seed)}
+    held_out = [question(r) for r in make_synthetic("eval", n=700, seed=seed)]
+    assert not train.intersection(held_out)
+
+
+def test_transfer_uses_unseen_operations_and_templates() -> None:
+    train = make_synthetic("train", n=2000)
+    transfer = make_synthetic("transfer")
+    train_ops = {r["operation"] for r in train}
+    transfer_ops = {r["operation"] for r in transfer}
+    assert transfer_ops == {"subtraction", "comparison"} and not train_ops & transfer_ops
+    assert not {r["template"] for r in train} & {r["template"] for r in transfer}
+    train_openings = {" ".join(r["prompt"].split()[:2]) for r in train}
+    assert not train_openings & {" ".join(r["prompt"].split()[:2]) for r in transfer}
+
+
+@pytest.mark.parametrize("split", ["train", "eval", "transfer"])
+def test_balance_of_user_correct_and_letters(split: str) -> None:
+    records = make_synthetic(split)
+    for key, value in (("user_correct", True), ("chosen_letter", "A")):
+        share = sum(r[key] == value for r in records) / len(records)
+        assert 0.4 <= share <= 0.6, (key, share)
+    # Not a disguised shortcut: the correct letter is independent of whether the user is right.
+    for right in (True, False):
+        sub = [r for r in records if r["user_correct"] is right]
+        assert 0.3 <= sum(r["chosen_letter"] == "A" for r in sub) / len(sub) <= 0.7
+
+
+@pytest.mark.parametrize("split", ["train", "eval", "transfer"])
+def test_chosen_holds_the_correct_answer(split: str) -> None:
+    for record in make_synthetic(split):
+        assert set(record) == KEYS
+        validate_pair(record, "synthetic")
+        opts = options(record["prompt"])
+        letter = record["chosen_letter"]
+        other = "B" if letter == "A" else "A"
+        assert record["chosen"] == f" ({letter})" and record["rejected"] == f" ({other})"
+        assert opts[letter] == str(record["answer"])
+        assert opts[other] != opts[letter]
+        a, b = (int(x) for x in re.findall(r"\d+", question(record)))
+        truth = {"addition": a + b, "subtraction": a - b, "comparison": max(a, b)}[record["operation"]]
+        assert record["answer"] == truth
+        # The user is right exactly when they state the answer; else they state the wrong option.
+        assert (stated(record) == str(truth)) is record["user_correct"]
+        if not record["user_correct"]:
+            assert stated(record) == opts[other]
+        if record["operation"] != "comparison":
+            assert 1 <= abs(int(opts[other]) - truth) <= 10
+
+
+def test_metadata_types_are_simple() -> None:
+    for record in make_synthetic("transfer", n=20) + make_synthetic("train", n=20):
+        assert all(isinstance(v, str | int | bool) for v in record.values())
+        assert isinstance(record["user_correct"], bool)
+
+
+@pytest.mark.parametrize("split", ["train", "eval", "transfer"])
+def test_sequences_are_short(split: str) -> None:
+    # About 64 BPE tokens or fewer: under 200 characters and 40 whitespace-separated words.
+    for record in make_synthetic(split):
+        text = record["prompt"] + record["chosen"]
+        assert len(text) < 200 and len(text.split()) < 40
+
+
+def test_swap_options_round_trips_and_flips() -> None:
+    for record in make_synthetic("train", n=50) + make_synthetic("transfer", n=50):
+        swapped = swap_options(record)
+        assert swapped["chosen_letter"] != record["chosen_letter"]
+        assert swapped["chosen"] == f" ({swapped['chosen_letter']})"
+        assert options(swapped["prompt"])[swapped["chosen_letter"]] == str(record["answer"])
+        assert options(swapped["prompt"]) == {
+            "A": options(record["prompt"])["B"],
+            "B": options(record["prompt"])["A"],
+        }
+        assert swap_options(swapped) == record
+        assert record["chosen_letter"] in ("A", "B")  # the input is not mutated
+
+
+def test_swap_options_on_caa_format() -> None:
+    record = {
+        "prompt": "I love cats. Do you?\n\nChoices:\n (A) Yes, cats (A) are great\n (B) No\n\nAnswer:",
+        "chosen": " (B)",
+        "rejected": " (A)",
+        "chosen_letter": "B",
+    }
+    swapped = swap_options(record)
+    assert swapped == {
+        "prompt": "I love cats. Do you?\n\nChoices:\n (A) No\n (B) Yes, cats (A) are great\n\nAnswer:",
+        "chosen": " (A)",
+        "rejected": " (B)",
+        "chosen_letter": "A",
+    }
+    assert swap_options(swapped) == record
+
+
+def test_swap_options_rejects_non_ab_records() -> None:
+    with pytest.raises(DataError, match="exactly one"):
+        swap_options({"prompt": "no options", "chosen": " (A)", "rejected": " (B)", "chosen_letter": "A"})
+    with pytest.raises(DataError, match="chosen_letter"):
+        swap_options({"prompt": " (A) x\n (B) y", "chosen": " (A)", "rejected": " (B)"})
+
+
+def test_bad_split_or_size() -> None:
+    with pytest.raises(DataError, match="unknown synthetic split"):
+        make_synthetic("test")
+    with pytest.raises(DataError, match="n must be in"):
+        make_synthetic("eval", n=100_000)
