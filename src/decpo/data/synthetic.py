@@ -179,7 +179,7 @@ def swap_options(record: dict[str, Any]) -> dict[str, Any]:
 
     out = dict(record)
     out["prompt"] = swapped_prompt
-    out["chosen"] = record["chosen"]
+    out["chosen"] = flip(record["chosen"])
     out["rejected"] = flip(record["rejected"])
     out["chosen_letter"] = "B" if letter == "A" else "A"
     return out
