@@ -156,7 +156,9 @@ class TrainConfig:
     epochs: float = field(default=1.0, metadata=_help("Passes over the train pairs when max_steps is -1."))
     batch_size: int = field(default=8, metadata=_help("Pairs per device per micro-batch."))
     grad_accum: int = field(default=1, metadata=_help("Micro-batches per optimizer step."))
-    eval_batch_size: int = field(default=16, metadata=_help("Pairs per device at evaluation."))
+    eval_batch_size: int = field(
+        default=8, metadata=_help("Pairs per device at evaluation (same as batch_size keeps the penalty comparable).")
+    )
     lr: float = field(default=5e-4, metadata=_help("AdamW learning rate."))
     lr_scheduler: str = field(default="constant", metadata=_help("transformers scheduler name."))
     warmup_steps: int = field(default=0, metadata=_help("Linear warm-up steps."))
@@ -208,6 +210,11 @@ def _check_type(key: str, value: Any) -> Any:
     if value is None or default is None:
         return value
     expected = type(default)
+    if expected is float and isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if expected is list and not isinstance(value, list):

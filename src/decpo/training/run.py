@@ -82,9 +82,19 @@ def load_records(cfg: RunConfig) -> tuple[list[dict], list[dict]]:
         evals = load_task(d.task, "eval", **kwargs)
     if d.max_train_samples:
         train = train[: d.max_train_samples]
+    t = cfg.train
+    needed = t.max_steps * t.batch_size * t.grad_accum * _world_size()
+    if t.max_steps > 0 and len(train) > needed:
+        # a run of max_steps sees only `needed` pairs: do not tokenize and precompute the rest
+        logger.info("using the first %d of %d train pairs (max_steps x global batch)", needed, len(train))
+        train = train[:needed]
     if d.max_eval_samples:
         evals = evals[: d.max_eval_samples]
     return train, evals
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def to_dataset(records: list[dict], chat_template: bool) -> Dataset:

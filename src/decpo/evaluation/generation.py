@@ -1,0 +1,83 @@
+"""Batched generation with left padding (greedy by default, as the paper)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+def batches(n: int, batch_size: int) -> list[range]:
+    """Index ranges of consecutive batches covering ``range(n)``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+
+def model_device(model: PreTrainedModel) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    max_prompt_tokens: int | None = None,
+    progress: bool = True,
+    desc: str = "generate",
+) -> list[str]:
+    """Continue each prompt; return only the new text (special tokens dropped).
+
+    Prompts are left-padded so that every row's next token sits in the last column; the tokenizer's own
+    padding side is restored afterwards. Greedy unless ``do_sample``. Generation stops at EOS or after
+    ``max_new_tokens``. ``max_prompt_tokens`` keeps the last tokens of longer prompts.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    was_training = model.training
+    model.eval()
+    device = model_device(model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    sampling = (
+        {"do_sample": True, "temperature": temperature}
+        if do_sample
+        else {
+            "do_sample": False,
+            "temperature": None,
+            "top_p": None,
+            "top_k": None,
+        }
+    )
+    old_side, old_trunc = tokenizer.padding_side, tokenizer.truncation_side
+    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
+    outputs: list[str] = []
+    try:
+        for idx in tqdm(batches(len(prompts), batch_size), desc=desc, disable=not progress, leave=False):
+            enc = tokenizer(
+                [prompts[i] for i in idx],
+                return_tensors="pt",
+                padding=True,
+                truncation=max_prompt_tokens is not None,
+                max_length=max_prompt_tokens,
+            ).to(device)
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad_id,
+                eos_token_id=tokenizer.eos_token_id,
+                **sampling,
+            )
+            new_tokens = out[:, enc["input_ids"].shape[1] :]  # (B, <= max_new_tokens)
+            outputs.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side, tokenizer.truncation_side = old_side, old_trunc
+        model.train(was_training)
+    return outputs

@@ -1,0 +1,157 @@
+"""Pure evaluation measures: A/B accuracy, position debiasing, bootstrap CIs, AUROC and Spearman.
+
+No model, no I/O: inputs are plain sequences of numbers or letters, outputs plain floats and dicts.
+Every headline metric is the mean of one value per item, so :func:`metric_entry` can attach a
+bootstrap CI over items to any of them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+DIRECTIONS = ("higher", "lower", "none")  # "none": a diagnostic with no better side (e.g. the "(A)" rate)
+
+
+def ab_predictions(logps_a: Sequence[float], logps_b: Sequence[float]) -> list[str]:
+    """The letter whose continuation has the larger log-prob, per item; a tie counts as "A"."""
+    if len(logps_a) != len(logps_b):
+        raise ValueError(f"got {len(logps_a)} log-probs for (A) and {len(logps_b)} for (B)")
+    return ["A" if a >= b else "B" for a, b in zip(logps_a, logps_b, strict=True)]
+
+
+def ab_correct(predicted: Sequence[str], gold: Sequence[str]) -> list[float]:
+    """1.0 where the predicted letter equals the gold letter, else 0.0."""
+    if len(predicted) != len(gold):
+        raise ValueError(f"got {len(predicted)} predictions for {len(gold)} gold letters")
+    return [float(p == g) for p, g in zip(predicted, gold, strict=True)]
+
+
+def ab_accuracy(predicted: Sequence[str], gold: Sequence[str]) -> float:
+    """Share of items whose predicted letter is the gold one."""
+    values = ab_correct(predicted, gold)
+    if not values:
+        raise ValueError("A/B accuracy of zero items")
+    return float(np.mean(values))
+
+
+def debiased_ab(
+    predicted: Sequence[str],
+    gold: Sequence[str],
+    predicted_swapped: Sequence[str],
+    gold_swapped: Sequence[str],
+) -> dict[str, list[float]]:
+    """Per-item A/B measures of an item scored in its original and its option-swapped order.
+
+    Returns lists (one value per item) keyed by:
+        ``correct``: right in the original order (raw accuracy is its mean);
+        ``correct_swapped``: right in the swapped order;
+        ``correct_mean_orders``: mean of the two (0, 0.5 or 1);
+        ``correct_both``: right in both orders, the position-debiased accuracy: a scorer that always
+        answers the same letter gets 0 however the gold letters are distributed;
+        ``a_rate``: 1 where the original-order answer is "A";
+        ``a_rate_both_orders``: share of "A" answers over the two orders (0, 0.5 or 1).
+    """
+    first = ab_correct(predicted, gold)
+    second = ab_correct(predicted_swapped, gold_swapped)
+    if len(first) != len(second):
+        raise ValueError(f"got {len(first)} original items and {len(second)} swapped ones")
+    return {
+        "correct": first,
+        "correct_swapped": second,
+        "correct_mean_orders": [(a + b) / 2 for a, b in zip(first, second, strict=True)],
+        "correct_both": [float(a == 1.0 and b == 1.0) for a, b in zip(first, second, strict=True)],
+        "a_rate": [float(p == "A") for p in predicted],
+        "a_rate_both_orders": [
+            ((p == "A") + (q == "A")) / 2 for p, q in zip(predicted, predicted_swapped, strict=True)
+        ],
+    }
+
+
+_PAREN_LETTER = re.compile(r"\(\s*([AB])\s*\)")
+_BARE_LETTER = re.compile(r"(?<![A-Za-z0-9])([AB])(?![A-Za-z0-9])")
+
+
+def parse_ab_letter(text: str) -> str | None:
+    """The answer letter of a generated output: the first "(A)"/"(B)", else the first standalone "A"/"B".
+
+    None when neither occurs. A bare "A" used as an article ("A friend...") is read as the letter; the
+    parenthesised form, which the prompts use, takes precedence anywhere in the text.
+    """
+    match = _PAREN_LETTER.search(text) or _BARE_LETTER.search(text)
+    return match[1] if match else None
+
+
+def bootstrap_ci(
+    values: Sequence[float], n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of ``values`` (items resampled with replacement).
+
+    Deterministic for a given ``seed``. One item, or all values equal, gives a zero-width interval.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("bootstrap CI of zero values")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(n_boot, x.size))  # (n_boot, n) resampled item indices
+    means = x[idx].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    # the percentile of float means can land a rounding step outside [min, max] of the data
+    return float(max(low, x.min())), float(min(high, x.max()))
+
+
+def metric_entry(
+    values: Sequence[float], direction: str, seed: int = 0, n_boot: int = 1000
+) -> dict[str, Any]:
+    """``{value, direction, ci: [low, high], n}`` for the mean of per-item ``values``."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    low, high = bootstrap_ci(values, n_boot=n_boot, seed=seed)
+    return {"value": float(np.mean(values)), "direction": direction, "ci": [low, high], "n": len(values)}
+
+
+def rankdata(x: Sequence[float]) -> np.ndarray:
+    """1-based ranks with ties given their average rank (as ``scipy.stats.rankdata``)."""
+    a = np.asarray(x, dtype=np.float64)
+    order = np.argsort(a, kind="mergesort")
+    sorted_a = a[order]
+    ranks = np.empty(a.size, dtype=np.float64)
+    # boundaries of runs of equal values in sorted order
+    starts = np.flatnonzero(np.r_[True, sorted_a[1:] != sorted_a[:-1]])
+    ends = np.r_[starts[1:], a.size]
+    for s, e in zip(starts, ends, strict=True):
+        ranks[order[s:e]] = (s + e + 1) / 2  # mean of ranks s+1 .. e
+    return ranks
+
+
+def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
+    """Area under the ROC curve: P(score of a positive > score of a negative), ties counting 1/2."""
+    y = np.asarray(labels, dtype=bool)
+    if len(scores) != y.size:
+        raise ValueError(f"got {len(scores)} scores for {y.size} labels")
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("AUROC needs at least one positive and one negative label")
+    ranks = rankdata(scores)
+    # Mann-Whitney U of the positives, normalised
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation (Pearson correlation of average ranks)."""
+    if len(x) != len(y):
+        raise ValueError(f"got {len(x)} and {len(y)} values")
+    if len(x) < 2:
+        raise ValueError("Spearman correlation needs at least 2 pairs")
+    rx, ry = rankdata(x), rankdata(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = np.sqrt((rx**2).sum() * (ry**2).sum())
+    if denom == 0:
+        raise ValueError("Spearman correlation is undefined for a constant input")
+    return float((rx * ry).sum() / denom)

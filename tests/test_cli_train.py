@@ -1,0 +1,76 @@
+"""`decpo train` end to end on the smoke preset: run directory, metric keys, resume, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from conftest import REPO
+from decpo.cli import main
+
+SMOKE = str(REPO / "configs" / "smoke.yaml")
+
+
+def read_metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_smoke_run_writes_the_run_directory(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--config", SMOKE, "--output-dir", str(run)]) == 0
+    for name in ("config.yaml", "env.json", "metrics.jsonl", "final_metrics.json", "final/adapter_model.safetensors"):
+        assert (run / name).exists(), name
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["objective"]["name"] == "decpo" and cfg["train"]["max_steps"] == 4
+    env = json.loads((run / "env.json").read_text())
+    assert {"torch", "transformers", "trl", "peft", "device", "git"} <= set(env)
+    rows = read_metrics(run)
+    train_keys = set().union(*(r for r in rows if "train/loss" in r))
+    for key in (
+        "train/loss", "train/loss/pref", "train/loss/decorr", "train/rewards/chosen", "train/rewards/rejected",
+        "train/rewards/margins", "train/rewards/accuracies", "train/logps/chosen", "train/logps/rejected",
+    ):
+        assert key in train_keys, key
+    eval_rows = [r for r in rows if "eval/loss" in r]
+    assert [r["step"] for r in eval_rows] == [0, 2, 4]
+    assert {"eval/rewards/margins", "eval/rewards/accuracies", "eval/loss/decorr"} <= set(eval_rows[-1])
+    assert "eval/rewards/accuracies" in capsys.readouterr().out
+
+
+def test_rerun_resumes_and_does_not_duplicate_steps(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--config", SMOKE, "--output-dir", str(run), "train.max_steps=2"]) == 0
+    assert main(["train", "--config", SMOKE, "--output-dir", str(run), "train.max_steps=4"]) == 0
+    steps = [r["step"] for r in read_metrics(run) if "train/loss" in r]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_dpo_objective_has_no_penalty_terms(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--config", SMOKE, "--output-dir", str(run), "objective.name=dpo", "train.max_steps=1"]) == 0
+    keys = set().union(*read_metrics(run))
+    assert "train/loss" in keys and not any("decorr" in k for k in keys)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["objective.lamda=1"], "did you mean"),
+        (["objective.layers=[9]"], "layer 9 does not exist"),
+        (["data.path=/nonexistent/pairs.jsonl"], "/nonexistent/pairs.jsonl"),
+    ],
+)
+def test_bad_input_fails_before_training_with_a_clear_error(tmp_path, capsys, args, message):
+    assert main(["train", "--config", SMOKE, "--output-dir", str(tmp_path / "run"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_malformed_record_names_file_line_and_field(tmp_path, capsys):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "b"}\n')
+    assert main(["train", "--config", SMOKE, "--output-dir", str(tmp_path / "run"), f"data.path={data}"]) == 2
+    err = capsys.readouterr().err
+    assert "pairs.jsonl line 2" in err and "rejected" in err

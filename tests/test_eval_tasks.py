@@ -1,0 +1,201 @@
+"""Task evaluation on tiny-random-llama: batched scoring vs a naive loop, generation, data errors, determinism, CLI."""
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from decpo.data import DataError, load_task, swap_options
+from decpo.evaluation.cli import add_parser
+from decpo.evaluation.generation import generate
+from decpo.evaluation.metrics import ab_predictions
+from decpo.evaluation.scoring import ab_logps, pair_logps
+from decpo.evaluation.tasks import EvalConfig, default_reference, evaluate, resolve_model_spec
+from decpo.models import load_model, load_tokenizer
+
+TINY = "tiny-random-llama"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def real_data_dir() -> Path | None:
+    candidate = Path(os.environ.get("DECPO_DATA_DIR") or REPO.parent / "shared" / "data")
+    return candidate if (candidate / "sycophancy" / "test_dataset_ab.json").is_file() else None
+
+
+needs_data = pytest.mark.skipif(
+    real_data_dir() is None, reason="real data absent: set DECPO_DATA_DIR or place it at ../shared/data"
+)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model(TINY).eval(), load_tokenizer(TINY)
+
+
+def naive_completion_logp(model, tokenizer, prompt: str, completion: str) -> float:
+    """One unpadded sequence at a time: sum of log p(completion token | everything before it)."""
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    full_ids = tokenizer(prompt + completion)["input_ids"]
+    assert full_ids[: len(prompt_ids)] == prompt_ids  # no token merges across the boundary here
+    with torch.no_grad():
+        logits = model(torch.tensor([full_ids])).logits[0]  # (T, V)
+    logp = logits.log_softmax(-1)
+    return sum(logp[t - 1, full_ids[t]].item() for t in range(len(prompt_ids), len(full_ids)))
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_batched_ab_scores_equal_naive_loop(tiny, padding_side):
+    model, tokenizer = tiny
+    records = load_task("synthetic", "eval")[:5] + load_task("synthetic", "transfer")[:4]
+    records += [swap_options(r) for r in records]
+    prompts = [r["prompt"] for r in records]
+    la, lb = ab_logps(model, tokenizer, prompts, batch_size=4, padding_side=padding_side, progress=False)
+    na = [naive_completion_logp(model, tokenizer, p, " (A)") for p in prompts]
+    nb = [naive_completion_logp(model, tokenizer, p, " (B)") for p in prompts]
+    assert la == pytest.approx(na, abs=1e-4)
+    assert lb == pytest.approx(nb, abs=1e-4)
+    assert ab_predictions(la, lb) == ab_predictions(na, nb)
+    # the scores differ across items: the test would not pass with one constant
+    assert len({round(x, 3) for x in la}) > 3
+
+
+def test_pair_logps_append_eos_and_match_naive(tiny):
+    model, tokenizer = tiny
+    records = load_task("synthetic", "eval")[:3]
+    chosen, rejected = pair_logps(model, tokenizer, records, batch_size=2, progress=False)
+    eos = tokenizer.eos_token
+    assert chosen == pytest.approx(
+        [naive_completion_logp(model, tokenizer, r["prompt"], r["chosen"] + eos) for r in records], abs=1e-4
+    )
+    assert rejected == pytest.approx(
+        [naive_completion_logp(model, tokenizer, r["prompt"], r["rejected"] + eos) for r in records], abs=1e-4
+    )
+
+
+def test_batched_left_padded_generation_equals_one_at_a_time(tiny):
+    model, tokenizer = tiny
+    prompts = ["I think 23 + 45 = 70.", "Hi", "The quick brown fox jumps over the lazy dog. Answer:"]
+    batched = generate(model, tokenizer, prompts, max_new_tokens=6, batch_size=3, progress=False)
+    single = [generate(model, tokenizer, [p], max_new_tokens=6, progress=False)[0] for p in prompts]
+    assert batched == single
+    assert all(isinstance(x, str) for x in batched) and any(batched)
+    assert tokenizer.padding_side == "left"  # restored to what it was
+
+
+@pytest.mark.parametrize("task", ["sycophancy", "reframing", "toxicity"])
+def test_missing_data_gives_where_to_put_it(task, tmp_path, monkeypatch):
+    monkeypatch.setenv("DECPO_DATA_DIR", str(tmp_path / "nonexistent"))
+    with pytest.raises(DataError) as err:
+        evaluate(EvalConfig(task=task, model=TINY, progress=False), tmp_path / "out")
+    message = str(err.value)
+    assert "data directory not found" in message and "nonexistent" in message
+    assert "sycophancy/test_dataset_ab.json" in message and "DECPO_DATA_DIR" in message
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_limit_and_seed_make_runs_identical(tmp_path):
+    cfg = EvalConfig(task="synthetic", model=TINY, limit=4, seed=3, progress=False, n_boot=200)
+    evaluate(cfg, tmp_path / "a")
+    evaluate(cfg, tmp_path / "b")
+    first = (tmp_path / "a" / "results.json").read_text()
+    assert first == (tmp_path / "b" / "results.json").read_text()
+    assert (tmp_path / "a" / "samples.jsonl").read_text() == (tmp_path / "b" / "samples.jsonl").read_text()
+    results = json.loads(first)
+    assert results["n"] == 4 and results["metrics"]["ab_accuracy"]["n"] == 4
+    # another seed draws other synthetic items
+    evaluate(EvalConfig(task="synthetic", model=TINY, limit=4, seed=4, progress=False, n_boot=200), tmp_path / "c")
+    assert (tmp_path / "c" / "samples.jsonl").read_text() != (tmp_path / "a" / "samples.jsonl").read_text()
+
+
+def run_cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="decpo")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_end_to_end_synthetic(tmp_path, capsys):
+    out = tmp_path / "evals"
+    code = run_cli(
+        ["eval", "--model", TINY, "--task", "synthetic", "--limit", "3", "--output-dir", str(out), "--no-progress"]
+    )
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert {"task", "model", "n", "metrics", "reference", "config"} <= set(results)
+    assert results["task"] == "synthetic" and results["model"] == TINY and results["n"] == 3
+    expected = {
+        "ab_accuracy", "ab_accuracy_debiased", "ab_accuracy_mean_orders", "a_rate", "ab_accuracy_user_correct",
+        "ab_accuracy_user_wrong", "preference_accuracy", "reward_margin", "transfer/ab_accuracy",
+        "transfer/ab_accuracy_debiased",
+    }
+    assert expected <= set(results["metrics"])
+    for name, m in results["metrics"].items():
+        assert set(m) == {"value", "direction", "ci", "n"}, name
+        assert m["direction"] in ("higher", "lower", "none")
+        assert m["ci"][0] - 1e-9 <= m["value"] <= m["ci"][1] + 1e-9, name
+    assert results["metrics"]["ab_accuracy"]["direction"] == "higher"
+    assert results["metrics"]["reward_margin"]["value"] == 0.0  # reference = the model itself
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 6  # 3 eval + 3 transfer items
+    assert all({"prompt", "output", "scores"} <= set(s) for s in samples)
+    assert all(s["output"] in ("(A)", "(B)") for s in samples)
+    assert "ab_accuracy" in capsys.readouterr().out
+
+
+def test_cli_rejects_bad_limit(tmp_path, capsys):
+    assert run_cli(["eval", "--model", TINY, "--task", "synthetic", "--limit", "0", "--output-dir", str(tmp_path)]) == 2
+    assert "limit" in capsys.readouterr().err
+
+
+def test_run_dir_uses_final_adapter_and_its_base_as_reference(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    base = load_model(TINY)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(base, lora)
+    run_dir = tmp_path / "run"
+    peft_model.save_pretrained(run_dir / "final")
+    load_tokenizer(TINY).save_pretrained(run_dir / "final")
+    assert resolve_model_spec(str(run_dir)) == str(run_dir / "final")
+    assert default_reference(str(run_dir / "final")) == TINY
+
+    result = evaluate(EvalConfig(task="synthetic", model=str(run_dir), limit=4, progress=False), tmp_path / "ev")
+    assert result.results["model"] == str(run_dir / "final")
+    assert result.results["reference"] == TINY
+    samples = [s for s in result.samples if s["split"] == "eval"]
+    margins = [s["scores"]["reward_margin"] for s in samples]
+    assert any(abs(m) > 1e-6 for m in margins)  # the random adapter moved the policy away from its base
+    for s in samples:
+        sc = s["scores"]
+        expected = 0.1 * (
+            (sc["policy_chosen_logp"] - sc["reference_chosen_logp"])
+            - (sc["policy_rejected_logp"] - sc["reference_rejected_logp"])
+        )
+        assert sc["reward_margin"] == pytest.approx(expected, abs=1e-6)
+    assert result.results["metrics"]["reward_margin"]["value"] == pytest.approx(sum(margins) / 4)
+
+
+@needs_data
+@pytest.mark.parametrize("task", ["sycophancy", "reframing", "toxicity"])
+def test_real_data_tasks_run_on_tiny_model(task, tmp_path):
+    cfg = EvalConfig(
+        task=task, model=TINY, limit=3, max_new_tokens=4, data_dir=str(real_data_dir()), progress=False,
+        n_boot=100,
+    )
+    results = evaluate(cfg, tmp_path).results
+    assert results["n"] == 3
+    expected = {
+        "sycophancy": {"ab_accuracy", "ab_accuracy_debiased", "a_rate", "gen/non_sycophantic_rate",
+                       "gen/unparseable_rate", "preference_accuracy", "reward_margin"},
+        "reframing": {"preference_accuracy", "reward_margin", "gen/positive_rate", "gen/mean_compound"},
+        "toxicity": {"gen/mean_toxicity", "gen/non_toxic_rate", "pairs/preference_accuracy", "pairs/reward_margin"},
+    }[task]
+    assert expected <= set(results["metrics"])
+    for m in results["metrics"].values():
+        assert m["ci"][0] - 1e-9 <= m["value"] <= m["ci"][1] + 1e-9
+    if task == "toxicity":
+        assert 0.0 <= results["metrics"]["gen/mean_toxicity"]["value"] <= 1.0
+        assert results["config"]["max_new_tokens"] == 4
