@@ -42,7 +42,9 @@ PAIRS = [
 ]
 
 
-def make_trainer(tmp_path: Path, *, trainer_cls=None, dtype=torch.float32, lora: bool = False, pairs=PAIRS, **args):
+def make_trainer(
+    tmp_path: Path, *, trainer_cls=None, dtype=torch.float32, lora: bool = False, pairs=PAIRS, **args
+):
     """A DecPOTrainer (or ``trainer_cls``) on a tiny random Llama, full fine-tuning unless ``lora``."""
     from datasets import Dataset
     from peft import LoraConfig
@@ -81,7 +83,9 @@ def make_trainer(tmp_path: Path, *, trainer_cls=None, dtype=torch.float32, lora:
         config = DPOConfig(**defaults)
     else:
         config = DecPOConfig(**defaults)
-    peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"]) if lora else None
+    peft_config = (
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"]) if lora else None
+    )
     ref = None if lora or config.precompute_ref_log_probs else frozen_copy(model)
     return trainer_cls(
         model=model,

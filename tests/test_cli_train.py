@@ -20,7 +20,13 @@ def read_metrics(run):
 def test_smoke_run_writes_the_run_directory(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--config", SMOKE, "--output-dir", str(run)]) == 0
-    for name in ("config.yaml", "env.json", "metrics.jsonl", "final_metrics.json", "final/adapter_model.safetensors"):
+    for name in (
+        "config.yaml",
+        "env.json",
+        "metrics.jsonl",
+        "final_metrics.json",
+        "final/adapter_model.safetensors",
+    ):
         assert (run / name).exists(), name
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["objective"]["name"] == "decpo" and cfg["train"]["max_steps"] == 4
@@ -29,8 +35,15 @@ def test_smoke_run_writes_the_run_directory(tmp_path, capsys):
     rows = read_metrics(run)
     train_keys = set().union(*(r for r in rows if "train/loss" in r))
     for key in (
-        "train/loss", "train/loss/pref", "train/loss/decorr", "train/rewards/chosen", "train/rewards/rejected",
-        "train/rewards/margins", "train/rewards/accuracies", "train/logps/chosen", "train/logps/rejected",
+        "train/loss",
+        "train/loss/pref",
+        "train/loss/decorr",
+        "train/rewards/chosen",
+        "train/rewards/rejected",
+        "train/rewards/margins",
+        "train/rewards/accuracies",
+        "train/logps/chosen",
+        "train/logps/rejected",
     ):
         assert key in train_keys, key
     eval_rows = [r for r in rows if "eval/loss" in r]
@@ -49,7 +62,12 @@ def test_rerun_resumes_and_does_not_duplicate_steps(tmp_path):
 
 def test_dpo_objective_has_no_penalty_terms(tmp_path):
     run = tmp_path / "run"
-    assert main(["train", "--config", SMOKE, "--output-dir", str(run), "objective.name=dpo", "train.max_steps=1"]) == 0
+    assert (
+        main(
+            ["train", "--config", SMOKE, "--output-dir", str(run), "objective.name=dpo", "train.max_steps=1"]
+        )
+        == 0
+    )
     keys = set().union(*read_metrics(run))
     assert "train/loss" in keys and not any("decorr" in k for k in keys)
 

@@ -11,7 +11,9 @@ from decpo.config import ConfigError, load_config, parse_override
 def test_overrides_apply_in_order(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("objective:\n  name: decpo\n  beta: 0.3\ntrain:\n  max_steps: 7\n")
-    cfg = load_config(path, ["objective.name=dpo", "objective.beta=0.2", "train.max_steps=50", "objective.layers=[1, -2]"])
+    cfg = load_config(
+        path, ["objective.name=dpo", "objective.beta=0.2", "train.max_steps=50", "objective.layers=[1, -2]"]
+    )
     assert cfg.objective.name == "dpo" and cfg.objective.beta == 0.2
     assert cfg.train.max_steps == 50 and cfg.objective.layers == [1, -2]
     assert cfg.objective.regularizer is None
@@ -55,7 +57,9 @@ def test_override_values_are_yaml():
     assert parse_override("a.b=null") == ("a.b", None)
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").rglob("*.yaml") if "accelerate" not in str(p)))
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in (REPO / "configs").rglob("*.yaml") if "accelerate" not in str(p))
+)
 def test_every_preset_loads(name):
     path = next((REPO / "configs").rglob(name))
     load_config(path)

@@ -96,7 +96,9 @@ def test_cosine_form_known_values():
     assert decorrelation_penalty(orthogonal, "cosine").item() == pytest.approx(0.0, abs=1e-7)
     # scale-free, unlike the paper form
     z = torch.randn(4, 8)
-    assert torch.allclose(decorrelation_penalty(10 * z, "cosine"), decorrelation_penalty(z, "cosine"), rtol=1e-5)
+    assert torch.allclose(
+        decorrelation_penalty(10 * z, "cosine"), decorrelation_penalty(z, "cosine"), rtol=1e-5
+    )
     assert decorrelation_penalty(10 * z, "paper") > 50 * decorrelation_penalty(z, "paper")
 
 

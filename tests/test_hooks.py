@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_trainer
 from peft import LoraConfig, get_peft_model
 
+from conftest import make_trainer
 from decpo.models import TINY_NAME, ModelError, capture_activations, load_model, site_module
 from decpo.models.hooks import SITES
 
@@ -20,7 +20,10 @@ def hook_count(model) -> int:
 
 
 def inputs():
-    return {"input_ids": torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]]), "attention_mask": torch.ones(2, 4, dtype=torch.long)}
+    return {
+        "input_ids": torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]]),
+        "attention_mask": torch.ones(2, 4, dtype=torch.long),
+    }
 
 
 @pytest.mark.parametrize("site", SITES)
@@ -39,8 +42,11 @@ def test_up_proj_capture_equals_module_output():
         out = model(**inputs(), output_hidden_states=True)
     block = model.model.layers[1]
     h = out.hidden_states[1]
-    attn_out = block.self_attn(block.input_layernorm(h), attention_mask=None, position_embeddings=model.model.rotary_emb(
-        h, torch.arange(4).unsqueeze(0)))[0]
+    attn_out = block.self_attn(
+        block.input_layernorm(h),
+        attention_mask=None,
+        position_embeddings=model.model.rotary_emb(h, torch.arange(4).unsqueeze(0)),
+    )[0]
     expected = block.mlp.up_proj(block.post_attention_layernorm(h + attn_out))
     assert torch.allclose(acts[1], expected, atol=1e-5)
 

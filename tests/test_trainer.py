@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_trainer
 from trl import DPOTrainer
 
+from conftest import make_trainer
 from decpo.functional import decorrelation_penalty, dpo_loss, sequence_logps
 from decpo.models import TINY_NAME, capture_activations, load_model
 
@@ -55,7 +55,9 @@ def test_oracle_matches_trainer_loss_rewards_and_gradients(tmp_path, reg_weight)
     metrics = trainer._metrics["train"]
     assert metrics["rewards/chosen"][-1] == pytest.approx(chosen_rewards.mean().item(), abs=1e-6)
     assert metrics["rewards/rejected"][-1] == pytest.approx(rejected_rewards.mean().item(), abs=1e-6)
-    for (name, p), (_, q) in zip(trainer.model.named_parameters(), policy_copy.named_parameters(), strict=True):
+    for (name, p), (_, q) in zip(
+        trainer.model.named_parameters(), policy_copy.named_parameters(), strict=True
+    ):
         assert torch.allclose(p.grad, q.grad, atol=1e-6), name
 
 
@@ -101,7 +103,11 @@ def test_lora_policy_changes_only_adapters_and_penalty_has_gradient(tmp_path):
     trainer = make_trainer(tmp_path, lora=True, max_steps=2, precompute_ref_log_probs=False)
     lora_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     trainer.train()
-    changed = [n for n, p in trainer.model.named_parameters() if p.requires_grad and not torch.equal(p, lora_before[n])]
+    changed = [
+        n
+        for n, p in trainer.model.named_parameters()
+        if p.requires_grad and not torch.equal(p, lora_before[n])
+    ]
     assert changed and all("lora_" in n for n in changed)
     assert any("loss/decorr" in h for h in trainer.state.log_history)
 

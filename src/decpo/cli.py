@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"decpo: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("decpo: interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)
+        print(
+            "decpo: interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr
+        )
         return 130
 
 

@@ -120,7 +120,9 @@ class ObjectiveConfig:
         if self.name not in OBJECTIVES:
             raise ConfigError(f"objective.name must be one of {OBJECTIVES}, got {self.name!r}")
         if self.reg_form not in DECORRELATION_FORMS:
-            raise ConfigError(f"objective.reg_form must be one of {DECORRELATION_FORMS}, got {self.reg_form!r}")
+            raise ConfigError(
+                f"objective.reg_form must be one of {DECORRELATION_FORMS}, got {self.reg_form!r}"
+            )
         if self.tokens not in TOKEN_SELECTIONS:
             raise ConfigError(f"objective.tokens must be one of {TOKEN_SELECTIONS}, got {self.tokens!r}")
         if self.rows not in ROWS:
@@ -157,7 +159,8 @@ class TrainConfig:
     batch_size: int = field(default=8, metadata=_help("Pairs per device per micro-batch."))
     grad_accum: int = field(default=1, metadata=_help("Micro-batches per optimizer step."))
     eval_batch_size: int = field(
-        default=8, metadata=_help("Pairs per device at evaluation (same as batch_size keeps the penalty comparable).")
+        default=8,
+        metadata=_help("Pairs per device at evaluation (same as batch_size keeps the penalty comparable)."),
     )
     lr: float = field(default=5e-4, metadata=_help("AdamW learning rate."))
     lr_scheduler: str = field(default="constant", metadata=_help("transformers scheduler name."))
@@ -165,9 +168,13 @@ class TrainConfig:
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
     max_grad_norm: float = field(default=1.0, metadata=_help("Gradient clipping norm."))
     max_length: int = field(default=256, metadata=_help("Max tokens of prompt + answer (the paper: 256)."))
-    seed: int = field(default=0, metadata=_help("Seed of model init, adapters, data order and synthetic data."))
+    seed: int = field(
+        default=0, metadata=_help("Seed of model init, adapters, data order and synthetic data.")
+    )
     logging_steps: int = field(default=5, metadata=_help("Log train metrics every N steps."))
-    eval_steps: int = field(default=10, metadata=_help("Evaluate on held-out pairs every N steps (0: never)."))
+    eval_steps: int = field(
+        default=10, metadata=_help("Evaluate on held-out pairs every N steps (0: never).")
+    )
     save_steps: int = field(default=50, metadata=_help("Checkpoint every N steps."))
     save_total_limit: int = field(default=2, metadata=_help("Checkpoints kept."))
     gradient_checkpointing: bool = field(default=False, metadata=_help("Recompute activations in backward."))
@@ -199,7 +206,9 @@ class RunConfig:
 
 SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(RunConfig)}
 FIELDS = {
-    f"{section}.{f.name}": f for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+    f"{section}.{f.name}": f
+    for section, cls in SECTIONS.items()
+    for f in dataclasses.fields(cls)  # type: ignore[arg-type]
 }
 
 

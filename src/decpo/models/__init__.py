@@ -1,6 +1,13 @@
 """Model loading and activation hooks."""
 
-from decpo.models.hooks import SITES, capture_activations, decoder_layers, num_layers, resolve_layers, site_module
+from decpo.models.hooks import (
+    SITES,
+    capture_activations,
+    decoder_layers,
+    num_layers,
+    resolve_layers,
+    site_module,
+)
 from decpo.models.loading import (
     DEFAULT_NAME,
     ModelError,

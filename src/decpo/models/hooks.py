@@ -58,7 +58,9 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
             continue
         if isinstance(module, nn.ModuleList):
             return module
-    raise ModelError(f"{type(base).__name__}: cannot find the list of transformer blocks (looked for {_LAYER_LISTS})")
+    raise ModelError(
+        f"{type(base).__name__}: cannot find the list of transformer blocks (looked for {_LAYER_LISTS})"
+    )
 
 
 def num_layers(model: nn.Module) -> int:
@@ -109,7 +111,11 @@ def _first_tensor(value) -> torch.Tensor:
 
 @contextlib.contextmanager
 def capture_activations(
-    model: nn.Module, layers: Sequence[int], site: str = "mlp.up_proj", *, detach: bool = False,
+    model: nn.Module,
+    layers: Sequence[int],
+    site: str = "mlp.up_proj",
+    *,
+    detach: bool = False,
     first_call_only: bool = True,
 ) -> Iterator[dict[int, torch.Tensor]]:
     """Capture ``(N, T, D)`` activations of ``site`` at ``layers`` during the forwards run in the body.

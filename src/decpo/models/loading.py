@@ -81,7 +81,9 @@ def resolve_model_path(name: str, gguf_file: str | None = None) -> str:
     """Map a model spec to something ``from_pretrained`` reads without a GGUF quantizer."""
     if name == DEFAULT_NAME:
         target = cache_dir() / "smollm2-135m-instruct"
-        return str(target if (target / "config.json").is_file() else _convert_gguf(embedded_gguf_path(), target))
+        return str(
+            target if (target / "config.json").is_file() else _convert_gguf(embedded_gguf_path(), target)
+        )
     path = Path(name)
     if name.endswith(".gguf") or gguf_file:
         gguf_path = path if name.endswith(".gguf") else path / gguf_file  # type: ignore[operator]
@@ -121,7 +123,9 @@ def load_model(
     if name == TINY_NAME:
         model = build_tiny_llama(vocab_size=len(build_tiny_tokenizer()), seed=seed).to(_DTYPES[dtype])
     elif Path(name, "adapter_config.json").is_file():
-        return load_adapter_merged(name, dtype=dtype, device=device, trust_remote_code=trust_remote_code, seed=seed)
+        return load_adapter_merged(
+            name, dtype=dtype, device=device, trust_remote_code=trust_remote_code, seed=seed
+        )
     else:
         path = resolve_model_path(name, gguf_file)
         try:
@@ -137,7 +141,11 @@ def load_model(
 
 
 def load_adapter_merged(
-    adapter_dir: str | Path, *, dtype: str = "float32", device: str | None = None, trust_remote_code: bool = False,
+    adapter_dir: str | Path,
+    *,
+    dtype: str = "float32",
+    device: str | None = None,
+    trust_remote_code: bool = False,
     seed: int = 0,
 ) -> PreTrainedModel:
     """Load the base model named in a peft adapter folder (any spec above) and merge the adapter into it."""

@@ -79,13 +79,19 @@ class LogLineCallback(TrainerCallback):
             )
             logger.info(
                 "step %d | loss %.4g%s | margin %.3g | acc %.2f | %.0f ms/step",
-                state.global_step, logs["loss"], f" ({terms})" if terms else "",
-                logs.get("rewards/margins", float("nan")), logs.get("rewards/accuracies", float("nan")), ms,
+                state.global_step,
+                logs["loss"],
+                f" ({terms})" if terms else "",
+                logs.get("rewards/margins", float("nan")),
+                logs.get("rewards/accuracies", float("nan")),
+                ms,
             )
         elif "eval_loss" in logs:
             logger.info(
                 "eval @ step %d | loss %.4g | margin %.3g | acc %.2f",
-                state.global_step, logs["eval_loss"], logs.get("eval_rewards/margins", float("nan")),
+                state.global_step,
+                logs["eval_loss"],
+                logs.get("eval_rewards/margins", float("nan")),
                 logs.get("eval_rewards/accuracies", float("nan")),
             )
 

@@ -167,10 +167,9 @@ def trainer_args(cfg: RunConfig, output_dir: Path):
 def build_trainer(cfg: RunConfig, output_dir: Path, train_records: list[dict], eval_records: list[dict]):
     """Load the model and tokenizer and assemble a `DecPOTrainer` (no training yet)."""
     from peft import LoraConfig
-
-    from decpo.models import frozen_copy, load_model, load_tokenizer, resolve_layers
     from transformers.trainer_callback import ProgressCallback
 
+    from decpo.models import frozen_copy, load_model, load_tokenizer, resolve_layers
     from decpo.training.callbacks import (
         LogLineCallback,
         MetricsJsonlCallback,
@@ -182,8 +181,12 @@ def build_trainer(cfg: RunConfig, output_dir: Path, train_records: list[dict], e
     m = cfg.model
     tokenizer = load_tokenizer(m.name, m.gguf_file, m.trust_remote_code, m.revision)
     model = load_model(
-        m.name, gguf_file=m.gguf_file, dtype=m.dtype, trust_remote_code=m.trust_remote_code,
-        revision=m.revision, seed=cfg.train.seed,
+        m.name,
+        gguf_file=m.gguf_file,
+        dtype=m.dtype,
+        trust_remote_code=m.trust_remote_code,
+        revision=m.revision,
+        seed=cfg.train.seed,
     )
     if cfg.objective.regularizer:
         resolve_layers(model, cfg.objective.layers)  # a clear error before anything slow
@@ -191,8 +194,11 @@ def build_trainer(cfg: RunConfig, output_dir: Path, train_records: list[dict], e
     peft_config = None
     if cfg.lora.enabled:
         peft_config = LoraConfig(
-            r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-            target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM",
+            r=cfg.lora.r,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            target_modules=list(cfg.lora.target_modules),
+            task_type="CAUSAL_LM",
         )
     # Full fine-tuning without precomputed reference log-probs needs a frozen copy; TRL would otherwise
     # reload the model by name, which fails for the embedded and in-process models.
@@ -205,7 +211,11 @@ def build_trainer(cfg: RunConfig, output_dir: Path, train_records: list[dict], e
         eval_dataset=to_dataset(eval_records, cfg.data.chat_template) if eval_records else None,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[MetricsJsonlCallback(output_dir / "metrics.jsonl"), LogLineCallback(), NonFiniteGuardCallback()],
+        callbacks=[
+            MetricsJsonlCallback(output_dir / "metrics.jsonl"),
+            LogLineCallback(),
+            NonFiniteGuardCallback(),
+        ],
     )
     # keep the progress bar, drop its printing of every log dict (our log line says it once)
     trainer.remove_callback(ProgressCallback)
@@ -287,7 +297,9 @@ def train(cfg: RunConfig, output_dir: str | Path) -> TrainResult:
     metrics: dict[str, float] = {}
     if eval_records:
         evals = [h for h in trainer.state.log_history if "eval_loss" in h]
-        last = evals[-1] if evals and evals[-1].get("step") == trainer.state.global_step else trainer.evaluate()
+        last = (
+            evals[-1] if evals and evals[-1].get("step") == trainer.state.global_step else trainer.evaluate()
+        )
         metrics = {k.replace("eval_", "eval/", 1): v for k, v in last.items() if k.startswith("eval_")}
     wall = time.perf_counter() - t0
     atomic_write_json(output_dir / "final_metrics.json", {**metrics, "wall_time_s": wall})

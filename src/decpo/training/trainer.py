@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 import torch
 from trl import DPOConfig, DPOTrainer
 
-from decpo.functional import DECORRELATION_FORMS, TOKEN_SELECTIONS, decorrelation_penalty, l1_penalty, select_tokens
+from decpo.functional import (
+    DECORRELATION_FORMS,
+    TOKEN_SELECTIONS,
+    decorrelation_penalty,
+    l1_penalty,
+    select_tokens,
+)
 from decpo.models.hooks import SITES, capture_activations, resolve_layers
 
 logger = logging.getLogger(__name__)
@@ -153,7 +159,11 @@ class DecPOTrainer(DPOTrainer):
                 logger.warning(
                     "the %s term (%.4g = %.3g x %.4g) exceeds the preference loss (%.4g) at the first step: "
                     "training may optimise the penalty alone; consider a smaller reg_weight or reg_form=cosine",
-                    cfg.reg_type, term_value, cfg.reg_weight, term_value / cfg.reg_weight, pref_value,
+                    cfg.reg_type,
+                    term_value,
+                    cfg.reg_weight,
+                    term_value / cfg.reg_weight,
+                    pref_value,
                 )
         total = pref_loss + term
         return (total, out[1]) if return_outputs else total
