@@ -117,3 +117,40 @@ def test_sigmoid_norm_and_sft_loss_types_run(tmp_path):
         trainer = make_trainer(tmp_path / loss_type, loss_type=[loss_type], max_steps=1)
         trainer.train()
         assert any("loss/decorr" in h for h in trainer.state.log_history)
+
+
+def test_simpo_trainer_composes_with_the_regularizer(tmp_path):
+    from datasets import Dataset
+
+    from conftest import PAIRS
+    from decpo.models import load_tokenizer
+    from decpo.training.trainer import SimPOConfig, SimPOTrainer
+
+    args = SimPOConfig(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        logging_steps=1,
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        save_strategy="no",
+        reg_layers=[-1],
+        reg_weight=0.1,
+        simpo_gamma=0.2,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+    )
+    trainer = SimPOTrainer(
+        model=load_model(TINY_NAME),
+        args=args,
+        train_dataset=Dataset.from_list(PAIRS),
+        processing_class=load_tokenizer(TINY_NAME),
+    )
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert logged and all("loss/decorr" in h and "loss/pref" in h for h in logged)
+    # SimPO at the start: -log sigmoid(beta * (avg_w - avg_l) - gamma) with equal averages -> -log sigmoid(-0.2)
+    assert logged[0]["loss/pref"] == pytest.approx(
+        -torch.nn.functional.logsigmoid(torch.tensor(-0.2)).item(), abs=1e-3
+    )

@@ -114,7 +114,9 @@ class ObjectiveConfig:
     site: str = field(default="mlp.up_proj", metadata=_help("Activation site: mlp.up_proj (the paper)."))
     tokens: str = field(default="last", metadata=_help("last (last real token) or completion_mean."))
     rows: str = field(default="both", metadata=_help("Rows of Z: both, chosen or rejected sequences."))
-    simpo_gamma: float = field(default=0.5, metadata=_help("SimPO target margin ratio gamma/beta."))
+    simpo_gamma: float = field(
+        default=0.2, metadata=_help("SimPO target reward margin gamma (the authors' SimPO baseline: 0.2).")
+    )
 
     def __post_init__(self) -> None:
         if self.name not in OBJECTIVES:

@@ -114,14 +114,11 @@ def to_dataset(records: list[dict], chat_template: bool) -> Dataset:
 
 
 def trainer_args(cfg: RunConfig, output_dir: Path):
-    """`DecPOConfig` from a RunConfig: the one place where our keys meet TRL/transformers names."""
-    from decpo.training.trainer import DecPOConfig
+    """`DecPOConfig` (or `SimPOConfig`) from a RunConfig: the one place where our keys meet TRL's names."""
+    from decpo.training.trainer import DecPOConfig, SimPOConfig
 
     t, o = cfg.train, cfg.objective
-    if o.name == "simpo":
-        raise NotImplementedError("objective simpo is not available yet in this version of decpo")
-    loss_type = ["sft"] if o.name == "sft" else [o.loss_type]
-    return DecPOConfig(
+    common = dict(
         output_dir=str(output_dir),
         reg_type=o.regularizer,
         reg_weight=o.reg_weight if o.regularizer else 0.0,
@@ -130,7 +127,6 @@ def trainer_args(cfg: RunConfig, output_dir: Path):
         reg_site=o.site,
         reg_tokens=o.tokens,
         reg_rows=o.rows,
-        loss_type=loss_type,
         beta=o.beta,
         max_steps=t.max_steps,
         num_train_epochs=t.epochs,
@@ -154,13 +150,21 @@ def trainer_args(cfg: RunConfig, output_dir: Path):
         save_total_limit=t.save_total_limit,
         save_only_model=False,
         gradient_checkpointing=t.gradient_checkpointing,
-        precompute_ref_log_probs=t.precompute_ref,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         bf16=t.bf16,
         fp16=False,
         report_to="none",
         disable_tqdm=False,
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
+    )
+    if o.name == "simpo":
+        # TRL's CPOTrainer as SimPO: reference-free, length-normalised, target margin gamma
+        return SimPOConfig(**common, simpo_gamma=o.simpo_gamma, remove_unused_columns=False)
+    return DecPOConfig(
+        **common,
+        loss_type=["sft"] if o.name == "sft" else [o.loss_type],
+        precompute_ref_log_probs=t.precompute_ref,
     )
 
 
@@ -176,7 +180,7 @@ def build_trainer(cfg: RunConfig, output_dir: Path, train_records: list[dict], e
         NonFiniteGuardCallback,
         QuietProgressCallback,
     )
-    from decpo.training.trainer import DecPOTrainer
+    from decpo.training.trainer import DecPOTrainer, SimPOTrainer
 
     m = cfg.model
     tokenizer = load_tokenizer(m.name, m.gguf_file, m.trust_remote_code, m.revision)
@@ -202,10 +206,13 @@ def build_trainer(cfg: RunConfig, output_dir: Path, train_records: list[dict], e
         )
     # Full fine-tuning without precomputed reference log-probs needs a frozen copy; TRL would otherwise
     # reload the model by name, which fails for the embedded and in-process models.
-    ref_model = None if (cfg.lora.enabled or cfg.train.precompute_ref) else frozen_copy(model)
-    trainer = DecPOTrainer(
+    extra = {}
+    if cfg.objective.name != "simpo":  # SimPO has no reference model
+        extra["ref_model"] = None if (cfg.lora.enabled or cfg.train.precompute_ref) else frozen_copy(model)
+    trainer_cls = SimPOTrainer if cfg.objective.name == "simpo" else DecPOTrainer
+    trainer = trainer_cls(
         model=model,
-        ref_model=ref_model,
+        **extra,
         args=args,
         train_dataset=to_dataset(train_records, cfg.data.chat_template),
         eval_dataset=to_dataset(eval_records, cfg.data.chat_template) if eval_records else None,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 from trl import DPOConfig, DPOTrainer
+from trl.experimental.cpo import CPOConfig, CPOTrainer
 
 from decpo.functional import (
     DECORRELATION_FORMS,
@@ -38,15 +39,12 @@ class NonFiniteError(FloatingPointError):
 
 
 @dataclass
-class DecPOConfig(DPOConfig):
-    r"""`DPOConfig` plus the activation regularizer of DecPO (Yan et al., EMNLP 2024).
-
-    With ``reg_type=None`` or ``reg_weight=0`` it trains exactly like `DPOConfig`.
-    """
+class RegularizerArgs:
+    """Fields of the activation regularizer, shared by `DecPOConfig` and `SimPOConfig`."""
 
     reg_type: str | None = field(
         default="decorrelation",
-        metadata={"help": "'decorrelation' (DecPO), 'l1' (L1-Reg baseline) or None (plain DPO)."},
+        metadata={"help": "'decorrelation' (DecPO), 'l1' (L1-Reg baseline) or None (no regularizer)."},
     )
     reg_weight: float = field(default=1e-3, metadata={"help": "lambda, the weight of the regularizer."})
     reg_form: str = field(
@@ -59,7 +57,7 @@ class DecPOConfig(DPOConfig):
     reg_tokens: str = field(default="last", metadata={"help": f"Token selection, one of {TOKEN_SELECTIONS}."})
     reg_rows: str = field(default="both", metadata={"help": "Rows of Z: 'both', 'chosen' or 'rejected'."})
 
-    def __post_init__(self):
+    def _validate_regularizer(self) -> None:
         if self.reg_type not in (None, *REGULARIZERS):
             raise ValueError(f"reg_type must be one of {REGULARIZERS} or None, got {self.reg_type!r}")
         if self.reg_form not in DECORRELATION_FORMS:
@@ -72,6 +70,30 @@ class DecPOConfig(DPOConfig):
             raise ValueError(f"reg_site must be one of {SITES}, got {self.reg_site!r}")
         if self.reg_weight < 0:
             raise ValueError(f"reg_weight must be >= 0, got {self.reg_weight}")
+
+
+@dataclass
+class DecPOConfig(DPOConfig, RegularizerArgs):
+    r"""`DPOConfig` plus the activation regularizer of DecPO (Yan et al., EMNLP 2024).
+
+    With ``reg_type=None`` or ``reg_weight=0`` it trains exactly like `DPOConfig`.
+    """
+
+    def __post_init__(self):
+        self._validate_regularizer()
+        super().__post_init__()
+
+
+@dataclass
+class SimPOConfig(CPOConfig, RegularizerArgs):
+    """TRL's `CPOConfig` set up as SimPO (Meng et al. 2024: length-normalised, reference-free, margin gamma),
+    plus the same activation regularizer. The authors' SimPO baseline used gamma = 0.2."""
+
+    loss_type: str = field(default="simpo", metadata={"help": "'simpo' (CPO's other losses also work)."})
+    cpo_alpha: float = field(default=0.0, metadata={"help": "Weight of the NLL term; 0 for SimPO."})
+
+    def __post_init__(self):
+        self._validate_regularizer()
         super().__post_init__()
 
 
@@ -99,12 +121,11 @@ def activation_penalty(
     return decorrelation_penalty(z, form) if reg_type == "decorrelation" else l1_penalty(z)
 
 
-class DecPOTrainer(DPOTrainer):
-    """`DPOTrainer` whose loss adds ``reg_weight * R`` on hooked activations (see module docstring)."""
+class ActivationRegularizerMixin:
+    """Adds ``reg_weight * sum_l R(Z_l)`` to a TRL trainer's loss; the host class supplies the masks."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        cfg: DecPOConfig = self.args
+    def _init_regularizer(self) -> None:
+        cfg = self.args
         self._reg_on = getattr(cfg, "reg_type", None) is not None and getattr(cfg, "reg_weight", 0.0) > 0
         if self._reg_on:
             # fail now, not at the first step, when the model lacks the layer or the site
@@ -113,22 +134,30 @@ class DecPOTrainer(DPOTrainer):
                 pass
         self._warned_balance = False
 
+    def _masks(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(attention_mask, completion_mask)``, each ``(2B, T)``, chosen rows first."""
+        raise NotImplementedError
+
+    def _record(self, mode: str, key: str, value: float) -> None:
+        raise NotImplementedError
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not self._reg_on:
             out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            self._check_finite(out[0] if return_outputs else out, "preference loss", inputs)
+            self._check_finite(out[0] if return_outputs else out, "preference loss")
             return out
-        cfg: DecPOConfig = self.args
+        cfg = self.args
         # The policy forward is the first one through the hooked modules (a LoRA reference forward with the
         # adapter disabled comes after it and is ignored); the penalty is computed after the forward.
         with capture_activations(model, self._reg_layers, cfg.reg_site, first_call_only=True) as acts:
             out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         pref_loss = out[0] if return_outputs else out
+        attention_mask, completion_mask = self._masks(inputs)
         penalty = sum(
             activation_penalty(
                 acts[layer],
-                inputs["attention_mask"],
-                inputs["completion_mask"],
+                attention_mask,
+                completion_mask,
                 reg_type=cfg.reg_type,
                 form=cfg.reg_form,
                 tokens=cfg.reg_tokens,
@@ -144,15 +173,15 @@ class DecPOTrainer(DPOTrainer):
                 "(gradient_checkpointing_kwargs={'use_reentrant': False}) or regularize a later layer."
             )
         term = cfg.reg_weight * penalty
-        self._check_finite(pref_loss, "preference loss", inputs)
-        self._check_finite(term, f"{cfg.reg_type} term", inputs)
+        self._check_finite(pref_loss, "preference loss")
+        self._check_finite(term, f"{cfg.reg_type} term")
         mode = "train" if self.model.training else "eval"
         name = TERM_NAMES[cfg.reg_type]
         pref_value = self.accelerator.gather_for_metrics(pref_loss.detach()).mean().item()
         term_value = self.accelerator.gather_for_metrics(term.detach()).mean().item()
-        self._metrics[mode]["loss/pref"].append(pref_value)
-        self._metrics[mode][f"loss/{name}"].append(term_value)
-        self._metrics[mode][f"{name}/value"].append(term_value / cfg.reg_weight)
+        self._record(mode, "loss/pref", pref_value)
+        self._record(mode, f"loss/{name}", term_value)
+        self._record(mode, f"{name}/value", term_value / cfg.reg_weight)
         if mode == "train" and not self._warned_balance:
             self._warned_balance = True
             if term_value > pref_value:
@@ -168,11 +197,41 @@ class DecPOTrainer(DPOTrainer):
         total = pref_loss + term
         return (total, out[1]) if return_outputs else total
 
-    def _check_finite(self, value: torch.Tensor, what: str, inputs: dict) -> None:
+    def _check_finite(self, value: torch.Tensor, what: str) -> None:
         v = value.detach().float()
         if not torch.isfinite(v).all():
             raise NonFiniteError(
-                f"non-finite {what} ({v.item() if v.numel() == 1 else v}) at step {self.state.global_step}, "
-                f"batch of {inputs['input_ids'].size(0) // 2} pairs; lower the learning rate or reg_weight, or use "
-                "float32"
+                f"non-finite {what} ({v.item() if v.numel() == 1 else v}) at step {self.state.global_step + 1} "
+                f"(epoch {self.state.epoch or 0:.2f}); lower the learning rate or reg_weight, or use float32"
             )
+
+
+class DecPOTrainer(ActivationRegularizerMixin, DPOTrainer):
+    """`DPOTrainer` whose loss adds ``reg_weight * R`` on hooked activations (see module docstring)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_regularizer()
+
+    def _masks(self, inputs):
+        return inputs["attention_mask"], inputs["completion_mask"]
+
+    def _record(self, mode, key, value):
+        self._metrics[mode][key].append(value)
+
+
+class SimPOTrainer(ActivationRegularizerMixin, CPOTrainer):
+    """TRL's `CPOTrainer` with `SimPOConfig` (SimPO), plus the same activation regularizer."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_regularizer()
+
+    def _masks(self, inputs):
+        batch = self.concatenated_inputs(
+            inputs, padding_value=self.pad_token_id, device=self.accelerator.device
+        )
+        return batch["concatenated_attention_mask"], (batch["concatenated_labels"] != -100).long()
+
+    def _record(self, mode, key, value):
+        self.store_metrics({("eval_" if mode == "eval" else "") + key: value}, train_eval=mode)
