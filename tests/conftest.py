@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+
+# never reach for the Hub from tests (peft looks up a base model's config when saving adapters)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from pathlib import Path
 
 import pytest

@@ -1,0 +1,103 @@
+"""Crash and resume: SIGKILL at a random step, then the same command, gives the uninterrupted result."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO
+from decpo.cli import main
+from decpo.training.run import latest_checkpoint
+
+SMOKE = str(REPO / "configs" / "smoke.yaml")
+ARGS = [
+    "train.max_steps=6",
+    "train.save_steps=1",
+    "train.eval_steps=3",
+    "train.save_total_limit=10",
+    "data.max_train_samples=48",
+]
+
+
+def train_rows(run):
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
+
+
+def final_weights(run):
+    return load_file(str(run / "final" / "adapter_model.safetensors"))
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+    reference = tmp_path / "reference"
+    assert main(["train", "--config", SMOKE, "--output-dir", str(reference), *ARGS]) == 0
+
+    run = tmp_path / "killed"
+    kill_after = random.Random(os.getpid()).randint(1, 4)  # a random step, logged on failure
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TQDM_DISABLE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "decpo", "train", "--config", SMOKE, "--output-dir", str(run), *ARGS],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while not (run / f"checkpoint-{kill_after}" / "trainer_state.json").exists():
+        assert proc.poll() is None, "training ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "final").exists(), f"killed too late (after step {kill_after})"
+
+    assert main(["train", "--config", SMOKE, "--output-dir", str(run), *ARGS]) == 0
+    assert train_rows(run) == train_rows(reference), f"killed after step {kill_after}"
+    ours, theirs = final_weights(run), final_weights(reference)
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        assert torch.equal(ours[key], theirs[key]), f"{key} differs (killed after step {kill_after})"
+
+
+def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+    run = tmp_path / "run"
+    assert (
+        main(
+            ["train", "--config", SMOKE, "--output-dir", str(run), "train.max_steps=2", "train.save_steps=1"]
+        )
+        == 0
+    )
+    newest = run / "checkpoint-2" / "adapter_model.safetensors"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    with caplog.at_level("WARNING"):
+        assert latest_checkpoint(run) == run / "checkpoint-1"
+    assert "checkpoint-2" in caplog.text and "truncated" in caplog.text
+    # and a resumed run goes on from checkpoint-1 to the end
+    assert (
+        main(
+            ["train", "--config", SMOKE, "--output-dir", str(run), "train.max_steps=3", "train.save_steps=1"]
+        )
+        == 0
+    )
+    assert [s for s, _ in train_rows(run)] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("missing", ["trainer_state.json", "optimizer.pt"])
+def test_incomplete_checkpoint_is_skipped(tmp_path, missing):
+    run = tmp_path / "run"
+    assert (
+        main(
+            ["train", "--config", SMOKE, "--output-dir", str(run), "train.max_steps=2", "train.save_steps=1"]
+        )
+        == 0
+    )
+    (run / "checkpoint-2" / missing).unlink()
+    assert latest_checkpoint(run) == run / "checkpoint-1"
