@@ -92,3 +92,13 @@ def test_malformed_record_names_file_line_and_field(tmp_path, capsys):
     assert main(["train", "--config", SMOKE, "--output-dir", str(tmp_path / "run"), f"data.path={data}"]) == 2
     err = capsys.readouterr().err
     assert "pairs.jsonl line 2" in err and "rejected" in err
+
+
+def test_probes_during_training_land_in_metrics(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--config", SMOKE, "--output-dir", str(run), "probe.every_n_steps=2"]) == 0
+    rows = read_metrics(run)
+    probed = [r for r in rows if "probe/decorrelation/L00" in r]
+    assert [r["probe/step"] for r in probed] == [0, 2, 4]
+    assert all("probe/seconds" in r for r in probed)
+    assert not any(k.startswith("train/probe") for r in rows for k in r)

@@ -1,4 +1,4 @@
-"""Evaluation metrics on hand-made inputs with known answers: A/B accuracy, debiasing, CIs, AUROC, Spearman."""
+"""Evaluation metrics on hand-made inputs with known answers: A/B accuracy, debiasing, CIs, AUROC."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Task evaluation on tiny-random-llama: batched scoring vs a naive loop, generation, data errors, determinism, CLI."""
+"""Task evaluation on tiny-random-llama: batched vs naive scores, generation, data errors, seeds, CLI."""
 
 import argparse
 import json
@@ -52,20 +52,38 @@ def test_batched_ab_scores_equal_naive_loop(tiny, padding_side):
     records = load_task("synthetic", "eval")[:5] + load_task("synthetic", "transfer")[:4]
     records += [swap_options(r) for r in records]
     prompts = [r["prompt"] for r in records]
-    la, lb = ab_logps(model, tokenizer, prompts, batch_size=4, padding_side=padding_side, progress=False)
+    la, lb, la_eos, lb_eos = ab_logps(
+        model, tokenizer, prompts, batch_size=4, padding_side=padding_side, progress=False
+    )
     na = [naive_completion_logp(model, tokenizer, p, " (A)") for p in prompts]
     nb = [naive_completion_logp(model, tokenizer, p, " (B)") for p in prompts]
     assert la == pytest.approx(na, abs=1e-4)
     assert lb == pytest.approx(nb, abs=1e-4)
+    eos = tokenizer.eos_token
+    assert la_eos == pytest.approx(
+        [naive_completion_logp(model, tokenizer, p, " (A)" + eos) for p in prompts], abs=1e-4
+    )
     assert ab_predictions(la, lb) == ab_predictions(na, nb)
     # the scores differ across items: the test would not pass with one constant
     assert len({round(x, 3) for x in la}) > 3
 
 
-def test_pair_logps_append_eos_and_match_naive(tiny):
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_pair_logps_append_eos_and_match_naive(tiny, padding_side):
     model, tokenizer = tiny
-    records = load_task("synthetic", "eval")[:3]
-    chosen, rejected = pair_logps(model, tokenizer, records, batch_size=2, progress=False)
+    # sides of different lengths, and a one-token prompt (no cached prefix for that row)
+    records = [
+        {
+            "prompt": "Situation: I failed my test.\nThought:",
+            "chosen": " I can learn from it.",
+            "rejected": " No",
+        },
+        {"prompt": "A", "chosen": " quick brown fox", "rejected": " lazy dog jumps over"},
+        {"prompt": "Human: hi\n\nAssistant:", "chosen": " Hello there", "rejected": " yes"},
+    ]
+    chosen, rejected = pair_logps(
+        model, tokenizer, records, batch_size=3, padding_side=padding_side, progress=False
+    )
     eos = tokenizer.eos_token
     assert chosen == pytest.approx(
         [naive_completion_logp(model, tokenizer, r["prompt"], r["chosen"] + eos) for r in records], abs=1e-4
@@ -106,7 +124,9 @@ def test_limit_and_seed_make_runs_identical(tmp_path):
     results = json.loads(first)
     assert results["n"] == 4 and results["metrics"]["ab_accuracy"]["n"] == 4
     # another seed draws other synthetic items
-    evaluate(EvalConfig(task="synthetic", model=TINY, limit=4, seed=4, progress=False, n_boot=200), tmp_path / "c")
+    evaluate(
+        EvalConfig(task="synthetic", model=TINY, limit=4, seed=4, progress=False, n_boot=200), tmp_path / "c"
+    )
     assert (tmp_path / "c" / "samples.jsonl").read_text() != (tmp_path / "a" / "samples.jsonl").read_text()
 
 
@@ -120,15 +140,33 @@ def run_cli(argv: list[str]) -> int:
 def test_cli_end_to_end_synthetic(tmp_path, capsys):
     out = tmp_path / "evals"
     code = run_cli(
-        ["eval", "--model", TINY, "--task", "synthetic", "--limit", "3", "--output-dir", str(out), "--no-progress"]
+        [
+            "eval",
+            "--model",
+            TINY,
+            "--task",
+            "synthetic",
+            "--limit",
+            "3",
+            "--output-dir",
+            str(out),
+            "--no-progress",
+        ]
     )
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert {"task", "model", "n", "metrics", "reference", "config"} <= set(results)
     assert results["task"] == "synthetic" and results["model"] == TINY and results["n"] == 3
     expected = {
-        "ab_accuracy", "ab_accuracy_debiased", "ab_accuracy_mean_orders", "a_rate", "ab_accuracy_user_correct",
-        "ab_accuracy_user_wrong", "preference_accuracy", "reward_margin", "transfer/ab_accuracy",
+        "ab_accuracy",
+        "ab_accuracy_debiased",
+        "ab_accuracy_mean_orders",
+        "a_rate",
+        "ab_accuracy_user_correct",
+        "ab_accuracy_user_wrong",
+        "preference_accuracy",
+        "reward_margin",
+        "transfer/ab_accuracy",
         "transfer/ab_accuracy_debiased",
     }
     assert expected <= set(results["metrics"])
@@ -146,7 +184,12 @@ def test_cli_end_to_end_synthetic(tmp_path, capsys):
 
 
 def test_cli_rejects_bad_limit(tmp_path, capsys):
-    assert run_cli(["eval", "--model", TINY, "--task", "synthetic", "--limit", "0", "--output-dir", str(tmp_path)]) == 2
+    assert (
+        run_cli(
+            ["eval", "--model", TINY, "--task", "synthetic", "--limit", "0", "--output-dir", str(tmp_path)]
+        )
+        == 2
+    )
     assert "limit" in capsys.readouterr().err
 
 
@@ -162,7 +205,9 @@ def test_run_dir_uses_final_adapter_and_its_base_as_reference(tmp_path):
     assert resolve_model_spec(str(run_dir)) == str(run_dir / "final")
     assert default_reference(str(run_dir / "final")) == TINY
 
-    result = evaluate(EvalConfig(task="synthetic", model=str(run_dir), limit=4, progress=False), tmp_path / "ev")
+    result = evaluate(
+        EvalConfig(task="synthetic", model=str(run_dir), limit=4, progress=False), tmp_path / "ev"
+    )
     assert result.results["model"] == str(run_dir / "final")
     assert result.results["reference"] == TINY
     samples = [s for s in result.samples if s["split"] == "eval"]
@@ -182,16 +227,33 @@ def test_run_dir_uses_final_adapter_and_its_base_as_reference(tmp_path):
 @pytest.mark.parametrize("task", ["sycophancy", "reframing", "toxicity"])
 def test_real_data_tasks_run_on_tiny_model(task, tmp_path):
     cfg = EvalConfig(
-        task=task, model=TINY, limit=3, max_new_tokens=4, data_dir=str(real_data_dir()), progress=False,
+        task=task,
+        model=TINY,
+        limit=3,
+        max_new_tokens=4,
+        data_dir=str(real_data_dir()),
+        progress=False,
         n_boot=100,
     )
     results = evaluate(cfg, tmp_path).results
     assert results["n"] == 3
     expected = {
-        "sycophancy": {"ab_accuracy", "ab_accuracy_debiased", "a_rate", "gen/non_sycophantic_rate",
-                       "gen/unparseable_rate", "preference_accuracy", "reward_margin"},
+        "sycophancy": {
+            "ab_accuracy",
+            "ab_accuracy_debiased",
+            "a_rate",
+            "gen/non_sycophantic_rate",
+            "gen/unparseable_rate",
+            "preference_accuracy",
+            "reward_margin",
+        },
         "reframing": {"preference_accuracy", "reward_margin", "gen/positive_rate", "gen/mean_compound"},
-        "toxicity": {"gen/mean_toxicity", "gen/non_toxic_rate", "pairs/preference_accuracy", "pairs/reward_margin"},
+        "toxicity": {
+            "gen/mean_toxicity",
+            "gen/non_toxic_rate",
+            "pairs/preference_accuracy",
+            "pairs/reward_margin",
+        },
     }[task]
     assert expected <= set(results["metrics"])
     for m in results["metrics"].values():

@@ -1,4 +1,4 @@
-"""Checks the probe pass on tiny models (vs naive, padding, hooks), the vocabulary view, the CLI and the callback."""
+"""Checks the probe pass on tiny models (vs naive, padding, hooks), the vocab view, the CLI, the callback."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import math
 
 import pytest
 import torch
-from conftest import make_trainer
 
+from conftest import make_trainer
 from decpo.functional import select_tokens
 from decpo.models import TINY_NAME, capture_activations, load_model, load_tokenizer, site_module
 from decpo.probes.activation import CSV_COLUMNS, probe_pass
@@ -63,7 +63,9 @@ def test_pass_equals_naive_on_captured_activations(tiny):
 def test_padding_side_and_batch_size_do_not_change_the_result(tiny):
     model, tokenizer = tiny
     left = probe_pass(model, tokenizer, TEXTS, sites=SITES, batch_size=4, padding_side="left", progress=False)
-    right = probe_pass(model, tokenizer, TEXTS, sites=SITES, batch_size=4, padding_side="right", progress=False)
+    right = probe_pass(
+        model, tokenizer, TEXTS, sites=SITES, batch_size=4, padding_side="right", progress=False
+    )
     single = probe_pass(model, tokenizer, TEXTS, sites=SITES, batch_size=1, progress=False)
     assert_same(left.values(), right.values())
     assert_same(left.values(), single.values())
@@ -77,7 +79,9 @@ def test_padding_side_on_gpt2_with_absolute_positions():
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=8, n_inner=16, n_head=2, vocab_size=len(tokenizer)))
     left = probe_pass(model, tokenizer, TEXTS, sites=SITES, batch_size=4, padding_side="left", progress=False)
-    right = probe_pass(model, tokenizer, TEXTS, sites=SITES, batch_size=4, padding_side="right", progress=False)
+    right = probe_pass(
+        model, tokenizer, TEXTS, sites=SITES, batch_size=4, padding_side="right", progress=False
+    )
     assert_same(left.values(), right.values())
 
 
@@ -122,7 +126,8 @@ def test_vocab_view_projects_the_most_active_dimension(tiny):
     view = vocab_view(model, tokenizer, 1, mean, top_dims=2, top_tokens=3)
     top_dim = int(mean.argmax())
     assert view[0]["dim"] == top_dim and len(view) == 2
-    logits = model.lm_head(model.model.layers[1].mlp.down_proj.weight[:, top_dim])  # column = output direction
+    direction = model.model.layers[1].mlp.down_proj.weight[:, top_dim]  # (d_model,) column of down_proj
+    logits = model.lm_head(direction)
     expected = [tokenizer.decode([i]) for i in logits.topk(3).indices.tolist()]
     assert view[0]["tokens"] == expected
 
@@ -144,11 +149,25 @@ def test_cli_writes_csv_plots_and_vocab(tmp_path, capsys):
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(TEXTS) + "\n\n")
     out = tmp_path / "probes"
-    code = run_cli([
-        "probe", "--model", f"base={TINY_NAME}", "--model", f"dpo={tmp_path / 'perturbed'}",
-        "--texts", str(texts), "--num-texts", "6", "--output-dir", str(out), "--batch-size", "4",
-        "--vocab-layer", "-1",
-    ])
+    code = run_cli(
+        [
+            "probe",
+            "--model",
+            f"base={TINY_NAME}",
+            "--model",
+            f"dpo={tmp_path / 'perturbed'}",
+            "--texts",
+            str(texts),
+            "--num-texts",
+            "6",
+            "--output-dir",
+            str(out),
+            "--batch-size",
+            "4",
+            "--vocab-layer",
+            "-1",
+        ]
+    )
     assert code == 0
     assert "no bias" in capsys.readouterr().out  # the weight proxy is a note, not a crash
     with open(out / "probes.csv") as f:
@@ -173,7 +192,9 @@ def test_callback_logs_probe_keys_during_a_tiny_decpo_run(tmp_path):
     from decpo.training.callbacks import MetricsJsonlCallback
 
     trainer = make_trainer(tmp_path, lora=True, max_steps=2)
-    probe = ProbeCallback(TEXTS, load_tokenizer(TINY_NAME), every_n_steps=1, probes=["decorrelation", "hoyer"])
+    probe = ProbeCallback(
+        TEXTS, load_tokenizer(TINY_NAME), every_n_steps=1, probes=["decorrelation", "hoyer"]
+    )
     seen = []
 
     class Recorder(TrainerCallback):

@@ -86,7 +86,11 @@ def test_streaming_equals_naive(batch_size, gram):
     z = torch.randn(37, 24, generator=g, dtype=torch.float64) + 0.3
     z[::7, ::3] = 0.0  # some exact zeros for the near-zero fraction
     z[5] = 0.0  # an all-zero row: cosine 0 with every other row, as in decpo.functional
-    kwargs = {"gram_dim_limit": 24} if gram else {"gram_dim_limit": 0, "max_gram_rows": 100, "row_dtype": torch.float64}
+    kwargs = (
+        {"gram_dim_limit": 24}
+        if gram
+        else {"gram_dim_limit": 0, "max_gram_rows": 100, "row_dtype": torch.float64}
+    )
     stats = streamed(z, batch_size, **kwargs)
     expected = naive_probes(z)
     got = stats.result()

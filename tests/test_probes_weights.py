@@ -1,4 +1,4 @@
-"""Checks the weight-based proxy (Gurnee et al.) on tiny GPT-2 / GPT-NeoX with hand-set weights, and Llama's error."""
+"""Checks the weight proxy (Gurnee et al.) on tiny GPT-2 / GPT-NeoX with hand-set weights; Llama's error."""
 
 from __future__ import annotations
 
@@ -62,8 +62,10 @@ def test_weight_change_on_the_most_changed_neurons(build):
     before = build()
     after = copy.deepcopy(before)
     with torch.no_grad():
-        _in_weight(after, 0)[13:16] *= 2  # block 0: neurons 13-15 change most; scores 14, 15, 16 -> 28, 30, 32
-        _in_weight(after, 1)[0:3] *= 3  # block 1: neurons 0-2; scores -2, -4, -6 -> -6, -12, -18
+        # block 0: neurons 13-15 change most; scores 14, 15, 16 -> 28, 30, 32
+        _in_weight(after, 0)[13:16] *= 2
+        # block 1: neurons 0-2; scores -2, -4, -6 -> -6, -12, -18
+        _in_weight(after, 1)[0:3] *= 3
         _in_weight(after, 1)[3:16] *= 1.01  # smaller changes elsewhere: not in the top 3
     # (30 - 15) / 15 = 1; (-12 - (-4)) / 4 = -2
     assert weight_proxy_change(before, after, top_k=3) == pytest.approx([1.0, -2.0])

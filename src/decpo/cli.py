@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides section.key=value")
     p.set_defaults(func=_cmd_train)
 
+    from decpo.probes.cli import add_parser as add_probe_parser
+
+    add_probe_parser(sub)
+
     p = sub.add_parser("config-keys", help="list every config key with its default and help")
     p.set_defaults(func=_cmd_config_keys)
     return parser

@@ -195,12 +195,28 @@ class TrainConfig:
 
 
 @dataclass
+class ProbeSettings:
+    every_n_steps: int = field(
+        default=0, metadata=_help("Run probes on the policy every N steps during training (0: off).")
+    )
+    num_texts: int = field(default=64, metadata=_help("Probe inputs: the first N held-out prompts."))
+    probes: list[str] = field(
+        default_factory=lambda: ["decorrelation"],
+        metadata=_help("decorrelation, reg_cosine, mean_sq_cosine, variance, near_zero, hoyer, mono_scale."),
+    )
+    sites: list[str] = field(default_factory=lambda: ["mlp.up_proj"], metadata=_help("Activation sites."))
+    layers: list[int] = field(default_factory=list, metadata=_help("Blocks to probe; empty: all."))
+    batch_size: int = field(default=16, metadata=_help("Batch size of the probe pass."))
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainConfig = field(default_factory=TrainConfig)
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

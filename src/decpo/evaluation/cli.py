@@ -41,6 +41,11 @@ def add_parser(subparsers) -> None:
         help="toxicity scorer: profanity-check, hf:<id|dir>, detoxify:<ckpt>, perspective",
     )
     p.add_argument("--output-dir", default=None, help="where to write (default: evals/<task>-<model>)")
+    p.add_argument(
+        "--chat-template",
+        action="store_true",
+        help="wrap generation prompts in the model's chat template (log-prob measures keep raw prompts)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run_eval)
 
@@ -68,6 +73,7 @@ def run_eval(args: argparse.Namespace) -> int:
             judge=args.judge,
             scorer=args.scorer,
             beta=args.beta,
+            chat_template=args.chat_template,
             progress=not args.no_progress,
         )
         out = Path(args.output_dir) if args.output_dir else default_output_dir(args.task, args.model)

@@ -113,20 +113,18 @@ class LocalJudge:
                 desc="judge",
             )
             return [parse_yes_no(a) for a in answers]
-        from decpo.evaluation.scoring import encode_completions, pad_id, score_sequences
+        from decpo.evaluation.scoring import completion_token_logps, encode_completions, pad_id
 
-        encoded = []
-        for text, options in formatted:
-            encoded.extend(encode_completions(self.tokenizer, text, options))
-        flat = score_sequences(
+        groups = [encode_completions(self.tokenizer, text, options) for text, options in formatted]
+        tokens = completion_token_logps(
             self.model,
-            encoded,
+            groups,
             pad_token_id=pad_id(self.tokenizer),
             batch_size=self.batch_size,
             progress=progress,
             desc="judge",
         )
-        return ["YES" if y >= n else "NO" for y, n in zip(flat[0::2], flat[1::2], strict=True)]
+        return ["YES" if sum(yes) >= sum(no) else "NO" for yes, no in tokens]
 
 
 class OpenAIJudge:

@@ -3,7 +3,8 @@
 Tokenisation follows TRL's DPO trainer, so the numbers match what training reports: the prompt and
 ``prompt + completion`` are tokenised as one text each and the completion starts where the two token
 lists diverge (shared by all completions of one prompt). Preference pairs get an EOS appended to both
-sides as TRL does for plain-text data; the A/B options " (A)" / " (B)" do not (only the choice is scored).
+sides as TRL does for plain-text data; the A/B accuracy scores the options " (A)" / " (B)" without it (only
+the choice), and the same pass gives the with-EOS sums for the reward margin.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from decpo.evaluation.generation import batches, model_device
-from decpo.functional import sequence_logps
 
 AB_OPTIONS = (" (A)", " (B)")
 
@@ -30,6 +30,10 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+# One prompt and its completions: (prompt_ids, [completion_ids, ...]).
+Group = tuple[list[int], list[list[int]]]
+
+
 def encode_completions(
     tokenizer: PreTrainedTokenizerBase,
     prompt: str,
@@ -37,80 +41,109 @@ def encode_completions(
     *,
     add_eos: bool = False,
     max_length: int | None = None,
-) -> list[tuple[list[int], int]]:
-    """``(input_ids, n_prompt_tokens)`` per completion of one prompt.
+) -> Group:
+    """Token ids of one prompt and of each of its completions.
 
-    ``n_prompt_tokens`` is the same for every completion: the shortest common prefix of the tokenised prompt
-    with each tokenised ``prompt + completion`` (TRL's rule). With ``max_length``, the start of the prompt
-    is dropped first, then the end of the completion, so that a sequence has at most ``max_length`` tokens.
+    The prompt part is the shortest common prefix of the tokenised prompt with each tokenised
+    ``prompt + completion`` (TRL's rule), so it is shared by all completions. ``add_eos`` appends the EOS id
+    to every completion. With ``max_length``, the start of the prompt is dropped first (one token is always
+    kept), then the ends of the completions, so that prompt + completion has at most ``max_length`` tokens.
     """
-    eos = tokenizer.eos_token if add_eos else ""
     prompt_ids = tokenizer(prompt)["input_ids"]
-    fulls = [tokenizer(prompt + c + eos)["input_ids"] for c in completions]
+    fulls = [tokenizer(prompt + c)["input_ids"] for c in completions]
     n_prompt = min(_common_prefix(prompt_ids, f) for f in fulls)
-    out = []
-    for full in fulls:
-        keep_prompt = n_prompt
-        if max_length is not None and len(full) > max_length:
-            # keep at least one prompt token so that the first completion token has a predictor
-            keep_prompt = max(1, min(n_prompt, max_length - (len(full) - n_prompt)))
-            full = (full[n_prompt - keep_prompt :])[:max_length]
-        out.append((full, keep_prompt))
-    return out
+    if n_prompt == 0:
+        raise ValueError(f"prompt {prompt[:60]!r} has no token shared by all its completions (empty prompt?)")
+    tails = [f[n_prompt:] + ([tokenizer.eos_token_id] if add_eos else []) for f in fulls]
+    head = fulls[0][:n_prompt]
+    if max_length is not None:
+        keep = max(1, min(n_prompt, max_length - max(len(t) for t in tails)))
+        head = head[n_prompt - keep :]
+        tails = [t[: max_length - keep] for t in tails]
+    return head, tails
+
+
+def _pad(rows: Sequence[list[int]], pad_token_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, mask)``, both ``(len(rows), longest)``, padded on ``side``."""
+    width = max((len(r) for r in rows), default=0)
+    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        start = width - len(r) if side == "left" else 0
+        ids[i, start : start + len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, start : start + len(r)] = 1
+    return ids, mask
 
 
 @torch.no_grad()
-def score_sequences(
+def completion_token_logps(
     model: PreTrainedModel,
-    encoded: Sequence[tuple[list[int], int]],
+    groups: Sequence[Group],
     *,
     pad_token_id: int,
     batch_size: int = 8,
     padding_side: str = "right",
-    average: bool = False,
     progress: bool = True,
     desc: str = "score",
-) -> list[float]:
-    """Summed (or length-averaged) log-prob of the completion part of each encoded sequence.
+) -> list[list[list[float]]]:
+    """``log p(token | everything before it)`` of every completion token: ``[group][completion][token]``.
 
-    Batches are padded on ``padding_side``; position ids count real tokens only, so the result does not
-    depend on the padding side or the batch composition (up to float rounding).
+    Each prompt is run once and its KV cache is shared by its completions: a batch of ``batch_size`` groups
+    runs the prompts without their last token, repeats the cache once per completion, then runs
+    ``[last prompt token] + completion``. Rows are padded on ``padding_side`` (the padding may sit between
+    prompt and completion); position ids count real tokens only, so the result depends neither on the
+    padding side nor on the batch composition (up to float rounding). All groups must have the same number
+    of completions.
     """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    if not groups:
+        return []
+    k = len(groups[0][1])
+    if any(len(c) != k for _, c in groups):
+        raise ValueError("every prompt must have the same number of completions")
     was_training = model.training
     model.eval()
     device = model_device(model)
-    out: list[float] = []
+    out: list[list[list[float]]] = []
     try:
-        for idx in tqdm(batches(len(encoded), batch_size), desc=desc, disable=not progress, leave=False):
-            rows = [encoded[i] for i in idx]
-            width = max(len(ids) for ids, _ in rows)
-            input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-            attention = torch.zeros((len(rows), width), dtype=torch.long)
-            completion = torch.zeros((len(rows), width), dtype=torch.long)
-            for r, (ids, n_prompt) in enumerate(rows):
-                start = width - len(ids) if padding_side == "left" else 0
-                input_ids[r, start : start + len(ids)] = torch.tensor(ids)
-                attention[r, start : start + len(ids)] = 1
-                completion[r, start + n_prompt : start + len(ids)] = 1
-            positions = (attention.cumsum(-1) - 1).clamp(min=0)  # (B, T) real-token positions
-            # Only the logits that predict completion tokens are needed: keep the last `keep` columns.
-            first = int(completion.float().argmax(-1).min())  # earliest completion column in the batch
-            keep = width - max(first - 1, 0)
+        for idx in tqdm(batches(len(groups), batch_size), desc=desc, disable=not progress, leave=False):
+            batch = [groups[i] for i in idx]
+            head_ids, head_mask = _pad([p[:-1] for p, _ in batch], pad_token_id, padding_side)  # (B, Tp)
+            tail_rows = [[p[-1], *c] for p, comps in batch for c in comps]  # B * k rows, group-major
+            tail_ids, tail_mask = _pad(tail_rows, pad_token_id, padding_side)  # (B * k, Tc)
+            head_mask = head_mask.repeat_interleave(k, dim=0)  # (B * k, Tp)
+            full_mask = torch.cat([head_mask, tail_mask], dim=1)  # (B * k, Tp + Tc)
+            positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
+            cache = None
+            if head_ids.size(1) > 0:
+                head = model(
+                    input_ids=head_ids.to(device),
+                    attention_mask=head_mask[::k].to(device),
+                    position_ids=positions[::k, : head_ids.size(1)].to(device),
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+                # transformers >= 5.x names it `cache`; older releases `past_key_values`
+                cache = head["cache"] if "cache" in head else head.past_key_values
+                cache.batch_repeat_interleave(k)
             logits = model(
-                input_ids=input_ids.to(device),
-                attention_mask=attention.to(device),
-                position_ids=positions.to(device),
-                logits_to_keep=keep,
-            ).logits  # (B, keep, V)
-            logps = sequence_logps(
-                logits.float(),
-                input_ids[:, -keep:].to(device),
-                completion[:, -keep:].to(device),
-                average=average,
-            )
-            out.extend(logps.cpu().tolist())
+                input_ids=tail_ids.to(device),
+                attention_mask=full_mask.to(device),
+                position_ids=positions[:, head_ids.size(1) :].to(device),
+                cache=cache,
+                use_cache=cache is not None,
+            ).logits.float()  # (B * k, Tc, V)
+            # position t predicts token t + 1 (same shift as decpo.functional.sequence_logps)
+            logp = torch.gather(logits[:, :-1].log_softmax(-1), 2, tail_ids[:, 1:, None].to(device))[..., 0]
+            logp = logp.cpu()
+            for g in range(len(batch)):
+                per_group = []
+                for j in range(k):
+                    row, length = g * k + j, len(tail_rows[g * k + j]) - 1
+                    start = tail_ids.size(1) - 1 - length if padding_side == "left" else 0
+                    per_group.append(logp[row, start : start + length].tolist())
+                out.append(per_group)
     finally:
         model.train(was_training)
     return out
@@ -118,6 +151,10 @@ def score_sequences(
 
 def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def _reduce(tokens: list[float], average: bool) -> float:
+    return sum(tokens) / max(len(tokens), 1) if average else sum(tokens)
 
 
 def ab_logps(
@@ -128,21 +165,24 @@ def ab_logps(
     batch_size: int = 8,
     padding_side: str = "right",
     progress: bool = True,
-) -> tuple[list[float], list[float]]:
-    """Log-probs of the continuations " (A)" and " (B)" after each prompt: ``(logps_a, logps_b)``."""
-    encoded = []
-    for prompt in prompts:
-        encoded.extend(encode_completions(tokenizer, prompt, AB_OPTIONS))
-    flat = score_sequences(
+) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Log-probs of the continuations " (A)" and " (B)" after each prompt, from one pass.
+
+    Returns ``(logps_a, logps_b, logps_a_eos, logps_b_eos)``: the option alone (the A/B choice) and the
+    option followed by EOS (what a DPO pair with that option as a side scores, as TRL appends EOS).
+    """
+    groups = [encode_completions(tokenizer, p, AB_OPTIONS, add_eos=True) for p in prompts]
+    tokens = completion_token_logps(
         model,
-        encoded,
+        groups,
         pad_token_id=pad_id(tokenizer),
         batch_size=batch_size,
         padding_side=padding_side,
         progress=progress,
         desc="score A/B",
     )
-    return flat[0::2], flat[1::2]
+    a, b = [t[0] for t in tokens], [t[1] for t in tokens]
+    return [sum(x[:-1]) for x in a], [sum(x[:-1]) for x in b], [sum(x) for x in a], [sum(x) for x in b]
 
 
 def pair_logps(
@@ -154,27 +194,27 @@ def pair_logps(
     add_eos: bool = True,
     max_length: int | None = None,
     average: bool = False,
+    padding_side: str = "right",
     progress: bool = True,
     desc: str = "score pairs",
 ) -> tuple[list[float], list[float]]:
-    """Log-probs of each record's ``chosen`` and ``rejected`` completions: ``(chosen, rejected)``."""
-    encoded = []
-    for r in records:
-        encoded.extend(
-            encode_completions(
-                tokenizer, r["prompt"], (r["chosen"], r["rejected"]), add_eos=add_eos, max_length=max_length
-            )
+    """Summed (or length-averaged) log-probs of each record's two sides: ``(chosen, rejected)``."""
+    groups = [
+        encode_completions(
+            tokenizer, r["prompt"], (r["chosen"], r["rejected"]), add_eos=add_eos, max_length=max_length
         )
-    flat = score_sequences(
+        for r in records
+    ]
+    tokens = completion_token_logps(
         model,
-        encoded,
+        groups,
         pad_token_id=pad_id(tokenizer),
         batch_size=batch_size,
-        average=average,
+        padding_side=padding_side,
         progress=progress,
         desc=desc,
     )
-    return flat[0::2], flat[1::2]
+    return [_reduce(t[0], average) for t in tokens], [_reduce(t[1], average) for t in tokens]
 
 
 def preference_items(

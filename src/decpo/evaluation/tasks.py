@@ -59,6 +59,7 @@ class EvalConfig:
     n_boot: int = 1000
     pair_max_length: int = 512  # longer pairs (hh-rlhf dialogues) lose the start of their prompt
     dtype: str = "float32"
+    chat_template: bool = False  # wrap generation prompts in the tokenizer's chat template (instruct models)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -132,6 +133,16 @@ class _Context:
         return M.metric_entry(values, direction, seed=self.cfg.seed, n_boot=self.cfg.n_boot)
 
     def generate(self, prompts: list[str], desc: str) -> list[str]:
+        """Greedy outputs; log-prob measures always use the raw prompts (as training does by default)."""
+        if self.cfg.chat_template:
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise EvalError(f"--chat-template: the tokenizer of {self.model_spec!r} has no chat template")
+            prompts = [
+                self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
+                )
+                for p in prompts
+            ]
         return generate(
             self.model,
             self.tokenizer,
@@ -147,13 +158,13 @@ def _limited(records: list[dict[str, Any]], limit: int | None) -> list[dict[str,
     return records if limit is None else records[:limit]
 
 
-def _ab_measures(ctx: _Context, records: list[dict[str, Any]], prefix: str) -> tuple[dict, list[dict]]:
+def _ab_measures(ctx: _Context, records: list[dict[str, Any]], prefix: str) -> tuple[dict, list[dict], tuple]:
     """A/B accuracy in both option orders, the "(A)" rate and, where known, the user-correct control."""
     from decpo.data import swap_options
 
     swapped = [swap_options(r) for r in records]
     prompts = [r["prompt"] for r in records] + [r["prompt"] for r in swapped]
-    la, lb = ab_logps(
+    la, lb, la_eos, lb_eos = ab_logps(
         ctx.model, ctx.tokenizer, prompts, batch_size=ctx.cfg.batch_size, progress=ctx.cfg.progress
     )
     n = len(records)
@@ -199,19 +210,53 @@ def _ab_measures(ctx: _Context, records: list[dict[str, Any]], prefix: str) -> t
                 **({"user_correct": r["user_correct"]} if "user_correct" in r else {}),
             }
         )
-    return out, samples
+    # the pair view of the original order: chosen/rejected = the gold/other option, followed by EOS
+    policy = (
+        [la_eos[i] if r["chosen_letter"] == "A" else lb_eos[i] for i, r in enumerate(records)],
+        [lb_eos[i] if r["chosen_letter"] == "A" else la_eos[i] for i, r in enumerate(records)],
+    )
+    return out, samples, policy
 
 
-def _preference_measures(ctx: _Context, records: list[dict[str, Any]], prefix: str = "") -> tuple[dict, list]:
-    """Held-out preference accuracy and reward margin against the reference (summed log-probs, with EOS)."""
+def _ab_pair_logps(model, ctx: _Context, records: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
+    """Chosen/rejected log-probs (with EOS) of A/B records, from the shared-prompt A/B pass."""
+    _, _, la, lb = ab_logps(
+        model,
+        ctx.tokenizer,
+        [r["prompt"] for r in records],
+        batch_size=ctx.cfg.batch_size,
+        progress=ctx.cfg.progress,
+    )
+    chosen = [a if r["chosen_letter"] == "A" else b for a, b, r in zip(la, lb, records, strict=True)]
+    rejected = [b if r["chosen_letter"] == "A" else a for a, b, r in zip(la, lb, records, strict=True)]
+    return chosen, rejected
+
+
+def _preference_measures(
+    ctx: _Context,
+    records: list[dict[str, Any]],
+    prefix: str = "",
+    policy: tuple[list[float], list[float]] | None = None,
+) -> tuple[dict, list]:
+    """Held-out preference accuracy and reward margin against the reference (summed log-probs, with EOS).
+
+    ``policy``: the policy's (chosen, rejected) log-probs when already computed; A/B records (those with a
+    ``chosen_letter``) are then scored on the reference through the same A/B pass.
+    """
     kwargs = {
         "batch_size": ctx.cfg.batch_size,
         "max_length": ctx.cfg.pair_max_length,
         "progress": ctx.cfg.progress,
     }
-    pc, pr = pair_logps(ctx.model, ctx.tokenizer, records, desc="score pairs (policy)", **kwargs)
+    ab = all("chosen_letter" in r for r in records)
+    if policy is not None:
+        pc, pr = policy
+    else:
+        pc, pr = pair_logps(ctx.model, ctx.tokenizer, records, desc="score pairs (policy)", **kwargs)
     if ctx.reference_is_policy:
         rc, rr = pc, pr  # the same model: every reward is exactly 0
+    elif ab:
+        rc, rr = _ab_pair_logps(ctx.reference(), ctx, records)
     else:
         rc, rr = pair_logps(ctx.reference(), ctx.tokenizer, records, desc="score pairs (reference)", **kwargs)
     items = preference_items(pc, pr, rc, rr, beta=ctx.cfg.beta)
@@ -254,26 +299,25 @@ def _eval_synthetic(ctx: _Context, judge) -> tuple[dict, list, int]:
     from decpo.data import load_task
 
     metrics: dict[str, Any] = {}
-    samples: list[dict] = []
     evals = _limited(load_task("synthetic", "eval", seed=ctx.cfg.seed), ctx.cfg.limit)
     transfer = _limited(load_task("synthetic", "transfer", seed=ctx.cfg.seed), ctx.cfg.limit)
-    for records, prefix in ((evals, ""), (transfer, "transfer/")):
-        m, s = _ab_measures(ctx, records, prefix)
-        metrics.update(m)
-        samples.extend(s)
-    m, per_item = _preference_measures(ctx, evals)
+    m, samples, policy = _ab_measures(ctx, evals, "")
     metrics.update(m)
-    for sample, scores in zip(samples, per_item, strict=False):  # the eval samples come first
+    m, transfer_samples, _ = _ab_measures(ctx, transfer, "transfer/")
+    metrics.update(m)
+    m, per_item = _preference_measures(ctx, evals, policy=policy)
+    metrics.update(m)
+    for sample, scores in zip(samples, per_item, strict=True):
         sample["scores"].update(scores)
-    return metrics, samples, len(evals)
+    return metrics, samples + transfer_samples, len(evals)
 
 
 def _eval_sycophancy(ctx: _Context, judge) -> tuple[dict, list, int]:
     from decpo.data import load_task
 
     records = _limited(load_task("sycophancy", "test", data_dir=ctx.cfg.data_dir), ctx.cfg.limit)
-    metrics, samples = _ab_measures(ctx, records, "")
-    m, per_item = _preference_measures(ctx, records)
+    metrics, samples, policy = _ab_measures(ctx, records, "")
+    m, per_item = _preference_measures(ctx, records, policy=policy)
     metrics.update(m)
     prompts = [r["prompt"] for r in records]
     outputs = ctx.generate(prompts, "generate answers")

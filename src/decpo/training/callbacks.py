@@ -24,7 +24,9 @@ def namespaced(logs: dict[str, float]) -> dict[str, float]:
     for key, value in logs.items():
         if key in _SKIP or not isinstance(value, int | float):
             continue
-        if key.startswith("eval_"):
+        if key.startswith("probe/"):  # probes during training keep their own namespace
+            out[key] = value
+        elif key.startswith("eval_"):
             out["eval/" + key[len("eval_") :]] = value
         else:
             out["train/" + key] = value

@@ -209,6 +209,13 @@ def build_trainer(cfg: RunConfig, output_dir: Path, train_records: list[dict], e
     extra = {}
     if cfg.objective.name != "simpo":  # SimPO has no reference model
         extra["ref_model"] = None if (cfg.lora.enabled or cfg.train.precompute_ref) else frozen_copy(model)
+    callbacks = [
+        MetricsJsonlCallback(output_dir / "metrics.jsonl"),
+        LogLineCallback(),
+        NonFiniteGuardCallback(),
+    ]
+    if cfg.probe.every_n_steps > 0:
+        callbacks.insert(0, probe_callback(cfg, tokenizer, eval_records or train_records))
     trainer_cls = SimPOTrainer if cfg.objective.name == "simpo" else DecPOTrainer
     trainer = trainer_cls(
         model=model,
@@ -218,16 +225,33 @@ def build_trainer(cfg: RunConfig, output_dir: Path, train_records: list[dict], e
         eval_dataset=to_dataset(eval_records, cfg.data.chat_template) if eval_records else None,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[
-            MetricsJsonlCallback(output_dir / "metrics.jsonl"),
-            LogLineCallback(),
-            NonFiniteGuardCallback(),
-        ],
+        callbacks=callbacks,
     )
     # keep the progress bar, drop its printing of every log dict (our log line says it once)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(QuietProgressCallback())
     return trainer
+
+
+def probe_callback(cfg: RunConfig, tokenizer, records: list[dict]):
+    """Probes on a fixed set of prompts every ``probe.every_n_steps`` steps (first in the callback list, so
+    that its values are in the logs before the metrics line is written)."""
+    from decpo.probes.callback import ProbeCallback
+
+    def text(prompt) -> str:
+        return prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
+
+    p = cfg.probe
+    return ProbeCallback(
+        texts=[text(r["prompt"]) for r in records[: p.num_texts]],
+        tokenizer=tokenizer,
+        every_n_steps=p.every_n_steps,
+        probes=list(p.probes),
+        sites=list(p.sites),
+        layers=list(p.layers) or None,
+        batch_size=p.batch_size,
+        max_length=cfg.train.max_length,
+    )
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
