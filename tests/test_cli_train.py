@@ -7,8 +7,9 @@ import json
 import pytest
 import yaml
 
-from conftest import REPO
 from decpo.cli import main
+
+from conftest import REPO
 
 SMOKE = str(REPO / "configs" / "smoke.yaml")
 

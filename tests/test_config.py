@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import REPO
 from decpo.config import ConfigError, load_config, parse_override
+
+from conftest import REPO
 
 
 def test_overrides_apply_in_order(tmp_path):

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from conftest import make_trainer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -14,6 +13,8 @@ from decpo.data import DataError, load_pairs
 from decpo.io import check_writable
 from decpo.training.callbacks import NonFiniteGuardCallback
 from decpo.training.trainer import NonFiniteError
+
+from conftest import make_trainer
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),

@@ -6,9 +6,10 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from conftest import make_trainer
 from decpo.models import TINY_NAME, ModelError, capture_activations, load_model, site_module
 from decpo.models.hooks import SITES
+
+from conftest import make_trainer
 
 
 def tiny(num_layers=None):

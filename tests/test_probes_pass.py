@@ -10,7 +10,6 @@ import math
 import pytest
 import torch
 
-from conftest import make_trainer
 from decpo.functional import select_tokens
 from decpo.models import TINY_NAME, capture_activations, load_model, load_tokenizer, site_module
 from decpo.probes.activation import CSV_COLUMNS, probe_pass
@@ -18,6 +17,8 @@ from decpo.probes.callback import ProbeCallback
 from decpo.probes.cli import add_parser
 from decpo.probes.stats import ACTIVATION_PROBES, activation_probes
 from decpo.probes.vocab import vocab_view
+
+from conftest import make_trainer
 
 TEXTS = [
     "I think 23 + 45 = 68. Is that right?",

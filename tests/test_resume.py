@@ -14,9 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO
 from decpo.cli import main
 from decpo.training.run import latest_checkpoint
+
+from conftest import REPO
 
 SMOKE = str(REPO / "configs" / "smoke.yaml")
 ARGS = [

@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from conftest import REPO
 from decpo.cli import main
+
+from conftest import REPO
 
 pytestmark = pytest.mark.slow
 

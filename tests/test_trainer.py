@@ -6,9 +6,10 @@ import pytest
 import torch
 from trl import DPOTrainer
 
-from conftest import make_trainer
 from decpo.functional import decorrelation_penalty, dpo_loss, sequence_logps
 from decpo.models import TINY_NAME, capture_activations, load_model
+
+from conftest import make_trainer
 
 
 def first_batch(trainer, n=4):
@@ -122,9 +123,10 @@ def test_sigmoid_norm_and_sft_loss_types_run(tmp_path):
 def test_simpo_trainer_composes_with_the_regularizer(tmp_path):
     from datasets import Dataset
 
-    from conftest import PAIRS
     from decpo.models import load_tokenizer
     from decpo.training.trainer import SimPOConfig, SimPOTrainer
+
+    from conftest import PAIRS
 
     args = SimPOConfig(
         output_dir=str(tmp_path),
