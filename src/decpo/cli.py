@@ -35,6 +35,35 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment_config(args: argparse.Namespace):
+    from decpo.config import load_config
+
+    overrides = list(args.overrides)
+    if getattr(args, "seeds", None):
+        overrides.append(f"experiment.seeds=[{args.seeds}]")
+    if getattr(args, "methods", None):
+        overrides.append(f"experiment.methods=[{args.methods}]")
+    return load_config(args.config, overrides)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from decpo.experiment import run_experiment
+
+    cfg = _experiment_config(args)
+    report = run_experiment(cfg, Path(args.output_dir), argv=sys.argv[1:] if args.argv is None else args.argv)
+    print(f"report: {report}")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from decpo.experiment import parse_layers, sweep_layers
+
+    cfg = _experiment_config(args)
+    path = sweep_layers(cfg, Path(args.output_dir), parse_layers(args.layers), argv=sys.argv[1:])
+    print(f"sweep: {path}")
+    return 0
+
+
 def _cmd_config_keys(args: argparse.Namespace) -> int:
     from decpo.config import describe_keys
 
@@ -62,6 +91,30 @@ def build_parser() -> argparse.ArgumentParser:
     from decpo.probes.cli import add_parser as add_probe_parser
 
     add_probe_parser(sub)
+
+    p = sub.add_parser(
+        "run",
+        help="the paper's experiment: train DPO and DecPO, probe, evaluate, report",
+        description="Train each method from the same base, probe base vs trained, evaluate, write report.md. "
+        "Re-running skips finished stages and resumes an interrupted training.",
+    )
+    p.add_argument("--config", default=None, help="YAML config (default: the embedded demo)")
+    p.add_argument("--output-dir", default="runs/paper-demo", help="experiment folder")
+    p.add_argument("--seeds", default=None, help="comma-separated training seeds, e.g. 0,1,2")
+    p.add_argument("--methods", default=None, help="comma-separated methods, e.g. dpo,decpo,l1,simpo,sft")
+    p.add_argument("overrides", nargs="*", help="dotted overrides section.key=value")
+    p.set_defaults(func=_cmd_run, argv=None)
+
+    p = sub.add_parser("sweep", help="DecPO once per regularized layer; task measure against the layer")
+    p.add_argument("--layers", required=True, help="e.g. 0-29, 0-29:4 or 3,15,27")
+    p.add_argument("--config", default=None, help="YAML config (default: the embedded demo)")
+    p.add_argument("--output-dir", default="runs/layer-sweep", help="sweep folder")
+    p.add_argument("overrides", nargs="*", help="dotted overrides section.key=value")
+    p.set_defaults(func=_cmd_sweep)
+
+    from decpo.evaluation.cli import add_parser as add_eval_parser
+
+    add_eval_parser(sub)
 
     p = sub.add_parser("config-keys", help="list every config key with its default and help")
     p.set_defaults(func=_cmd_config_keys)

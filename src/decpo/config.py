@@ -67,7 +67,7 @@ class DataConfig:
     )
     eval_fraction: float = field(default=0.1, metadata=_help("Share of rows held out (the last ones)."))
     max_train_samples: int | None = field(default=None, metadata=_help("Use only the first N train pairs."))
-    max_eval_samples: int | None = field(default=None, metadata=_help("Use only the first N eval pairs."))
+    max_eval_samples: int | None = field(default=64, metadata=_help("Use only the first N eval pairs."))
     chat_template: bool = field(
         default=False,
         metadata=_help("Wrap prompt/answers in the tokenizer's chat template (the paper: raw text, off)."),
@@ -156,7 +156,7 @@ class LoraSettings:
 
 @dataclass
 class TrainConfig:
-    max_steps: int = field(default=-1, metadata=_help("Optimizer steps; -1: run `epochs` epochs."))
+    max_steps: int = field(default=30, metadata=_help("Optimizer steps; -1: run `epochs` epochs."))
     epochs: float = field(default=1.0, metadata=_help("Passes over the train pairs when max_steps is -1."))
     batch_size: int = field(default=8, metadata=_help("Pairs per device per micro-batch."))
     grad_accum: int = field(default=1, metadata=_help("Micro-batches per optimizer step."))
@@ -169,7 +169,7 @@ class TrainConfig:
     warmup_steps: int = field(default=0, metadata=_help("Linear warm-up steps."))
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
     max_grad_norm: float = field(default=1.0, metadata=_help("Gradient clipping norm."))
-    max_length: int = field(default=256, metadata=_help("Max tokens of prompt + answer (the paper: 256)."))
+    max_length: int = field(default=128, metadata=_help("Max tokens of prompt + answer (the paper: 256)."))
     seed: int = field(
         default=0, metadata=_help("Seed of model init, adapters, data order and synthetic data.")
     )
@@ -177,7 +177,7 @@ class TrainConfig:
     eval_steps: int = field(
         default=10, metadata=_help("Evaluate on held-out pairs every N steps (0: never).")
     )
-    save_steps: int = field(default=50, metadata=_help("Checkpoint every N steps."))
+    save_steps: int = field(default=10, metadata=_help("Checkpoint every N steps."))
     save_total_limit: int = field(default=2, metadata=_help("Checkpoints kept."))
     gradient_checkpointing: bool = field(default=False, metadata=_help("Recompute activations in backward."))
     precompute_ref: bool = field(
@@ -210,6 +210,26 @@ class ProbeSettings:
 
 
 @dataclass
+class ExperimentSettings:
+    methods: list[str] = field(
+        default_factory=lambda: ["dpo", "decpo"],
+        metadata=_help("Methods trained from the same base by `decpo run`: dpo, decpo, l1, sft, simpo."),
+    )
+    seeds: list[int] = field(default_factory=lambda: [0], metadata=_help("Training seeds of `decpo run`."))
+    eval_tasks: list[str] = field(
+        default_factory=list,
+        metadata=_help(
+            "Tasks evaluated by `decpo run`; empty: the training task, plus sycophancy when real data is found."
+        ),
+    )
+    eval_limit: int | None = field(
+        default=None, metadata=_help("Evaluate only the first N items of each set.")
+    )
+    eval_batch_size: int = field(default=16, metadata=_help("Batch size of evaluation."))
+    probe_num_texts: int = field(default=64, metadata=_help("Texts of the final probes (base vs methods)."))
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -217,9 +237,20 @@ class RunConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainConfig = field(default_factory=TrainConfig)
     probe: ProbeSettings = field(default_factory=ProbeSettings)
+    experiment: ExperimentSettings = field(default_factory=ExperimentSettings)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def replace(self, **dotted: Any) -> RunConfig:
+        """A validated copy with dotted keys changed: ``cfg.replace(**{"objective.name": "dpo"})``."""
+        tree = self.to_dict()
+        for key, value in dotted.items():
+            if key not in VALID_KEYS:
+                raise _unknown_key(key, "replace()")
+            section, leaf = key.split(".", 1)
+            tree[section][leaf] = _check_type(key, value)
+        return RunConfig(**{name: cls(**tree[name]) for name, cls in SECTIONS.items()})  # type: ignore[misc]
 
 
 SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(RunConfig)}
