@@ -306,24 +306,30 @@ def train(cfg: RunConfig, output_dir: str | Path) -> TrainResult:
     t0 = time.perf_counter()
     train_records, eval_records = load_records(cfg)
     logger.info("data: %d train pairs, %d eval pairs", len(train_records), len(eval_records))
-    save_config(cfg, output_dir / "config.yaml")
-    atomic_write_json(output_dir / "env.json", environment())
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under accelerate/torchrun only rank 0 writes
+    if main_process:
+        save_config(cfg, output_dir / "config.yaml")
+        atomic_write_json(output_dir / "env.json", environment())
 
     trainer = build_trainer(cfg, output_dir, train_records, eval_records)
     resume = latest_checkpoint(output_dir) if cfg.train.resume else None
-    if resume is None and (output_dir / "metrics.jsonl").exists():
+    if main_process and resume is None and (output_dir / "metrics.jsonl").exists():
         (output_dir / "metrics.jsonl").unlink()  # a fresh start: old metrics would mix with new ones
     if resume:
         logger.info("resuming from %s", resume)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
+    # final weights: written under a temporary name, renamed when complete (save_model writes on rank 0)
     final_dir = output_dir / "final"
     tmp = output_dir / ".final.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    if main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
     trainer.save_model(str(tmp))
-    trainer.processing_class.save_pretrained(str(tmp))
-    shutil.rmtree(final_dir, ignore_errors=True)
-    os.replace(tmp, final_dir)
+    if main_process:
+        trainer.processing_class.save_pretrained(str(tmp))
+        shutil.rmtree(final_dir, ignore_errors=True)
+        os.replace(tmp, final_dir)
+    trainer.accelerator.wait_for_everyone()
 
     metrics: dict[str, float] = {}
     if eval_records:
@@ -333,5 +339,6 @@ def train(cfg: RunConfig, output_dir: str | Path) -> TrainResult:
         )
         metrics = {k.replace("eval_", "eval/", 1): v for k, v in last.items() if k.startswith("eval_")}
     wall = time.perf_counter() - t0
-    atomic_write_json(output_dir / "final_metrics.json", {**metrics, "wall_time_s": wall})
+    if main_process:
+        atomic_write_json(output_dir / "final_metrics.json", {**metrics, "wall_time_s": wall})
     return TrainResult(output_dir, final_dir, metrics, wall)
