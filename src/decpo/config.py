@@ -226,6 +226,13 @@ class ExperimentSettings:
         default=None, metadata=_help("Evaluate only the first N items of each set.")
     )
     eval_batch_size: int = field(default=16, metadata=_help("Batch size of evaluation."))
+    eval_generate: bool = field(
+        default=True,
+        metadata=_help("Generation-based measures too (slow on CPU); false: log-prob measures only."),
+    )
+    eval_chat_template: bool = field(
+        default=False, metadata=_help("Generate inside the tokenizer's chat template (instruct models).")
+    )
     probe_num_texts: int = field(default=64, metadata=_help("Texts of the final probes (base vs methods)."))
 
 

@@ -121,6 +121,14 @@ def _train_stage(run_cfg: RunConfig, folder: Path, log: StageLog, name: str, key
     return stage
 
 
+def _eval_settings(cfg: RunConfig) -> dict:
+    """What an evaluation stage depends on besides the model and the task."""
+    settings = {
+        k: v for k, v in cfg.to_dict()["experiment"].items() if k.startswith("eval_") and k != "eval_tasks"
+    }
+    return {**settings, "beta": cfg.objective.beta, "data_dir": cfg.data.data_dir}
+
+
 def _eval_stage(cfg: RunConfig, task: str, model_spec: str, out: Path) -> Callable[[], None]:
     def stage() -> None:
         from decpo.evaluation.tasks import EvalConfig, evaluate
@@ -135,6 +143,8 @@ def _eval_stage(cfg: RunConfig, task: str, model_spec: str, out: Path) -> Callab
                 data_dir=cfg.data.data_dir,
                 beta=cfg.objective.beta,
                 dtype=cfg.model.dtype,
+                generate=cfg.experiment.eval_generate,
+                chat_template=cfg.experiment.eval_chat_template,
                 progress=True,
             ),
             out,
@@ -194,14 +204,7 @@ def run_experiment(cfg: RunConfig, output_dir: str | Path, argv: list[str] | Non
     tasks = eval_tasks(cfg)
     for task in tasks:
         for label, spec in models.items():
-            key = config_key(
-                {
-                    "model": train_keys[label],
-                    "task": task,
-                    "limit": exp.eval_limit,
-                    "beta": cfg.objective.beta,
-                }
-            )
+            key = config_key({"model": train_keys[label], "task": task, "eval": _eval_settings(cfg)})
             plan.add(
                 f"eval/{task}/{label}", key, _eval_stage(cfg, task, spec, output_dir / "eval" / task / label)
             )
@@ -242,7 +245,7 @@ def sweep_layers(
         folder = output_dir / "train" / label
         plan.add(f"train/{label}", key, _train_stage(run_cfg, folder, log, f"train/{label}", key))
         for task in tasks:
-            ekey = config_key({"model": key, "task": task, "limit": cfg.experiment.eval_limit})
+            ekey = config_key({"model": key, "task": task, "eval": _eval_settings(cfg)})
             plan.add(
                 f"eval/{task}/{label}",
                 ekey,

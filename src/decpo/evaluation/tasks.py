@@ -60,6 +60,7 @@ class EvalConfig:
     pair_max_length: int = 512  # longer pairs (hh-rlhf dialogues) lose the start of their prompt
     dtype: str = "float32"
     chat_template: bool = False  # wrap generation prompts in the tokenizer's chat template (instruct models)
+    generate: bool = True  # False: only log-prob measures where a task has both (sycophancy), much faster
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -319,6 +320,10 @@ def _eval_sycophancy(ctx: _Context, judge) -> tuple[dict, list, int]:
     metrics, samples, policy = _ab_measures(ctx, records, "")
     m, per_item = _preference_measures(ctx, records, policy=policy)
     metrics.update(m)
+    if not ctx.cfg.generate:
+        for sample, scores in zip(samples, per_item, strict=True):
+            sample["scores"].update(scores)
+        return metrics, samples, len(records)
     prompts = [r["prompt"] for r in records]
     outputs = ctx.generate(prompts, "generate answers")
     letters = [M.parse_ab_letter(o) for o in outputs]
