@@ -19,9 +19,38 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _relaunch(args: argparse.Namespace, argv: list[str]) -> int:
+    """``decpo train --num-processes N``: run the same command under ``accelerate launch`` (N processes)."""
+    import os
+    import subprocess
+
+    import torch
+
+    rest = []
+    skip = False
+    for a in argv:  # drop --num-processes and its value
+        if skip:
+            skip = False
+        elif a == "--num-processes":
+            skip = True
+        elif not a.startswith("--num-processes="):
+            rest.append(a)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(args.num_processes)]
+    if not torch.cuda.is_available():
+        cmd.append("--cpu")
+    cmd += ["-m", "decpo", *rest]
+    return subprocess.call(cmd, env=os.environ.copy())
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
+    import os
+
     from decpo.config import load_config
     from decpo.training.run import train
+
+    if args.num_processes > 1 and "WORLD_SIZE" not in os.environ:
+        load_config(args.config, args.overrides)  # a bad config fails here, before any launch
+        return _relaunch(args, args.raw_argv)
 
     cfg = load_config(args.config, args.overrides)
     output_dir = Path(args.output_dir or f"runs/{cfg.objective.name}")
@@ -50,7 +79,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from decpo.experiment import run_experiment
 
     cfg = _experiment_config(args)
-    report = run_experiment(cfg, Path(args.output_dir), argv=sys.argv[1:] if args.argv is None else args.argv)
+    report = run_experiment(cfg, Path(args.output_dir), argv=args.raw_argv)
     print(f"report: {report}")
     return 0
 
@@ -59,7 +88,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from decpo.experiment import parse_layers, sweep_layers
 
     cfg = _experiment_config(args)
-    path = sweep_layers(cfg, Path(args.output_dir), parse_layers(args.layers), argv=sys.argv[1:])
+    path = sweep_layers(cfg, Path(args.output_dir), parse_layers(args.layers), argv=args.raw_argv)
     print(f"sweep: {path}")
     return 0
 
@@ -85,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", default=None, help="YAML config (e.g. configs/default.yaml)")
     p.add_argument("--output-dir", default=None, help="run directory (default: runs/<objective>)")
+    p.add_argument(
+        "--num-processes",
+        type=int,
+        default=1,
+        help="data-parallel processes (relaunches under `accelerate launch`; GPUs, or CPU processes with gloo)",
+    )
     p.add_argument("overrides", nargs="*", help="dotted overrides section.key=value")
     p.set_defaults(func=_cmd_train)
 
@@ -103,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default=None, help="comma-separated training seeds, e.g. 0,1,2")
     p.add_argument("--methods", default=None, help="comma-separated methods, e.g. dpo,decpo,l1,simpo,sft")
     p.add_argument("overrides", nargs="*", help="dotted overrides section.key=value")
-    p.set_defaults(func=_cmd_run, argv=None)
+    p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("sweep", help="DecPO once per regularized layer; task measure against the layer")
     p.add_argument("--layers", required=True, help="e.g. 0-29, 0-29:4 or 3,15,27")
@@ -123,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.raw_argv = list(argv) if argv is not None else sys.argv[1:]
     _setup_logging(args.verbose)
     from decpo.config import ConfigError
 
