@@ -15,7 +15,6 @@ folder is kept aside as ``<name>.stale-<key>`` rather than deleted.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -29,15 +28,11 @@ from typing import Any
 
 from decpo.config import RunConfig, save_config
 from decpo.io import atomic_write_json, atomic_write_text, check_writable
+from decpo.io import stable_hash as config_key
 
 logger = logging.getLogger("decpo.run")
 
 BASE = "base"
-
-
-def config_key(obj: Any) -> str:
-    """A short, stable hash of a JSON-able object (the config a stage depends on)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 class StageLog:

@@ -5,6 +5,7 @@ A reader (or a resumed run) never sees a half-written file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -58,3 +59,8 @@ def check_writable(directory: str | Path, min_free_bytes: int = 50 * 2**20) -> N
     free = os.statvfs(directory).f_bavail * os.statvfs(directory).f_frsize
     if free < min_free_bytes:
         raise OSError(f"output directory {directory} has only {free / 2**20:.0f} MiB free")
+
+
+def stable_hash(obj: Any) -> str:
+    """A short hash of a JSON-able object that is the same in every process and session."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
