@@ -18,14 +18,16 @@ from conftest import REPO
 pytestmark = pytest.mark.slow  # two extra Python processes: about a minute
 
 SMOKE = str(REPO / "configs" / "smoke.yaml")
-# plain DPO (the decorrelation penalty is a property of each process's own rows), no LoRA dropout (random)
+# Plain DPO (the decorrelation penalty is a property of each process's own rows), no LoRA dropout (random).
+# 8 pairs = one global batch: every step sees all of them whatever the order, since accelerate's sharded
+# sampler draws another permutation than the single-process one.
 COMMON = [
     "objective.name=dpo",
     "lora.dropout=0.0",
     "train.max_steps=3",
     "train.eval_steps=0",
     "train.save_steps=100",
-    "data.max_train_samples=24",
+    "data.max_train_samples=8",
     "train.lr=1e-2",
 ]
 
