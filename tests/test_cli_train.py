@@ -103,3 +103,25 @@ def test_probes_during_training_land_in_metrics(tmp_path):
     assert [r["probe/step"] for r in probed] == [0, 2, 4]
     assert all("probe/seconds" in r for r in probed)
     assert not any(k.startswith("train/probe") for r in rows for k in r)
+
+
+def test_prompts_longer_than_max_length_are_counted_or_refused(tmp_path, capsys, caplog):
+    data = tmp_path / "pairs.jsonl"
+    short = '{"prompt": "Q: 1 + 1?", "chosen": " 2", "rejected": " 3"}\n'
+    long = '{"prompt": "' + "word " * 200 + '", "chosen": " a", "rejected": " b"}\n'
+    data.write_text(long * 2 + short * 6)  # the last 2 (short) are held out
+    args = [
+        "train",
+        "--config",
+        SMOKE,
+        "--output-dir",
+        str(tmp_path / "run"),
+        f"data.path={data}",
+        "train.max_steps=1",
+    ]
+    with caplog.at_level("WARNING"):
+        assert main([*args, "data.eval_fraction=0.25"]) == 0
+    assert "2 of 6 train pairs have a prompt of train.max_length=96 tokens or more" in caplog.text
+    data.write_text(long * 8)
+    assert main([*args, "train.resume=false"]) == 2
+    assert "every train prompt has 96 tokens or more" in capsys.readouterr().err

@@ -113,6 +113,35 @@ def to_dataset(records: list[dict], chat_template: bool) -> Dataset:
     return Dataset.from_list(rows)
 
 
+def check_prompt_lengths(tokenizer, records: list[dict], max_length: int, split: str) -> None:
+    """Count the pairs whose prompt alone fills ``max_length`` tokens: TRL drops them without a word.
+
+    A logged, counted skip; an error when no pair would be left.
+    """
+    if not records or not isinstance(records[0]["prompt"], str):
+        return
+    lengths = [len(ids) for ids in tokenizer([r["prompt"] for r in records])["input_ids"]]
+    too_long = [i for i, n in enumerate(lengths) if n >= max_length]
+    if len(too_long) == len(records):
+        from decpo.data import DataError
+
+        raise DataError(
+            f"every {split} prompt has {max_length} tokens or more (train.max_length); the longest has "
+            f"{max(lengths)}: raise train.max_length"
+        )
+    if too_long:
+        logger.warning(
+            "%d of %d %s pairs have a prompt of train.max_length=%d tokens or more and are skipped (first: pair %d, "
+            "%d tokens); raise train.max_length to keep them",
+            len(too_long),
+            len(records),
+            split,
+            max_length,
+            too_long[0],
+            lengths[too_long[0]],
+        )
+
+
 def cached_dataset(dataset: Dataset) -> Dataset:
     """The same rows, backed by a folder in the decpo cache named by their content.
 
@@ -220,6 +249,8 @@ def build_trainer(cfg: RunConfig, output_dir: Path, train_records: list[dict], e
     )
     if cfg.objective.regularizer:
         resolve_layers(model, cfg.objective.layers)  # a clear error before anything slow
+    check_prompt_lengths(tokenizer, train_records, cfg.train.max_length, "train")
+    check_prompt_lengths(tokenizer, eval_records, cfg.train.max_length, "eval")
     args = trainer_args(cfg, output_dir)
     peft_config = None
     if cfg.lora.enabled:
