@@ -1,0 +1,240 @@
+"""The activation probe pass: texts -> one forward per batch -> streaming statistics per (site, layer).
+
+Every requested (site, layer) is hooked at once; each hook keeps only the ``(B, D)`` row of the last
+real token of each text (`decpo.functional.select_tokens`), so a batch never holds more than ``B x D``
+floats per (site, layer) beyond the forward itself, and the statistics are streamed (`ActivationStats`).
+The forward runs the model's backbone only (no LM head: the probes need no logits) in eval mode under
+``torch.no_grad()``; position ids are taken from the attention mask, so left and right padding give the
+same activations (models with absolute positions, GPT-2, included).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from decpo.functional import select_tokens
+from decpo.models.hooks import SITES, num_layers, resolve_layers, site_module
+from decpo.probes.stats import ACTIVATION_PROBES, ActivationStats
+
+logger = logging.getLogger(__name__)
+
+CSV_COLUMNS = ("model", "layer", "site", "probe", "value", "n_texts", "depth")
+
+
+def backbone(model: nn.Module) -> nn.Module:
+    """The transformer stack without the LM head (``LlamaModel`` in ``LlamaForCausalLM``; peft unwrapped)."""
+    for attr in ("module", "_orig_mod"):
+        inner = getattr(model, attr, None)
+        if isinstance(inner, nn.Module):
+            model = inner
+    if hasattr(model, "get_base_model"):  # peft: the transformers model with its adapters still active
+        model = model.get_base_model()
+    base = getattr(model, "base_model", model)
+    return base if isinstance(base, nn.Module) else model
+
+
+@contextlib.contextmanager
+def capture_last_tokens(
+    model: nn.Module, pairs: Sequence[tuple[str, int]], batch: dict[str, torch.Tensor]
+) -> Iterator[dict[tuple[str, int], torch.Tensor]]:
+    """Hook each ``(site, layer)`` of ``pairs``; each forward stores its ``(B, D)`` last-real-token rows.
+
+    ``batch["attention_mask"]`` is read at forward time, so the caller updates ``batch`` before each forward.
+    Selecting inside the hook is safe here (no gradients, no checkpointing) and keeps memory at ``B x D``.
+    The hooks are removed on exit, even when the body raises.
+    """
+    rows: dict[tuple[str, int], torch.Tensor] = {}
+    handles = []
+    try:
+        for site, layer in pairs:
+            module, where = site_module(model, layer, site)
+
+            def store(value, key=(site, layer)):
+                hidden = value[0] if isinstance(value, tuple | list) else value  # (B, T, D)
+                rows[key] = select_tokens(hidden.detach(), batch["attention_mask"]).float()
+
+            if where == "output":
+                handles.append(module.register_forward_hook(lambda _m, _i, out, f=store: f(out)))
+            else:
+                handles.append(module.register_forward_pre_hook(lambda _m, inp, f=store: f(inp)))
+        yield rows
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@dataclass
+class ProbePass:
+    """Statistics of one model over ``n_texts`` texts: ``stats[(site, layer)]``."""
+
+    stats: dict[tuple[str, int], ActivationStats]
+    num_layers: int
+    n_texts: int
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def values(self, probes: Sequence[str] = ACTIVATION_PROBES) -> dict[tuple[str, int, str], float]:
+        """``{(site, layer, probe): value}``."""
+        out = {}
+        for (site, layer), stats in self.stats.items():
+            result = stats.result()
+            for probe in probes:
+                out[(site, layer, probe)] = result[probe]
+        return out
+
+    def rows(
+        self,
+        model_name: str,
+        probes: Sequence[str] = ACTIVATION_PROBES,
+        pairs: Sequence[tuple[str, int]] | None = None,
+    ) -> list[dict]:
+        """Tidy rows ``{model, layer, site, probe, value, n_texts, depth}`` (depth = layer / (L - 1)).
+
+        ``pairs`` restricts them to those ``(site, layer)`` pairs (default: all measured).
+        """
+        out = []
+        for (site, layer), stats in sorted(self.stats.items()):
+            if pairs is not None and (site, layer) not in pairs:
+                continue
+            result, counts = stats.result(), stats.counts()
+            for probe in probes:
+                out.append(
+                    {
+                        "model": model_name,
+                        "layer": layer,
+                        "site": site,
+                        "probe": probe,
+                        "value": result[probe],
+                        "n_texts": counts[probe],
+                        "depth": relative_depth(layer, self.num_layers),
+                    }
+                )
+        return out
+
+    def memory_bytes(self) -> int:
+        return sum(s.memory_bytes() for s in self.stats.values())
+
+
+def relative_depth(layer: int, n_layers: int) -> float:
+    return layer / (n_layers - 1) if n_layers > 1 else 0.0
+
+
+def parse_layers(spec: str | Sequence[int] | None, model: nn.Module) -> list[int]:
+    """``None`` / ``"all"`` -> every block; ``"0,5,-1"`` or a list -> those blocks (negative from the end)."""
+    if spec is None or spec == "all":
+        return list(range(num_layers(model)))
+    if isinstance(spec, str):
+        try:
+            spec = [int(part) for part in spec.split(",") if part.strip()]
+        except ValueError as e:
+            raise ValueError(f"layers must be 'all' or comma-separated integers, got {spec!r}") from e
+    return sorted(set(resolve_layers(model, list(spec))))
+
+
+def _accepts(module: nn.Module, name: str) -> bool:
+    try:
+        return name in inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def probe_pass(
+    model: nn.Module,
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    sites: Sequence[str] = ("mlp.up_proj",),
+    layers: str | Sequence[int] | None = None,
+    batch_size: int = 16,
+    max_length: int = 256,
+    padding_side: str = "left",
+    progress: bool = True,
+    desc: str = "probe",
+    extra_pairs: Sequence[tuple[str, int]] = (),
+    **stats_kwargs,
+) -> ProbePass:
+    """Run ``texts`` through ``model`` once and accumulate the activation probes of every (site, layer).
+
+    Args:
+        model: a causal LM (or its peft wrapper); its train/eval mode is restored afterwards.
+        tokenizer: its tokenizer (needs a pad token); texts longer than ``max_length`` tokens keep their end.
+        texts: the inputs; the probes read the last real token of each.
+        sites: activation sites, see `decpo.models.hooks.SITES`.
+        layers: ``None``/``"all"``, ``"0,5,-1"`` or a list of block indices.
+        padding_side: ``"left"`` or ``"right"``; the result does not depend on it.
+        extra_pairs: more ``(site, layer)`` pairs to measure in the same forward (e.g. the vocabulary view's).
+        stats_kwargs: passed to `ActivationStats` (``eps_zero``, ``gram_dim_limit``, ``max_gram_rows``, ...).
+    """
+    import time
+
+    if not texts:
+        raise ValueError("no texts to probe")
+    empty = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+    if empty:
+        raise ValueError(f"{len(empty)} empty or non-string text(s), e.g. at index {empty[0]}")
+    for site in {*sites, *(site for site, _ in extra_pairs)}:
+        if site not in SITES:
+            raise ValueError(f"unknown activation site {site!r}; available: {SITES}")
+    if tokenizer.pad_token is None:
+        raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token = tokenizer.eos_token")
+    layer_list = parse_layers(layers, model)
+    pairs = [(site, layer) for site in sites for layer in layer_list]
+    extra = [(site, resolve_layers(model, [layer])[0]) for site, layer in extra_pairs]
+    pairs += [pair for pair in extra if pair not in pairs]
+    net = backbone(model)
+    device = next(model.parameters()).device
+    extra_kwargs = {k: v for k, v in (("use_cache", False),) if _accepts(net, k)}
+    with_positions = _accepts(net, "position_ids")
+    stats: dict[tuple[str, int], ActivationStats] = {}
+    batch: dict[str, torch.Tensor] = {}
+    was_training = model.training
+    saved_sides = (tokenizer.padding_side, tokenizer.truncation_side)
+    t0 = time.perf_counter()
+    try:
+        model.eval()
+        tokenizer.padding_side, tokenizer.truncation_side = padding_side, "left"
+        bar = tqdm(total=len(texts), desc=desc, unit="text", disable=not progress, leave=False)
+        with torch.no_grad(), capture_last_tokens(model, pairs, batch) as rows:
+            for start in range(0, len(texts), batch_size):
+                chunk = list(texts[start : start + batch_size])
+                enc = tokenizer(
+                    chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_length
+                )
+                batch["attention_mask"] = enc["attention_mask"].to(device)
+                kwargs = {"input_ids": enc["input_ids"].to(device), "attention_mask": batch["attention_mask"]}
+                if with_positions:
+                    kwargs["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+                rows.clear()
+                net(**kwargs, **extra_kwargs)
+                for key, z in rows.items():
+                    if key not in stats:
+                        stats[key] = ActivationStats(z.size(1), **stats_kwargs)
+                    stats[key].update(z)
+                bar.update(len(chunk))
+        bar.close()
+    finally:
+        tokenizer.padding_side, tokenizer.truncation_side = saved_sides
+        model.train(was_training)
+    result = ProbePass(stats, num_layers(model), len(texts), time.perf_counter() - t0)
+    logger.debug(
+        "probe pass: %d texts, %d (site, layer) pairs, %.1f s, %.1f MiB of statistics",
+        len(texts),
+        len(stats),
+        result.seconds,
+        result.memory_bytes() / 2**20,
+    )
+    return result
+
+
+def stats_memory_bound(dim: int, n_pairs: int, gram_dim_limit: int = 256, max_gram_rows: int = 512) -> int:
+    """Upper bound in bytes of the statistics of ``n_pairs`` (site, layer) pairs of width ``dim``."""
+    big = 8 * dim * dim if dim <= gram_dim_limit else 2 * dim * max_gram_rows
+    return n_pairs * (big + 5 * 8 * dim)

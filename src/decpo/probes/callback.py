@@ -1,0 +1,114 @@
+"""Probes during training: a `TrainerCallback` that measures the policy every N steps and logs the values."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from transformers import TrainerCallback
+
+from decpo.probes.activation import probe_pass
+from decpo.probes.stats import ACTIVATION_PROBES
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "probe/"
+
+
+def probe_key(probe: str, layer: int, site: str = "mlp.up_proj", default_site: str = "mlp.up_proj") -> str:
+    """``probe/decorrelation/L07``; a site other than the default is named: ``probe/resid_post/hoyer/L07``."""
+    middle = f"{probe}" if site == default_site else f"{site}/{probe}"
+    return f"{PREFIX}{middle}/L{layer:02d}"
+
+
+class ProbeCallback(TrainerCallback):
+    """Runs activation probes on the policy at the start of training and every ``every_n_steps`` steps.
+
+    The policy (``kwargs["model"]``, peft-wrapped or not) is put in eval mode under ``torch.no_grad()`` for
+    the pass and its train mode is restored after it. The values wait until the Trainer's next log, where
+    ``on_log`` adds them to the ``logs`` dict once: ``probe/<probe>/L07`` (two-digit layer; a site other
+    than the first is named, ``probe/<site>/<probe>/L07``), ``probe/seconds`` (the pass's cost) and
+    ``probe/step`` (the step they were measured at). The step-0 values land in the first log of the run
+    (the ``eval_on_start`` evaluation when there is one).
+
+    Wiring (decpo.training.run.build_trainer): pass it in
+    ``callbacks=[ProbeCallback(...), MetricsJsonlCallback(...), ...]``, BEFORE `MetricsJsonlCallback`
+    (callbacks run in list order and ``on_log`` must add the keys before the JSONL line is written), and
+    make `namespaced` keep keys starting with ``probe/`` as they are (no ``train/`` prefix). ``texts``
+    are e.g. the first ``probe.num_texts`` eval prompts.
+
+    Args:
+        texts: inputs of the probe pass (the same ones every time).
+        tokenizer: the policy's tokenizer (needs a pad token).
+        every_n_steps: period in optimizer steps; 0 measures at the start only.
+        probes: names from `decpo.probes.stats.ACTIVATION_PROBES`.
+        sites: activation sites; layers: ``None``/"all" or block indices; batch_size: of the probe pass.
+    """
+
+    def __init__(
+        self,
+        texts: Sequence[str],
+        tokenizer,
+        every_n_steps: int = 50,
+        probes: Sequence[str] = ("decorrelation",),
+        sites: Sequence[str] = ("mlp.up_proj",),
+        layers: str | Sequence[int] | None = None,
+        batch_size: int = 16,
+        max_length: int = 256,
+    ):
+        unknown = [p for p in probes if p not in ACTIVATION_PROBES]
+        if unknown:
+            raise ValueError(f"unknown probe(s) {unknown}; available: {ACTIVATION_PROBES}")
+        if every_n_steps < 0:
+            raise ValueError(f"every_n_steps must be >= 0, got {every_n_steps}")
+        if len(texts) < 2:
+            raise ValueError("the probe callback needs at least 2 texts")
+        self.texts = list(texts)
+        self.tokenizer = tokenizer
+        self.every_n_steps = every_n_steps
+        self.probes = list(probes)
+        self.sites = list(sites)
+        self.layers = layers
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.pending: dict[str, float] = {}
+        self.history: list[dict[str, float]] = []  # every measurement, for tests and reports
+
+    def measure(self, model, step: int) -> dict[str, float]:
+        """Run the probes on ``model`` now; returns (and queues for the next log) the ``probe/...`` values."""
+        t0 = time.perf_counter()
+        result = probe_pass(
+            model,
+            self.tokenizer,
+            self.texts,
+            sites=self.sites,
+            layers=self.layers,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            progress=False,
+        )
+        values = {
+            probe_key(probe, layer, site, self.sites[0]): value
+            for (site, layer, probe), value in result.values(self.probes).items()
+        }
+        values[f"{PREFIX}seconds"] = time.perf_counter() - t0
+        values[f"{PREFIX}step"] = float(step)
+        self.pending = values
+        self.history.append(values)
+        logger.debug("probes at step %d: %.2f s", step, values[f"{PREFIX}seconds"])
+        return values
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if model is not None and state.is_world_process_zero:
+            self.measure(model, state.global_step)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        n = self.every_n_steps
+        if model is not None and n > 0 and state.global_step % n == 0 and state.is_world_process_zero:
+            self.measure(model, state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None and self.pending:
+            logs.update(self.pending)
+            self.pending = {}
