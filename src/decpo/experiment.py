@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from decpo.config import RunConfig, save_config
-from decpo.io import atomic_write_json, atomic_write_text, check_writable
+from decpo.io import atomic_write_json, check_writable
 from decpo.io import stable_hash as config_key
 
 logger = logging.getLogger("decpo.run")
@@ -267,4 +267,4 @@ def parse_layers(text: str) -> list[int]:
     return out
 
 
-__all__ = ["run_experiment", "sweep_layers", "parse_layers", "eval_tasks", "config_key", "atomic_write_text"]
+__all__ = ["run_experiment", "sweep_layers", "parse_layers", "eval_tasks", "config_key"]
