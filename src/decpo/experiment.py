@@ -46,9 +46,6 @@ class StageLog:
         entry = self.stages.get(name, {})
         return entry.get("key") == key and entry.get("status") == "done"
 
-    def stale(self, name: str, key: str) -> bool:
-        return name in self.stages and self.stages[name].get("key") != key
-
     def mark(self, name: str, key: str, status: str, **extra: Any) -> None:
         self.stages[name] = {"key": key, "status": status, **extra}
         atomic_write_json(self.path, self.stages)
@@ -104,11 +101,13 @@ def eval_tasks(cfg: RunConfig) -> list[str]:
 
 
 def _train_stage(run_cfg: RunConfig, folder: Path, log: StageLog, name: str, key: str) -> Callable[[], None]:
+    previous = log.stages.get(name, {}).get("key")  # read now: the plan marks the stage with the new key
+
     def stage() -> None:
         from decpo.training.run import train
 
-        if log.stale(name, key) and folder.exists():
-            aside = folder.with_name(f"{folder.name}.stale-{log.stages[name]['key']}")
+        if previous is not None and previous != key and folder.exists():
+            aside = folder.with_name(f"{folder.name}.stale-{previous}")
             logger.info("config changed: keeping the old %s as %s", folder, aside)
             os.replace(folder, aside)
         train(run_cfg, folder)
