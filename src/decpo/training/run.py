@@ -142,32 +142,6 @@ def check_prompt_lengths(tokenizer, records: list[dict], max_length: int, split:
         )
 
 
-def cached_dataset(dataset: Dataset) -> Dataset:
-    """The same rows, backed by a folder in the decpo cache named by their content.
-
-    Datasets built in memory get a random cache name, so TRL's precomputed reference log-probs (cached
-    next to the dataset, keyed by its fingerprint and the model's hash) would be recomputed by every run.
-    Backed by a content-addressed folder, a second method on the same data and base (``decpo run``) or a
-    resumed run reuses them.
-    """
-    from datasets import load_from_disk
-
-    from decpo.io import stable_hash
-    from decpo.models.loading import cache_dir
-
-    key = stable_hash(dataset.to_list())
-    folder = cache_dir() / "datasets" / key
-    if not (folder / "dataset_info.json").is_file():
-        tmp = folder.with_name(f".{key}.{os.getpid()}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        dataset.save_to_disk(str(tmp))
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process finished first
-            shutil.rmtree(tmp, ignore_errors=True)
-    return load_from_disk(str(folder))
-
-
 def trainer_args(cfg: RunConfig, output_dir: Path):
     """`DecPOConfig` (or `SimPOConfig`) from a RunConfig: the one place where our keys meet TRL's names."""
     from decpo.training.trainer import DecPOConfig, SimPOConfig
@@ -278,10 +252,8 @@ def build_trainer(cfg: RunConfig, output_dir: Path, train_records: list[dict], e
         model=model,
         **extra,
         args=args,
-        train_dataset=cached_dataset(to_dataset(train_records, cfg.data.chat_template)),
-        eval_dataset=cached_dataset(to_dataset(eval_records, cfg.data.chat_template))
-        if eval_records
-        else None,
+        train_dataset=to_dataset(train_records, cfg.data.chat_template),
+        eval_dataset=to_dataset(eval_records, cfg.data.chat_template) if eval_records else None,
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=callbacks,
