@@ -16,7 +16,7 @@ forward saves the same tensors.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -117,13 +117,17 @@ def capture_activations(
     *,
     detach: bool = False,
     first_call_only: bool = True,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[dict[int, torch.Tensor]]:
     """Capture ``(N, T, D)`` activations of ``site`` at ``layers`` during the forwards run in the body.
 
     Yields a dict ``{layer: tensor}`` filled as the forward runs. With ``first_call_only`` only the first
     forward through each module is kept (a reference forward through the same modules, e.g. LoRA with
     the adapter disabled, or a recomputation, does not overwrite it). ``detach=True`` for probes; the
-    training penalty keeps the graph. The hooks are removed on exit, even when the body raises.
+    training penalty keeps the graph. ``transform`` reduces the tensor before it is stored (probes keep
+    ``(N, D)`` rows instead of ``(N, T, D)``); only for passes without gradients or checkpointing, since
+    computing inside a hook breaks non-reentrant checkpointing. The hooks are removed on exit, even when
+    the body raises.
     """
     captured: dict[int, torch.Tensor] = {}
     handles = []
@@ -135,7 +139,8 @@ def capture_activations(
                 if first_call_only and layer in captured:
                     return
                 tensor = _first_tensor(value)
-                captured[layer] = tensor.detach() if detach else tensor
+                tensor = tensor.detach() if detach else tensor
+                captured[layer] = transform(tensor) if transform is not None else tensor
 
             if where == "output":
                 handles.append(module.register_forward_hook(lambda _m, _i, out, f=store: f(out)))

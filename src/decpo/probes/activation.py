@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from decpo.functional import select_tokens
-from decpo.models.hooks import SITES, num_layers, resolve_layers, site_module
+from decpo.models.hooks import SITES, capture_activations, num_layers, resolve_layers
 from decpo.probes.stats import ACTIVATION_PROBES, ActivationStats
 
 logger = logging.getLogger(__name__)
@@ -44,31 +44,30 @@ def backbone(model: nn.Module) -> nn.Module:
 @contextlib.contextmanager
 def capture_last_tokens(
     model: nn.Module, pairs: Sequence[tuple[str, int]], batch: dict[str, torch.Tensor]
-) -> Iterator[dict[tuple[str, int], torch.Tensor]]:
-    """Hook each ``(site, layer)`` of ``pairs``; each forward stores its ``(B, D)`` last-real-token rows.
+) -> Iterator[dict[str, dict[int, torch.Tensor]]]:
+    """Hook each ``(site, layer)`` of ``pairs``; each forward stores its ``(B, D)`` last-real-token rows,
+    as ``{site: {layer: rows}}`` (`decpo.models.capture_activations` with a token-selecting transform).
 
     ``batch["attention_mask"]`` is read at forward time, so the caller updates ``batch`` before each forward.
     Selecting inside the hook is safe here (no gradients, no checkpointing) and keeps memory at ``B x D``.
     The hooks are removed on exit, even when the body raises.
     """
-    rows: dict[tuple[str, int], torch.Tensor] = {}
-    handles = []
-    try:
-        for site, layer in pairs:
-            module, where = site_module(model, layer, site)
 
-            def store(value, key=(site, layer)):
-                hidden = value[0] if isinstance(value, tuple | list) else value  # (B, T, D)
-                rows[key] = select_tokens(hidden.detach(), batch["attention_mask"]).float()
+    def last_tokens(hidden: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, D)
+        return select_tokens(hidden, batch["attention_mask"]).float()
 
-            if where == "output":
-                handles.append(module.register_forward_hook(lambda _m, _i, out, f=store: f(out)))
-            else:
-                handles.append(module.register_forward_pre_hook(lambda _m, inp, f=store: f(inp)))
-        yield rows
-    finally:
-        for handle in handles:
-            handle.remove()
+    by_site: dict[str, list[int]] = {}
+    for site, layer in pairs:
+        by_site.setdefault(site, []).append(layer)
+    with contextlib.ExitStack() as stack:
+        yield {
+            site: stack.enter_context(
+                capture_activations(
+                    model, layers, site, detach=True, first_call_only=False, transform=last_tokens
+                )
+            )
+            for site, layers in by_site.items()
+        }
 
 
 @dataclass
@@ -202,7 +201,7 @@ def probe_pass(
         model.eval()
         tokenizer.padding_side, tokenizer.truncation_side = padding_side, "left"
         bar = tqdm(total=len(texts), desc=desc, unit="text", disable=not progress, leave=False)
-        with torch.no_grad(), capture_last_tokens(model, pairs, batch) as rows:
+        with torch.no_grad(), capture_last_tokens(model, pairs, batch) as captures:
             for start in range(0, len(texts), batch_size):
                 chunk = list(texts[start : start + batch_size])
                 enc = tokenizer(
@@ -212,12 +211,14 @@ def probe_pass(
                 kwargs = {"input_ids": enc["input_ids"].to(device), "attention_mask": batch["attention_mask"]}
                 if with_positions:
                     kwargs["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-                rows.clear()
+                for captured in captures.values():
+                    captured.clear()
                 net(**kwargs, **extra_kwargs)
-                for key, z in rows.items():
-                    if key not in stats:
-                        stats[key] = ActivationStats(z.size(1), **stats_kwargs)
-                    stats[key].update(z)
+                for site, captured in captures.items():
+                    for layer, z in captured.items():  # z: (B, D)
+                        if (site, layer) not in stats:
+                            stats[(site, layer)] = ActivationStats(z.size(1), **stats_kwargs)
+                        stats[(site, layer)].update(z)
                 bar.update(len(chunk))
         bar.close()
     finally:
