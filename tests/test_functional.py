@@ -8,12 +8,15 @@ import pytest
 import torch
 
 from decpo.functional import (
+    TOKEN_SELECTIONS,
     decorrelation_penalty,
     dpo_loss,
     feature_decorrelation,
     l1_penalty,
+    select_spans,
     select_tokens,
     sequence_logps,
+    token_spans,
 )
 
 
@@ -131,3 +134,25 @@ def test_select_tokens_completion_mean():
     assert out.tolist() == [[3.0, 4.0]]
     with pytest.raises(ValueError, match="completion_mask"):
         select_tokens(hidden, torch.ones(1, 4), "completion_mean")
+
+
+def test_token_spans_select_the_same_rows_as_select_tokens():
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 5, 4)
+    attention = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
+    completion = torch.tensor([[0, 1, 1, 0, 0], [0, 0, 1, 1, 1], [0, 1, 0, 0, 0]])
+    for how in TOKEN_SELECTIONS:
+        spans = token_spans(attention, how, completion)
+        torch.testing.assert_close(
+            select_spans(hidden, spans), select_tokens(hidden, attention, how, completion)
+        )
+    assert token_spans(attention, "last") == [(0, 2, 3), (1, 4, 5), (2, 1, 2)]
+    # packed rows: sequence 0 lives at flat positions 5..7 of a (2, 5) tensor, i.e. row 1, positions 0..2
+    index = torch.tensor([[5, 6, 7, 0, 0]])
+    assert token_spans(attention[:1], "completion_mean", completion[:1], index=index, row_length=5) == [
+        (1, 1, 3)
+    ]
+    with pytest.raises(ValueError, match="not contiguous"):
+        token_spans(torch.ones(1, 3), "completion_mean", torch.tensor([[1, 0, 1]]))
+    with pytest.raises(ValueError, match="no token"):
+        token_spans(torch.zeros(1, 3), "last")

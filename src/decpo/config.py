@@ -183,6 +183,31 @@ class TrainConfig:
     precompute_ref: bool = field(
         default=True, metadata=_help("Compute reference log-probs once before training (saves a forward).")
     )
+    ref_cache: bool = field(
+        default=True,
+        metadata=_help(
+            "Reuse precomputed reference log-probs across runs with the same reference model, data and settings "
+            "(in $DECPO_CACHE/ref_logps)."
+        ),
+    )
+    group_by_length: bool = field(
+        default=False,
+        metadata=_help(
+            "Batch pairs of similar length together (still shuffled, seeded): less padding per step on data "
+            "of mixed lengths; every pair is still seen once per epoch. DPO-family objectives only (not simpo)."
+        ),
+    )
+    share_prompt: bool = field(
+        default=False,
+        metadata=_help(
+            "Process each pair's prompt once, not once per completion (packed prompt | chosen | rejected with a "
+            "block attention mask; same losses and gradients). Needs sdpa or eager attention; not simpo."
+        ),
+    )
+    pack_pairs: bool = field(
+        default=False,
+        metadata=_help("With share_prompt: several short pairs per packed row (rows no longer than the longest pair)."),
+    )
     bf16: bool = field(default=False, metadata=_help("bf16 mixed precision (GPUs)."))
     resume: bool = field(default=True, metadata=_help("Resume from the latest checkpoint in the output dir."))
 

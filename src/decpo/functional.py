@@ -49,6 +49,54 @@ def select_tokens(
     raise ValueError(f"unknown token selection {how!r}; expected one of {TOKEN_SELECTIONS}")
 
 
+def token_spans(
+    attention_mask: torch.Tensor,
+    how: str = "last",
+    completion_mask: torch.Tensor | None = None,
+    index: torch.Tensor | None = None,
+    row_length: int | None = None,
+) -> list[tuple[int, int, int]]:
+    """Where each sequence's selected tokens lie, as ``(row, start, stop)`` slices of an activation tensor.
+
+    `select_spans` then takes the rows with slicing alone, which saves no tensor for backward: inside a
+    forward hook under non-reentrant gradient checkpointing the full ``(N, T, D)`` activation is then never
+    kept, only the ``(N, D)`` rows (and a recomputation that runs without the hook stays consistent).
+
+    Args:
+        attention_mask, completion_mask: ``(N, T)`` (right padding; the completion is one contiguous run).
+        how: one of ``TOKEN_SELECTIONS`` (see `select_tokens`).
+        index: ``(N, T)`` flat positions of these tokens in a packed ``(R, row_length)`` activation tensor
+            (prefix sharing); ``None``: sequence ``n``'s token ``t`` is at row ``n``, position ``t``.
+    """
+    if how not in TOKEN_SELECTIONS:
+        raise ValueError(f"unknown token selection {how!r}; expected one of {TOKEN_SELECTIONS}")
+    if how == "completion_mean" and completion_mask is None:
+        raise ValueError("token selection 'completion_mean' needs a completion_mask")
+    chosen = attention_mask if how == "last" else completion_mask
+    spans = []
+    for n, row in enumerate(chosen.bool().tolist()):
+        positions = [t for t, keep in enumerate(row) if keep]
+        if not positions:
+            raise ValueError(f"sequence {n} has no token to select ({how})")
+        if how == "last":
+            positions = positions[-1:]
+        if index is not None:
+            flat = index[n, positions].tolist()
+            positions = [f % row_length for f in flat]
+            r = flat[0] // row_length
+        else:
+            r = n
+        if positions != list(range(positions[0], positions[0] + len(positions))):
+            raise ValueError(f"the selected tokens of sequence {n} are not contiguous")
+        spans.append((r, positions[0], positions[-1] + 1))
+    return spans
+
+
+def select_spans(hidden: torch.Tensor, spans: list[tuple[int, int, int]]) -> torch.Tensor:
+    """``(N, D)``: the mean of ``hidden[row, start:stop]`` for each span (one token: that token's row)."""
+    return torch.stack([hidden[r, a:b].mean(dim=0) for r, a, b in spans])
+
+
 def decorrelation_penalty(z: torch.Tensor, form: str = "cosine", eps: float = 1e-8) -> torch.Tensor:
     """Feature-decorrelation regularizer of DecPO on one activation matrix.
 

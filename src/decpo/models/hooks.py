@@ -125,9 +125,9 @@ def capture_activations(
     forward through each module is kept (a reference forward through the same modules, e.g. LoRA with
     the adapter disabled, or a recomputation, does not overwrite it). ``detach=True`` for probes; the
     training penalty keeps the graph. ``transform`` reduces the tensor before it is stored (probes keep
-    ``(N, D)`` rows instead of ``(N, T, D)``); only for passes without gradients or checkpointing, since
-    computing inside a hook breaks non-reentrant checkpointing. The hooks are removed on exit, even when
-    the body raises.
+    ``(N, D)`` rows instead of ``(N, T, D)``). With gradients under non-reentrant checkpointing, a transform
+    must save no tensor for backward (slicing and stacking, as `decpo.functional.select_spans`): the
+    recomputation runs without the hook. The hooks are removed on exit, even when the body raises.
     """
     captured: dict[int, torch.Tensor] = {}
     handles = []

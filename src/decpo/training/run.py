@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from datasets import Dataset
 
-from decpo.config import RunConfig, save_config
+from decpo.config import ConfigError, RunConfig, save_config
 from decpo.io import atomic_write_json, check_writable
 
 logger = logging.getLogger("decpo.train")
@@ -144,6 +144,7 @@ def check_prompt_lengths(tokenizer, records: list[dict], max_length: int, split:
 
 def trainer_args(cfg: RunConfig, output_dir: Path):
     """`DecPOConfig` (or `SimPOConfig`) from a RunConfig: the one place where our keys meet TRL's names."""
+    from decpo.models.loading import cache_dir
     from decpo.training.trainer import DecPOConfig, SimPOConfig
 
     t, o = cfg.train, cfg.objective
@@ -188,12 +189,21 @@ def trainer_args(cfg: RunConfig, output_dir: Path):
         use_cpu=not torch.cuda.is_available(),
     )
     if o.name == "simpo":
+        if t.group_by_length:
+            raise ConfigError("train.group_by_length is not supported with objective.name=simpo")
+        if t.share_prompt:
+            raise ConfigError("train.share_prompt is not supported with objective.name=simpo (TRL's CPOTrainer)")
         # TRL's CPOTrainer as SimPO: reference-free, length-normalised, target margin gamma
         return SimPOConfig(**common, simpo_gamma=o.simpo_gamma, remove_unused_columns=False)
     return DecPOConfig(
         **common,
         loss_type=["sft"] if o.name == "sft" else [o.loss_type],
         precompute_ref_log_probs=t.precompute_ref,
+        share_prompt=t.share_prompt,
+        pack_pairs=t.pack_pairs,
+        ref_logps_cache=str(cache_dir() / "ref_logps") if (t.precompute_ref and t.ref_cache) else None,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        length_column_name="length",
     )
 
 

@@ -23,9 +23,13 @@ from decpo.functional import (
     TOKEN_SELECTIONS,
     decorrelation_penalty,
     l1_penalty,
-    select_tokens,
+    select_spans,
+    token_spans,
 )
 from decpo.models.hooks import SITES, capture_activations, resolve_layers
+from decpo.training.batching import LengthGroupedMixin
+from decpo.training.prefix_sharing import SharedPromptMixin
+from decpo.training.ref_cache import CachedReferenceMixin
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +83,29 @@ class DecPOConfig(DPOConfig, RegularizerArgs):
     With ``reg_type=None`` or ``reg_weight=0`` it trains exactly like `DPOConfig`.
     """
 
+    share_prompt: bool = field(
+        default=False,
+        metadata={
+            "help": "Process each pair's prompt once (one packed row prompt | chosen | rejected with a block "
+            "attention mask) instead of once per completion. Same losses and gradients as TRL's path."
+        },
+    )
+    pack_pairs: bool = field(
+        default=False,
+        metadata={
+            "help": "With share_prompt: put several short pairs in one row (no row longer than the longest pair)."
+        },
+    )
+
+    ref_logps_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder of a persistent cache of the precomputed reference log-probs (with "
+            "precompute_ref_log_probs), keyed on the tokenized data, the reference weights and the settings of the "
+            "pass; None: TRL's own per-trainer precompute."
+        },
+    )
+
     def __post_init__(self):
         self._validate_regularizer()
         super().__post_init__()
@@ -98,22 +125,9 @@ class SimPOConfig(CPOConfig, RegularizerArgs):
 
 
 def activation_penalty(
-    activations: torch.Tensor,
-    attention_mask: torch.Tensor,
-    completion_mask: torch.Tensor,
-    *,
-    reg_type: str,
-    form: str = "cosine",
-    tokens: str = "last",
-    rows: str = "both",
+    z: torch.Tensor, *, reg_type: str, form: str = "cosine", rows: str = "both"
 ) -> torch.Tensor:
-    """Penalty of one block from its captured activations.
-
-    Args:
-        activations: ``(2B, T, D)``, the chosen sequences first, then the rejected ones (TRL's layout).
-        attention_mask, completion_mask: ``(2B, T)``.
-    """
-    z = select_tokens(activations, attention_mask, tokens, completion_mask)  # (2B, D)
+    """Penalty of one block from its selected rows ``z``: ``(2B, D)``, chosen sequences first (TRL's layout)."""
     half = z.size(0) // 2
     z = {"both": z, "chosen": z[:half], "rejected": z[half:]}[rows]
     # float32 for the Gram matrix: bf16 squares of large activations lose too much
@@ -147,22 +161,29 @@ class ActivationRegularizerMixin:
             self._check_finite(out[0] if return_outputs else out, "preference loss")
             return out
         cfg = self.args
+        attention_mask, completion_mask = self._masks(inputs)
+        packed = inputs.get("shared_input_ids")  # prefix sharing: the activations are packed rows
+        spans = token_spans(
+            attention_mask,
+            cfg.reg_tokens,
+            completion_mask,
+            index=inputs.get("full_gather"),
+            row_length=None if packed is None else packed.size(1),
+        )
         # The policy forward is the first one through the hooked modules (a LoRA reference forward with the
-        # adapter disabled comes after it and is ignored); the penalty is computed after the forward.
-        with capture_activations(model, self._reg_layers, cfg.reg_site, first_call_only=True) as acts:
+        # adapter disabled comes after it and is ignored). The hook keeps only the selected (2B, D) rows, by
+        # slicing, so under gradient checkpointing the full activations are not held (see `token_spans`).
+        with capture_activations(
+            model,
+            self._reg_layers,
+            cfg.reg_site,
+            first_call_only=True,
+            transform=lambda t: select_spans(t, spans),
+        ) as selected:
             out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         pref_loss = out[0] if return_outputs else out
-        attention_mask, completion_mask = self._masks(inputs)
         penalty = sum(
-            activation_penalty(
-                acts[layer],
-                attention_mask,
-                completion_mask,
-                reg_type=cfg.reg_type,
-                form=cfg.reg_form,
-                tokens=cfg.reg_tokens,
-                rows=cfg.reg_rows,
-            )
+            activation_penalty(selected[layer], reg_type=cfg.reg_type, form=cfg.reg_form, rows=cfg.reg_rows)
             for layer in self._reg_layers
         )
         if model.training and torch.is_grad_enabled() and not penalty.requires_grad:
@@ -206,7 +227,9 @@ class ActivationRegularizerMixin:
             )
 
 
-class DecPOTrainer(ActivationRegularizerMixin, DPOTrainer):
+class DecPOTrainer(
+    ActivationRegularizerMixin, SharedPromptMixin, LengthGroupedMixin, CachedReferenceMixin, DPOTrainer
+):
     """`DPOTrainer` whose loss adds ``reg_weight * R`` on hooked activations (see module docstring)."""
 
     def __init__(self, *args, **kwargs):
@@ -214,6 +237,10 @@ class DecPOTrainer(ActivationRegularizerMixin, DPOTrainer):
         self._init_regularizer()
 
     def _masks(self, inputs):
+        if (
+            "full_attention_mask" in inputs
+        ):  # prefix sharing: TRL's usual layout, rebuilt from the packed rows
+            return inputs["full_attention_mask"], inputs["full_completion_mask"]
         return inputs["attention_mask"], inputs["completion_mask"]
 
     def _record(self, mode, key, value):
