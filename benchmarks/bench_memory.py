@@ -112,7 +112,9 @@ def child(args) -> dict:
         trainer.model.to(args.device)
         trainer.model.gradient_checkpointing_enable({"use_reentrant": False})
         trainer.model.train()
-        batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(args.batch_size)]))
+        batch = trainer._prepare_inputs(
+            trainer.data_collator([trainer.train_dataset[i] for i in range(args.batch_size)])
+        )
         cuda = args.device != "cpu"
 
         def step():

@@ -206,7 +206,9 @@ class TrainConfig:
     )
     pack_pairs: bool = field(
         default=False,
-        metadata=_help("With share_prompt: several short pairs per packed row (rows no longer than the longest pair)."),
+        metadata=_help(
+            "With share_prompt: several short pairs per packed row (rows no longer than the longest pair)."
+        ),
     )
     bf16: bool = field(default=False, metadata=_help("bf16 mixed precision (GPUs)."))
     resume: bool = field(default=True, metadata=_help("Resume from the latest checkpoint in the output dir."))

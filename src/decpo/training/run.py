@@ -192,7 +192,9 @@ def trainer_args(cfg: RunConfig, output_dir: Path):
         if t.group_by_length:
             raise ConfigError("train.group_by_length is not supported with objective.name=simpo")
         if t.share_prompt:
-            raise ConfigError("train.share_prompt is not supported with objective.name=simpo (TRL's CPOTrainer)")
+            raise ConfigError(
+                "train.share_prompt is not supported with objective.name=simpo (TRL's CPOTrainer)"
+            )
         # TRL's CPOTrainer as SimPO: reference-free, length-normalised, target margin gamma
         return SimPOConfig(**common, simpo_gamma=o.simpo_gamma, remove_unused_columns=False)
     return DecPOConfig(
