@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-VARIANTS = ("dpo", "decpo_1layer_last", "decpo_all_layers_completion")
+VARIANTS = ("dpo", "decpo_1layer_last", "decpo_all_layers_completion", "all_layers_holding_full_activations")
 SIZES = {  # hidden, intermediate, layers, heads, kv heads
     "small": (512, 1408, 8, 8, 4),
     "1b": (2048, 5632, 22, 32, 4),
@@ -87,6 +87,11 @@ def child(args) -> dict:
         "decpo_all_layers_completion": dict(
             reg_type="decorrelation", reg_layers=list(range(layers)), reg_tokens="completion_mean"
         ),
+        # what a hook that stores the whole (2B, T, D) activation costs (decpo's first version did): the same
+        # penalty, plus a capture of every layer's full activation held until the forward ends
+        "all_layers_holding_full_activations": dict(
+            reg_type="decorrelation", reg_layers=list(range(layers)), reg_tokens="completion_mean"
+        ),
     }[args.child]
     with tempfile.TemporaryDirectory() as tmp:
         trainer = DecPOTrainer(
@@ -118,7 +123,11 @@ def child(args) -> dict:
         cuda = args.device != "cpu"
 
         def step():
-            loss = trainer.compute_loss(trainer.model, batch)
+            from decpo.models.hooks import capture_activations
+
+            hold = args.child == "all_layers_holding_full_activations"
+            with capture_activations(trainer.model, list(range(layers)) if hold else [], "mlp.up_proj"):
+                loss = trainer.compute_loss(trainer.model, batch)
             loss.backward()
             trainer.model.zero_grad(set_to_none=True)
 

@@ -62,6 +62,7 @@ def build(variant: str, model_name: str, records, tmp: Path, batch_size: int, ma
         max_length=max_length,
         precompute_ref_log_probs=False,  # TRL's default: the reference forward is part of every step
         learning_rate=1e-4,
+        bf16=False,  # TRL's configs default to bf16, even on a CPU
     )
     peft = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj"])
     dataset = Dataset.from_list(records)
@@ -93,7 +94,11 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument(
+        "--variants",
+        default="trl_dpo,shared_dpo,decpo_1layer,shared_decpo_1layer",
+        help=f"comma-separated, of {', '.join(VARIANTS)} (each holds a model copy in memory)",
+    )
     parser.add_argument("--write", default=None, help="append a section to this markdown file")
     args = parser.parse_args()
 

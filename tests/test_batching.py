@@ -206,3 +206,13 @@ def test_config_key_maps_to_the_trainer_argument(tmp_path):
         trainer_args(
             RunConfig().replace(**{"train.group_by_length": True, "objective.name": "simpo"}), tmp_path
         )
+
+
+def test_shared_length_is_the_packed_row():
+    from decpo.training.batching import pair_length
+
+    pair = {"prompt_ids": [1] * 5, "chosen_ids": [2] * 4, "rejected_ids": [3] * 2}
+    assert pair_length(pair, None) == 9
+    assert pair_length(pair, None, shared=True) == 11
+    assert pair_length(pair, 8) == 8  # the chosen answer is cut to 3 tokens, as TRL cuts it
+    assert pair_length(pair, 8, shared=True) == 10

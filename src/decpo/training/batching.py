@@ -31,10 +31,13 @@ from transformers.trainer_utils import has_length
 GROUP_BY_LENGTH = "group_by_length"
 
 
-def pair_length(example: dict[str, Any], max_length: int | None) -> int:
-    """Padded length of a tokenized pair: prompt plus the longer answer, at most ``max_length``."""
-    n = len(example["prompt_ids"]) + max(len(example["chosen_ids"]), len(example["rejected_ids"]))
-    return n if max_length is None else min(n, max_length)
+def pair_length(example: dict[str, Any], max_length: int | None, shared: bool = False) -> int:
+    """Padded length of a tokenized pair: prompt plus the longer answer, at most ``max_length``; with prefix
+    sharing (``shared``) the packed row's length, prompt plus both answers (each answer cut as TRL cuts it)."""
+    prompt, chosen, rejected = (len(example[k]) for k in ("prompt_ids", "chosen_ids", "rejected_ids"))
+    if max_length is not None:
+        chosen, rejected = (max(0, min(n, max_length - prompt)) for n in (chosen, rejected))
+    return prompt + chosen + rejected if shared else min(prompt + max(chosen, rejected), max_length or 10**12)
 
 
 class SeededLengthGroupedSampler(LengthGroupedSampler):
@@ -71,7 +74,11 @@ class LengthGroupedMixin:
             rows = zip(batch["prompt_ids"], batch["chosen_ids"], batch["rejected_ids"], strict=True)
             return {
                 column: [
-                    pair_length({"prompt_ids": p, "chosen_ids": c, "rejected_ids": r}, max_length)
+                    pair_length(
+                        {"prompt_ids": p, "chosen_ids": c, "rejected_ids": r},
+                        max_length,
+                        shared=getattr(args, "share_prompt", False),
+                    )
                     for p, c, r in rows
                 ]
             }
