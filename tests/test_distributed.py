@@ -37,9 +37,11 @@ def losses(run):
     return [r["train/loss"] for r in rows if "train/loss" in r]
 
 
-def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["train.share_prompt=true"]], ids=["trl-layout", "shared-prompt"])
+def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, extra):
     one = tmp_path / "one"
-    assert main(["train", "--config", SMOKE, "--output-dir", str(one), "train.batch_size=8", *COMMON]) == 0
+    args = [*COMMON, *extra]
+    assert main(["train", "--config", SMOKE, "--output-dir", str(one), "train.batch_size=8", *args]) == 0
 
     two = tmp_path / "two"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TQDM_DISABLE": "1"}
@@ -55,7 +57,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
         "--output-dir",
         str(two),
         "train.batch_size=4",
-        *COMMON,
+        *args,
     ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
