@@ -37,6 +37,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from report import emit  # noqa: E402
 
 VARIANTS = ("default", "grouped")
 
@@ -293,11 +295,7 @@ def main() -> None:
         "alone (float32 rounding of different padded shapes). The DecPO penalty is a property of the whole "
         "batch (its Gram matrix), so it does change with the batch's composition.",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        with open(args.write, "a", encoding="utf-8") as f:
-            f.write("\n" + text)
+    emit(lines, args.write)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from report import emit, spread  # noqa: E402
 
 VARIANTS = ("dpo", "decpo_1layer_last", "decpo_all_layers_completion", "all_layers_holding_full_activations")
 SIZES = {  # hidden, intermediate, layers, heads, kv heads
@@ -190,15 +192,8 @@ def main() -> None:
     ]
     for v in VARIANTS:
         ratios = [p / b for p, b in zip(peaks[v], peaks["dpo"], strict=True)]
-        lines.append(
-            f"| {v} | {statistics.median(peaks[v]):.1f} | "
-            f"{min(ratios):.3f} / {statistics.median(ratios):.3f} / {max(ratios):.3f} |"
-        )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        with open(args.write, "a", encoding="utf-8") as f:
-            f.write("\n" + text)
+        lines.append(f"| {v} | {statistics.median(peaks[v]):.1f} | {spread(ratios)} |")
+    emit(lines, args.write)
 
 
 if __name__ == "__main__":

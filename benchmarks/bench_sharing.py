@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_step import time_step  # noqa: E402
+from report import emit, spread  # noqa: E402
 
 # name -> (trainer, share_prompt, pack_pairs, regularizer)
 VARIANTS = {
@@ -165,15 +166,8 @@ def main() -> None:
     ]
     for v in variants:
         speedups = [b / t for t, b in zip(times[v], base, strict=True)]
-        lines.append(
-            f"| {v} | {first[v]:.6f} | {statistics.median(times[v]):.3f} | "
-            f"{min(speedups):.3f} / {statistics.median(speedups):.3f} / {max(speedups):.3f} |"
-        )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        with open(args.write, "a", encoding="utf-8") as f:
-            f.write("\n" + text)
+        lines.append(f"| {v} | {first[v]:.6f} | {statistics.median(times[v]):.3f} | {spread(speedups)} |")
+    emit(lines, args.write)
 
 
 if __name__ == "__main__":

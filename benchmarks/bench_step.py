@@ -27,6 +27,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from report import emit, spread  # noqa: E402
 
 
 def build(
@@ -205,18 +207,14 @@ def main() -> None:
         ratios = [t / b for t, b in zip(times[v], base, strict=True)]
         lines.append(
             f"| {v} | {statistics.median(times[v]):.3f} | "
-            f"{min(ratios):.3f} / {statistics.median(ratios):.3f} / {max(ratios):.3f} | "
+            f"{spread(ratios)} | "
             + (
                 f"{peaks[v]:.2f}, {peaks[v] / peaks['decpo_dpo']:.3f} |"
                 if peaks["decpo_dpo"]
                 else "n/a (CPU) |"
             )
         )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        with open(args.write, "a", encoding="utf-8") as f:
-            f.write("\n" + text)
+    emit(lines, args.write)
 
 
 if __name__ == "__main__":
