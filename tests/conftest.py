@@ -47,7 +47,14 @@ PAIRS = [
 
 
 def make_trainer(
-    tmp_path: Path, *, trainer_cls=None, dtype=torch.float32, lora: bool = False, pairs=PAIRS, **args
+    tmp_path: Path,
+    *,
+    trainer_cls=None,
+    dtype=torch.float32,
+    lora: bool = False,
+    pairs=PAIRS,
+    eval_pairs=None,
+    **args,
 ):
     """A DecPOTrainer (or ``trainer_cls``) on a tiny random Llama, full fine-tuning unless ``lora``."""
     from datasets import Dataset
@@ -96,6 +103,7 @@ def make_trainer(
         ref_model=ref,
         args=config,
         train_dataset=Dataset.from_list(pairs),
+        eval_dataset=Dataset.from_list(eval_pairs) if eval_pairs is not None else None,
         processing_class=tokenizer,
         peft_config=peft_config,
     )

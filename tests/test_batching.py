@@ -10,9 +10,10 @@ import torch
 from torch.utils.data import SequentialSampler
 
 from decpo.config import ConfigError, RunConfig
-from decpo.models import TINY_NAME, load_model, load_tokenizer
 from decpo.training.batching import SeededLengthGroupedSampler, pair_length
 from decpo.training.run import trainer_args
+
+from conftest import make_trainer
 
 BATCH = 4
 WORDS = ["fox", "dog", "yes", "no", "Agree", "Question", "Answer", "quick", "brown", "lazy"]
@@ -39,41 +40,20 @@ def mixed_pairs(n: int = 64, seed: int = 0) -> list[dict]:
 
 
 def build(tmp_path, *, group: bool, pairs=None, eval_pairs=None, precompute: bool = False, **args):
-    """A DecPOTrainer (no regularizer) on the tiny random Llama, with an explicit frozen reference."""
-    from datasets import Dataset
-
-    from decpo.models import frozen_copy
-    from decpo.training.trainer import DecPOConfig, DecPOTrainer
-
-    model = load_model(TINY_NAME, seed=0)
+    """A DecPOTrainer (no regularizer) on the tiny random Llama (`conftest.make_trainer`)."""
     config = dict(
         output_dir=str(tmp_path / ("grouped" if group else "random")),
         per_device_train_batch_size=BATCH,
         per_device_eval_batch_size=BATCH,
-        learning_rate=1e-2,
         max_steps=2,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        bf16=False,
-        disable_tqdm=True,
-        seed=0,
-        data_seed=0,
         max_length=256,
         reg_type=None,
         precompute_ref_log_probs=precompute,
         train_sampling_strategy="group_by_length" if group else "random",
     )
     config.update(args)
-    return DecPOTrainer(
-        model=model,
-        ref_model=frozen_copy(model),
-        args=DecPOConfig(**config),
-        train_dataset=Dataset.from_list(pairs if pairs is not None else mixed_pairs()),
-        eval_dataset=Dataset.from_list(eval_pairs) if eval_pairs is not None else None,
-        processing_class=load_tokenizer(TINY_NAME),
-    )
+    pairs = pairs if pairs is not None else mixed_pairs()
+    return make_trainer(tmp_path, pairs=pairs, eval_pairs=eval_pairs, **config)
 
 
 def epoch_batches(trainer) -> list[dict]:
