@@ -64,3 +64,15 @@ def test_override_values_are_yaml():
 def test_every_preset_loads(name):
     path = next((REPO / "configs").rglob(name))
     load_config(path)
+
+
+def test_reg_weight_auto_or_a_number_and_balance_positive():
+    assert load_config(None, ["objective.reg_weight=auto"]).objective.reg_weight == "auto"
+    assert load_config(None, ["objective.reg_weight=0.01"]).objective.reg_weight == 0.01
+    assert load_config(None, ["objective.reg_weight=0"]).objective.reg_weight == 0
+    with pytest.raises(ConfigError, match="'auto'"):
+        load_config(None, ["objective.reg_weight=often"])
+    with pytest.raises(ConfigError, match="reg_balance must be > 0"):
+        load_config(None, ["objective.reg_weight=auto", "objective.reg_balance=0"])
+    # a fixed weight ignores the balance
+    assert load_config(None, ["objective.reg_weight=0.1", "objective.reg_balance=0"]).objective.reg_balance == 0

@@ -12,7 +12,7 @@ from decpo.data import DataError, load_task, swap_options
 from decpo.evaluation.cli import add_parser
 from decpo.evaluation.generation import generate
 from decpo.evaluation.metrics import ab_predictions
-from decpo.evaluation.scoring import ab_logps, pair_logps
+from decpo.evaluation.scoring import ab_completions, ab_logps, pair_logps
 from decpo.evaluation.tasks import EvalConfig, default_reference, evaluate, resolve_model_spec
 from decpo.models import load_model, load_tokenizer
 
@@ -66,6 +66,23 @@ def test_batched_ab_scores_equal_naive_loop(tiny, padding_side):
     assert ab_predictions(la, lb) == ab_predictions(na, nb)
     # the scores differ across items: the test would not pass with one constant
     assert len({round(x, 3) for x in la}) > 3
+
+
+def test_ab_scores_of_each_records_own_answers_equal_naive_loop(tiny):
+    """Synthetic answers carry the option's text (" (A) 25"): each order scores the record's own two answers."""
+    model, tokenizer = tiny
+    records = load_task("synthetic", "eval")[:4]
+    records += [swap_options(r) for r in records]
+    options = [ab_completions(r) for r in records]
+    assert all(a.startswith(" (A) ") and b.startswith(" (B) ") for a, b in options)
+    la, lb, _, _ = ab_logps(
+        model, tokenizer, [r["prompt"] for r in records], options=options, batch_size=3, progress=False
+    )
+    for r, (a, b), x, y in zip(records, options, la, lb, strict=True):
+        assert x == pytest.approx(naive_completion_logp(model, tokenizer, r["prompt"], a), abs=1e-4)
+        assert y == pytest.approx(naive_completion_logp(model, tokenizer, r["prompt"], b), abs=1e-4)
+    with pytest.raises(ValueError, match="option pairs"):
+        ab_logps(model, tokenizer, ["x"], options=[], progress=False)
 
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])

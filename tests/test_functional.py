@@ -156,3 +156,39 @@ def test_token_spans_select_the_same_rows_as_select_tokens():
         token_spans(torch.ones(1, 3), "completion_mean", torch.tensor([[1, 0, 1]]))
     with pytest.raises(ValueError, match="no token"):
         token_spans(torch.zeros(1, 3), "last")
+
+
+def test_prompt_last_is_the_token_before_the_first_completion_token_left_and_right_padding():
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 6, 4)
+    # right padding (TRL's layout): prompt, completion, pads
+    attention = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+    completion = torch.tensor([[0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 1, 1], [0, 1, 1, 0, 0, 0]])
+    expected = torch.stack([hidden[0, 1], hidden[1, 3], hidden[2, 0]])  # written by hand
+    torch.testing.assert_close(select_tokens(hidden, attention, "prompt_last", completion), expected)
+    torch.testing.assert_close(
+        select_spans(hidden, token_spans(attention, "prompt_last", completion)), expected
+    )
+    # left padding: pads, prompt, completion
+    left_attention = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1], [0, 0, 0, 1, 1, 1]])
+    left_completion = torch.tensor([[0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 1, 1]])
+    expected = torch.stack([hidden[0, 3], hidden[1, 3], hidden[2, 3]])
+    torch.testing.assert_close(
+        select_tokens(hidden, left_attention, "prompt_last", left_completion), expected
+    )
+    # packed rows (prefix sharing): sequence 0's tokens are at flat positions 7, 8, 9 of a (2, 6) tensor
+    index = torch.tensor([[7, 8, 9, 0, 0, 0]])
+    spans = token_spans(
+        attention[:1, :3].clone() | 1,
+        "prompt_last",
+        torch.tensor([[0, 1, 1]]),
+        index=index[:, :3],
+        row_length=6,
+    )
+    assert spans == [(1, 1, 2)]
+    with pytest.raises(ValueError, match="no completion token"):
+        select_tokens(hidden[:1], attention[:1], "prompt_last", torch.zeros(1, 6, dtype=torch.long))
+    with pytest.raises(ValueError, match="no real prompt token"):
+        select_tokens(hidden[:1], attention[:1], "prompt_last", torch.tensor([[1, 1, 0, 0, 0, 0]]))
+    with pytest.raises(ValueError, match="completion_mask"):
+        token_spans(attention, "prompt_last")

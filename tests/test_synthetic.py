@@ -99,7 +99,9 @@ def test_chosen_holds_the_correct_answer(split: str) -> None:
         opts = options(record["prompt"])
         letter = record["chosen_letter"]
         other = "B" if letter == "A" else "A"
-        assert record["chosen"] == f" ({letter})" and record["rejected"] == f" ({other})"
+        # the answer is the option's letter and its text
+        assert record["chosen"] == f" ({letter}) {opts[letter]}"
+        assert record["rejected"] == f" ({other}) {opts[other]}"
         assert opts[letter] == str(record["answer"])
         assert opts[other] != opts[letter]
         truth = int(fact_number(record))
@@ -132,7 +134,7 @@ def test_swap_options_round_trips_and_flips() -> None:
     for record in make_synthetic("train", n=50) + make_synthetic("transfer", n=50):
         swapped = swap_options(record)
         assert swapped["chosen_letter"] != record["chosen_letter"]
-        assert swapped["chosen"] == f" ({swapped['chosen_letter']})"
+        assert swapped["chosen"] == f" ({swapped['chosen_letter']}) {record['answer']}"
         assert options(swapped["prompt"])[swapped["chosen_letter"]] == str(record["answer"])
         assert options(swapped["prompt"]) == {
             "A": options(record["prompt"])["B"],
@@ -171,3 +173,22 @@ def test_bad_split_or_size() -> None:
         make_synthetic("test")
     with pytest.raises(DataError, match="n must be in"):
         make_synthetic("eval", n=100_000)
+
+
+def test_letter_answer_format_keeps_the_letter_alone():
+    option = make_synthetic("eval", 20, seed=3)
+    letter = make_synthetic("eval", 20, seed=3, answer="letter")
+    for o, x in zip(option, letter, strict=True):
+        assert o["prompt"] == x["prompt"] and o["chosen_letter"] == x["chosen_letter"]
+        assert x["chosen"] == f" ({x['chosen_letter']})" and o["chosen"].startswith(x["chosen"] + " ")
+    with pytest.raises(DataError, match="answer format"):
+        make_synthetic("eval", 2, answer="number")
+
+
+def test_swap_keeps_each_answer_with_its_option_text():
+    for record in make_synthetic("transfer", 50, seed=1):
+        swapped = swap_options(record)
+        opts = options(swapped["prompt"])
+        letter = swapped["chosen_letter"]
+        assert swapped["chosen"] == f" ({letter}) {opts[letter]}" == f" ({letter}) {record['answer']}"
+        assert swap_options(swapped) == record

@@ -75,12 +75,22 @@ class DataConfig:
     on_error: str = field(
         default="raise", metadata=_help("Malformed records: 'raise' (stop before training) or 'skip'.")
     )
+    synthetic_answer: str = field(
+        default="option",
+        metadata=_help(
+            "Answers of the synthetic task: option (letter and option text, ' (B) 23') or letter (' (B)' alone)."
+        ),
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 < self.eval_fraction < 1.0:
             raise ConfigError(f"data.eval_fraction must be in (0, 1), got {self.eval_fraction}")
         if self.on_error not in ("raise", "skip"):
             raise ConfigError(f"data.on_error must be 'raise' or 'skip', got {self.on_error!r}")
+        if self.synthetic_answer not in ("option", "letter"):
+            raise ConfigError(
+                f"data.synthetic_answer must be 'option' or 'letter', got {self.synthetic_answer!r}"
+            )
 
 
 @dataclass
@@ -99,11 +109,18 @@ class ObjectiveConfig:
         ),
     )
     beta: float = field(default=0.1, metadata=_help("DPO temperature beta (the paper: 0.1)."))
-    reg_weight: float = field(
-        default=1e-3,
+    reg_weight: float | str = field(
+        default="auto",
         metadata=_help(
-            "lambda: weight of the regularizer. The paper's 1e-4 is for the raw 'paper' form; the 'cosine' "
-            "form is scale-free (0 .. N(N-1))."
+            "lambda: weight of the regularizer, or 'auto': set before training so that lambda * R = reg_balance x "
+            "the preference loss on the first batches (logged, and written into the run's config.yaml). A fixed "
+            "value depends on the form and the model: the paper's 1e-4 is for the raw 'paper' form on Llama-7B."
+        ),
+    )
+    reg_balance: float = field(
+        default=0.3,
+        metadata=_help(
+            "With reg_weight=auto: the penalty's share of the preference loss at the start (> 0)."
         ),
     )
     reg_form: str = field(default="cosine", metadata=_help("cosine, paper or code_literal."))
@@ -112,7 +129,13 @@ class ObjectiveConfig:
         metadata=_help("Regularized block(s); negative indices count from the end."),
     )
     site: str = field(default="mlp.up_proj", metadata=_help("Activation site: mlp.up_proj (the paper)."))
-    tokens: str = field(default="last", metadata=_help("last (last real token) or completion_mean."))
+    tokens: str = field(
+        default="last",
+        metadata=_help(
+            "Token whose activation is a row of Z: last (last real token of each sequence, the default), prompt_last (the last prompt token, where the answer is decided "
+            "and the token the probes read; one row per pair) or completion_mean (mean over the answer's tokens)."
+        ),
+    )
     rows: str = field(default="both", metadata=_help("Rows of Z: both, chosen or rejected sequences."))
     simpo_gamma: float = field(
         default=0.2, metadata=_help("SimPO target reward margin gamma (the authors' SimPO baseline: 0.2).")
@@ -133,8 +156,19 @@ class ObjectiveConfig:
             self.layers = [self.layers]
         if not self.layers or not all(isinstance(x, int) for x in self.layers):
             raise ConfigError(f"objective.layers must be a non-empty list of integers, got {self.layers!r}")
-        if self.reg_weight < 0 or self.beta <= 0:
-            raise ConfigError("objective.reg_weight must be >= 0 and objective.beta > 0")
+        if isinstance(self.reg_weight, str) and self.reg_weight != "auto":
+            raise ConfigError(
+                f"objective.reg_weight must be a number >= 0 or 'auto', got {self.reg_weight!r}"
+            )
+        if not isinstance(self.reg_weight, str) and self.reg_weight < 0:
+            raise ConfigError(f"objective.reg_weight must be >= 0 or 'auto', got {self.reg_weight}")
+        if self.reg_weight == "auto" and not self.reg_balance > 0:
+            raise ConfigError(
+                f"objective.reg_balance must be > 0 with reg_weight=auto, got {self.reg_balance} (for no penalty "
+                "set objective.reg_weight=0)"
+            )
+        if self.beta <= 0:
+            raise ConfigError(f"objective.beta must be > 0, got {self.beta}")
 
     @property
     def regularizer(self) -> str | None:
@@ -260,7 +294,16 @@ class ExperimentSettings:
     eval_chat_template: bool = field(
         default=False, metadata=_help("Generate inside the tokenizer's chat template (instruct models).")
     )
-    probe_num_texts: int = field(default=64, metadata=_help("Texts of the final probes (base vs methods)."))
+    probe_num_texts: int = field(
+        default=64, metadata=_help("Held-out texts of the final probes (base and every trained model).")
+    )
+    strength_sweep_dir: str = field(
+        default="strength",
+        metadata=_help(
+            "Folder of a `decpo sweep --reg-weights` run whose strength.md the report of `decpo run` links, "
+            "relative to the experiment folder (or absolute)."
+        ),
+    )
 
 
 @dataclass
@@ -301,6 +344,10 @@ def _check_type(key: str, value: Any) -> Any:
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
     if value is None or default is None:
         return value
+    if key in NUMBER_OR_AUTO:
+        if value == "auto":
+            return value
+        default = 0.0
     expected = type(default)
     if expected is float and isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
         try:
@@ -312,11 +359,14 @@ def _check_type(key: str, value: Any) -> Any:
     if expected is list and not isinstance(value, list):
         value = [value]
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        raise ConfigError(f"config key {key!r} expects {expected.__name__}, got {value!r}")
+        what = "a number or 'auto'" if key in NUMBER_OR_AUTO else expected.__name__
+        raise ConfigError(f"config key {key!r} expects {what}, got {value!r}")
     return value
 
 
 VALID_KEYS = tuple(FIELDS)
+# keys that take a number or the string "auto"
+NUMBER_OR_AUTO = ("objective.reg_weight",)
 
 
 def _unknown_key(key: str, source: str) -> ConfigError:

@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 
 DECORRELATION_FORMS = ("cosine", "paper", "code_literal")
-TOKEN_SELECTIONS = ("last", "completion_mean")
+TOKEN_SELECTIONS = ("last", "prompt_last", "completion_mean")
+# selections that need the completion mask
+_NEEDS_COMPLETION = ("prompt_last", "completion_mean")
 
 
 def select_tokens(
@@ -27,9 +29,12 @@ def select_tokens(
     Args:
         hidden: ``(N, T, D)`` activations of a module, e.g. ``mlp.up_proj`` outputs.
         attention_mask: ``(N, T)``, 1 for real tokens; left or right padding both work.
-        how: ``"last"`` takes the last real (non-pad) token of each sequence; ``"completion_mean"``
-            averages over the tokens where ``completion_mask`` is 1.
-        completion_mask: ``(N, T)``, required for ``"completion_mean"``.
+        how: ``"last"`` takes the last real (non-pad) token of each sequence; ``"prompt_last"`` the last
+            prompt token, the one just before the first completion token (where the answer is decided, and
+            the token the probes read); ``"completion_mean"`` averages over the tokens where
+            ``completion_mask`` is 1.
+        completion_mask: ``(N, T)``, 1 on the completion tokens; required for ``"prompt_last"`` and
+            ``"completion_mean"``.
 
     Returns:
         ``(N, D)``.
@@ -41,12 +46,34 @@ def select_tokens(
         # index of the last 1 in each row: works for left and right padding alike
         last = (attention_mask.bool() * (positions + 1)).argmax(dim=1)
         return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+    if how in _NEEDS_COMPLETION and completion_mask is None:
+        raise ValueError(f"token selection {how!r} needs a completion_mask")
+    if how == "prompt_last":
+        rows = torch.arange(hidden.size(0), device=hidden.device)
+        return hidden[rows, prompt_last_positions(attention_mask, completion_mask)]
     if how == "completion_mean":
-        if completion_mask is None:
-            raise ValueError("token selection 'completion_mean' needs a completion_mask")
         weights = completion_mask.to(hidden.dtype).unsqueeze(-1)  # (N, T, 1)
         return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
     raise ValueError(f"unknown token selection {how!r}; expected one of {TOKEN_SELECTIONS}")
+
+
+def prompt_last_positions(attention_mask: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    """``(N,)``: the index of each sequence's last prompt token, the one before its first completion token.
+
+    Raises when a sequence has no completion token, or no real prompt token before it.
+    """
+    has_completion = completion_mask.bool().any(dim=1)
+    if not has_completion.all():
+        n = int((~has_completion).nonzero()[0])
+        raise ValueError(f"sequence {n} has no completion token (prompt_last)")
+    first = completion_mask.bool().int().argmax(dim=1)  # first 1 of each row
+    last = first - 1
+    rows = torch.arange(attention_mask.size(0), device=attention_mask.device)
+    bad = (last < 0) | (attention_mask[rows, last.clamp(min=0)] == 0)
+    if bad.any():
+        n = int(bad.nonzero()[0])
+        raise ValueError(f"sequence {n} has no real prompt token before its completion (prompt_last)")
+    return last
 
 
 def token_spans(
@@ -70,9 +97,12 @@ def token_spans(
     """
     if how not in TOKEN_SELECTIONS:
         raise ValueError(f"unknown token selection {how!r}; expected one of {TOKEN_SELECTIONS}")
-    if how == "completion_mean" and completion_mask is None:
-        raise ValueError("token selection 'completion_mean' needs a completion_mask")
+    if how in _NEEDS_COMPLETION and completion_mask is None:
+        raise ValueError(f"token selection {how!r} needs a completion_mask")
     chosen = attention_mask if how == "last" else completion_mask
+    prompt_last = (
+        prompt_last_positions(attention_mask, completion_mask).tolist() if how == "prompt_last" else None
+    )
     spans = []
     for n, row in enumerate(chosen.bool().tolist()):
         positions = [t for t, keep in enumerate(row) if keep]
@@ -80,6 +110,8 @@ def token_spans(
             raise ValueError(f"sequence {n} has no token to select ({how})")
         if how == "last":
             positions = positions[-1:]
+        elif prompt_last is not None:
+            positions = [prompt_last[n]]
         if index is not None:
             flat = index[n, positions].tolist()
             positions = [f % row_length for f in flat]

@@ -185,6 +185,7 @@ def load_task(
     path: str | Path | None = None,
     seed: int = 0,
     on_error: str = "raise",
+    synthetic_answer: str = "option",
 ) -> list[dict[str, Any]]:
     """Load one split of a task as validated pair records ``{prompt, chosen, rejected, task, split, ...}``.
 
@@ -197,11 +198,13 @@ def load_task(
             unless ``<data_dir>/toxicity/toxicity_pairwise.jsonl`` exists).
         seed: seed of the synthetic task (the file-based tasks are deterministic and ignore it).
         on_error: ``"raise"`` or ``"skip"`` bad records, see :func:`decpo.data.pairs.collect_pairs`.
+        synthetic_answer: the synthetic task's answer format, ``"option"`` or ``"letter"``
+            (see :func:`decpo.data.synthetic.make_synthetic`).
     """
     if name not in TASKS:
         raise DataError(f"unknown task {name!r}; expected one of {TASKS}")
     if name == "synthetic":
-        return make_synthetic(split, seed=seed)
+        return make_synthetic(split, seed=seed, answer=synthetic_answer)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r} for task {name!r}; expected one of {SPLITS}")
 

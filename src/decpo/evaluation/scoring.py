@@ -157,21 +157,42 @@ def _reduce(tokens: list[float], average: bool) -> float:
     return sum(tokens) / max(len(tokens), 1) if average else sum(tokens)
 
 
+def ab_completions(record: dict[str, Any]) -> tuple[str, str]:
+    """The answers ``(A, B)`` of an A/B pair record: its chosen and rejected sides ordered by letter.
+
+    CAA items answer with the letter alone (" (A)"), the synthetic task with the letter and the option's
+    text (" (A) 25"); either way the two answers are the record's own.
+    """
+    if record.get("chosen_letter") not in ("A", "B"):
+        raise ValueError("an A/B record needs chosen_letter 'A' or 'B'")
+    if record["chosen_letter"] == "A":
+        return record["chosen"], record["rejected"]
+    return record["rejected"], record["chosen"]
+
+
 def ab_logps(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     *,
+    options: Sequence[tuple[str, str]] | None = None,
     batch_size: int = 8,
     padding_side: str = "right",
     progress: bool = True,
 ) -> tuple[list[float], list[float], list[float], list[float]]:
-    """Log-probs of the continuations " (A)" and " (B)" after each prompt, from one pass.
+    """Log-probs of the answers (A) and (B) after each prompt, from one pass (each prompt run once).
 
-    Returns ``(logps_a, logps_b, logps_a_eos, logps_b_eos)``: the option alone (the A/B choice) and the
-    option followed by EOS (what a DPO pair with that option as a side scores, as TRL appends EOS).
+    ``options``: each prompt's ``(answer A, answer B)``; default " (A)" / " (B)" for every prompt.
+    Returns ``(logps_a, logps_b, logps_a_eos, logps_b_eos)``: the answer alone (the A/B choice) and the
+    answer followed by EOS (what a DPO pair with that answer as a side scores, as TRL appends EOS).
     """
-    groups = [encode_completions(tokenizer, p, AB_OPTIONS, add_eos=True) for p in prompts]
+    if options is None:
+        options = [AB_OPTIONS] * len(prompts)
+    if len(options) != len(prompts):
+        raise ValueError(f"{len(options)} option pairs for {len(prompts)} prompts")
+    groups = [
+        encode_completions(tokenizer, p, o, add_eos=True) for p, o in zip(prompts, options, strict=True)
+    ]
     tokens = completion_token_logps(
         model,
         groups,

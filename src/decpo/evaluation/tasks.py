@@ -27,7 +27,7 @@ import torch
 
 from decpo.evaluation import metrics as M
 from decpo.evaluation.generation import generate
-from decpo.evaluation.scoring import ab_logps, pair_logps, preference_items
+from decpo.evaluation.scoring import ab_completions, ab_logps, pair_logps, preference_items
 from decpo.io import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class EvalConfig:
     dtype: str = "float32"
     chat_template: bool = False  # wrap generation prompts in the tokenizer's chat template (instruct models)
     generate: bool = True  # False: only log-prob measures where a task has both (sycophancy), much faster
+    synthetic_answer: str = "option"  # the synthetic task's answer format: option or letter (as trained)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -164,9 +165,14 @@ def _ab_measures(ctx: _Context, records: list[dict[str, Any]], prefix: str) -> t
     from decpo.data import swap_options
 
     swapped = [swap_options(r) for r in records]
-    prompts = [r["prompt"] for r in records] + [r["prompt"] for r in swapped]
+    both = records + swapped
     la, lb, la_eos, lb_eos = ab_logps(
-        ctx.model, ctx.tokenizer, prompts, batch_size=ctx.cfg.batch_size, progress=ctx.cfg.progress
+        ctx.model,
+        ctx.tokenizer,
+        [r["prompt"] for r in both],
+        options=[ab_completions(r) for r in both],
+        batch_size=ctx.cfg.batch_size,
+        progress=ctx.cfg.progress,
     )
     n = len(records)
     pred = M.ab_predictions(la[:n], lb[:n])
@@ -225,6 +231,7 @@ def _ab_pair_logps(model, ctx: _Context, records: list[dict[str, Any]]) -> tuple
         model,
         ctx.tokenizer,
         [r["prompt"] for r in records],
+        options=[ab_completions(r) for r in records],
         batch_size=ctx.cfg.batch_size,
         progress=ctx.cfg.progress,
     )
@@ -300,8 +307,13 @@ def _eval_synthetic(ctx: _Context, judge) -> tuple[dict, list, int]:
     from decpo.data import load_task
 
     metrics: dict[str, Any] = {}
-    evals = _limited(load_task("synthetic", "eval", seed=ctx.cfg.seed), ctx.cfg.limit)
-    transfer = _limited(load_task("synthetic", "transfer", seed=ctx.cfg.seed), ctx.cfg.limit)
+    answer = ctx.cfg.synthetic_answer
+    evals = _limited(
+        load_task("synthetic", "eval", seed=ctx.cfg.seed, synthetic_answer=answer), ctx.cfg.limit
+    )
+    transfer = _limited(
+        load_task("synthetic", "transfer", seed=ctx.cfg.seed, synthetic_answer=answer), ctx.cfg.limit
+    )
     m, samples, policy = _ab_measures(ctx, evals, "")
     metrics.update(m)
     m, transfer_samples, _ = _ab_measures(ctx, transfer, "transfer/")

@@ -55,17 +55,28 @@ def _prompt_text(prompt) -> str:
     return "\n".join(str(m.get("content", "")) for m in prompt)
 
 
-def load_texts(source: str, num_texts: int | None = None, data_dir: str | None = None) -> list[str]:
-    """Texts from a task name (its train prompts), a ``.txt`` file (one a line) or a pairs file."""
+def load_texts(
+    source: str,
+    num_texts: int | None = None,
+    data_dir: str | None = None,
+    split: str = "train",
+    with_answer: bool = False,
+) -> list[str]:
+    """Texts from a task name (the prompts of its ``split``), a ``.txt`` file (one a line) or a pairs file.
+
+    ``with_answer``: pairs and tasks give ``prompt + chosen`` (the last token is then the answer's last token,
+    where a ``tokens=last`` penalty reads) instead of the prompt alone (the paper's probe: its last token).
+    """
     from decpo.data import TASKS, DataError, load_pairs, load_task
 
     path = Path(source)
     if path.is_file() and path.suffix == ".txt":
         texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    elif path.exists():
-        texts = [_prompt_text(r["prompt"]) for r in load_pairs(path)]
-    elif source in TASKS:
-        texts = [_prompt_text(r["prompt"]) for r in load_task(source, "train", data_dir=data_dir)]
+    elif path.exists() or source in TASKS:
+        records = load_pairs(path) if path.exists() else load_task(source, split, data_dir=data_dir)
+        texts = [
+            _prompt_text(r["prompt"]) + (_prompt_text(r["chosen"]) if with_answer else "") for r in records
+        ]
     else:
         raise DataError(f"--texts {source!r} is neither a file nor a task name (tasks: {', '.join(TASKS)})")
     texts = [t for t in texts if t.strip()]

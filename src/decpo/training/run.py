@@ -77,7 +77,12 @@ def load_records(cfg: RunConfig) -> tuple[list[dict], list[dict]]:
         else:
             train, evals = split_train_eval(records, d.eval_fraction)
     else:
-        kwargs = {"data_dir": d.data_dir, "seed": cfg.train.seed, "on_error": d.on_error}
+        kwargs = {
+            "data_dir": d.data_dir,
+            "seed": cfg.train.seed,
+            "on_error": d.on_error,
+            "synthetic_answer": d.synthetic_answer,
+        }
         train = load_task(d.task, "train", **kwargs)
         evals = load_task(d.task, "eval", **kwargs)
     if d.max_train_samples:
@@ -151,7 +156,8 @@ def trainer_args(cfg: RunConfig, output_dir: Path):
     common = dict(
         output_dir=str(output_dir),
         reg_type=o.regularizer,
-        reg_weight=o.reg_weight if o.regularizer else 0.0,
+        reg_weight=o.reg_weight if o.regularizer and o.reg_weight != "auto" else 0.0,
+        reg_balance=o.reg_balance if o.regularizer and o.reg_weight == "auto" else None,
         reg_form=o.reg_form,
         reg_layers=list(o.layers),
         reg_site=o.site,
@@ -355,6 +361,13 @@ def train(cfg: RunConfig, output_dir: str | Path) -> TrainResult:
         atomic_write_json(output_dir / "env.json", environment())
 
     trainer = build_trainer(cfg, output_dir, train_records, eval_records)
+    calibration = getattr(trainer, "reg_weight_calibration", None)
+    if main_process and calibration:
+        # the resolved config holds the lambda this run used: `--config <run>/config.yaml` repeats it exactly
+        save_config(
+            cfg.replace(**{"objective.reg_weight": calibration["reg_weight"]}), output_dir / "config.yaml"
+        )
+        atomic_write_json(output_dir / "reg_weight.json", calibration)
     resume = latest_checkpoint(output_dir) if cfg.train.resume else None
     if main_process and resume is None and (output_dir / "metrics.jsonl").exists():
         (output_dir / "metrics.jsonl").unlink()  # a fresh start: old metrics would mix with new ones

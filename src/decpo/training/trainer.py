@@ -51,6 +51,17 @@ class RegularizerArgs:
         metadata={"help": "'decorrelation' (DecPO), 'l1' (L1-Reg baseline) or None (no regularizer)."},
     )
     reg_weight: float = field(default=1e-3, metadata={"help": "lambda, the weight of the regularizer."})
+    reg_balance: float | None = field(
+        default=None,
+        metadata={
+            "help": "If set, reg_weight is chosen before training so that reg_weight * R = reg_balance * preference "
+            "loss, both averaged over the first `reg_calibration_batches` train batches (dataset order, dropout "
+            "off, no gradient, the random state untouched); the given reg_weight is then ignored."
+        },
+    )
+    reg_calibration_batches: int = field(
+        default=4, metadata={"help": "Train batches averaged to set reg_weight from reg_balance."}
+    )
     reg_form: str = field(
         default="cosine", metadata={"help": f"Decorrelation form, one of {DECORRELATION_FORMS}."}
     )
@@ -58,7 +69,13 @@ class RegularizerArgs:
         default_factory=lambda: [15], metadata={"help": "Blocks whose activations are regularized."}
     )
     reg_site: str = field(default="mlp.up_proj", metadata={"help": f"Activation site, one of {SITES}."})
-    reg_tokens: str = field(default="last", metadata={"help": f"Token selection, one of {TOKEN_SELECTIONS}."})
+    reg_tokens: str = field(
+        default="last",
+        metadata={
+            "help": f"Token selection, one of {TOKEN_SELECTIONS}. 'prompt_last' (the last prompt token) is the same "
+            "position in a pair's chosen and rejected sequences, so Z then holds one row per pair."
+        },
+    )
     reg_rows: str = field(default="both", metadata={"help": "Rows of Z: 'both', 'chosen' or 'rejected'."})
 
     def _validate_regularizer(self) -> None:
@@ -74,6 +91,13 @@ class RegularizerArgs:
             raise ValueError(f"reg_site must be one of {SITES}, got {self.reg_site!r}")
         if self.reg_weight < 0:
             raise ValueError(f"reg_weight must be >= 0, got {self.reg_weight}")
+        if self.reg_balance is not None and not self.reg_balance > 0:
+            raise ValueError(
+                f"reg_balance must be > 0 (the penalty's share of the preference loss at the start), got "
+                f"{self.reg_balance}; for no penalty set reg_weight=0 and reg_balance=None"
+            )
+        if self.reg_calibration_batches < 1:
+            raise ValueError(f"reg_calibration_batches must be >= 1, got {self.reg_calibration_batches}")
 
 
 @dataclass
@@ -125,11 +149,20 @@ class SimPOConfig(CPOConfig, RegularizerArgs):
 
 
 def activation_penalty(
-    z: torch.Tensor, *, reg_type: str, form: str = "cosine", rows: str = "both"
+    z: torch.Tensor, *, reg_type: str, form: str = "cosine", rows: str = "both", tokens: str = "last"
 ) -> torch.Tensor:
-    """Penalty of one block from its selected rows ``z``: ``(2B, D)``, chosen sequences first (TRL's layout)."""
+    """Penalty of one block from its selected rows ``z``: ``(2B, D)``, chosen sequences first (TRL's layout).
+
+    With ``tokens="prompt_last"`` a pair's two rows are the same token of the same prompt (equal activations),
+    so only the chosen half is used: one row per pair, whatever ``rows`` says.
+    """
     half = z.size(0) // 2
+    if tokens == "prompt_last":
+        rows = "chosen"
     z = {"both": z, "chosen": z[:half], "rejected": z[half:]}[rows]
+    if reg_type == "decorrelation" and z.size(0) < 2:
+        # a lone remainder batch: no pair of rows to decorrelate (the configured batch is checked at start)
+        return z.float().sum() * 0.0
     # float32 for the Gram matrix: bf16 squares of large activations lose too much
     z = z.float()
     return decorrelation_penalty(z, form) if reg_type == "decorrelation" else l1_penalty(z)
@@ -140,13 +173,109 @@ class ActivationRegularizerMixin:
 
     def _init_regularizer(self) -> None:
         cfg = self.args
-        self._reg_on = getattr(cfg, "reg_type", None) is not None and getattr(cfg, "reg_weight", 0.0) > 0
-        if self._reg_on:
-            # fail now, not at the first step, when the model lacks the layer or the site
-            self._reg_layers = resolve_layers(self.model, cfg.reg_layers)
-            with capture_activations(self.model, self._reg_layers, cfg.reg_site):
-                pass
+        auto = getattr(cfg, "reg_balance", None) is not None
+        self._reg_on = getattr(cfg, "reg_type", None) is not None and (
+            auto or getattr(cfg, "reg_weight", 0.0) > 0
+        )
         self._warned_balance = False
+        self.reg_weight_calibration: dict | None = None
+        if not self._reg_on:
+            return
+        # fail now, not at the first step, when the model lacks the layer or the site
+        self._reg_layers = resolve_layers(self.model, cfg.reg_layers)
+        with capture_activations(self.model, self._reg_layers, cfg.reg_site):
+            pass
+        if cfg.reg_type == "decorrelation":
+            for what, batch in (
+                ("train", cfg.per_device_train_batch_size),
+                ("eval", cfg.per_device_eval_batch_size),
+            ):
+                rows = batch if (cfg.reg_tokens == "prompt_last" or cfg.reg_rows != "both") else 2 * batch
+                if rows < 2:
+                    raise ValueError(
+                        f"the decorrelation penalty needs at least 2 rows per device; per_device_{what}_batch_size="
+                        f"{batch} with reg_rows={cfg.reg_rows!r}, reg_tokens={cfg.reg_tokens!r} gives {rows}, and "
+                        "the penalty of one row is exactly 0: use 2 pairs or more per device"
+                    )
+        if auto:
+            self._calibrate_reg_weight()
+
+    @torch.no_grad()
+    def _calibrate_reg_weight(self) -> None:
+        """Set ``args.reg_weight`` so that ``lambda * R = reg_balance * L_pref`` at the start of training.
+
+        Both terms are averaged over the first ``reg_calibration_batches`` batches of the train set in dataset
+        order, with dropout off and without gradients, on the model as it is before training (before a resumed
+        checkpoint is loaded), so the same run always gets the same lambda. The random state is saved and
+        restored, and the metrics these forwards record are discarded: the training that follows is the one
+        a fixed lambda would give.
+        """
+        from torch.utils.data import DataLoader
+
+        cfg = self.args
+        n = min(len(self.train_dataset), cfg.reg_calibration_batches * cfg.per_device_train_batch_size)
+        if n == 0:
+            raise ValueError("reg_balance: the train set is empty, nothing to calibrate reg_weight on")
+        loader = DataLoader(
+            self.train_dataset.select(range(n))
+            if hasattr(self.train_dataset, "select")
+            else self.train_dataset,
+            batch_size=cfg.per_device_train_batch_size,
+            shuffle=False,
+            collate_fn=self.data_collator,
+        )
+        rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        metrics = getattr(self, "_metrics", None)
+        saved = {k: {kk: list(vv) for kk, vv in v.items()} for k, v in metrics.items()} if metrics else None
+        was_training = self.model.training
+        cfg.reg_weight = 1.0  # so that the recorded term is R itself
+        self.model.eval()
+        prefs, penalties = [], []
+        try:
+            for batch in loader:
+                batch = self._prepare_inputs(batch)
+                self.compute_loss(self.model, batch)
+                pref, penalty = self._last_terms
+                prefs.append(pref)
+                penalties.append(penalty)
+        finally:
+            self.model.train(was_training)
+            torch.set_rng_state(rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)
+            if saved is not None:
+                for k in metrics:
+                    metrics[k].clear()
+                    metrics[k].update(saved[k])
+        pref_mean, penalty_mean = sum(prefs) / len(prefs), sum(penalties) / len(penalties)
+        if not penalty_mean > 0:
+            raise ValueError(
+                f"reg_balance: the {cfg.reg_type} penalty is {penalty_mean} on the first {len(prefs)} batches, so no "
+                "reg_weight can give it a share of the preference loss; set reg_weight directly"
+            )
+        if not pref_mean > 0:
+            raise ValueError(
+                f"reg_balance: the preference loss is {pref_mean} at the start (loss_type {getattr(cfg, 'loss_type', '?')}); "
+                "a balance against it is undefined: set reg_weight directly"
+            )
+        cfg.reg_weight = cfg.reg_balance * pref_mean / penalty_mean
+        self.reg_weight_calibration = {
+            "reg_weight": cfg.reg_weight,
+            "reg_balance": cfg.reg_balance,
+            "preference_loss": pref_mean,
+            "penalty": penalty_mean,
+            "batches": len(prefs),
+        }
+        logger.info(
+            "reg_weight set to %.6g: %.3g x preference loss %.4g / %s penalty %.4g (mean of %d batches)",
+            cfg.reg_weight,
+            cfg.reg_balance,
+            pref_mean,
+            cfg.reg_type,
+            penalty_mean,
+            len(prefs),
+        )
 
     def _masks(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """``(attention_mask, completion_mask)``, each ``(2B, T)``, chosen rows first."""
@@ -183,7 +312,13 @@ class ActivationRegularizerMixin:
             out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         pref_loss = out[0] if return_outputs else out
         penalty = sum(
-            activation_penalty(selected[layer], reg_type=cfg.reg_type, form=cfg.reg_form, rows=cfg.reg_rows)
+            activation_penalty(
+                selected[layer],
+                reg_type=cfg.reg_type,
+                form=cfg.reg_form,
+                rows=cfg.reg_rows,
+                tokens=cfg.reg_tokens,
+            )
             for layer in self._reg_layers
         )
         if model.training and torch.is_grad_enabled() and not penalty.requires_grad:
@@ -200,6 +335,7 @@ class ActivationRegularizerMixin:
         name = TERM_NAMES[cfg.reg_type]
         pref_value = self.accelerator.gather_for_metrics(pref_loss.detach()).mean().item()
         term_value = self.accelerator.gather_for_metrics(term.detach()).mean().item()
+        self._last_terms = (pref_value, term_value / cfg.reg_weight if cfg.reg_weight else 0.0)
         self._record(mode, "loss/pref", pref_value)
         self._record(mode, f"loss/{name}", term_value)
         self._record(mode, f"{name}/value", term_value / cfg.reg_weight)

@@ -1,0 +1,92 @@
+"""The prompt-last token selection and `reg_balance` (lambda set from the first batches) on tiny models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from decpo.functional import decorrelation_penalty
+from decpo.models import capture_activations
+from decpo.training.trainer import DecPOConfig
+
+from conftest import make_trainer
+
+
+def _batch(trainer, n=4):
+    return trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(n)]))
+
+
+def test_prompt_last_penalty_equals_a_hand_written_gather(tmp_path):
+    trainer = make_trainer(tmp_path, dtype=torch.float64, reg_tokens="prompt_last", reg_weight=1.0)
+    batch = _batch(trainer)
+    trainer.model.eval()
+    with torch.no_grad():
+        with capture_activations(trainer.model, [1], "mlp.up_proj") as acts:  # block -1 of 2
+            trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        trainer.compute_loss(trainer.model, batch)
+    comp = batch["completion_mask"]
+    rows = []
+    for i in range(4):  # the chosen half: one row per pair; the token just before the first completion token
+        first = comp[i].tolist().index(1)
+        rows.append(acts[1][i, first - 1])
+    expected = decorrelation_penalty(torch.stack(rows), "cosine").item()
+    assert trainer._metrics["eval"]["decorr/value"][-1] == pytest.approx(
+        expected, rel=1e-6
+    )  # the penalty runs in float32
+    # and the rejected sequences hold the same activations at that position (so one row per pair is all)
+    for i in range(4):
+        first = comp[i].tolist().index(1)
+        torch.testing.assert_close(acts[1][i, first - 1], acts[1][4 + i, comp[4 + i].tolist().index(1) - 1])
+
+
+def test_prompt_last_under_prefix_sharing_equals_trl_layout(tmp_path):
+    values = []
+    for share in (False, True):
+        trainer = make_trainer(
+            tmp_path / str(share), dtype=torch.float64, reg_tokens="prompt_last", share_prompt=share
+        )
+        batch = _batch(trainer)
+        trainer.model.train()
+        trainer.compute_loss(trainer.model, batch)
+        values.append(trainer._metrics["train"]["decorr/value"][-1])
+    assert values[1] == pytest.approx(values[0], rel=1e-6)
+
+
+@pytest.mark.parametrize("balance", [0.3, 1.0])
+def test_reg_balance_sets_lambda_to_the_requested_share_at_the_start(tmp_path, balance):
+    trainer = make_trainer(
+        tmp_path, reg_balance=balance, reg_calibration_batches=2, per_device_train_batch_size=4, max_steps=1
+    )
+    cal = trainer.reg_weight_calibration
+    assert cal is not None and trainer.args.reg_weight == pytest.approx(cal["reg_weight"])
+    assert cal["reg_weight"] * cal["penalty"] == pytest.approx(balance * cal["preference_loss"], rel=1e-9)
+    # the first training step: lambda * R against the preference loss, within 5% of the balance
+    trainer.model.train()
+    trainer.compute_loss(trainer.model, _batch(trainer))
+    m = trainer._metrics["train"]
+    assert m["loss/decorr"][-1] / m["loss/pref"][-1] == pytest.approx(balance, rel=0.05)
+
+
+def test_reg_balance_is_reproducible_and_leaves_the_random_state_alone(tmp_path):
+    torch.manual_seed(123)
+    a = make_trainer(tmp_path / "a", reg_balance=0.3)
+    after_a = torch.rand(3)
+    torch.manual_seed(123)
+    b = make_trainer(tmp_path / "b", reg_balance=0.3)
+    after_b = torch.rand(3)
+    assert a.args.reg_weight == b.args.reg_weight > 0
+    torch.testing.assert_close(after_a, after_b)
+    torch.manual_seed(123)
+    make_trainer(tmp_path / "c", reg_weight=0.1)  # no calibration: the same random state after init
+    torch.testing.assert_close(torch.rand(3), after_a)
+
+
+@pytest.mark.parametrize("balance", [0.0, -0.5])
+def test_reg_balance_must_be_positive(tmp_path, balance):
+    with pytest.raises(ValueError, match="reg_balance must be > 0"):
+        DecPOConfig(output_dir=str(tmp_path), reg_balance=balance)
+
+
+def test_one_row_per_device_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        make_trainer(tmp_path, reg_tokens="prompt_last", per_device_train_batch_size=1)
