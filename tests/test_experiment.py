@@ -1,12 +1,22 @@
-"""`decpo run` on the smoke preset: stages, report, resume skips finished stages, a changed config reruns."""
+"""`decpo run` and `decpo sweep` on the smoke preset (tiny random model): stages in run order, probes of
+every seed, the report's claims and paired tables against scipy, figures, resume, the strength sweep."""
 
 from __future__ import annotations
 
+import csv
 import json
 
+import numpy as np
+import pytest
+import yaml
+from scipy import stats
+
 from decpo.cli import main
-from decpo.experiment import parse_layers
-from decpo.reports.tables import Estimate, difference, over_seeds
+from decpo.config import VALID_KEYS, load_config
+from decpo.experiment import parse_layers, parse_values, strength_label, strength_overrides
+from decpo.reports.report import read_samples
+from decpo.reports.stats import paired_bootstrap
+from decpo.reports.tables import HEADLINE, item_values
 
 from conftest import REPO
 
@@ -14,36 +24,208 @@ SMOKE = str(REPO / "configs" / "smoke.yaml")
 ARGS = ["experiment.eval_limit=8", "experiment.probe_num_texts=8", "experiment.eval_tasks=[synthetic]"]
 
 
-def test_run_writes_report_and_skips_finished_stages(tmp_path):
+def _probe_rows(out):
+    with open(out / "probes" / "probes.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _t(values):
+    x = np.asarray(values, dtype=float)
+    return x.mean(), *stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
+
+
+def test_two_seeds_probes_every_model_and_the_report_answers_both_claims(tmp_path):
+    out = tmp_path / "exp"
+    # a strength sweep in the experiment folder first: the report links it
+    assert (
+        main(
+            [
+                "sweep",
+                "--reg-weights",
+                "0,0.1",
+                "--seeds",
+                "0,1",
+                "--config",
+                SMOKE,
+                "--output-dir",
+                str(out / "strength"),
+                *ARGS,
+            ]
+        )
+        == 0
+    )
+    sweep = out / "strength"
+    stages = json.loads((sweep / "stages.json").read_text())
+    assert {f"train/{strength_label(v, s)}" for v in (0.0, 0.1) for s in (0, 1)} <= set(stages)
+    assert {"probes", "eval/synthetic/base", "eval/synthetic/decpo-w0.1-s1"} <= set(stages)
+    lam = {
+        label: yaml.safe_load((sweep / "train" / label / "config.yaml").read_text())["objective"]
+        for label in ("decpo-w0-s0", "decpo-w0.1-s1")
+    }
+    assert lam["decpo-w0-s0"]["reg_weight"] == 0.0 and lam["decpo-w0.1-s1"]["reg_weight"] == 0.1
+    assert all(o["name"] == "decpo" for o in lam.values())
+    assert (sweep / "strength.png").exists() and (sweep / "strength.csv").exists()
+    with open(sweep / "strength.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    decorr = [r for r in rows if r["task"] == "probes" and "heldout_prompts" in r["measure"]]
+    assert [r["strength"] for r in decorr] == ["0", "0.1"] and decorr[0]["measure"].startswith(
+        "decorrelation L1"
+    )
+    # decorrelation at the regularized layer over the two seeds: a t-interval from scipy
+    values = {
+        r["model"]: float(r["value"])
+        for r in _probe_rows(sweep)
+        if r["probe"] == "decorrelation" and r["site"] == "mlp.up_proj" and r["layer"] == "1"
+    }
+    m, lo, hi = _t([values["decpo-w0.1-s0"], values["decpo-w0.1-s1"]])
+    assert (
+        float(decorr[1]["mean"]),
+        float(decorr[1]["ci_low"]),
+        float(decorr[1]["ci_high"]),
+    ) == pytest.approx((m, lo, hi))
+    d = [values[f"decpo-w0.1-s{s}"] - values[f"decpo-w0-s{s}"] for s in (0, 1)]
+    assert float(decorr[1]["minus_strength0_mean"]) == pytest.approx(np.mean(d))
+    assert (
+        float(decorr[1]["minus_strength0_low"]),
+        float(decorr[1]["minus_strength0_high"]),
+    ) == pytest.approx(_t(d)[1:])
+    md = (sweep / "strength.md").read_text()
+    assert "absolute lambda" in md and "![strength](strength.png)" in md
+
+    assert main(["run", "--config", SMOKE, "--output-dir", str(out), "--seeds", "0,1", *ARGS]) == 0
+    report = (out / "report.md").read_text()
+    lines = report.splitlines()
+    assert lines[2].startswith("**Claim 1: does DPO raise feature decorrelation over the base model?**")
+    claim2 = next(i for i, line in enumerate(lines) if line.startswith("**Claim 2: does DecPO beat DPO?**"))
+    assert claim2 < 6
+
+    # one probe stage: base and every trained model of every seed, in both probe sets
+    rows = _probe_rows(out)
+    assert {r["model"] for r in rows} == {"base", "dpo-s0", "decpo-s0", "dpo-s1", "decpo-s1"}
+    assert {"mlp.up_proj", "mlp.up_proj@answer_last"} <= {r["site"] for r in rows}
+    assert list(rows[0]) == ["model", "layer", "site", "probe", "value", "n_texts", "depth"]
+    sets = json.loads((out / "probes" / "probe_sets.json").read_text())
+    assert (
+        sets["heldout_prompts"]["texts"] == "prompt" and sets["penalty_position"]["texts"] == "prompt+chosen"
+    )
+
+    # claim 1: mean over layers of DPO - base per seed, t-interval over the two seeds (scipy)
+    dec = {
+        (r["model"], int(r["layer"])): float(r["value"])
+        for r in rows
+        if r["probe"] == "decorrelation" and r["site"] == "mlp.up_proj"
+    }
+    per_seed = [np.mean([dec[(f"dpo-s{s}", L)] - dec[("base", L)] for L in (0, 1)]) for s in (0, 1)]
+    m, lo, hi = _t(per_seed)
+    assert f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}] (95% t-interval over 2 seeds)" in lines[2]
+    # claim 2: decorrelation at the regularized layer (-1 -> 1), paired by seed
+    m, lo, hi = _t([dec[(f"decpo-s{s}", 1)] - dec[(f"dpo-s{s}", 1)] for s in (0, 1)])
+    assert (
+        f"regularized layer 1 (mlp.up_proj, last token of each held-out prompt (the paper's probe)): DecPO - DPO = {m:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+        in report
+    )
+
+    # the paired table: per seed decpo-sK - dpo-sK, t-interval of the differences
+    res = {
+        label: json.loads((out / "eval" / "synthetic" / label / "results.json").read_text())["metrics"]
+        for label in ("dpo-s0", "dpo-s1", "decpo-s0", "decpo-s1")
+    }
+    d = [
+        res[f"decpo-s{s}"]["reward_margin"]["value"] - res[f"dpo-s{s}"]["reward_margin"]["value"]
+        for s in (0, 1)
+    ]
+    m, lo, hi = _t(d)
+    assert (
+        f"| synthetic: reward margin (higher is better) | {m:+.3f} [{lo:+.3f}, {hi:+.3f}] | paired over 2 seeds (t) |"
+        in report
+    )
+    header = next(line for line in lines if line.startswith("| method |"))
+    assert "| synthetic: (A) rate |" in header  # the synthetic task's "(A)" rate is a column
+
+    for fig in (
+        "probe_decorrelation_heldout_prompts",
+        "probe_decorrelation_penalty_position",
+        "curve_train_loss_pref",
+        "curve_train_loss_reg",
+        "curve_eval_rewards_accuracies",
+    ):
+        assert (out / "figures" / f"{fig}.png").exists() and f"figures/{fig}.png" in report
+    assert "hollow marker at 0.5" in report
+    # the strength sweep is linked
+    assert "[strength/strength.md](strength/strength.md)" in report
+
+    # stages in the plan's order: trainings by seed, the probe stage, evaluations
+    table = report.split("Stages in run order")[1]
+    listed = [line.split(" | ")[1] for line in table.splitlines() if " | done | " in line]
+    assert listed[:5] == ["train/dpo-s0", "train/decpo-s0", "train/dpo-s1", "train/decpo-s1", "probes"]
+    assert listed[5] == "eval/synthetic/base" and len(listed) == 10
+
+
+def test_one_seed_paired_bootstrap_over_items_and_resume(tmp_path):
     out = tmp_path / "exp"
     assert main(["run", "--config", SMOKE, "--output-dir", str(out), *ARGS]) == 0
     report = (out / "report.md").read_text()
     assert "| base |" in report and "| dpo |" in report and "| decpo |" in report and "DecPO - DPO" in report
-    assert (out / "probes" / "probes.csv").exists() and list((out / "figures").glob("curve_*.png"))
     stages = json.loads((out / "stages.json").read_text())
     assert all(s["status"] == "done" for s in stages.values()) and len(stages) == 6
+    assert "Direction only (one seed" in report.splitlines()[2]
+
+    # every headline measure of the task is reproduced by its per-item scores
+    for label in ("base", "dpo-s0", "decpo-s0"):
+        metrics = json.loads((out / "eval" / "synthetic" / label / "results.json").read_text())["metrics"]
+        samples = read_samples(out / "eval" / "synthetic" / label / "samples.jsonl")
+        for task, metric, _ in HEADLINE:
+            if task == "synthetic":
+                keys, values = item_values(task, metric, samples, metrics[metric])
+                assert keys is not None, (label, metric, values)
+    # one seed: DecPO - DPO is a paired bootstrap over the 8 items
+    sa = read_samples(out / "eval" / "synthetic" / "decpo-s0" / "samples.jsonl")
+    sb = read_samples(out / "eval" / "synthetic" / "dpo-s0" / "samples.jsonl")
+    est = paired_bootstrap(
+        item_values("synthetic", "reward_margin", sa)[1], item_values("synthetic", "reward_margin", sb)[1]
+    )
+    assert (
+        f"| synthetic: reward margin (higher is better) | {est.fmt(3, sign=True)} | paired bootstrap over 8 items |"
+        in report
+    )
     before = {k: v["key"] for k, v in stages.items()}
 
     # same command: nothing reruns (the training folders are untouched)
     mtime = (out / "train" / "dpo-s0" / "final_metrics.json").stat().st_mtime
+    probes = (out / "probes" / "probes.csv").stat().st_mtime
     assert main(["run", "--config", SMOKE, "--output-dir", str(out), *ARGS]) == 0
     assert (out / "train" / "dpo-s0" / "final_metrics.json").stat().st_mtime == mtime
+    assert (out / "probes" / "probes.csv").stat().st_mtime == probes
 
     # a changed objective reruns what depends on it and keeps the old training aside
     assert main(["run", "--config", SMOKE, "--output-dir", str(out), *ARGS, "objective.beta=0.2"]) == 0
     after = {k: v["key"] for k, v in json.loads((out / "stages.json").read_text()).items()}
-    assert after["train/dpo-s0"] != before["train/dpo-s0"]
+    assert after["train/dpo-s0"] != before["train/dpo-s0"] and after["probes"] != before["probes"]
     assert list((out / "train").glob("dpo-s0.stale-*"))
 
 
-def test_estimates_over_seeds_and_differences():
-    one = [{"value": 0.5, "ci": [0.4, 0.6]}]
-    assert over_seeds(one) == Estimate(0.5, 0.4, 0.6, 1, "items")
-    three = [{"value": v, "ci": [0, 1]} for v in (0.4, 0.5, 0.6)]
-    est = over_seeds(three)
-    assert est.mean == 0.5 and est.how == "seeds" and est.low < 0.4 < 0.6 < est.high
-    d = difference([{"value": 0.7, "ci": [0.6, 0.8]}], [{"value": 0.5, "ci": [0.4, 0.6]}])
-    assert abs(d.mean - 0.2) < 1e-12 and d.low < 0.2 < d.high
+def test_strength_values_and_their_config_changes():
+    assert parse_values("0,0.1,0.3,1,3") == [0.0, 0.1, 0.3, 1.0, 3.0]
+    with pytest.raises(ValueError):
+        parse_values("0.1,0.10")
+    with pytest.raises(ValueError):
+        parse_values("-1")
+    cfg = load_config(SMOKE)
+    assert strength_overrides(cfg, 0.3) == {"objective.reg_weight": 0.3}
+    assert strength_overrides(cfg, 0) == {"objective.reg_weight": 0.0}
+    assert strength_label(0.1, 2) == "decpo-w0.1-s2" and strength_label(3.0, 0) == "decpo-w3-s0"
+
+
+@pytest.mark.skipif(
+    "objective.reg_balance" not in VALID_KEYS, reason="objective.reg_balance not available yet"
+)
+def test_strength_values_are_balances_when_the_weight_is_auto():
+    cfg = load_config(SMOKE, ["objective.reg_weight=auto"])
+    assert strength_overrides(cfg, 0.3) == {"objective.reg_balance": 0.3}
+    assert strength_overrides(cfg, 0) == {"objective.reg_weight": 0.0}  # 0: no penalty, never a balance of 0
+    run = cfg.replace(**strength_overrides(cfg, 0.3))
+    assert run.objective.reg_weight == "auto" and run.objective.reg_balance == 0.3
+    assert cfg.replace(**strength_overrides(cfg, 0)).objective.reg_weight == 0.0
 
 
 def test_parse_layers():

@@ -85,10 +85,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from decpo.experiment import parse_layers, sweep_layers
+    from decpo.experiment import parse_layers, parse_values, sweep_layers, sweep_strength
 
     cfg = _experiment_config(args)
-    path = sweep_layers(cfg, Path(args.output_dir), parse_layers(args.layers), argv=args.raw_argv)
+    if args.reg_weights is not None:
+        values = parse_values(args.reg_weights)
+        path = sweep_strength(cfg, Path(args.output_dir or "runs/strength"), values, argv=args.raw_argv)
+    else:
+        layers = parse_layers(args.layers)
+        path = sweep_layers(cfg, Path(args.output_dir or "runs/layer-sweep"), layers, argv=args.raw_argv)
     print(f"sweep: {path}")
     return 0
 
@@ -140,10 +145,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides section.key=value")
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("sweep", help="DecPO once per regularized layer; task measure against the layer")
-    p.add_argument("--layers", required=True, help="e.g. 0-29, 0-29:4 or 3,15,27")
+    p = sub.add_parser(
+        "sweep",
+        help="DecPO once per regularized layer (--layers) or per regularizer strength (--reg-weights)",
+        description="--layers: DecPO once per regularized layer, the task measure against the layer (Fig. 7). "
+        "--reg-weights: DecPO once per strength and seed (experiment.seeds), probes and evaluations of every "
+        "run, strength.md with decorrelation at the regularized layer and the task measures against the strength. "
+        "A strength is an absolute lambda (objective.reg_weight), or a balance (objective.reg_balance) when the "
+        "config's objective.reg_weight is auto; 0 always means no penalty (objective.reg_weight=0).",
+    )
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--layers", help="e.g. 0-29, 0-29:4 or 3,15,27")
+    which.add_argument("--reg-weights", help="comma-separated strengths, e.g. 0,0.1,0.3,1,3")
     p.add_argument("--config", default=None, help="YAML config (default: the embedded demo)")
-    p.add_argument("--output-dir", default="runs/layer-sweep", help="sweep folder")
+    p.add_argument(
+        "--output-dir", default=None, help="sweep folder (default: runs/layer-sweep or runs/strength)"
+    )
+    p.add_argument("--seeds", default=None, help="comma-separated training seeds (--reg-weights), e.g. 0,1,2")
     p.add_argument("overrides", nargs="*", help="dotted overrides section.key=value")
     p.set_defaults(func=_cmd_sweep)
 

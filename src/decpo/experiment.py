@@ -1,12 +1,23 @@
 """The paper's experiment in one command: base -> DPO and DecPO (and baselines) -> probes -> eval -> report.
 
-Stages and where they write (under the experiment folder):
+Stages and where they write (under the experiment folder), in run order:
 
-    train/<method>-s<seed>/     training runs (resumable on their own)
-    probes/                     probes.csv and plots: base vs each method (seed of the first run)
+    train/<method>-s<seed>/     training runs (resumable on their own), every method x every seed
+    probes/                     one stage probing base and every trained model (labels ``dpo-s0``,
+                                ``decpo-s1``, ...): probes.csv (all probe sets), probe_sets.json, and one
+                                subfolder per probe set with its own probes.csv and plots
     eval/<task>/<model>/        results.json, samples.jsonl per model and task
     report.md, figures/         the report
-    stages.json                 each stage's config key, status and wall time
+    stages.json                 each stage's config key, status, wall time and position in the plan
+
+Probe sets (`probe_sets`): the held-out prompts, read at their last token (the paper's probe, and the
+penalty's position when ``objective.tokens`` is ``prompt_last``); for any other ``objective.tokens``
+also the held-out prompt + chosen answer (+ EOS, as TRL appends it), read at its last token, with
+``@answer_last`` appended to the site in probes.csv.
+
+`sweep_strength` (``decpo sweep --reg-weights``) trains DecPO once per strength and seed and writes
+``strength.md``; the report of ``decpo run`` links it when ``<output_dir>/<experiment.strength_sweep_dir>/
+strength.md`` exists (default ``strength/``; an absolute path is used as is).
 
 Re-running the same command skips finished stages (same key) and resumes an interrupted training. A
 changed config changes the keys of the stages that depend on it: those run again, and an old training
@@ -15,6 +26,7 @@ folder is kept aside as ``<name>.stale-<key>`` rather than deleted.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -27,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from decpo.config import RunConfig, save_config
-from decpo.io import atomic_write_json, check_writable
+from decpo.io import atomic_write_json, atomic_write_text, check_writable
 from decpo.io import stable_hash as config_key
 
 logger = logging.getLogger("decpo.run")
@@ -50,6 +62,18 @@ class StageLog:
         self.stages[name] = {"key": key, "status": status, **extra}
         atomic_write_json(self.path, self.stages)
 
+    def in_run_order(self, plan_order: list[str] | None = None) -> list[tuple[str, dict]]:
+        """Stages in the plan's order, then any others (older plans) in the order they were run.
+
+        ``stages.json`` is written with sorted keys, so its own order is alphabetical, not the run's.
+        """
+        plan_order = [n for n in (plan_order or []) if n in self.stages]
+        rest = sorted(
+            (n for n in self.stages if n not in plan_order),
+            key=lambda n: (self.stages[n].get("started_at", float("inf")), self.stages[n].get("order", 0)),
+        )
+        return [(n, self.stages[n]) for n in [*plan_order, *rest]]
+
 
 @dataclass
 class Plan:
@@ -61,6 +85,10 @@ class Plan:
     def add(self, name: str, key: str, fn: Callable[[], Any]) -> None:
         self.steps.append((name, key, fn))
 
+    @property
+    def order(self) -> list[str]:
+        return [name for name, _, _ in self.steps]
+
     def run(self) -> None:
         total = len(self.steps)
         todo = [name for name, key, _ in self.steps if not self.log.done(name, key)]
@@ -70,11 +98,12 @@ class Plan:
                 logger.info("[%d/%d] %s: done before, skipped", i, total, name)
                 continue
             logger.info("[%d/%d] %s ...", i, total, name)
-            self.log.mark(name, key, "running")
+            started = round(time.time(), 3)
+            self.log.mark(name, key, "running", order=i, started_at=started)
             t0 = time.perf_counter()
             fn()
             wall = time.perf_counter() - t0
-            self.log.mark(name, key, "done", wall_time_s=round(wall, 1))
+            self.log.mark(name, key, "done", wall_time_s=round(wall, 1), order=i, started_at=started)
             logger.info("[%d/%d] %s: done in %.0f s", i, total, name, wall)
 
 
@@ -147,15 +176,124 @@ def _eval_stage(cfg: RunConfig, task: str, model_spec: str, out: Path) -> Callab
     return stage
 
 
+@dataclass(frozen=True)
+class ProbeSet:
+    """One set of probe texts and the token the probes read (always the last token of each text)."""
+
+    name: str  # subfolder of probes/ and key of probe_sets.json
+    texts: str  # "prompt" (held-out prompts) or "prompt+chosen" (held-out prompt + chosen answer + EOS)
+    site_suffix: str  # appended to the site in the merged probes.csv ("" for the held-out prompts)
+    position: str  # in words, for the report
+    penalty_position: bool  # whether this set reads the token the penalty is computed on
+
+
+def probe_sets(cfg: RunConfig) -> list[ProbeSet]:
+    """The held-out prompts (the paper's probe); plus prompt + chosen answer when the penalty is elsewhere."""
+    tokens = cfg.objective.tokens
+    sets = [
+        ProbeSet(
+            "heldout_prompts",
+            "prompt",
+            "",
+            "last token of each held-out prompt (the paper's probe)",
+            tokens == "prompt_last",
+        )
+    ]
+    if tokens != "prompt_last":
+        where = (
+            "the penalty's token (objective.tokens=last)"
+            if tokens == "last"
+            else f"its last token; the penalty (objective.tokens={tokens}) averages the answer's tokens, so "
+            "this is the nearest single-token probe, not the penalty's exact input"
+        )
+        sets.append(
+            ProbeSet(
+                "penalty_position",
+                "prompt+chosen",
+                "@answer_last",
+                f"last token of held-out prompt + chosen answer + EOS: {where}",
+                tokens == "last",
+            )
+        )
+    return sets
+
+
+def heldout_records(cfg: RunConfig) -> list[dict]:
+    """The held-out pairs of the training data, as training holds them out (`decpo.training.run.load_records`:
+    ``data.eval_path``, the last ``eval_fraction`` of ``data.path``, or the task's eval split), with the data
+    seed 0 (the same texts for every model and seed) and no ``data.max_eval_samples`` cap."""
+    from decpo.training.run import load_records
+
+    return load_records(cfg.replace(**{"train.seed": 0, "data.max_eval_samples": None}))[1]
+
+
+def probe_texts(cfg: RunConfig, probe_set: ProbeSet, eos_token: str | None = None) -> list[str]:
+    """The texts of ``probe_set``: the first ``experiment.probe_num_texts`` held-out records."""
+    from decpo.data import DataError
+    from decpo.probes.cli import _prompt_text
+
+    records = heldout_records(cfg)
+    texts = []
+    for r in records:
+        text = _prompt_text(r["prompt"])
+        if probe_set.texts == "prompt+chosen":
+            text += _prompt_text(r["chosen"])
+            if eos_token and not text.endswith(eos_token):
+                text += eos_token  # TRL appends EOS to each answer: the penalty's `last` token
+        if text.strip():
+            texts.append(text)
+    texts = texts[: cfg.experiment.probe_num_texts]
+    if len(texts) < 2:
+        raise DataError(f"the probes need at least 2 held-out texts, found {len(texts)}")
+    return texts
+
+
+def probe_sites(cfg: RunConfig) -> list[str]:
+    return list(dict.fromkeys(["mlp.up_proj", cfg.objective.site]))
+
+
+def _probe_key(cfg: RunConfig, model_keys: dict[str, str]) -> str:
+    return config_key(
+        {
+            "models": model_keys,
+            "n": cfg.experiment.probe_num_texts,
+            "texts": {k: v for k, v in cfg.to_dict()["data"].items() if k != "max_train_samples"},
+            "sets": [dataclasses.asdict(s) for s in probe_sets(cfg)],
+            "sites": probe_sites(cfg),
+            "max_length": cfg.train.max_length,
+            "dtype": cfg.model.dtype,
+        }
+    )
+
+
 def _probe_stage(cfg: RunConfig, models: dict[str, str], out: Path) -> Callable[[], None]:
     def stage() -> None:
-        from decpo.probes.cli import load_texts, probe_models
+        from decpo.models import load_tokenizer
+        from decpo.probes.cli import WEIGHT_SITE, probe_models, rows_to_csv
 
-        source = cfg.data.path or cfg.data.task
-        texts = load_texts(source, cfg.experiment.probe_num_texts, data_dir=cfg.data.data_dir)
-        probe_models(
-            models, texts, out, batch_size=16, max_length=cfg.train.max_length, dtype=cfg.model.dtype
-        )
+        m = cfg.model
+        eos = load_tokenizer(m.name, m.gguf_file, m.trust_remote_code, m.revision).eos_token
+        rows: list[dict] = []
+        info: dict[str, dict] = {}
+        for i, ps in enumerate(probe_sets(cfg)):
+            texts = probe_texts(cfg, ps, eos)
+            report = probe_models(
+                models,
+                texts,
+                out / ps.name,
+                sites=probe_sites(cfg),
+                batch_size=16,
+                max_length=cfg.train.max_length,
+                dtype=cfg.model.dtype,
+                weights=i == 0,  # the weight proxy does not depend on the texts
+            )
+            for r in report.rows:
+                if ps.site_suffix and r["site"] != WEIGHT_SITE:
+                    r = {**r, "site": r["site"] + ps.site_suffix}
+                rows.append(r)
+            info[ps.name] = {**dataclasses.asdict(ps), "n_texts": len(texts), "models": list(models)}
+        atomic_write_text(out / "probes.csv", rows_to_csv(rows))
+        atomic_write_json(out / "probe_sets.json", info)
 
     return stage
 
@@ -184,24 +322,11 @@ def run_experiment(cfg: RunConfig, output_dir: str | Path, argv: list[str] | Non
             models[label] = str(folder / "final")
             train_keys[label] = key
 
-    first_seed = exp.seeds[0]
-    probed = {BASE: models[BASE], **{m: models[f"{m}-s{first_seed}"] for m in exp.methods}}
-    probe_key = config_key(
-        {
-            "models": {k: train_keys[k if k == BASE else f"{k}-s{first_seed}"] for k in probed},
-            "n": exp.probe_num_texts,
-            "texts": cfg.data.path or cfg.data.task,
-        }
-    )
-    plan.add("probes", probe_key, _probe_stage(cfg, probed, output_dir / "probes"))
+    # one probe stage: base and every trained model, every seed
+    plan.add("probes", _probe_key(cfg, train_keys), _probe_stage(cfg, models, output_dir / "probes"))
 
     tasks = eval_tasks(cfg)
-    for task in tasks:
-        for label, spec in models.items():
-            key = config_key({"model": train_keys[label], "task": task, "eval": _eval_settings(cfg)})
-            plan.add(
-                f"eval/{task}/{label}", key, _eval_stage(cfg, task, spec, output_dir / "eval" / task / label)
-            )
+    _add_evals(plan, cfg, tasks, models, train_keys, output_dir)
 
     t0 = time.perf_counter()
     plan.run()
@@ -214,8 +339,18 @@ def run_experiment(cfg: RunConfig, output_dir: str | Path, argv: list[str] | Non
         tasks=tasks,
         command=command,
         total_wall_s=time.perf_counter() - t0,
+        stage_order=plan.order,
     )
     return report
+
+
+def _add_evals(
+    plan: Plan, cfg: RunConfig, tasks: list[str], models: dict[str, str], keys: dict[str, str], out: Path
+) -> None:
+    for task in tasks:
+        for label, spec in models.items():
+            key = config_key({"model": keys[label], "task": task, "eval": _eval_settings(cfg)})
+            plan.add(f"eval/{task}/{label}", key, _eval_stage(cfg, task, spec, out / "eval" / task / label))
 
 
 def sweep_layers(
@@ -251,6 +386,87 @@ def sweep_layers(
     return write_sweep(output_dir, runs, tasks, command)
 
 
+def is_auto_weight(cfg: RunConfig) -> bool:
+    """``objective.reg_weight: auto``: lambda is set at the start of training from ``objective.reg_balance``."""
+    return isinstance(cfg.objective.reg_weight, str) and cfg.objective.reg_weight == "auto"
+
+
+def strength_overrides(cfg: RunConfig, value: float) -> dict[str, Any]:
+    """The config change of one strength of a sweep.
+
+    0 always means no penalty (``objective.reg_weight=0``; a balance of 0 is refused). Otherwise, with
+    ``objective.reg_weight: auto`` the value is a balance (``objective.reg_balance``: lambda * R = value x
+    preference loss at the start of training), else an absolute lambda (``objective.reg_weight``).
+    """
+    if value < 0:
+        raise ValueError(f"a strength must be >= 0, got {value}")
+    if value == 0:
+        return {"objective.reg_weight": 0.0}
+    if is_auto_weight(cfg):
+        return {"objective.reg_balance": float(value)}
+    return {"objective.reg_weight": float(value)}
+
+
+def strength_label(value: float, seed: int) -> str:
+    """``decpo-w0.3-s1``: the run of strength 0.3 and seed 1."""
+    return f"decpo-w{value:g}-s{seed}"
+
+
+def parse_values(text: str) -> list[float]:
+    """``"0,0.1,0.3,1,3"`` -> ``[0.0, 0.1, 0.3, 1.0, 3.0]`` (order kept, duplicates refused)."""
+    values = [float(v) for v in text.split(",") if v.strip()]
+    if not values:
+        raise ValueError(f"no values in {text!r}")
+    if len({f"{v:g}" for v in values}) != len(values):
+        raise ValueError(f"a value is given twice in {text!r}")
+    if any(v < 0 for v in values):
+        raise ValueError(f"strengths must be >= 0, got {text!r}")
+    return values
+
+
+def sweep_strength(
+    cfg: RunConfig, output_dir: str | Path, values: list[float], argv: list[str] | None = None
+) -> Path:
+    """DecPO once per strength and per seed of ``experiment.seeds``; returns the path of ``strength.md``.
+
+    Stages: ``train/decpo-w<value>-s<seed>`` for each value x seed (value: see `strength_overrides`),
+    ``probes`` (base and every run, the probe sets of `probe_sets`), ``eval/<task>/<label>`` for base and
+    each run. Writes ``strength.csv``, ``strength.md`` and ``strength.png``: decorrelation at the
+    regularized layer(s) and the headline task measures against the strength, with 95% intervals over
+    seeds (with one seed: the evaluation's bootstrap over items for task measures, none for probes), and
+    each strength minus strength 0 paired by seed (one seed: paired bootstrap over items). Resumable as
+    `run_experiment` is.
+    """
+    from decpo.reports.report import write_strength
+
+    output_dir = Path(output_dir)
+    check_writable(output_dir)
+    save_config(cfg, output_dir / "config.yaml")
+    command = "decpo " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    log = StageLog(output_dir / "stages.json")
+    plan = Plan(log)
+    shared = {k: v for k, v in cfg.to_dict().items() if k != "experiment"}
+    models: dict[str, str] = {BASE: cfg.model.name}
+    keys: dict[str, str] = {BASE: config_key(cfg.to_dict()["model"])}
+    runs: dict[float, dict[int, str]] = {}
+    for value in values:
+        overrides = strength_overrides(cfg, value)
+        for seed in cfg.experiment.seeds:
+            label = strength_label(value, seed)
+            run_cfg = cfg.replace(**{"objective.name": "decpo", "train.seed": seed, **overrides})
+            key = config_key({**shared, "objective": run_cfg.to_dict()["objective"], "seed": seed})
+            folder = output_dir / "train" / label
+            plan.add(f"train/{label}", key, _train_stage(run_cfg, folder, log, f"train/{label}", key))
+            models[label] = str(folder / "final")
+            keys[label] = key
+            runs.setdefault(value, {})[seed] = label
+    plan.add("probes", _probe_key(cfg, keys), _probe_stage(cfg, models, output_dir / "probes"))
+    tasks = eval_tasks(cfg)
+    _add_evals(plan, cfg, tasks, models, keys, output_dir)
+    plan.run()
+    return write_strength(output_dir, cfg, runs, tasks, command, stage_order=plan.order)
+
+
 def parse_layers(text: str) -> list[int]:
     """``"0-29"``, ``"3,7,15"`` or ``"0-29:4"`` (every 4th) -> a list of layers."""
     out: list[int] = []
@@ -266,4 +482,18 @@ def parse_layers(text: str) -> list[int]:
     return out
 
 
-__all__ = ["run_experiment", "sweep_layers", "parse_layers", "eval_tasks", "config_key"]
+__all__ = [
+    "ProbeSet",
+    "config_key",
+    "eval_tasks",
+    "heldout_records",
+    "parse_layers",
+    "parse_values",
+    "probe_sets",
+    "probe_texts",
+    "run_experiment",
+    "strength_label",
+    "strength_overrides",
+    "sweep_layers",
+    "sweep_strength",
+]

@@ -1,20 +1,90 @@
-"""Training curves from ``metrics.jsonl`` files: one PNG per measure, one line per method (the paper's Fig. 6)."""
+"""Training curves from ``metrics.jsonl`` files: one PNG per measure, one line per method (the paper's Fig. 6).
+
+Runs labelled ``<method>-s<seed>`` are grouped by method: the line is the mean over seeds at each step
+logged by every seed, the band its 95% t-interval over seeds (no band with one seed). Each method keeps
+its colour (`decpo.reports.style`).
+
+Reward accuracy at a step where the policy still equals the reference (the step-0 evaluation, and the
+first logged train step, whose forward runs before the first update): every reward is exactly 0, a tie,
+and TRL counts a tie as wrong, so the logged accuracy is 0.0. Those points are not drawn as 0: they are
+left out of the line and drawn as a hollow marker at 0.5 labelled "tie".
+"""
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from decpo.reports.probes import split_label
+from decpo.reports.stats import t_interval
+from decpo.reports.style import method_color, pyplot
+
+
+@dataclass(frozen=True)
+class Curve:
+    name: str  # file stem: curve_<name>.png
+    title: str
+    ylabel: str
+    keys: tuple[
+        str, ...
+    ]  # the first key a run logs is its series (the preference loss: loss/pref, else loss)
+    accuracy: bool = False
+
+
 CURVES = (
-    ("train/rewards/margins", "train reward margin"),
-    ("eval/rewards/margins", "eval reward margin"),
-    ("train/rewards/accuracies", "train reward accuracy"),
-    ("eval/rewards/accuracies", "eval reward accuracy"),
-    ("train/loss/pref", "train preference loss"),
-    ("train/loss/decorr", "train lambda x decorrelation term"),
-    ("train/decorr/value", "train decorrelation R"),
+    Curve(
+        "train_rewards_margins",
+        "train reward margin",
+        "reward margin (chosen - rejected)",
+        ("train/rewards/margins",),
+    ),
+    Curve(
+        "eval_rewards_margins",
+        "held-out reward margin",
+        "reward margin (chosen - rejected)",
+        ("eval/rewards/margins",),
+    ),
+    Curve(
+        "train_rewards_accuracies",
+        "train reward accuracy",
+        "reward accuracy",
+        ("train/rewards/accuracies",),
+        accuracy=True,
+    ),
+    Curve(
+        "eval_rewards_accuracies",
+        "held-out reward accuracy",
+        "reward accuracy",
+        ("eval/rewards/accuracies",),
+        accuracy=True,
+    ),
+    # DPO without a regularizer logs its preference loss as train/loss; DecPO and L1 as train/loss/pref
+    Curve("train_loss_pref", "train preference loss", "preference loss", ("train/loss/pref", "train/loss")),
+    Curve("eval_loss_pref", "held-out preference loss", "preference loss", ("eval/loss/pref", "eval/loss")),
+    Curve(
+        "train_loss_reg",
+        "train regularizer term lambda x R",
+        "lambda x R",
+        ("train/loss/decorr", "train/loss/l1"),
+    ),
+    Curve(
+        "train_decorr_value",
+        "train decorrelation penalty R",
+        "R (regularizer value)",
+        ("train/decorr/value",),
+    ),
+)
+
+CAPTION = (
+    "Lines: mean over seeds at each step; bands: 95% t-interval over seeds (none with one seed; "
+    "clipped to [0, 1] for accuracies). "
+    "Preference loss: `train/loss/pref` for a regularized method, `train/loss` for DPO (for SFT it is "
+    "its NLL loss). Accuracy: the dashed line is chance (0.5); a step where the policy still equals the "
+    "reference (step-0 evaluation, first train step) has every reward exactly 0, which TRL counts as "
+    'wrong (accuracy 0.0): it is left out of the line and drawn as a hollow marker at 0.5 labelled "tie".'
 )
 
 
@@ -34,30 +104,94 @@ def series(rows: Sequence[dict], key: str) -> tuple[list[int], list[float]]:
     return [s for s, _ in points], [v for _, v in points]
 
 
-def plot_curves(runs: dict[str, list[dict]], output_dir: str | Path, keys=CURVES) -> list[Path]:
-    """``runs``: label (e.g. ``dpo/s0``) -> metrics rows. Writes ``curve_<measure>.png`` for measures present."""
-    import matplotlib
+def is_tie(row: dict, prefix: str) -> bool:
+    """Policy = reference at this logged step: chosen and rejected rewards exactly 0."""
+    return row.get(f"{prefix}/rewards/chosen") == 0.0 and row.get(f"{prefix}/rewards/rejected") == 0.0
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def _run_series(rows: Sequence[dict], curve: Curve) -> tuple[str | None, dict[int, float], set[int]]:
+    key = next((k for k in curve.keys if any(k in r for r in rows)), None)
+    if key is None:
+        return None, {}, set()
+    prefix = key.split("/", 1)[0]
+    values = {int(r["step"]): float(r[key]) for r in rows if key in r}
+    ties = {int(r["step"]) for r in rows if key in r and is_tie(r, prefix)} if curve.accuracy else set()
+    return key, values, ties
+
+
+def method_series(runs: dict[str, list[dict]], curve: Curve):
+    """``method -> (steps, mean, low|None, high|None, tie_steps, key, n_seeds)`` over the method's seeds."""
+    grouped: dict[str, list[tuple[str, dict[int, float], set[int]]]] = defaultdict(list)
+    for label, rows in runs.items():
+        key, values, ties = _run_series(rows, curve)
+        if values:
+            grouped[split_label(label)[0]].append((key, values, ties))
+    out = {}
+    for method, per_seed in grouped.items():
+        steps = sorted(set.intersection(*(set(v) for _, v, _ in per_seed)))
+        ties = set.intersection(*(t for _, _, t in per_seed)) if curve.accuracy else set()
+        line = [s for s in steps if s not in ties]
+        ests = [t_interval([v[s] for _, v, _ in per_seed]) for s in line]
+        band = len(per_seed) > 1
+        out[method] = (
+            line,
+            [e.mean for e in ests],
+            [e.low for e in ests] if band else None,
+            [e.high for e in ests] if band else None,
+            sorted(ties & set(steps)),
+            per_seed[0][0],
+            len(per_seed),
+        )
+    return out
+
+
+def _order(method: str) -> tuple:
+    known = ("dpo", "decpo", "l1", "simpo", "sft")
+    return (known.index(method) if method in known else len(known), method)
+
+
+def plot_curves(runs: dict[str, list[dict]], output_dir: str | Path, curves=CURVES) -> list[Path]:
+    """``runs``: label (``dpo-s0``) -> metrics rows. Writes ``curve_<name>.png`` for the measures present."""
+    plt = pyplot()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for key, title in keys:
-        lines = {label: series(rows, key) for label, rows in runs.items()}
-        lines = {label: xy for label, xy in lines.items() if xy[0]}
+    for curve in curves:
+        lines = method_series(runs, curve)
         if not lines:
             continue
-        fig, ax = plt.subplots(figsize=(5.5, 3.6))
-        for label, (steps, values) in sorted(lines.items()):
-            ax.plot(steps, values, marker="o", markersize=3, label=label)
+        fig, ax = plt.subplots(figsize=(5.8, 3.8))
+        tie_labelled = False
+        for method in sorted(lines, key=_order):
+            steps, mean, low, high, ties, key, n = lines[method]
+            color = method_color(method)
+            label = f"{method} (n={n})" + (" NLL" if method == "sft" and key.endswith("/loss") else "")
+            ax.plot(steps, mean, marker="o", markersize=3, color=color, label=label)
+            if low is not None and steps:
+                if curve.accuracy:  # a t-band of few seeds can leave [0, 1]: clip it to what is possible
+                    low, high = [max(0.0, x) for x in low], [min(1.0, x) for x in high]
+                ax.fill_between(steps, low, high, color=color, alpha=0.2, lw=0)
+            if ties:
+                ax.scatter(
+                    ties,
+                    [0.5] * len(ties),
+                    facecolors="none",
+                    edgecolors=color,
+                    s=40,
+                    zorder=3,
+                    label=None if tie_labelled else "tie (policy = reference)",
+                )
+                tie_labelled = True
+        if curve.accuracy:
+            ax.axhline(0.5, color="gray", ls="--", lw=1, label="chance")
+            ax.set_ylim(-0.03, 1.03)
         ax.set_xlabel("step")
-        ax.set_title(title)
+        ax.set_ylabel(curve.ylabel)
+        ax.set_title(curve.title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        path = output_dir / f"curve_{key.replace('/', '_')}.png"
+        path = output_dir / f"curve_{curve.name}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
@@ -83,11 +217,7 @@ def plot_probe_dynamics(
     runs: dict[str, list[dict]], path: str | Path, probe: str = "decorrelation"
 ) -> Path | None:
     """Probe value against step, one line per layer, one panel per run (the paper's Fig. 4)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     dyn = probe_dynamics(runs, probe)
     if not dyn:
         return None
@@ -100,6 +230,7 @@ def plot_probe_dynamics(
             ax.plot([s for s, _ in points], [v for _, v in points], color=cmap(layer / max(n - 1, 1)), lw=1)
         ax.set_title(f"{label}: {probe} per layer (light = deep)")
         ax.set_xlabel("step")
+        ax.set_ylabel(probe)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -1,0 +1,211 @@
+"""Probe results over seeds: per-layer decorrelation of base / DPO / DecPO, paired differences, figures.
+
+Input: the rows of ``probes.csv`` (``model, layer, site, probe, value, n_texts, depth``) whose models are
+labelled ``base`` and ``<method>-s<seed>`` (``dpo-s0``, ``decpo-s1``, ``decpo-w0.3-s2``). Per layer:
+
+- DPO - base: per seed ``dpo-sK - base``, mean and t-interval over seeds;
+- DecPO - DPO: per seed ``decpo-sK - dpo-sK`` (paired), mean and t-interval over seeds.
+
+One seed gives the value with no interval (``probes.csv`` holds no per-text values to resample).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from decpo.reports.stats import Estimate, paired_seed_difference, t_interval
+from decpo.reports.style import DIFF_COLORS, method_color, pyplot
+
+BASE = "base"
+# method -> seed -> layer -> value (base: seed None)
+Curves = dict[str, dict[int | None, dict[int, float]]]
+
+
+def split_label(label: str) -> tuple[str, int | None]:
+    """``"dpo-s2"`` -> ``("dpo", 2)``, ``"decpo-w0.3-s0"`` -> ``("decpo-w0.3", 0)``, ``"base"`` -> ``("base", None)``."""
+    head, sep, tail = label.rpartition("-s")
+    if sep and head and tail.isdigit():
+        return head, int(tail)
+    return label, None
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def curves(rows: Sequence[dict], probe: str, site: str) -> Curves:
+    out: Curves = {}
+    for r in rows:
+        if r["probe"] != probe or r["site"] != site:
+            continue
+        value = float(r["value"])
+        if not math.isfinite(value):
+            continue
+        method, seed = split_label(r["model"])
+        out.setdefault(method, {}).setdefault(seed, {})[int(r["layer"])] = value
+    return out
+
+
+def n_layers(rows: Sequence[dict], site: str) -> int:
+    layers = [int(r["layer"]) for r in rows if r["site"] == site]
+    return max(layers) + 1 if layers else 0
+
+
+def resolve_layers(layers: Sequence[int], n: int) -> list[int]:
+    """Block indices with negative ones counted from the end (``-1`` = ``n - 1``); out of range dropped."""
+    out = []
+    for layer in layers:
+        k = layer + n if layer < 0 else layer
+        if 0 <= k < n and k not in out:
+            out.append(k)
+    return out
+
+
+def _common_layers(*per_seed: Mapping[int, float]) -> list[int]:
+    layers = set(per_seed[0])
+    for d in per_seed[1:]:
+        layers &= set(d)
+    return sorted(layers)
+
+
+def change_vs_base(method: Mapping[int | None, Mapping[int, float]], base: Mapping[int, float]):
+    """``layer -> Estimate`` of ``method_sK - base`` over seeds; and the mean over layers (per seed, then t)."""
+    seeds = sorted(s for s in method if s is not None) or [None]
+    layers = _common_layers(base, *(method[s] for s in seeds))
+    per_layer = {L: t_interval([method[s][L] - base[L] for s in seeds]) for L in layers}
+    overall = t_interval([float(np.mean([method[s][L] - base[L] for L in layers])) for s in seeds])
+    return per_layer, overall
+
+
+def paired_change(a: Mapping[int | None, Mapping[int, float]], b: Mapping[int | None, Mapping[int, float]]):
+    """``layer -> Estimate`` of ``a_sK - b_sK`` paired by seed; and the mean over layers."""
+    seeds = sorted(set(a) & set(b), key=lambda s: -1 if s is None else s)
+    if not seeds:
+        return {}, None
+    layers = _common_layers(*(a[s] for s in seeds), *(b[s] for s in seeds))
+    per_layer = {
+        L: paired_seed_difference({s: a[s][L] for s in seeds}, {s: b[s][L] for s in seeds}) for L in layers
+    }
+    overall = paired_seed_difference(
+        {s: float(np.mean([a[s][L] for L in layers])) for s in seeds},
+        {s: float(np.mean([b[s][L] for L in layers])) for s in seeds},
+    )
+    return per_layer, overall
+
+
+def method_mean(method: Mapping[int | None, Mapping[int, float]]) -> dict[int, Estimate]:
+    """``layer -> Estimate`` of a method's value, mean and t-interval over its seeds."""
+    seeds = list(method)
+    layers = _common_layers(*(method[s] for s in seeds))
+    return {L: t_interval([method[s][L] for s in seeds]) for L in layers}
+
+
+@dataclass
+class LayerSummary:
+    """Claim 1 numbers: a per-layer change and its summary over layers."""
+
+    per_layer: dict[int, Estimate]
+    overall: Estimate
+    n_above: int
+    n_below: int
+    rise: tuple[int, Estimate]
+    fall: tuple[int, Estimate]
+
+
+def summarize(per_layer: dict[int, Estimate], overall: Estimate) -> LayerSummary:
+    layers = sorted(per_layer)
+    rise = max(layers, key=lambda L: per_layer[L].mean)
+    fall = min(layers, key=lambda L: per_layer[L].mean)
+    return LayerSummary(
+        per_layer,
+        overall,
+        sum(per_layer[L].side() > 0 for L in layers),
+        sum(per_layer[L].side() < 0 for L in layers),
+        (rise, per_layer[rise]),
+        (fall, per_layer[fall]),
+    )
+
+
+def _band(ax, est: Mapping[int, Estimate], color: str, label: str, marker: str = "o") -> None:
+    layers = sorted(est)
+    mean = [est[L].mean for L in layers]
+    ax.plot(layers, mean, marker=marker, ms=3, color=color, label=label)
+    if all(est[L].has_interval for L in layers) and layers:
+        ax.fill_between(
+            layers, [est[L].low for L in layers], [est[L].high for L in layers], color=color, alpha=0.2, lw=0
+        )
+
+
+def plot_decorrelation(
+    c: Curves,
+    path: str | Path,
+    *,
+    regularized: Sequence[int],
+    title: str,
+    ylabel: str = "feature decorrelation (1 - mean cos)",
+) -> Path | None:
+    """Left: base, DPO, DecPO (and other methods) per layer, mean over seeds with a t-band; right: DPO - base
+    and DecPO - DPO (paired by seed) with t-bands; the regularized layer(s) as vertical lines."""
+    if BASE not in c or not any(m != BASE for m in c):
+        return None
+    plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    base = c[BASE][None] if None in c[BASE] else next(iter(c[BASE].values()))
+    fig, (ax, dx) = plt.subplots(1, 2, figsize=(11.5, 4))
+    n_seeds = max(len([s for s in per if s is not None]) for m, per in c.items() if m != BASE)
+    for method in sorted(c, key=lambda m: (m != BASE, m != "dpo", m != "decpo", m)):
+        est = (
+            method_mean(c[method])
+            if method != BASE
+            else {L: Estimate(v, v, v, 1, "base") for L, v in base.items()}
+        )
+        _band(ax, est, method_color(method), method)
+    diffs = []
+    if "dpo" in c:
+        diffs.append(("dpo - base", change_vs_base(c["dpo"], base)[0]))
+    if "dpo" in c and "decpo" in c:
+        diffs.append(("decpo - dpo", paired_change(c["decpo"], c["dpo"])[0]))
+    for label, est in diffs:
+        _band(dx, est, DIFF_COLORS[label], label)
+    dx.axhline(0.0, color="black", lw=0.8)
+    for a in (ax, dx):
+        for i, L in enumerate(regularized):
+            a.axvline(L, color="black", ls="--", lw=1, label="regularized layer" if i == 0 else None)
+        a.set_xlabel("layer")
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+    band = f"band: 95% t-interval over {n_seeds} seeds" if n_seeds > 1 else "one seed: no band"
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{title} ({band})", fontsize=9)
+    dx.set_ylabel("difference in decorrelation")
+    dx.set_title("DPO - base; DecPO - DPO (paired by seed)", fontsize=9)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+__all__ = [
+    "BASE",
+    "LayerSummary",
+    "change_vs_base",
+    "curves",
+    "method_mean",
+    "n_layers",
+    "paired_change",
+    "plot_decorrelation",
+    "read_rows",
+    "resolve_layers",
+    "split_label",
+    "summarize",
+]
