@@ -67,6 +67,7 @@ def curve(metrics_path: Path, key: str) -> str:
 def main(argv: list[str]) -> None:
     from decpo.config import load_config
     from decpo.evaluation.tasks import EvalConfig, evaluate
+    from decpo.probes.cli import load_texts, probe_models
     from decpo.training.run import train
 
     args, variants = parse(argv)
@@ -77,11 +78,13 @@ def main(argv: list[str]) -> None:
         "",
         "| variant | overrides | "
         + " | ".join(label for _, label in MEASURES)
-        + " | chosen log-prob change (nats) | train s | held-out reward acc by step |",
-        "|---|---|" + "---|" * len(MEASURES) + "---|---|---|",
+        + " | chosen log-prob change (nats) | decorrelation at reg. layer, prompt-last | same, answer-last "
+        "| train s | held-out reward acc by step |",
+        "|---|---|" + "---|" * len(MEASURES) + "---|---|---|---|---|",
     ]
     for name, overrides in variants:
         cfg = load_config(args.config, overrides)
+        layer = cfg.objective.layers[0]
         run_dir = out / name
         t0 = time.perf_counter()
         result = train(cfg, run_dir)
@@ -98,11 +101,24 @@ def main(argv: list[str]) -> None:
             out / f"{name}-eval",
         ).results["metrics"]
         chosen_nats = res["chosen_reward"]["value"] / cfg.objective.beta
+        decorr = {}
+        for where, with_answer in (("prompt", False), ("answer", True)):
+            texts = load_texts(cfg.data.task, args.limit, split="eval", with_answer=with_answer)
+            report = probe_models(
+                {name: str(run_dir / "final")},
+                texts,
+                out / f"{name}-probes-{where}",
+                layers=[layer],
+                probes=("decorrelation",),
+                weights=False,
+                progress=False,
+            )
+            decorr[where] = next(r["value"] for r in report.rows if r["probe"] == "decorrelation")
         cells = [f"{res[m]['value']:.3f}" if m in res else "n/a" for m, _ in MEASURES]
         lines.append(
             f"| {name} | `{' '.join(overrides)}` | "
             + " | ".join(cells)
-            + f" | {chosen_nats:+.1f} | {train_s:.0f} | {curve(result.output_dir / 'metrics.jsonl', 'eval/rewards/accuracies')} |"
+            + f" | {chosen_nats:+.1f} | {decorr['prompt']:.4f} | {decorr['answer']:.4f} | {train_s:.0f} | {curve(result.output_dir / 'metrics.jsonl', 'eval/rewards/accuracies')} |"
         )
         print(lines[-1], flush=True)
     emit(lines, args.write)

@@ -240,6 +240,36 @@ def test_run_dir_uses_final_adapter_and_its_base_as_reference(tmp_path):
     assert result.results["metrics"]["reward_margin"]["value"] == pytest.approx(sum(margins) / 4)
 
 
+def test_reference_scores_are_computed_once_per_process_and_equal_a_fresh_pass(tmp_path, monkeypatch):
+    from peft import LoraConfig, get_peft_model
+
+    import decpo.evaluation.tasks as tasks_module
+
+    runs = []
+    for i in range(2):
+        torch.manual_seed(i)
+        lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        run_dir = tmp_path / f"run{i}"
+        get_peft_model(load_model(TINY), lora).save_pretrained(run_dir / "final")
+        load_tokenizer(TINY).save_pretrained(run_dir / "final")
+        runs.append(run_dir)
+    calls = []
+    real = tasks_module._ab_pair_logps
+    monkeypatch.setattr(tasks_module, "_ab_pair_logps", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(tasks_module, "_REFERENCE_SCORES", {})
+
+    def margins(run_dir, out):
+        cfg = EvalConfig(task="synthetic", model=str(run_dir), limit=4, progress=False, n_boot=50)
+        samples = evaluate(cfg, tmp_path / out).samples
+        return [s["scores"]["reference_chosen_logp"] for s in samples if s["split"] == "eval"]
+
+    first, second = margins(runs[0], "a"), margins(runs[1], "b")
+    assert len(calls) == 1  # the second model reused the base model's scores
+    assert first == second
+    monkeypatch.setattr(tasks_module, "_REFERENCE_SCORES", {})
+    assert margins(runs[1], "c") == pytest.approx(second, abs=1e-6) and len(calls) == 2
+
+
 @needs_data
 @pytest.mark.parametrize("task", ["sycophancy", "reframing", "toxicity"])
 def test_real_data_tasks_run_on_tiny_model(task, tmp_path):

@@ -240,6 +240,34 @@ def _ab_pair_logps(model, ctx: _Context, records: list[dict[str, Any]]) -> tuple
     return chosen, rejected
 
 
+# Reference log-probs already computed in this process, keyed by `_reference_key`: `decpo run` evaluates
+# every trained model against the same base model on the same items, so the base is scored once.
+_REFERENCE_SCORES: dict[str, tuple[list[float], list[float]]] = {}
+
+
+def _reference_key(ctx: _Context, records: list[dict[str, Any]], ab: bool) -> str:
+    """What the reference's scores depend on: its weights (files, sizes, times), dtype, tokenizer, the items."""
+    from decpo.io import stable_hash
+
+    spec = Path(ctx.reference_spec)
+    files = (
+        sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in spec.iterdir() if f.is_file())
+        if spec.is_dir()
+        else None
+    )
+    return stable_hash(
+        {
+            "reference": ctx.reference_spec,
+            "files": files,
+            "dtype": ctx.cfg.dtype,
+            "tokenizer": stable_hash(sorted(ctx.tokenizer.get_vocab().items())),  # content, not its folder
+            "ab": ab,
+            "max_length": ctx.cfg.pair_max_length,
+            "items": [[r["prompt"], r["chosen"], r["rejected"]] for r in records],
+        }
+    )
+
+
 def _preference_measures(
     ctx: _Context,
     records: list[dict[str, Any]],
@@ -263,10 +291,17 @@ def _preference_measures(
         pc, pr = pair_logps(ctx.model, ctx.tokenizer, records, desc="score pairs (policy)", **kwargs)
     if ctx.reference_is_policy:
         rc, rr = pc, pr  # the same model: every reward is exactly 0
-    elif ab:
-        rc, rr = _ab_pair_logps(ctx.reference(), ctx, records)
     else:
-        rc, rr = pair_logps(ctx.reference(), ctx.tokenizer, records, desc="score pairs (reference)", **kwargs)
+        key = _reference_key(ctx, records, ab)
+        if key not in _REFERENCE_SCORES:  # every model of an experiment shares the base as reference
+            _REFERENCE_SCORES[key] = (
+                _ab_pair_logps(ctx.reference(), ctx, records)
+                if ab
+                else pair_logps(
+                    ctx.reference(), ctx.tokenizer, records, desc="score pairs (reference)", **kwargs
+                )
+            )
+        rc, rr = _REFERENCE_SCORES[key]
     items = preference_items(pc, pr, rc, rr, beta=ctx.cfg.beta)
     out = {
         f"{prefix}preference_accuracy": ctx.entry(items["correct"], "higher"),
