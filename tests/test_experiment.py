@@ -12,7 +12,7 @@ import yaml
 from scipy import stats
 
 from decpo.cli import main
-from decpo.config import VALID_KEYS, load_config
+from decpo.config import load_config
 from decpo.experiment import parse_layers, parse_values, strength_label, strength_overrides
 from decpo.reports.report import read_samples
 from decpo.reports.stats import paired_bootstrap
@@ -216,16 +216,49 @@ def test_strength_values_and_their_config_changes():
     assert strength_label(0.1, 2) == "decpo-w0.1-s2" and strength_label(3.0, 0) == "decpo-w3-s0"
 
 
-@pytest.mark.skipif(
-    "objective.reg_balance" not in VALID_KEYS, reason="objective.reg_balance not available yet"
-)
-def test_strength_values_are_balances_when_the_weight_is_auto():
+def test_strength_sweep_of_balances_when_the_weight_is_auto(tmp_path):
     cfg = load_config(SMOKE, ["objective.reg_weight=auto"])
     assert strength_overrides(cfg, 0.3) == {"objective.reg_balance": 0.3}
     assert strength_overrides(cfg, 0) == {"objective.reg_weight": 0.0}  # 0: no penalty, never a balance of 0
     run = cfg.replace(**strength_overrides(cfg, 0.3))
     assert run.objective.reg_weight == "auto" and run.objective.reg_balance == 0.3
-    assert cfg.replace(**strength_overrides(cfg, 0)).objective.reg_weight == 0.0
+
+    out = tmp_path / "strength"
+    argv = ["sweep", "--reg-weights", "0,0.3", "--config", SMOKE, "--output-dir", str(out), *ARGS]
+    assert main([*argv, "objective.reg_weight=auto"]) == 0
+    zero = yaml.safe_load((out / "train" / "decpo-w0-s0" / "config.yaml").read_text())["objective"]
+    assert zero["reg_weight"] == 0.0 and not (out / "train" / "decpo-w0-s0" / "reg_weight.json").exists()
+    calibrated = json.loads((out / "train" / "decpo-w0.3-s0" / "reg_weight.json").read_text())
+    assert calibrated["reg_balance"] == 0.3 and calibrated["reg_weight"] > 0
+    md = (out / "strength.md").read_text()
+    assert "each value as a balance" in md
+    assert f"| 0.3 | objective.reg_balance=0.3 | s0: {calibrated['reg_weight']:.4g} |" in md
+    # one seed: strength minus 0 is a paired bootstrap over items for task measures, no interval for probes
+    with open(out / "strength.csv", newline="") as f:
+        rows = {(r["strength"], r["measure"]): r for r in csv.DictReader(f)}
+    assert (
+        rows[("0.3", "synthetic: reward margin")]["minus_strength0_interval"]
+        == "paired bootstrap over 8 items"
+    )
+    assert rows[("0.3", "decorrelation L1 (mlp.up_proj, heldout_prompts)")]["minus_strength0_low"] == ""
+
+
+def test_probe_texts_are_held_out_prompts_and_the_penalty_position():
+    from decpo.data import load_task
+    from decpo.experiment import probe_sets, probe_texts
+
+    cfg = load_config(SMOKE, ["experiment.probe_num_texts=12"])
+    held_out, penalty = probe_sets(cfg)  # objective.tokens=last: two probe sets
+    texts = probe_texts(cfg, held_out)
+    evals = load_task("synthetic", "eval", seed=0)[:12]
+    assert texts == [r["prompt"] for r in evals]
+    train = {r["prompt"] for r in load_task("synthetic", "train", seed=0)}
+    assert not train & set(texts)
+    answered = probe_texts(cfg, penalty, eos_token="</s>")
+    assert answered == [r["prompt"] + r["chosen"] + "</s>" for r in evals]
+    assert penalty.site_suffix == "@answer_last" and held_out.site_suffix == ""
+    only = probe_sets(load_config(SMOKE, ["objective.tokens=prompt_last"]))
+    assert [s.name for s in only] == ["heldout_prompts"] and only[0].penalty_position
 
 
 def test_parse_layers():

@@ -85,14 +85,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from decpo.config import ConfigError
     from decpo.experiment import parse_layers, parse_values, sweep_layers, sweep_strength
 
     cfg = _experiment_config(args)
-    if args.reg_weights is not None:
-        values = parse_values(args.reg_weights)
+    try:
+        values = parse_values(args.reg_weights) if args.reg_weights is not None else None
+        layers = parse_layers(args.layers) if args.layers is not None else None
+    except ValueError as e:
+        raise ConfigError(f"sweep: {e}") from e
+    if values is not None:
         path = sweep_strength(cfg, Path(args.output_dir or "runs/strength"), values, argv=args.raw_argv)
     else:
-        layers = parse_layers(args.layers)
         path = sweep_layers(cfg, Path(args.output_dir or "runs/layer-sweep"), layers, argv=args.raw_argv)
     print(f"sweep: {path}")
     return 0

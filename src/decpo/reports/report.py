@@ -203,7 +203,8 @@ def _diff_sentence(d: Difference) -> str:
 
 def _decorr_verdict(est: Estimate) -> str:
     if not est.has_interval:
-        return "no interval (one seed)"
+        side = "DecPO higher" if est.mean > 0 else "DecPO lower" if est.mean < 0 else "no difference"
+        return f"direction only, {side}"
     return {1: "DecPO higher", -1: "DecPO lower", 0: "no clear difference (interval includes 0)"}[est.side()]
 
 
