@@ -46,6 +46,41 @@ def test_default_preset_short_run(tmp_path):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "train/loss" in r]
     assert len(train_rows) == 3
-    # lambda * R of the cosine form at 16 rows stays below the DPO loss in the default preset
+    # reg_weight auto: lambda * R starts at reg_balance x the DPO loss (log 2 at the start)
+    cfg = json.loads((run / "reg_weight.json").read_text())
+    assert cfg["reg_weight"] > 0 and cfg["preference_loss"] == pytest.approx(0.693147, abs=1e-4)
+    first = train_rows[0]
+    assert first["train/loss/decorr"] / first["train/loss/pref"] == pytest.approx(cfg["reg_balance"], rel=0.25)
     assert all(0 < r["train/loss/decorr"] < r["train/loss/pref"] for r in train_rows)
     assert (run / "final" / "adapter_model.safetensors").exists()
+
+
+@needs_default
+def test_default_preset_learns_the_task_without_the_shortcut(tmp_path):
+    """One seed of the README's main job (DPO of the default preset), scored as `decpo run` scores it.
+
+    The thresholds of the task being learned: the fact, not "contradict the user" (the control: right when
+    the user is right and when the user is wrong), in both option orders, and on unseen frames/phrasings.
+    """
+    from decpo.config import load_config
+    from decpo.evaluation.tasks import EvalConfig, evaluate
+    from decpo.training.run import train
+
+    cfg = load_config(REPO / "configs" / "default.yaml", ["objective.name=dpo", "train.seed=0"])
+    train(cfg, tmp_path / "dpo")
+    metrics = evaluate(
+        EvalConfig(
+            task="synthetic",
+            model=str(tmp_path / "dpo"),
+            limit=cfg.experiment.eval_limit,
+            batch_size=cfg.experiment.eval_batch_size,
+            synthetic_answer=cfg.data.synthetic_answer,
+            progress=False,
+        ),
+        tmp_path / "eval",
+    ).results["metrics"]
+    value = {k: v["value"] for k, v in metrics.items()}
+    assert value["ab_accuracy_debiased"] >= 0.85, value
+    assert value["ab_accuracy_user_correct"] >= 0.75 and value["ab_accuracy_user_wrong"] >= 0.75, value
+    assert value["transfer/ab_accuracy_mean_orders"] >= 0.65, value
+    assert value["preference_accuracy"] >= 0.85, value

@@ -149,7 +149,12 @@ def _eval_settings(cfg: RunConfig) -> dict:
     settings = {
         k: v for k, v in cfg.to_dict()["experiment"].items() if k.startswith("eval_") and k != "eval_tasks"
     }
-    return {**settings, "beta": cfg.objective.beta, "data_dir": cfg.data.data_dir}
+    return {
+        **settings,
+        "beta": cfg.objective.beta,
+        "data_dir": cfg.data.data_dir,
+        "synthetic_answer": cfg.data.synthetic_answer,
+    }
 
 
 def _eval_stage(cfg: RunConfig, task: str, model_spec: str, out: Path) -> Callable[[], None]:
@@ -168,6 +173,7 @@ def _eval_stage(cfg: RunConfig, task: str, model_spec: str, out: Path) -> Callab
                 dtype=cfg.model.dtype,
                 generate=cfg.experiment.eval_generate,
                 chat_template=cfg.experiment.eval_chat_template,
+                synthetic_answer=cfg.data.synthetic_answer,  # the answers as trained
                 progress=True,
             ),
             out,
