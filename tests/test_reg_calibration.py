@@ -90,3 +90,36 @@ def test_reg_balance_must_be_positive(tmp_path, balance):
 def test_one_row_per_device_is_refused(tmp_path):
     with pytest.raises(ValueError, match="at least 2 rows"):
         make_trainer(tmp_path, reg_tokens="prompt_last", per_device_train_batch_size=1)
+
+
+def test_reg_balance_with_simpo_leaves_no_calibration_metrics(tmp_path):
+    from datasets import Dataset
+
+    from decpo.models import TINY_NAME, load_model, load_tokenizer
+    from decpo.training.trainer import SimPOConfig, SimPOTrainer
+
+    from conftest import PAIRS
+
+    args = SimPOConfig(
+        output_dir=str(tmp_path),
+        max_steps=1,
+        per_device_train_batch_size=4,
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        save_strategy="no",
+        reg_layers=[-1],
+        reg_balance=0.5,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+    )
+    trainer = SimPOTrainer(
+        model=load_model(TINY_NAME),
+        args=args,
+        train_dataset=Dataset.from_list(PAIRS),
+        processing_class=load_tokenizer(TINY_NAME),
+    )
+    cal = trainer.reg_weight_calibration
+    assert trainer.args.reg_weight == cal["reg_weight"] > 0
+    assert cal["reg_weight"] * cal["penalty"] == pytest.approx(0.5 * cal["preference_loss"], rel=1e-9)
+    assert not any(trainer._stored_metrics[k] for k in list(trainer._stored_metrics))  # nothing left behind

@@ -226,8 +226,13 @@ class ActivationRegularizerMixin:
         )
         rng = torch.get_rng_state()
         cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-        metrics = getattr(self, "_metrics", None)
-        saved = {k: {kk: list(vv) for kk, vv in v.items()} for k, v in metrics.items()} if metrics else None
+        # the metric stores the calibration forwards write to: TRL's DPO `_metrics`, CPO's `_stored_metrics`
+        stores = [
+            m
+            for m in (getattr(self, "_metrics", None), getattr(self, "_stored_metrics", None))
+            if m is not None
+        ]
+        saved = [{k: {kk: list(vv) for kk, vv in v.items()} for k, v in m.items()} for m in stores]
         was_training = self.model.training
         cfg.reg_weight = 1.0  # so that the recorded term is R itself
         self.model.eval()
@@ -244,10 +249,10 @@ class ActivationRegularizerMixin:
             torch.set_rng_state(rng)
             if cuda_rng is not None:
                 torch.cuda.set_rng_state_all(cuda_rng)
-            if saved is not None:
-                for k in metrics:
-                    metrics[k].clear()
-                    metrics[k].update(saved[k])
+            for store, before in zip(stores, saved, strict=True):
+                for k in list(store):
+                    store[k].clear()
+                    store[k].update(before.get(k, {}))
         pref_mean, penalty_mean = sum(prefs) / len(prefs), sum(penalties) / len(penalties)
         if not penalty_mean > 0:
             raise ValueError(
