@@ -75,4 +75,6 @@ def test_reg_weight_auto_or_a_number_and_balance_positive():
     with pytest.raises(ConfigError, match="reg_balance must be > 0"):
         load_config(None, ["objective.reg_weight=auto", "objective.reg_balance=0"])
     # a fixed weight ignores the balance
-    assert load_config(None, ["objective.reg_weight=0.1", "objective.reg_balance=0"]).objective.reg_balance == 0
+    assert (
+        load_config(None, ["objective.reg_weight=0.1", "objective.reg_balance=0"]).objective.reg_balance == 0
+    )

@@ -50,7 +50,9 @@ def test_default_preset_short_run(tmp_path):
     cfg = json.loads((run / "reg_weight.json").read_text())
     assert cfg["reg_weight"] > 0 and cfg["preference_loss"] == pytest.approx(0.693147, abs=1e-4)
     first = train_rows[0]
-    assert first["train/loss/decorr"] / first["train/loss/pref"] == pytest.approx(cfg["reg_balance"], rel=0.25)
+    assert first["train/loss/decorr"] / first["train/loss/pref"] == pytest.approx(
+        cfg["reg_balance"], rel=0.25
+    )
     assert all(0 < r["train/loss/decorr"] < r["train/loss/pref"] for r in train_rows)
     assert (run / "final" / "adapter_model.safetensors").exists()
 
