@@ -125,3 +125,17 @@ def test_prompts_longer_than_max_length_are_counted_or_refused(tmp_path, capsys,
     data.write_text(long * 8)
     assert main([*args, "train.resume=false"]) == 2
     assert "every train prompt has 96 tokens or more" in capsys.readouterr().err
+
+
+def test_without_config_the_commands_use_the_shipped_demo_preset():
+    """`decpo run` / `train` / `sweep` without --config run the README's preset, not the dataclass defaults."""
+    from decpo.cli import DEFAULT_PRESET, config_path
+    from decpo.config import load_config
+
+    from conftest import REPO
+
+    assert config_path(None) == DEFAULT_PRESET and DEFAULT_PRESET.is_file()
+    assert (REPO / "configs" / "default.yaml").resolve() == DEFAULT_PRESET.resolve()
+    cfg = load_config(config_path(None))
+    assert cfg.experiment.seeds == [0, 1, 2] and cfg.train.lr == 3e-3 and cfg.objective.reg_weight == "auto"
+    assert config_path("x.yaml").name == "x.yaml"

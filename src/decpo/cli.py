@@ -7,6 +7,9 @@ import logging
 import sys
 from pathlib import Path
 
+# the embedded demo's preset (configs/default.yaml in the repository links to it)
+DEFAULT_PRESET = Path(__file__).parent / "presets" / "default.yaml"
+
 
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
@@ -49,10 +52,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from decpo.training.run import train
 
     if args.num_processes > 1 and "WORLD_SIZE" not in os.environ:
-        load_config(args.config, args.overrides)  # a bad config fails here, before any launch
+        load_config(config_path(args.config), args.overrides)  # a bad config fails here, before any launch
         return _relaunch(args, args.raw_argv)
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(config_path(args.config), args.overrides)
     output_dir = Path(args.output_dir or f"runs/{cfg.objective.name}")
     result = train(cfg, output_dir)
     print(f"run directory: {result.output_dir}")
@@ -64,6 +67,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def config_path(path: str | None) -> Path:
+    """``--config``, or the embedded demo's preset (``configs/default.yaml``, shipped in the package)."""
+    return Path(path) if path else DEFAULT_PRESET
+
+
 def _experiment_config(args: argparse.Namespace):
     from decpo.config import load_config
 
@@ -72,7 +80,7 @@ def _experiment_config(args: argparse.Namespace):
         overrides.append(f"experiment.seeds=[{args.seeds}]")
     if getattr(args, "methods", None):
         overrides.append(f"experiment.methods=[{args.methods}]")
-    return load_config(args.config, overrides)
+    return load_config(config_path(args.config), overrides)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -121,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="train DPO / DecPO / L1-Reg / SFT",
         description="Train from a YAML config; any key can be overridden: objective.name=dpo train.max_steps=50",
     )
-    p.add_argument("--config", default=None, help="YAML config (e.g. configs/default.yaml)")
+    p.add_argument(
+        "--config", default=None, help="YAML config (default: the embedded demo, configs/default.yaml)"
+    )
     p.add_argument("--output-dir", default=None, help="run directory (default: runs/<objective>)")
     p.add_argument(
         "--num-processes",
