@@ -107,3 +107,31 @@ def make_trainer(
         processing_class=tokenizer,
         peft_config=peft_config,
     )
+
+
+def make_simpo_trainer(tmp_path: Path, **args):
+    """A SimPOTrainer (TRL's CPOTrainer as SimPO) with the regularizer on a tiny random Llama."""
+    from datasets import Dataset
+
+    from decpo.training.trainer import SimPOConfig, SimPOTrainer
+
+    defaults = dict(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        logging_steps=1,
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        save_strategy="no",
+        reg_layers=[-1],
+        remove_unused_columns=False,
+        disable_tqdm=True,
+    )
+    defaults.update(args)
+    return SimPOTrainer(
+        model=load_model(TINY_NAME),
+        args=SimPOConfig(**defaults),
+        train_dataset=Dataset.from_list(PAIRS),
+        processing_class=load_tokenizer(TINY_NAME),
+    )

@@ -93,32 +93,9 @@ def test_one_row_per_device_is_refused(tmp_path):
 
 
 def test_reg_balance_with_simpo_leaves_no_calibration_metrics(tmp_path):
-    from datasets import Dataset
+    from conftest import make_simpo_trainer
 
-    from decpo.models import TINY_NAME, load_model, load_tokenizer
-    from decpo.training.trainer import SimPOConfig, SimPOTrainer
-
-    from conftest import PAIRS
-
-    args = SimPOConfig(
-        output_dir=str(tmp_path),
-        max_steps=1,
-        per_device_train_batch_size=4,
-        report_to="none",
-        use_cpu=True,
-        bf16=False,
-        save_strategy="no",
-        reg_layers=[-1],
-        reg_balance=0.5,
-        remove_unused_columns=False,
-        disable_tqdm=True,
-    )
-    trainer = SimPOTrainer(
-        model=load_model(TINY_NAME),
-        args=args,
-        train_dataset=Dataset.from_list(PAIRS),
-        processing_class=load_tokenizer(TINY_NAME),
-    )
+    trainer = make_simpo_trainer(tmp_path, max_steps=1, reg_balance=0.5)
     cal = trainer.reg_weight_calibration
     assert trainer.args.reg_weight == cal["reg_weight"] > 0
     assert cal["reg_weight"] * cal["penalty"] == pytest.approx(0.5 * cal["preference_loss"], rel=1e-9)

@@ -121,34 +121,9 @@ def test_sigmoid_norm_and_sft_loss_types_run(tmp_path):
 
 
 def test_simpo_trainer_composes_with_the_regularizer(tmp_path):
-    from datasets import Dataset
+    from conftest import make_simpo_trainer
 
-    from decpo.models import load_tokenizer
-    from decpo.training.trainer import SimPOConfig, SimPOTrainer
-
-    from conftest import PAIRS
-
-    args = SimPOConfig(
-        output_dir=str(tmp_path),
-        max_steps=2,
-        per_device_train_batch_size=4,
-        logging_steps=1,
-        report_to="none",
-        use_cpu=True,
-        bf16=False,
-        save_strategy="no",
-        reg_layers=[-1],
-        reg_weight=0.1,
-        simpo_gamma=0.2,
-        remove_unused_columns=False,
-        disable_tqdm=True,
-    )
-    trainer = SimPOTrainer(
-        model=load_model(TINY_NAME),
-        args=args,
-        train_dataset=Dataset.from_list(PAIRS),
-        processing_class=load_tokenizer(TINY_NAME),
-    )
+    trainer = make_simpo_trainer(tmp_path, reg_weight=0.1, simpo_gamma=0.2)
     trainer.train()
     logged = [h for h in trainer.state.log_history if "loss" in h]
     assert logged and all("loss/decorr" in h and "loss/pref" in h for h in logged)

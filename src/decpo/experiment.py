@@ -304,14 +304,21 @@ def _probe_stage(cfg: RunConfig, models: dict[str, str], out: Path) -> Callable[
     return stage
 
 
-def run_experiment(cfg: RunConfig, output_dir: str | Path, argv: list[str] | None = None) -> Path:
-    """Train, probe, evaluate and report; returns the path of ``report.md``."""
+def _begin(
+    cfg: RunConfig, output_dir: str | Path, argv: list[str] | None
+) -> tuple[Path, str, StageLog, Plan]:
+    """An experiment folder made ready: checked, its config saved; the command line, stage log and plan."""
     output_dir = Path(output_dir)
     check_writable(output_dir)
     save_config(cfg, output_dir / "config.yaml")
     command = "decpo " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     log = StageLog(output_dir / "stages.json")
-    plan = Plan(log)
+    return output_dir, command, log, Plan(log)
+
+
+def run_experiment(cfg: RunConfig, output_dir: str | Path, argv: list[str] | None = None) -> Path:
+    """Train, probe, evaluate and report; returns the path of ``report.md``."""
+    output_dir, command, log, plan = _begin(cfg, output_dir, argv)
     exp = cfg.experiment
     # what every trained model depends on; the experiment section itself only chooses methods and seeds
     shared = {k: v for k, v in cfg.to_dict().items() if k != "experiment"}
@@ -365,11 +372,7 @@ def sweep_layers(
     """DecPO once per regularized layer; the task's headline measure against the layer (the paper's Fig. 7)."""
     from decpo.reports.report import write_sweep
 
-    output_dir = Path(output_dir)
-    check_writable(output_dir)
-    save_config(cfg, output_dir / "config.yaml")
-    log = StageLog(output_dir / "stages.json")
-    plan = Plan(log)
+    output_dir, command, log, plan = _begin(cfg, output_dir, argv)
     tasks = eval_tasks(cfg)
     shared = {k: v for k, v in cfg.to_dict().items() if k != "experiment"}
     runs = {}
@@ -388,7 +391,6 @@ def sweep_layers(
             )
         runs[layer] = label
     plan.run()
-    command = "decpo " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     return write_sweep(output_dir, runs, tasks, command)
 
 
@@ -445,12 +447,7 @@ def sweep_strength(
     """
     from decpo.reports.report import write_strength
 
-    output_dir = Path(output_dir)
-    check_writable(output_dir)
-    save_config(cfg, output_dir / "config.yaml")
-    command = "decpo " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    log = StageLog(output_dir / "stages.json")
-    plan = Plan(log)
+    output_dir, command, log, plan = _begin(cfg, output_dir, argv)
     shared = {k: v for k, v in cfg.to_dict().items() if k != "experiment"}
     models: dict[str, str] = {BASE: cfg.model.name}
     keys: dict[str, str] = {BASE: config_key(cfg.to_dict()["model"])}
