@@ -100,3 +100,18 @@ def test_reg_balance_with_simpo_leaves_no_calibration_metrics(tmp_path):
     assert trainer.args.reg_weight == cal["reg_weight"] > 0
     assert cal["reg_weight"] * cal["penalty"] == pytest.approx(0.5 * cal["preference_loss"], rel=1e-9)
     assert not any(trainer._stored_metrics[k] for k in list(trainer._stored_metrics))  # nothing left behind
+
+
+def test_reg_rows_take_the_right_half_and_prompt_last_one_row_per_pair():
+    from decpo.training.trainer import activation_penalty
+
+    torch.manual_seed(0)
+    chosen, rejected = torch.randn(4, 6), torch.randn(4, 6) + 3.0  # distinct halves, chosen first (TRL)
+    z = torch.cat([chosen, rejected])
+    for rows, expected in (("both", z), ("chosen", chosen), ("rejected", rejected)):
+        got = activation_penalty(z, reg_type="decorrelation", rows=rows)
+        assert got.item() == pytest.approx(decorrelation_penalty(expected, "cosine").item(), rel=1e-6), rows
+    got = activation_penalty(z, reg_type="decorrelation", rows="both", tokens="prompt_last")
+    assert got.item() == pytest.approx(decorrelation_penalty(chosen, "cosine").item(), rel=1e-6)
+    # a lone remainder row gives no penalty (the configured batch is refused at start, see above)
+    assert activation_penalty(z[:2], reg_type="decorrelation", rows="chosen").item() == 0.0
