@@ -125,9 +125,10 @@ def _fmt(mean, low, high, digits=4):
     return f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
-def test_report_opens_with_both_claims_and_their_numbers(folder):
+def _demo_report(folder) -> str:
+    """report.md of the fake 3-seed folder with the smoke config and the plan's stage order."""
     out, models, order = folder
-    path = write_report(
+    return write_report(
         out,
         _cfg(),
         models=models,
@@ -135,8 +136,12 @@ def test_report_opens_with_both_claims_and_their_numbers(folder):
         command="decpo run",
         total_wall_s=1,
         stage_order=order,
-    )
-    lines = path.read_text().splitlines()
+    ).read_text()
+
+
+def test_report_opens_with_both_claims_and_their_numbers(folder):
+    out, models, order = folder
+    lines = _demo_report(folder).splitlines()
     assert lines[0] == "# DecPO experiment report" and lines[2].startswith("**Claim 1")
     claim1 = lines[2]
     # mean over layers of DPO - base, per seed, then a t-interval over seeds: straight from scipy
@@ -172,15 +177,7 @@ def test_report_opens_with_both_claims_and_their_numbers(folder):
 
 def test_results_table_has_the_a_rate_and_stages_are_in_run_order(folder):
     out, models, order = folder
-    report = write_report(
-        out,
-        _cfg(),
-        models=models,
-        tasks=["synthetic"],
-        command="decpo run",
-        total_wall_s=1,
-        stage_order=order,
-    ).read_text()
+    report = _demo_report(folder)
     header = next(line for line in report.splitlines() if line.startswith("| method |"))
     assert "synthetic: (A) rate" in header
     table = report.split("Stages in run order")[1]
@@ -215,10 +212,6 @@ def test_one_seed_claims_say_there_is_no_interval(tmp_path, folder):
 
 
 def test_prompt_last_says_the_held_out_prompts_measure_the_penalty(folder):
-    from decpo.functional import TOKEN_SELECTIONS
-
-    if "prompt_last" not in TOKEN_SELECTIONS:
-        pytest.skip("objective.tokens=prompt_last not available yet")
     from decpo.experiment import probe_sets
 
     out, models, order = folder
