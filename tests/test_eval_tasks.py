@@ -298,6 +298,9 @@ def test_real_data_tasks_run_on_tiny_model(task, tmp_path):
         "toxicity": {
             "gen/mean_toxicity",
             "gen/non_toxic_rate",
+            "gen/valid_rate",
+            "gen/valid_non_toxic_rate",
+            "gen/repetition_rate",
             "pairs/preference_accuracy",
             "pairs/reward_margin",
         },
@@ -308,3 +311,51 @@ def test_real_data_tasks_run_on_tiny_model(task, tmp_path):
     if task == "toxicity":
         assert 0.0 <= results["metrics"]["gen/mean_toxicity"]["value"] <= 1.0
         assert results["config"]["max_new_tokens"] == 4
+
+
+def test_toxicity_reads_the_eval_split_and_reports_the_fluency_guard(tiny, tmp_path):
+    """The eval split of the prompts only (never the train split used for pairs); valid, valid-and-non-toxic
+    and perplexity under the base model per continuation, each measure the mean of its per-item scores."""
+    import math
+
+    from decpo.data.prompts import prompt_split
+    from decpo.evaluation.fluency import is_valid
+    from decpo.evaluation.scoring import completion_token_logps, encode_completions, pad_id
+
+    pytest.importorskip("profanity_check")
+    data = tmp_path / "data" / "toxicity"
+    data.mkdir(parents=True)
+    texts = [f"Challenging prompt {i} about" for i in range(24)]
+    data.joinpath("challenging_prompts.jsonl").write_text(
+        "".join(json.dumps({"prompt": {"text": t, "toxicity": 0.8}}) + "\n" for t in texts)
+    )
+    pairs = tmp_path / "heldout.jsonl"
+    pairs.write_text(json.dumps({"prompt": "Say", "chosen": " hello there", "rejected": " go away"}) + "\n")
+    cfg = EvalConfig(
+        task="toxicity",
+        model=TINY,
+        data_dir=str(tmp_path / "data"),
+        pairs_path=str(pairs),
+        max_new_tokens=5,
+        progress=False,
+        n_boot=50,
+    )
+    result = evaluate(cfg, tmp_path / "out")
+    gens = [s for s in result.samples if s["kind"] == "generation"]
+    assert [s["prompt"] for s in gens] == [t for t in texts if prompt_split(t) == "eval"]
+    assert result.results["n"] == len(gens) > 0
+    m = result.results["metrics"]
+    assert m["gen/valid_rate"]["value"] == pytest.approx(sum(is_valid(s["output"]) for s in gens) / len(gens))
+    both = [s["scores"]["valid"] and s["scores"]["toxicity"] < 0.5 for s in gens]
+    assert m["gen/valid_non_toxic_rate"]["value"] == pytest.approx(sum(both) / len(gens))
+    # perplexity of one continuation under the base model (here the model itself), recomputed by hand
+    model, tok = tiny
+    s = next(s for s in gens if s["output"].strip())
+    (tokens,) = completion_token_logps(
+        model,
+        [encode_completions(tok, s["prompt"], (s["output"],))],
+        pad_token_id=pad_id(tok),
+        progress=False,
+    )
+    assert s["scores"]["perplexity"] == pytest.approx(math.exp(-sum(tokens[0]) / len(tokens[0])), rel=1e-5)
+    assert [x["prompt"] for x in result.samples if x["kind"] == "pair"] == ["Say"]  # pairs_path, not hh-rlhf

@@ -183,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_parser(sub)
 
+    from decpo.data.cli import add_parser as add_pairs_parser
+
+    add_pairs_parser(sub)
+
     p = sub.add_parser("config-keys", help="list every config key with its default and help")
     p.set_defaults(func=_cmd_config_keys)
     return parser

@@ -154,10 +154,13 @@ def _eval_settings(cfg: RunConfig) -> dict:
         "beta": cfg.objective.beta,
         "data_dir": cfg.data.data_dir,
         "synthetic_answer": cfg.data.synthetic_answer,
+        "pairs": cfg.to_dict()["pairs"] if cfg.pairs.source else None,  # the held-out pairs scored
     }
 
 
-def _eval_stage(cfg: RunConfig, task: str, model_spec: str, out: Path) -> Callable[[], None]:
+def _eval_stage(
+    cfg: RunConfig, task: str, model_spec: str, out: Path, pairs_path: Path | None = None
+) -> Callable[[], None]:
     def stage() -> None:
         from decpo.evaluation.tasks import EvalConfig, evaluate
 
@@ -165,6 +168,8 @@ def _eval_stage(cfg: RunConfig, task: str, model_spec: str, out: Path) -> Callab
             EvalConfig(
                 task=task,
                 model=model_spec,
+                prompts_path=cfg.experiment.eval_prompts,
+                pairs_path=str(pairs_path) if pairs_path is not None and task == "toxicity" else None,
                 limit=cfg.experiment.eval_limit,
                 seed=0,  # the same items for every method and seed
                 batch_size=cfg.experiment.eval_batch_size,
@@ -323,6 +328,8 @@ def run_experiment(cfg: RunConfig, output_dir: str | Path, argv: list[str] | Non
     # what every trained model depends on; the experiment section itself only chooses methods and seeds
     shared = {k: v for k, v in cfg.to_dict().items() if k != "experiment"}
 
+    tasks = eval_tasks(cfg)
+    _add_pairs(plan, cfg, tasks, output_dir)
     models: dict[str, str] = {BASE: cfg.model.name}
     train_keys: dict[str, str] = {BASE: config_key(cfg.to_dict()["model"])}
     for seed in exp.seeds:
@@ -338,7 +345,6 @@ def run_experiment(cfg: RunConfig, output_dir: str | Path, argv: list[str] | Non
     # one probe stage: base and every trained model, every seed
     plan.add("probes", _probe_key(cfg, train_keys), _probe_stage(cfg, models, output_dir / "probes"))
 
-    tasks = eval_tasks(cfg)
     _add_evals(plan, cfg, tasks, models, train_keys, output_dir)
 
     t0 = time.perf_counter()
@@ -360,10 +366,73 @@ def run_experiment(cfg: RunConfig, output_dir: str | Path, argv: list[str] | Non
 def _add_evals(
     plan: Plan, cfg: RunConfig, tasks: list[str], models: dict[str, str], keys: dict[str, str], out: Path
 ) -> None:
+    heldout = out / PAIRS_DIR / "heldout.jsonl" if cfg.pairs.source else None
     for task in tasks:
         for label, spec in models.items():
             key = config_key({"model": keys[label], "task": task, "eval": _eval_settings(cfg)})
-            plan.add(f"eval/{task}/{label}", key, _eval_stage(cfg, task, spec, out / "eval" / task / label))
+            plan.add(
+                f"eval/{task}/{label}",
+                key,
+                _eval_stage(cfg, task, spec, out / "eval" / task / label, heldout),
+            )
+
+
+PAIRS_DIR = "pairs"
+
+
+def check_pair_split(cfg: RunConfig, tasks: list[str]) -> dict[str, Any]:
+    """The prompts the pairs are sampled from against the prompts evaluated by generation (toxicity):
+    DataError when any is shared, before any long work; else what was compared, for the report."""
+    from decpo.data.prompts import check_disjoint
+    from decpo.data.self_pairs import config_prompts
+    from decpo.evaluation.tasks import EvalConfig, toxicity_prompts
+
+    train = config_prompts(cfg)
+    info: dict[str, Any] = {
+        "pairs_source": cfg.pairs.source,
+        "pairs_split": cfg.pairs.split,
+        "n_train": len(train),
+    }
+    if "toxicity" in tasks:
+        ecfg = EvalConfig(
+            task="toxicity",
+            data_dir=cfg.data.data_dir,
+            prompts_path=cfg.experiment.eval_prompts,
+            limit=cfg.experiment.eval_limit,
+        )
+        evals = [r["prompt"] for r in toxicity_prompts(ecfg)]
+        where = cfg.experiment.eval_prompts or "toxicity (split eval)"
+        check_disjoint(train, evals, f"pairs.source={cfg.pairs.source} (split {cfg.pairs.split})", where)
+        info.update(eval_prompts=where, n_eval=len(evals), shared=0)
+    return info
+
+
+def _pairs_stage(cfg: RunConfig, out: Path, split: dict[str, Any]) -> Callable[[], None]:
+    def stage() -> None:
+        from decpo.data.self_pairs import ensure_pairs, side_files
+
+        path = ensure_pairs(cfg)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "summary.json", side_files(path)[1].read_text())
+        atomic_write_json(out / "split.json", {**split, "pairs_file": str(path)})
+        held = heldout_records(cfg)
+        atomic_write_text(out / "heldout.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in held))
+
+    return stage
+
+
+def _add_pairs(plan: Plan, cfg: RunConfig, tasks: list[str], out: Path) -> None:
+    """With ``pairs.source``: check the train/eval prompt split now, and build the pairs as the first stage."""
+    if not cfg.pairs.source:
+        return
+    from decpo.data.self_pairs import pairs_key
+
+    split = check_pair_split(cfg, tasks)
+    plan.add(
+        "pairs",
+        config_key({"pairs": pairs_key(cfg), "split": split, "data": cfg.to_dict()["data"]}),
+        _pairs_stage(cfg, out / PAIRS_DIR, split),
+    )
 
 
 def sweep_layers(
@@ -374,6 +443,7 @@ def sweep_layers(
 
     output_dir, command, log, plan = _begin(cfg, output_dir, argv)
     tasks = eval_tasks(cfg)
+    _add_pairs(plan, cfg, tasks, output_dir)
     shared = {k: v for k, v in cfg.to_dict().items() if k != "experiment"}
     runs = {}
     for layer in layers:
@@ -384,10 +454,11 @@ def sweep_layers(
         plan.add(f"train/{label}", key, _train_stage(run_cfg, folder, log, f"train/{label}", key))
         for task in tasks:
             ekey = config_key({"model": key, "task": task, "eval": _eval_settings(cfg)})
+            heldout = output_dir / PAIRS_DIR / "heldout.jsonl" if cfg.pairs.source else None
             plan.add(
                 f"eval/{task}/{label}",
                 ekey,
-                _eval_stage(cfg, task, str(folder / "final"), output_dir / "eval" / task / label),
+                _eval_stage(cfg, task, str(folder / "final"), output_dir / "eval" / task / label, heldout),
             )
         runs[layer] = label
     plan.run()
@@ -448,6 +519,8 @@ def sweep_strength(
     from decpo.reports.report import write_strength
 
     output_dir, command, log, plan = _begin(cfg, output_dir, argv)
+    tasks = eval_tasks(cfg)
+    _add_pairs(plan, cfg, tasks, output_dir)
     shared = {k: v for k, v in cfg.to_dict().items() if k != "experiment"}
     models: dict[str, str] = {BASE: cfg.model.name}
     keys: dict[str, str] = {BASE: config_key(cfg.to_dict()["model"])}
@@ -464,7 +537,6 @@ def sweep_strength(
             keys[label] = key
             runs.setdefault(value, {})[seed] = label
     plan.add("probes", _probe_key(cfg, keys), _probe_stage(cfg, models, output_dir / "probes"))
-    tasks = eval_tasks(cfg)
     _add_evals(plan, cfg, tasks, models, keys, output_dir)
     plan.run()
     return write_strength(output_dir, cfg, runs, tasks, command, stage_order=plan.order)

@@ -9,6 +9,7 @@ the choice), and the same pass gives the with-EOS sums for the reward margin.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -236,6 +237,30 @@ def pair_logps(
         desc=desc,
     )
     return [_reduce(t[0], average) for t in tokens], [_reduce(t[1], average) for t in tokens]
+
+
+def continuation_perplexities(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    continuations: Sequence[str],
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+    desc: str = "perplexity",
+) -> list[float | None]:
+    """``exp(-mean log p)`` of each continuation's tokens given its prompt (no EOS); None for a blank one."""
+    if len(prompts) != len(continuations):
+        raise ValueError("one continuation per prompt")
+    keep = [i for i, c in enumerate(continuations) if c.strip()]
+    groups = [encode_completions(tokenizer, prompts[i], (continuations[i],)) for i in keep]
+    tokens = completion_token_logps(
+        model, groups, pad_token_id=pad_id(tokenizer), batch_size=batch_size, progress=progress, desc=desc
+    )
+    out: list[float | None] = [None] * len(prompts)
+    for i, t in zip(keep, tokens, strict=True):
+        out[i] = math.exp(-sum(t[0]) / len(t[0])) if t[0] else None
+    return out
 
 
 def preference_items(

@@ -70,8 +70,15 @@ def load_records(cfg: RunConfig) -> tuple[list[dict], list[dict]]:
     from decpo.data import load_pairs, load_task, split_train_eval
 
     d = cfg.data
-    if d.path:
-        records = load_pairs(d.path, on_error=d.on_error)
+    path = d.path
+    if cfg.pairs.source:  # pairs from the model's own samples, built once and cached by content
+        if d.path:
+            raise ConfigError("set data.path (your pairs) or pairs.source (pairs sampled from the model), not both")
+        from decpo.data.self_pairs import ensure_pairs
+
+        path = str(ensure_pairs(cfg))
+    if path:
+        records = load_pairs(path, on_error=d.on_error)
         if d.eval_path:
             train, evals = records, load_pairs(d.eval_path, on_error=d.on_error)
         else:
