@@ -201,3 +201,15 @@ def test_reg_rows_in_the_trainer_are_the_chosen_or_rejected_sequences(tmp_path, 
             z.append(acts[1][0, -1])
     expected = decorrelation_penalty(torch.stack(z), "cosine").item()
     assert trainer._metrics["eval"]["decorr/value"][-1] == pytest.approx(expected, rel=1e-6)
+
+
+def test_split_batches_over_processes_down_to_one_row_is_refused(tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    trainer = make_trainer(
+        tmp_path, reg_rows="chosen", per_device_train_batch_size=2, accelerator_config={"split_batches": True}
+    )
+    trainer._check_rows_per_device()  # one process: 2 pairs per device
+    monkeypatch.setattr(Accelerator, "num_processes", property(lambda self: 2))
+    with pytest.raises(ValueError, match="split over 2 processes.*1 pair"):
+        trainer._check_rows_per_device()

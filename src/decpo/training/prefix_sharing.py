@@ -291,7 +291,7 @@ def _counter(count: dict[str, int], key: str):
 
 def _check_fired(counts: Sequence[tuple[nn.Module, dict[str, int]]]) -> None:
     for i, (model, count) in enumerate(counts):
-        missed = count["forward"] == 0 if i == 0 else False
+        missed = i == 0 and count["forward"] == 0  # who computed the log-probs, then?
         if missed or not count["forward"] == count["swap"] == count["unpack"]:
             raise RuntimeError(
                 f"prefix sharing: {count['forward']} forward(s) of {type(model).__name__} ran, but the backbone "

@@ -90,12 +90,11 @@ class ShardedWeightsError(ValueError):
 
 def _logical_numel(t: torch.Tensor) -> int | None:
     """The full size of a tensor as its sharding framework records it, or None when none does."""
-    numel = getattr(t, "ds_numel", None)  # DeepSpeed ZeRO-3
+    numel = getattr(t, "ds_numel", None)  # DeepSpeed ZeRO-3 (which also records ds_shape)
     if isinstance(numel, int):
         return numel
-    shape = getattr(t, "ds_shape", None) or getattr(
-        t, "_unpadded_unsharded_size", None
-    )  # FSDP1 FlatParameter
+    # FSDP1's FlatParameter: its local shard of the flattened, concatenated parameters
+    shape = getattr(t, "ds_shape", None) or getattr(t, "_unpadded_unsharded_size", None)
     return None if shape is None else math.prod(shape)
 
 
@@ -108,12 +107,8 @@ def sharded_tensor_names(named) -> list[str]:
         if hasattr(t, "full_tensor"):
             continue
         logical = _logical_numel(t)
-        empty_shard = t.numel() == 0 and logical != 0
-        if (
-            empty_shard
-            or (logical is not None and logical != t.numel())
-            or getattr(t, "_fsdp_flattened", False)
-        ):
+        empty = t.numel() == 0 and logical != 0
+        if empty or logical not in (None, t.numel()) or getattr(t, "_fsdp_flattened", False):
             out.append(name)
     return out
 

@@ -219,17 +219,16 @@ class ActivationRegularizerMixin:
                 "rejected half alone). Launch one process per GPU (accelerate launch, torchrun) or make one GPU "
                 "visible (CUDA_VISIBLE_DEVICES)"
             )
-        processes = self.accelerator.num_processes
-        # split_batches: accelerate splits each per_device_*_batch_size batch over the processes
-        split = bool(getattr(cfg.accelerator_config, "split_batches", False)) and processes > 1
+        processes, split_over = self.accelerator.num_processes, self._split_over()
         eval_sets = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"eval": self.eval_dataset}
         for what, batch, datasets in (
             ("train", cfg.per_device_train_batch_size, {"train": self.train_dataset}),
             ("eval", cfg.per_device_eval_batch_size, eval_sets),
         ):
-            per_device = batch // processes if split else batch
+            per_device = batch // split_over
             source = f"per_device_{what}_batch_size={batch}"
-            self._refuse_one_row(per_device, source + (f" split over {processes} processes" if split else ""))
+            split = f" split over {split_over} processes (split_batches)" if split_over > 1 else ""
+            self._refuse_one_row(per_device, source + split)
             for name, dataset in datasets.items():
                 if dataset is None or not has_length(dataset):
                     continue
@@ -248,12 +247,18 @@ class ActivationRegularizerMixin:
                         source,
                     )
 
+    def _split_over(self) -> int:
+        """How many devices share one dataloader batch: with ``split_batches`` accelerate splits each batch of
+        ``per_device_*_batch_size`` over the processes; else each process has its own."""
+        split = bool(getattr(self.args.accelerator_config, "split_batches", False))
+        return self.accelerator.num_processes if split else 1
+
     def _inner_training_loop(self, batch_size=None, *rest, **kwargs):
         # auto_find_batch_size lowers the batch after an out-of-memory error and calls this again
         cfg = self.args
         if self._reg_on and cfg.reg_type == "decorrelation" and cfg.auto_find_batch_size and batch_size:
             self._refuse_one_row(
-                batch_size // max(1, cfg.n_gpu),
+                batch_size // max(1, cfg.n_gpu) // self._split_over(),
                 f"auto_find_batch_size, after out-of-memory errors, with a train batch of {batch_size}",
             )
         return super()._inner_training_loop(batch_size, *rest, **kwargs)
@@ -262,8 +267,8 @@ class ActivationRegularizerMixin:
     def _calibrate_reg_weight(self) -> None:
         """Set ``args.reg_weight`` so that ``lambda * R = reg_balance * L_pref`` at the start of training.
 
-        Both terms are averaged over the first ``reg_calibration_batches`` batches of the train set in dataset
-        order, with dropout off and without gradients, on the model as it is before training (before a resumed
+        Both terms are averaged over the first ``reg_calibration_batches`` full batches of the train set (all of
+        it when it holds less than one) in dataset order, with dropout off and without gradients, on the model as it is before training (before a resumed
         checkpoint is loaded), so the same run always gets the same lambda. The random state is saved and
         restored, and the metrics these forwards record are discarded: the training that follows is the one
         a fixed lambda would give.
