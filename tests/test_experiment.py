@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -197,11 +198,46 @@ def test_one_seed_paired_bootstrap_over_items_and_resume(tmp_path):
     assert (out / "train" / "dpo-s0" / "final_metrics.json").stat().st_mtime == mtime
     assert (out / "probes" / "probes.csv").stat().st_mtime == probes
 
+    # an interrupted training (stage running, checkpoint-2 left, no final/) of the same config resumes in
+    # place: the resume check of `decpo train` does not refuse it, and the folder is not moved aside
+    run = out / "train" / "decpo-s0"
+    for name in ("final", "checkpoint-4"):
+        shutil.rmtree(run / name)
+    (run / "final_metrics.json").unlink()
+    log = json.loads((out / "stages.json").read_text())
+    log["train/decpo-s0"]["status"] = "running"
+    (out / "stages.json").write_text(json.dumps(log))
+    assert main(["run", "--config", SMOKE, "--output-dir", str(out), *ARGS]) == 0
+    assert (run / "final").is_dir() and not list((out / "train").glob("decpo-s0.stale-*"))
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(set(steps)) == [0, 1, 2, 3, 4] and steps.count(3) == 1  # resumed after step 2, once
+
     # a changed objective reruns what depends on it and keeps the old training aside
     assert main(["run", "--config", SMOKE, "--output-dir", str(out), *ARGS, "objective.beta=0.2"]) == 0
     after = {k: v["key"] for k, v in json.loads((out / "stages.json").read_text()).items()}
     assert after["train/dpo-s0"] != before["train/dpo-s0"] and after["probes"] != before["probes"]
     assert list((out / "train").glob("dpo-s0.stale-*"))
+
+
+def test_every_stage_key_holds_the_decpo_version(tmp_path, monkeypatch):
+    """A new decpo version reruns every stage (trainings, probes, evaluations) instead of reusing them."""
+    import decpo
+    import decpo.reports.report as report
+    from decpo.experiment import Plan, run_experiment, sweep_layers, sweep_strength
+
+    planned: list[dict[str, str]] = []
+    monkeypatch.setattr(Plan, "run", lambda self: planned.append({n: k for n, k, _ in self.steps}))
+    for name in ("write_report", "write_sweep", "write_strength"):
+        monkeypatch.setattr(report, name, lambda *a, **k: None)
+    cfg = load_config(SMOKE, ARGS)
+    for version in ("0.1.0", "0.1.1"):
+        monkeypatch.setattr(decpo, "__version__", version)
+        run_experiment(cfg, tmp_path / "run", argv=[])
+        sweep_layers(cfg, tmp_path / "layers", [0], argv=[])
+        sweep_strength(cfg, tmp_path / "strength", [0.0], argv=[])
+    for old, new in zip(planned[:3], planned[3:], strict=True):
+        assert old.keys() == new.keys() and len(old) >= 2
+        assert all(old[name] != new[name] for name in old), [n for n in old if old[n] == new[n]]
 
 
 def test_strength_values_and_their_config_changes():

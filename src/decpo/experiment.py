@@ -21,7 +21,8 @@ strength.md`` exists (default ``strength/``; an absolute path is used as is).
 
 Re-running the same command skips finished stages (same key) and resumes an interrupted training. A
 changed config changes the keys of the stages that depend on it: those run again, and an old training
-folder is kept aside as ``<name>.stale-<key>`` rather than deleted.
+folder is kept aside as ``<name>.stale-<key>`` rather than deleted. Every key holds the decpo version
+(`stage_key`), so a new version reruns every stage instead of reusing the old code's results.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import decpo
 from decpo.config import RunConfig, save_config
 from decpo.io import atomic_write_json, atomic_write_text, check_writable
 from decpo.io import stable_hash as config_key
@@ -45,6 +47,11 @@ from decpo.io import stable_hash as config_key
 logger = logging.getLogger("decpo.run")
 
 BASE = "base"
+
+
+def stage_key(parts: dict[str, Any]) -> str:
+    """The config key of a stage: a hash of what it depends on and of the decpo version that runs it."""
+    return config_key({**parts, "decpo": decpo.__version__})
 
 
 class StageLog:
@@ -259,7 +266,7 @@ def probe_sites(cfg: RunConfig) -> list[str]:
 
 
 def _probe_key(cfg: RunConfig, model_keys: dict[str, str]) -> str:
-    return config_key(
+    return stage_key(
         {
             "models": model_keys,
             "n": cfg.experiment.probe_num_texts,
@@ -324,12 +331,12 @@ def run_experiment(cfg: RunConfig, output_dir: str | Path, argv: list[str] | Non
     shared = {k: v for k, v in cfg.to_dict().items() if k != "experiment"}
 
     models: dict[str, str] = {BASE: cfg.model.name}
-    train_keys: dict[str, str] = {BASE: config_key(cfg.to_dict()["model"])}
+    train_keys: dict[str, str] = {BASE: stage_key(cfg.to_dict()["model"])}
     for seed in exp.seeds:
         for method in exp.methods:
             label = f"{method}-s{seed}"
             run_cfg = cfg.replace(**{"objective.name": method, "train.seed": seed})
-            key = config_key({**shared, "objective": run_cfg.to_dict()["objective"], "seed": seed})
+            key = stage_key({**shared, "objective": run_cfg.to_dict()["objective"], "seed": seed})
             folder = output_dir / "train" / label
             plan.add(f"train/{label}", key, _train_stage(run_cfg, folder, log, f"train/{label}", key))
             models[label] = str(folder / "final")
@@ -362,7 +369,7 @@ def _add_evals(
 ) -> None:
     for task in tasks:
         for label, spec in models.items():
-            key = config_key({"model": keys[label], "task": task, "eval": _eval_settings(cfg)})
+            key = stage_key({"model": keys[label], "task": task, "eval": _eval_settings(cfg)})
             plan.add(f"eval/{task}/{label}", key, _eval_stage(cfg, task, spec, out / "eval" / task / label))
 
 
@@ -379,11 +386,11 @@ def sweep_layers(
     for layer in layers:
         label = f"decpo-L{layer:02d}-s{cfg.train.seed}"
         run_cfg = cfg.replace(**{"objective.name": "decpo", "objective.layers": [layer]})
-        key = config_key({**shared, "objective": run_cfg.to_dict()["objective"]})
+        key = stage_key({**shared, "objective": run_cfg.to_dict()["objective"]})
         folder = output_dir / "train" / label
         plan.add(f"train/{label}", key, _train_stage(run_cfg, folder, log, f"train/{label}", key))
         for task in tasks:
-            ekey = config_key({"model": key, "task": task, "eval": _eval_settings(cfg)})
+            ekey = stage_key({"model": key, "task": task, "eval": _eval_settings(cfg)})
             plan.add(
                 f"eval/{task}/{label}",
                 ekey,
@@ -450,14 +457,14 @@ def sweep_strength(
     output_dir, command, log, plan = _begin(cfg, output_dir, argv)
     shared = {k: v for k, v in cfg.to_dict().items() if k != "experiment"}
     models: dict[str, str] = {BASE: cfg.model.name}
-    keys: dict[str, str] = {BASE: config_key(cfg.to_dict()["model"])}
+    keys: dict[str, str] = {BASE: stage_key(cfg.to_dict()["model"])}
     runs: dict[float, dict[int, str]] = {}
     for value in values:
         overrides = strength_overrides(cfg, value)
         for seed in cfg.experiment.seeds:
             label = strength_label(value, seed)
             run_cfg = cfg.replace(**{"objective.name": "decpo", "train.seed": seed, **overrides})
-            key = config_key({**shared, "objective": run_cfg.to_dict()["objective"], "seed": seed})
+            key = stage_key({**shared, "objective": run_cfg.to_dict()["objective"], "seed": seed})
             folder = output_dir / "train" / label
             plan.add(f"train/{label}", key, _train_stage(run_cfg, folder, log, f"train/{label}", key))
             models[label] = str(folder / "final")
@@ -495,6 +502,7 @@ __all__ = [
     "probe_sets",
     "probe_texts",
     "run_experiment",
+    "stage_key",
     "strength_label",
     "strength_overrides",
     "sweep_layers",
