@@ -176,7 +176,7 @@ def test_one_seed_paired_bootstrap_over_items_and_resume(tmp_path):
         metrics = json.loads((out / "eval" / "synthetic" / label / "results.json").read_text())["metrics"]
         samples = read_samples(out / "eval" / "synthetic" / label / "samples.jsonl")
         for task, metric, _ in HEADLINE:
-            if task == "synthetic":
+            if task == "synthetic" and metric in metrics:
                 keys, values = item_values(task, metric, samples, metrics[metric])
                 assert keys is not None, (label, metric, values)
     # one seed: DecPO - DPO is a paired bootstrap over the 8 items
@@ -217,6 +217,55 @@ def test_one_seed_paired_bootstrap_over_items_and_resume(tmp_path):
     after = {k: v["key"] for k, v in json.loads((out / "stages.json").read_text()).items()}
     assert after["train/dpo-s0"] != before["train/dpo-s0"] and after["probes"] != before["probes"]
     assert list((out / "train").glob("dpo-s0.stale-*"))
+
+
+def test_full_fine_tuning_is_scored_against_the_base_and_the_base_row_is_na(tmp_path):
+    """Without LoRA the trained model's reference is the run's base model; the base (its own reference)
+    has no reward measures: n/a in results.json and in the report, never 0."""
+    out = tmp_path / "exp"
+    assert (
+        main(
+            [
+                "run",
+                "--config",
+                SMOKE,
+                "--output-dir",
+                str(out),
+                "--methods",
+                "dpo",
+                *ARGS,
+                "lora.enabled=false",
+            ]
+        )
+        == 0
+    )
+    assert not (out / "train" / "dpo-s0" / "final" / "adapter_config.json").exists()
+    trained = json.loads((out / "eval" / "synthetic" / "dpo-s0" / "results.json").read_text())
+    assert trained["reference"] == "tiny-random-llama" and trained["not_applicable"] == {}
+    margins = item_values(
+        "synthetic", "reward_margin", read_samples(out / "eval" / "synthetic" / "dpo-s0" / "samples.jsonl")
+    )[1]
+    assert all(abs(m) > 1e-6 for m in margins) and trained["metrics"]["reward_margin"]["value"] != 0.0
+    base = json.loads((out / "eval" / "synthetic" / "base" / "results.json").read_text())
+    assert {"preference_accuracy", "reward_margin"} <= set(base["not_applicable"])
+    assert not {"preference_accuracy", "reward_margin"} & set(base["metrics"])
+
+    report = (out / "report.md").read_text()
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in report.splitlines()
+        if line.startswith("| ")
+    ]
+    header = next(r for r in rows if r[0] == "method")
+    start = rows.index(header) + 1
+    table = {r[0]: dict(zip(header, r, strict=True)) for r in rows[start : start + 2]}  # base, dpo
+    for column in ("synthetic: reward margin", "synthetic: held-out pref. acc"):
+        assert table["base"][column] == "n/a"
+        assert table["dpo"][column] != "n/a" and not table["dpo"][column].startswith("0.000 [0.000")
+    assert (
+        "n/a for `base` (synthetic: held-out pref. acc; synthetic: reward margin): it is its own reference"
+        in report
+    )
 
 
 def test_every_stage_key_holds_the_decpo_version(tmp_path, monkeypatch):

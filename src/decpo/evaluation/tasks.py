@@ -11,7 +11,9 @@ Tasks and their measures (every metric is a mean over items with a 95% bootstrap
                 scored by a toxicity scorer: mean toxicity and share below 0.5.
 Every task also reports held-out preference accuracy and the DPO reward margin
 ``beta * (log pi - log ref)`` (chosen minus rejected) against a reference model on its pairs, and with a
-judge, the share of outputs the judge finds aligned (the paper's YES/NO protocol).
+judge, the share of outputs the judge finds aligned (the paper's YES/NO protocol). The reference of a
+trained model is its base (`default_reference`); a model evaluated against itself has every reward 0 by
+construction, so its reward measures are listed under ``not_applicable`` in ``results.json``, not as 0.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from decpo.evaluation import metrics as M
 from decpo.evaluation.generation import generate
@@ -47,7 +50,7 @@ class EvalConfig:
 
     task: str
     model: str = "default"  # model spec (see decpo.models.load_model) or a run dir holding final/
-    reference: str | None = None  # None: the adapter's base model, or the model itself (margin 0)
+    reference: str | None = None  # None: the base model of the adapter or training run (`default_reference`)
     limit: int | None = None  # first N items of each evaluated set
     seed: int = 0  # synthetic data and bootstrap resampling
     max_new_tokens: int | None = None  # None: 20 for toxicity (Lee et al.), else 64 (the paper)
@@ -97,12 +100,54 @@ def resolve_model_spec(spec: str) -> str:
     return spec
 
 
+def training_config(model_spec: str) -> dict[str, Any] | None:
+    """The saved ``config.yaml`` (as a dict) of the training run that wrote ``model_spec`` (a run's ``final/``
+    or ``checkpoint-N/``, see `decpo.training.run`), or None for a model that is not a run's output."""
+    path = Path(model_spec)
+    if not path.is_dir() or not (path.name == "final" or path.name.startswith("checkpoint-")):
+        return None
+    config = path.parent / "config.yaml"
+    if not config.is_file():
+        return None
+    tree = yaml.safe_load(config.read_text())
+    return tree if isinstance(tree, dict) else None
+
+
+def _section(run: dict[str, Any] | None, name: str) -> dict[str, Any]:
+    value = (run or {}).get(name)
+    return value if isinstance(value, dict) else {}
+
+
+def run_base_model(run: dict[str, Any]) -> str | None:
+    """The model a training run started from (its ``model.name``, joined with ``model.gguf_file``)."""
+    model = _section(run, "model")
+    if not model.get("name"):
+        return None
+    return str(Path(model["name"], model["gguf_file"])) if model.get("gguf_file") else str(model["name"])
+
+
 def default_reference(model_spec: str) -> str:
-    """The base model of a peft adapter folder, else the model itself."""
+    """The reference of a model: the base model of a peft adapter folder, else the base model of the training
+    run that wrote it (a full fine-tune's ``final/``: the run's ``config.yaml``), else the model itself (then
+    the reward measures are n/a)."""
     adapter_config = Path(model_spec, "adapter_config.json")
     if adapter_config.is_file():
         return json.loads(adapter_config.read_text())["base_model_name_or_path"]
-    return model_spec
+    run = training_config(model_spec)
+    return (run_base_model(run) if run else None) or model_spec
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether two model specs name the same model (the same string, or the same folder or file)."""
+    return a == b or (Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())
+
+
+# The measures that need a reference distinct from the policy, and why they are n/a without one.
+REFERENCE_MEASURES = ("preference_accuracy", "reward_margin", "chosen_reward", "rejected_reward")
+NO_REFERENCE = (
+    "n/a: the reference is the evaluated model itself, so every implicit reward is 0 by construction "
+    "(pass --reference to compare with another model)"
+)
 
 
 class _Context:
@@ -113,22 +158,36 @@ class _Context:
 
         self.cfg = cfg
         self.model_spec = resolve_model_spec(cfg.model)
+        self.run = training_config(self.model_spec)  # None unless the model is a training run's output
         self.reference_spec = (
             resolve_model_spec(cfg.reference) if cfg.reference else default_reference(self.model_spec)
         )
+        model = _section(self.run, "model")
+        # as the run loaded its models: the seed builds the in-process tiny model (and the base of its adapter)
+        self.load_kwargs = {
+            "seed": int(_section(self.run, "train").get("seed", 0)),
+            "trust_remote_code": bool(model.get("trust_remote_code", False)),
+        }
+        self.reference_kwargs = dict(self.load_kwargs)
+        if self.run and self.reference_spec == run_base_model(self.run) and model.get("revision"):
+            self.reference_kwargs["revision"] = model["revision"]
+        self.not_applicable: dict[str, str] = {}  # measure -> why it has no value
         self.tokenizer = load_tokenizer(self.model_spec)
-        self.model = load_model(self.model_spec, dtype=cfg.dtype).eval()
+        self.model = load_model(self.model_spec, dtype=cfg.dtype, **self.load_kwargs).eval()
         self._reference = None
 
     @property
     def reference_is_policy(self) -> bool:
-        return self.reference_spec == self.model_spec
+        """The reference is the policy itself: no reward measure (`REFERENCE_MEASURES` are n/a, never 0)."""
+        return same_model(self.reference_spec, self.model_spec)
 
     def reference(self):
         from decpo.models import load_model
 
         if self._reference is None:
-            self._reference = load_model(self.reference_spec, dtype=self.cfg.dtype).eval()
+            self._reference = load_model(
+                self.reference_spec, dtype=self.cfg.dtype, **self.reference_kwargs
+            ).eval()
         return self._reference
 
     def entry(self, values: list[float], direction: str) -> dict[str, Any]:
@@ -258,6 +317,7 @@ def _reference_key(ctx: _Context, records: list[dict[str, Any]], ab: bool) -> st
     return stable_hash(
         {
             "reference": ctx.reference_spec,
+            "load": ctx.reference_kwargs,  # the seed builds the in-process tiny model
             "files": files,
             "dtype": ctx.cfg.dtype,
             "tokenizer": stable_hash(sorted(ctx.tokenizer.get_vocab().items())),  # content, not its folder
@@ -277,7 +337,9 @@ def _preference_measures(
     """Held-out preference accuracy and reward margin against the reference (summed log-probs, with EOS).
 
     ``policy``: the policy's (chosen, rejected) log-probs when already computed; A/B records (those with a
-    ``chosen_letter``) are then scored on the reference through the same A/B pass.
+    ``chosen_letter``) are then scored on the reference through the same A/B pass. When the reference is
+    the policy itself, `REFERENCE_MEASURES` go to ``ctx.not_applicable`` (n/a, not 0) and only the
+    policy's own preference accuracy is measured.
     """
     kwargs = {
         "batch_size": ctx.cfg.batch_size,
@@ -290,18 +352,20 @@ def _preference_measures(
     else:
         pc, pr = pair_logps(ctx.model, ctx.tokenizer, records, desc="score pairs (policy)", **kwargs)
     if ctx.reference_is_policy:
-        rc, rr = pc, pr  # the same model: every reward is exactly 0
-    else:
-        key = _reference_key(ctx, records, ab)
-        if key not in _REFERENCE_SCORES:  # every model of an experiment shares the base as reference
-            _REFERENCE_SCORES[key] = (
-                _ab_pair_logps(ctx.reference(), ctx, records)
-                if ab
-                else pair_logps(
-                    ctx.reference(), ctx.tokenizer, records, desc="score pairs (reference)", **kwargs
-                )
-            )
-        rc, rr = _REFERENCE_SCORES[key]
+        # the same model: every reward is 0 by construction, which says nothing about the model
+        ctx.not_applicable.update({f"{prefix}{name}": NO_REFERENCE for name in REFERENCE_MEASURES})
+        items = preference_items(pc, pr, pc, pr, beta=ctx.cfg.beta)
+        out = {f"{prefix}policy_preference_accuracy": ctx.entry(items["policy_correct"], "higher")}
+        per_item = [{"policy_chosen_logp": c, "policy_rejected_logp": r} for c, r in zip(pc, pr, strict=True)]
+        return out, per_item
+    key = _reference_key(ctx, records, ab)
+    if key not in _REFERENCE_SCORES:  # every model of an experiment shares the base as reference
+        _REFERENCE_SCORES[key] = (
+            _ab_pair_logps(ctx.reference(), ctx, records)
+            if ab
+            else pair_logps(ctx.reference(), ctx.tokenizer, records, desc="score pairs (reference)", **kwargs)
+        )
+    rc, rr = _REFERENCE_SCORES[key]
     items = preference_items(pc, pr, rc, rr, beta=ctx.cfg.beta)
     out = {
         f"{prefix}preference_accuracy": ctx.entry(items["correct"], "higher"),
@@ -499,7 +563,12 @@ def evaluate(cfg: EvalConfig, output_dir: str | Path) -> EvalResult:
 
         judge = make_judge(cfg.judge)
     ctx = _Context(cfg)
-    logger.info("evaluating %s on %s (reference %s)", ctx.model_spec, cfg.task, ctx.reference_spec)
+    logger.info(
+        "evaluating %s on %s (reference %s)",
+        ctx.model_spec,
+        cfg.task,
+        "none: reward measures n/a" if ctx.reference_is_policy else ctx.reference_spec,
+    )
     metrics, samples, n = _TASK_FNS[cfg.task](ctx, judge)
     config = asdict(cfg)
     config.pop("progress")
@@ -510,6 +579,7 @@ def evaluate(cfg: EvalConfig, output_dir: str | Path) -> EvalResult:
         "reference": ctx.reference_spec,
         "n": n,
         "metrics": dict(sorted(metrics.items())),
+        "not_applicable": dict(sorted(ctx.not_applicable.items())),
         "config": config,
     }
     atomic_write_json(output_dir / "results.json", results)
