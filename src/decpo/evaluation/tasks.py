@@ -307,6 +307,7 @@ _REFERENCE_SCORES: dict[str, tuple[list[float], list[float]]] = {}
 def _reference_key(ctx: _Context, records: list[dict[str, Any]], ab: bool) -> str:
     """What the reference's scores depend on: its weights (files, sizes, times), dtype, tokenizer, the items."""
     from decpo.io import stable_hash
+    from decpo.models.tiny import TINY_NAME
 
     spec = Path(ctx.reference_spec)
     files = (
@@ -317,7 +318,11 @@ def _reference_key(ctx: _Context, records: list[dict[str, Any]], ab: bool) -> st
     return stable_hash(
         {
             "reference": ctx.reference_spec,
-            "load": ctx.reference_kwargs,  # the seed builds the in-process tiny model
+            "load": {  # the seed matters only to the in-process tiny model: other bases are shared by all seeds
+                k: v
+                for k, v in ctx.reference_kwargs.items()
+                if k != "seed" or ctx.reference_spec == TINY_NAME
+            },
             "files": files,
             "dtype": ctx.cfg.dtype,
             "tokenizer": stable_hash(sorted(ctx.tokenizer.get_vocab().items())),  # content, not its folder
