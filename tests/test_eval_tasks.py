@@ -288,6 +288,115 @@ def test_full_fine_tune_is_scored_against_the_runs_base_model(tmp_path):
     assert r["reference"] == TINY and r["metrics"]["reward_margin"]["value"] == 0.0
 
 
+# a chat template whose end of turn is two tokens ("<eos>", "\n"), so that "the answer alone" is tested
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<bos>{{ m['role'] }}\n{{ m['content'] }}<eos>\n{% endfor %}"
+    "{% if add_generation_prompt %}<bos>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture
+def chat_tiny(monkeypatch):
+    """The tiny tokenizer with a chat template (it has none), for training and evaluation alike."""
+    import decpo.models.loading as loading
+    from decpo.models.tiny import build_tiny_tokenizer
+
+    def with_template(*args, **kwargs):
+        tokenizer = build_tiny_tokenizer(*args, **kwargs)
+        tokenizer.chat_template = CHAT_TEMPLATE
+        return tokenizer
+
+    monkeypatch.setattr(loading, "build_tiny_tokenizer", with_template)
+
+
+def test_a_run_trained_in_the_chat_template_is_evaluated_in_it(tmp_path, chat_tiny, monkeypatch):
+    """data.chat_template=true in training: log-prob measures score the prompts and answers as TRL rendered
+    them in training (unless overridden), not the raw text."""
+    from trl.data_utils import _tokenize, common_prefix_length
+
+    import decpo.evaluation.scoring as scoring
+    import decpo.evaluation.tasks as tasks_module
+    from decpo.cli import main
+
+    run = tmp_path / "run"
+    smoke = str(REPO / "configs" / "smoke.yaml")
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                smoke,
+                "--output-dir",
+                str(run),
+                "data.chat_template=true",
+                "train.max_steps=2",
+            ]
+        )
+        == 0
+    )
+    scored: list[str] = []  # the prompt part of every scored sequence, decoded
+    real = scoring.completion_token_logps
+
+    def spy(model, groups, **kwargs):
+        tokenizer = load_tokenizer(TINY)
+        scored.extend(tokenizer.decode(head) for head, _ in groups)
+        return real(model, groups, **kwargs)
+
+    monkeypatch.setattr(scoring, "completion_token_logps", spy)
+    monkeypatch.setattr(tasks_module, "_REFERENCE_SCORES", {})
+    result = evaluate(EvalConfig(task="synthetic", model=str(run), limit=3, progress=False), tmp_path / "ev")
+    assert scored and all(
+        h.startswith("<bos>user\n") and h.endswith("<eos>\n<bos>assistant\n") for h in scored
+    )
+    assert result.results["config"]["chat_template"] is True
+
+    # the with-end-of-turn score of the chosen answer is TRL's conversational tokenization of the pair
+    model, tokenizer = load_model(str(run / "final")), load_tokenizer(str(run / "final"))
+    sample = next(s for s in result.samples if s["split"] == "eval")
+    record = load_task("synthetic", "eval")[0]
+    assert sample["prompt"] == record["prompt"]
+    user = [{"role": "user", "content": record["prompt"]}]
+    prompt_ids = _tokenize(tokenizer, user, add_generation_prompt=True)["input_ids"]
+    full = _tokenize(tokenizer, user + [{"role": "assistant", "content": record["chosen"].strip()}])[
+        "input_ids"
+    ]
+    n = common_prefix_length(prompt_ids, full)
+    with torch.no_grad():
+        logp = model(torch.tensor([full])).logits[0].log_softmax(-1)
+    expected = sum(logp[t - 1, full[t]].item() for t in range(n, len(full)))
+    assert sample["scores"]["policy_chosen_logp"] == pytest.approx(expected, abs=1e-4)
+    # the A/B choice: the answer without the template's two closing tokens
+    letter_logp = sum(logp[t - 1, full[t]].item() for t in range(n, len(full) - 2))
+    key = "logp_a" if record["chosen_letter"] == "A" else "logp_b"
+    assert sample["scores"][key] == pytest.approx(letter_logp, abs=1e-4)
+
+    # an explicit false scores the raw text
+    scored.clear()
+    raw = evaluate(
+        EvalConfig(task="synthetic", model=str(run), limit=3, progress=False, chat_template=False),
+        tmp_path / "raw",
+    )
+    assert raw.results["config"]["chat_template"] is False
+    assert scored and not any("assistant" in h for h in scored)
+
+
+def test_the_experiments_evaluation_follows_the_training_layout(tmp_path, monkeypatch):
+    import decpo.evaluation.tasks as tasks_module
+    from decpo.config import load_config
+    from decpo.experiment import _eval_stage
+
+    seen = []
+    monkeypatch.setattr(tasks_module, "evaluate", lambda cfg, out: seen.append(cfg.chat_template))
+    smoke = REPO / "configs" / "smoke.yaml"
+    for overrides in (
+        ["data.chat_template=true"],
+        ["data.chat_template=false"],
+        ["data.chat_template=true", "experiment.eval_chat_template=false"],
+    ):
+        _eval_stage(load_config(smoke, overrides), "synthetic", TINY, tmp_path)()
+    assert seen == [True, False, False]
+
+
 def test_reference_scores_are_computed_once_per_process_and_equal_a_fresh_pass(tmp_path, monkeypatch):
     from peft import LoraConfig, get_peft_model
 

@@ -151,6 +151,13 @@ def _train_stage(run_cfg: RunConfig, folder: Path, log: StageLog, name: str, key
     return stage
 
 
+def eval_chat_template(cfg: RunConfig) -> bool:
+    """Whether evaluation uses the chat template: ``experiment.eval_chat_template``, or with ``auto`` the
+    layout the models were trained on (``data.chat_template``), for the base model too."""
+    setting = cfg.experiment.eval_chat_template
+    return cfg.data.chat_template if setting == "auto" else bool(setting)
+
+
 def _eval_settings(cfg: RunConfig) -> dict:
     """What an evaluation stage depends on besides the model and the task."""
     settings = {
@@ -158,6 +165,7 @@ def _eval_settings(cfg: RunConfig) -> dict:
     }
     return {
         **settings,
+        "chat_template": eval_chat_template(cfg),
         "beta": cfg.objective.beta,
         "data_dir": cfg.data.data_dir,
         "synthetic_answer": cfg.data.synthetic_answer,
@@ -179,7 +187,7 @@ def _eval_stage(cfg: RunConfig, task: str, model_spec: str, out: Path) -> Callab
                 beta=cfg.objective.beta,
                 dtype=cfg.model.dtype,
                 generate=cfg.experiment.eval_generate,
-                chat_template=cfg.experiment.eval_chat_template,
+                chat_template=eval_chat_template(cfg),
                 synthetic_answer=cfg.data.synthetic_answer,  # the answers as trained
                 progress=True,
             ),
@@ -495,6 +503,7 @@ def parse_layers(text: str) -> list[int]:
 __all__ = [
     "ProbeSet",
     "config_key",
+    "eval_chat_template",
     "eval_tasks",
     "heldout_records",
     "parse_layers",

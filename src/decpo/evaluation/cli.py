@@ -44,8 +44,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--output-dir", default=None, help="where to write (default: evals/<task>-<model>)")
     p.add_argument(
         "--chat-template",
-        action="store_true",
-        help="wrap generation prompts in the model's chat template (log-prob measures keep raw prompts)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="lay out prompts and answers in the model's chat template, for log-prob measures and generation "
+        "prompts (--no-chat-template: raw text). Default: as the model was trained (data.chat_template in "
+        "the run's config.yaml for a run's final/ or checkpoint), raw text for any other model",
     )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run_eval)

@@ -62,7 +62,11 @@ class EvalConfig:
     n_boot: int = 1000
     pair_max_length: int = 512  # longer pairs (hh-rlhf dialogues) lose the start of their prompt
     dtype: str = "float32"
-    chat_template: bool = False  # wrap generation prompts in the tokenizer's chat template (instruct models)
+    # The layout of prompts and answers, for log-prob measures (as TRL renders conversational pairs) and for
+    # generation prompts alike. None or "auto": as the model was trained, i.e. the data.chat_template of the
+    # training run's config.yaml when the model is a run's final/ or checkpoint-N/, else raw text. True:
+    # the tokenizer's chat template (instruct models); False: raw text.
+    chat_template: bool | str | None = None
     generate: bool = True  # False: only log-prob measures where a task has both (sycophancy), much faster
     synthetic_answer: str = "option"  # the synthetic task's answer format: option or letter (as trained)
     progress: bool = True
@@ -78,6 +82,10 @@ class EvalConfig:
             raise EvalError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.beta <= 0:
             raise EvalError(f"beta must be > 0, got {self.beta}")
+        if self.chat_template == "auto":
+            self.chat_template = None
+        if not (self.chat_template is None or isinstance(self.chat_template, bool)):
+            raise EvalError(f"chat_template must be true, false or 'auto', got {self.chat_template!r}")
 
     @property
     def new_tokens(self) -> int:
@@ -172,7 +180,15 @@ class _Context:
         if self.run and self.reference_spec == run_base_model(self.run) and model.get("revision"):
             self.reference_kwargs["revision"] = model["revision"]
         self.not_applicable: dict[str, str] = {}  # measure -> why it has no value
+        # None ("auto"): the layout the model was trained on
+        self.chat_template = (
+            bool(_section(self.run, "data").get("chat_template", False))
+            if cfg.chat_template is None
+            else bool(cfg.chat_template)
+        )
         self.tokenizer = load_tokenizer(self.model_spec)
+        if self.chat_template and not getattr(self.tokenizer, "chat_template", None):
+            raise EvalError(f"chat_template: the tokenizer of {self.model_spec!r} has no chat template")
         self.model = load_model(self.model_spec, dtype=cfg.dtype, **self.load_kwargs).eval()
         self._reference = None
 
@@ -194,13 +210,13 @@ class _Context:
         return M.metric_entry(values, direction, seed=self.cfg.seed, n_boot=self.cfg.n_boot)
 
     def generate(self, prompts: list[str], desc: str) -> list[str]:
-        """Greedy outputs; log-prob measures always use the raw prompts (as training does by default)."""
-        if self.cfg.chat_template:
-            if not getattr(self.tokenizer, "chat_template", None):
-                raise EvalError(f"--chat-template: the tokenizer of {self.model_spec!r} has no chat template")
+        """Greedy outputs, the prompts in the chat template when ``self.chat_template`` (as log-prob measures)."""
+        from decpo.data import chat_messages
+
+        if self.chat_template:
             prompts = [
                 self.tokenizer.apply_chat_template(
-                    [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
+                    chat_messages(p), add_generation_prompt=True, tokenize=False
                 )
                 for p in prompts
             ]
@@ -232,6 +248,7 @@ def _ab_measures(ctx: _Context, records: list[dict[str, Any]], prefix: str) -> t
         options=[ab_completions(r) for r in both],
         batch_size=ctx.cfg.batch_size,
         progress=ctx.cfg.progress,
+        chat_template=ctx.chat_template,
     )
     n = len(records)
     pred = M.ab_predictions(la[:n], lb[:n])
@@ -293,6 +310,7 @@ def _ab_pair_logps(model, ctx: _Context, records: list[dict[str, Any]]) -> tuple
         options=[ab_completions(r) for r in records],
         batch_size=ctx.cfg.batch_size,
         progress=ctx.cfg.progress,
+        chat_template=ctx.chat_template,
     )
     chosen = [a if r["chosen_letter"] == "A" else b for a, b, r in zip(la, lb, records, strict=True)]
     rejected = [b if r["chosen_letter"] == "A" else a for a, b, r in zip(la, lb, records, strict=True)]
@@ -327,6 +345,7 @@ def _reference_key(ctx: _Context, records: list[dict[str, Any]], ab: bool) -> st
             "dtype": ctx.cfg.dtype,
             "tokenizer": stable_hash(sorted(ctx.tokenizer.get_vocab().items())),  # content, not its folder
             "ab": ab,
+            "chat_template": ctx.chat_template,
             "max_length": ctx.cfg.pair_max_length,
             "items": [[r["prompt"], r["chosen"], r["rejected"]] for r in records],
         }
@@ -350,6 +369,7 @@ def _preference_measures(
         "batch_size": ctx.cfg.batch_size,
         "max_length": ctx.cfg.pair_max_length,
         "progress": ctx.cfg.progress,
+        "chat_template": ctx.chat_template,
     }
     ab = all("chosen_letter" in r for r in records)
     if policy is not None:
@@ -578,6 +598,7 @@ def evaluate(cfg: EvalConfig, output_dir: str | Path) -> EvalResult:
     config = asdict(cfg)
     config.pop("progress")
     config["max_new_tokens"] = cfg.new_tokens
+    config["chat_template"] = ctx.chat_template  # as resolved ("auto": the training run's)
     results = {
         "task": cfg.task,
         "model": ctx.model_spec,

@@ -106,12 +106,14 @@ def _world_size() -> int:
 
 def to_dataset(records: list[dict], chat_template: bool) -> Dataset:
     """Keep the three TRL columns; wrap in messages when the chat template is asked for."""
+    from decpo.data import chat_messages
+
     if chat_template and isinstance(records[0]["prompt"], str):
         rows = [
             {
-                "prompt": [{"role": "user", "content": r["prompt"]}],
-                "chosen": [{"role": "assistant", "content": r["chosen"].strip()}],
-                "rejected": [{"role": "assistant", "content": r["rejected"].strip()}],
+                "prompt": chat_messages(r["prompt"]),
+                "chosen": chat_messages(answer=r["chosen"]),
+                "rejected": chat_messages(answer=r["rejected"]),
             }
             for r in records
         ]
