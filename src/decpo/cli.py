@@ -57,7 +57,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(config_path(args.config), args.overrides)
     output_dir = Path(args.output_dir or f"runs/{cfg.objective.name}")
-    result = train(cfg, output_dir)
+    result = train(cfg, output_dir, allow_config_change=args.allow_config_change)
     print(f"run directory: {result.output_dir}")
     print(f"final weights: {result.final_dir}")
     for key in ("eval/rewards/accuracies", "eval/rewards/margins", "eval/loss"):
@@ -138,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="data-parallel processes (relaunches under `accelerate launch`; GPUs, or CPU processes with gloo)",
+    )
+    p.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="resume the output dir's newest checkpoint even though the config differs from its config.yaml "
+        "(by default refused, naming the changed keys; step counts and logging/eval/save frequency may "
+        "always change)",
     )
     p.add_argument("overrides", nargs="*", help="dotted overrides section.key=value")
     p.set_defaults(func=_cmd_train)

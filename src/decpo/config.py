@@ -347,8 +347,13 @@ class ExperimentSettings:
         default=True,
         metadata=_help("Generation-based measures too (slow on CPU); false: log-prob measures only."),
     )
-    eval_chat_template: bool = field(
-        default=False, metadata=_help("Generate inside the tokenizer's chat template (instruct models).")
+    eval_chat_template: bool | str = field(
+        default="auto",
+        metadata=_help(
+            "Layout of prompts and answers in evaluation, for log-prob measures and generation prompts: auto "
+            "(or null): as trained, i.e. `data.chat_template`, for the base model and every trained one; true: "
+            "the tokenizer's chat template; false: raw text."
+        ),
     )
     eval_prompts: str | None = field(
         default=None,
@@ -367,6 +372,14 @@ class ExperimentSettings:
             "relative to the experiment folder (or absolute)."
         ),
     )
+
+    def __post_init__(self) -> None:
+        if self.eval_chat_template is None:
+            self.eval_chat_template = "auto"
+        if not (isinstance(self.eval_chat_template, bool) or self.eval_chat_template == "auto"):
+            raise ConfigError(
+                f"experiment.eval_chat_template must be true, false or 'auto', got {self.eval_chat_template!r}"
+            )
 
 
 @dataclass
@@ -408,6 +421,10 @@ def _check_type(key: str, value: Any) -> Any:
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
     if value is None or default is None:
         return value
+    if key in BOOL_OR_AUTO:
+        if value == "auto" or isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key {key!r} expects true, false or 'auto', got {value!r}")
     if key in NUMBER_OR_AUTO:
         if value == "auto":
             return value
@@ -431,6 +448,8 @@ def _check_type(key: str, value: Any) -> Any:
 VALID_KEYS = tuple(FIELDS)
 # keys that take a number or the string "auto"
 NUMBER_OR_AUTO = ("objective.reg_weight",)
+# keys that take true, false or the string "auto"
+BOOL_OR_AUTO = ("experiment.eval_chat_template",)
 
 
 def _unknown_key(key: str, source: str) -> ConfigError:

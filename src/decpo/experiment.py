@@ -21,7 +21,8 @@ strength.md`` exists (default ``strength/``; an absolute path is used as is).
 
 Re-running the same command skips finished stages (same key) and resumes an interrupted training. A
 changed config changes the keys of the stages that depend on it: those run again, and an old training
-folder is kept aside as ``<name>.stale-<key>`` rather than deleted.
+folder is kept aside as ``<name>.stale-<key>`` rather than deleted. Every key holds the decpo version
+(`stage_key`), so a new version reruns every stage instead of reusing the old code's results.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import decpo
 from decpo.config import RunConfig, save_config
 from decpo.io import atomic_write_json, atomic_write_text, check_writable
 from decpo.io import stable_hash as config_key
@@ -45,6 +47,11 @@ from decpo.io import stable_hash as config_key
 logger = logging.getLogger("decpo.run")
 
 BASE = "base"
+
+
+def stage_key(parts: dict[str, Any]) -> str:
+    """The config key of a stage: a hash of what it depends on and of the decpo version that runs it."""
+    return config_key({**parts, "decpo": decpo.__version__})
 
 
 class StageLog:
@@ -144,6 +151,13 @@ def _train_stage(run_cfg: RunConfig, folder: Path, log: StageLog, name: str, key
     return stage
 
 
+def eval_chat_template(cfg: RunConfig) -> bool:
+    """Whether evaluation uses the chat template: ``experiment.eval_chat_template``, or with ``auto`` the
+    layout the models were trained on (``data.chat_template``), for the base model too."""
+    setting = cfg.experiment.eval_chat_template
+    return cfg.data.chat_template if setting == "auto" else bool(setting)
+
+
 def _eval_settings(cfg: RunConfig) -> dict:
     """What an evaluation stage depends on besides the model and the task."""
     settings = {
@@ -151,6 +165,7 @@ def _eval_settings(cfg: RunConfig) -> dict:
     }
     return {
         **settings,
+        "chat_template": eval_chat_template(cfg),
         "beta": cfg.objective.beta,
         "data_dir": cfg.data.data_dir,
         "synthetic_answer": cfg.data.synthetic_answer,
@@ -177,7 +192,7 @@ def _eval_stage(
                 beta=cfg.objective.beta,
                 dtype=cfg.model.dtype,
                 generate=cfg.experiment.eval_generate,
-                chat_template=cfg.experiment.eval_chat_template,
+                chat_template=eval_chat_template(cfg),
                 synthetic_answer=cfg.data.synthetic_answer,  # the answers as trained
                 progress=True,
             ),
@@ -264,7 +279,7 @@ def probe_sites(cfg: RunConfig) -> list[str]:
 
 
 def _probe_key(cfg: RunConfig, model_keys: dict[str, str]) -> str:
-    return config_key(
+    return stage_key(
         {
             "models": model_keys,
             "n": cfg.experiment.probe_num_texts,
@@ -331,12 +346,12 @@ def run_experiment(cfg: RunConfig, output_dir: str | Path, argv: list[str] | Non
     tasks = eval_tasks(cfg)
     _add_pairs(plan, cfg, tasks, output_dir)
     models: dict[str, str] = {BASE: cfg.model.name}
-    train_keys: dict[str, str] = {BASE: config_key(cfg.to_dict()["model"])}
+    train_keys: dict[str, str] = {BASE: stage_key(cfg.to_dict()["model"])}
     for seed in exp.seeds:
         for method in exp.methods:
             label = f"{method}-s{seed}"
             run_cfg = cfg.replace(**{"objective.name": method, "train.seed": seed})
-            key = config_key({**shared, "objective": run_cfg.to_dict()["objective"], "seed": seed})
+            key = stage_key({**shared, "objective": run_cfg.to_dict()["objective"], "seed": seed})
             folder = output_dir / "train" / label
             plan.add(f"train/{label}", key, _train_stage(run_cfg, folder, log, f"train/{label}", key))
             models[label] = str(folder / "final")
@@ -369,7 +384,7 @@ def _add_evals(
     heldout = out / PAIRS_DIR / "heldout.jsonl" if cfg.pairs.source else None
     for task in tasks:
         for label, spec in models.items():
-            key = config_key({"model": keys[label], "task": task, "eval": _eval_settings(cfg)})
+            key = stage_key({"model": keys[label], "task": task, "eval": _eval_settings(cfg)})
             plan.add(
                 f"eval/{task}/{label}",
                 key,
@@ -430,7 +445,7 @@ def _add_pairs(plan: Plan, cfg: RunConfig, tasks: list[str], out: Path) -> None:
     split = check_pair_split(cfg, tasks)
     plan.add(
         "pairs",
-        config_key({"pairs": pairs_key(cfg), "split": split, "data": cfg.to_dict()["data"]}),
+        stage_key({"pairs": pairs_key(cfg), "split": split, "data": cfg.to_dict()["data"]}),
         _pairs_stage(cfg, out / PAIRS_DIR, split),
     )
 
@@ -449,11 +464,11 @@ def sweep_layers(
     for layer in layers:
         label = f"decpo-L{layer:02d}-s{cfg.train.seed}"
         run_cfg = cfg.replace(**{"objective.name": "decpo", "objective.layers": [layer]})
-        key = config_key({**shared, "objective": run_cfg.to_dict()["objective"]})
+        key = stage_key({**shared, "objective": run_cfg.to_dict()["objective"]})
         folder = output_dir / "train" / label
         plan.add(f"train/{label}", key, _train_stage(run_cfg, folder, log, f"train/{label}", key))
         for task in tasks:
-            ekey = config_key({"model": key, "task": task, "eval": _eval_settings(cfg)})
+            ekey = stage_key({"model": key, "task": task, "eval": _eval_settings(cfg)})
             heldout = output_dir / PAIRS_DIR / "heldout.jsonl" if cfg.pairs.source else None
             plan.add(
                 f"eval/{task}/{label}",
@@ -523,14 +538,14 @@ def sweep_strength(
     _add_pairs(plan, cfg, tasks, output_dir)
     shared = {k: v for k, v in cfg.to_dict().items() if k != "experiment"}
     models: dict[str, str] = {BASE: cfg.model.name}
-    keys: dict[str, str] = {BASE: config_key(cfg.to_dict()["model"])}
+    keys: dict[str, str] = {BASE: stage_key(cfg.to_dict()["model"])}
     runs: dict[float, dict[int, str]] = {}
     for value in values:
         overrides = strength_overrides(cfg, value)
         for seed in cfg.experiment.seeds:
             label = strength_label(value, seed)
             run_cfg = cfg.replace(**{"objective.name": "decpo", "train.seed": seed, **overrides})
-            key = config_key({**shared, "objective": run_cfg.to_dict()["objective"], "seed": seed})
+            key = stage_key({**shared, "objective": run_cfg.to_dict()["objective"], "seed": seed})
             folder = output_dir / "train" / label
             plan.add(f"train/{label}", key, _train_stage(run_cfg, folder, log, f"train/{label}", key))
             models[label] = str(folder / "final")
@@ -560,6 +575,7 @@ def parse_layers(text: str) -> list[int]:
 __all__ = [
     "ProbeSet",
     "config_key",
+    "eval_chat_template",
     "eval_tasks",
     "heldout_records",
     "parse_layers",
@@ -567,6 +583,7 @@ __all__ = [
     "probe_sets",
     "probe_texts",
     "run_experiment",
+    "stage_key",
     "strength_label",
     "strength_overrides",
     "sweep_layers",

@@ -479,6 +479,7 @@ def write_report(
         else "No evaluation results were found."
     )
     lines.append("")
+    lines += not_applicable_lines(results, methods, columns)
     if diffs:
         lines += [
             "### DecPO - DPO (paired)",
@@ -550,6 +551,24 @@ def write_report(
     path = output_dir / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def not_applicable_lines(results: Results, methods: Sequence[str], columns) -> list[str]:
+    """Why cells are n/a: a model evaluated against itself (the base) has no reward measures."""
+    lines = []
+    for method in methods:
+        runs = [r for per_seed in results.get(method, {}).values() for r in per_seed.values()]
+        labels = [
+            label
+            for task, metric, label in columns
+            if any(r.get("task") == task and metric in r.get("not_applicable", {}) for r in runs)
+        ]
+        if labels:
+            lines.append(
+                f"n/a for `{method}` ({'; '.join(labels)}): it is its own reference, so every implicit reward "
+                "is 0 by construction."
+            )
+    return [*lines, ""] if lines else []
 
 
 def strength_dir(output_dir: Path, cfg: RunConfig) -> Path:
