@@ -41,6 +41,17 @@ def add_parser(subparsers) -> None:
         default=DEFAULT_TOXICITY_SCORER,
         help="toxicity scorer: profanity-check, hf:<id|dir>, detoxify:<ckpt>, perspective",
     )
+    p.add_argument(
+        "--prompts",
+        default=None,
+        help="toxicity: a RealToxicityPrompts-format (or {prompt: ...}) JSONL, used whole (default: the eval "
+        "split of the data directory's challenging prompts)",
+    )
+    p.add_argument(
+        "--pairs",
+        default=None,
+        help="toxicity: held-out pairs (TRL JSONL) of the pairs/ measures (default: hh-rlhf harmless test pairs)",
+    )
     p.add_argument("--output-dir", default=None, help="where to write (default: evals/<task>-<model>)")
     p.add_argument(
         "--chat-template",
@@ -78,6 +89,8 @@ def run_eval(args: argparse.Namespace) -> int:
             scorer=args.scorer,
             beta=args.beta,
             chat_template=args.chat_template,
+            prompts_path=args.prompts,
+            pairs_path=args.pairs,
             progress=not args.no_progress,
         )
         out = Path(args.output_dir) if args.output_dir else default_output_dir(args.task, args.model)
