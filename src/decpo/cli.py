@@ -23,11 +23,8 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _relaunch(args: argparse.Namespace, argv: list[str]) -> int:
-    """``decpo train --num-processes N``: run the same command under ``accelerate launch`` (N processes)."""
-    import os
-    import subprocess
-
-    import torch
+    """``decpo train --num-processes N``: run the same command as N data-parallel processes."""
+    from decpo.training.run import launch
 
     rest = []
     skip = False
@@ -38,22 +35,19 @@ def _relaunch(args: argparse.Namespace, argv: list[str]) -> int:
             skip = True
         elif not a.startswith("--num-processes="):
             rest.append(a)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(args.num_processes)]
-    if not torch.cuda.is_available():
-        cmd.append("--cpu")
-    cmd += ["-m", "decpo", *rest]
-    return subprocess.call(cmd, env=os.environ.copy())
+    return launch(args.num_processes, rest)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     import os
 
     from decpo.config import load_config
-    from decpo.training.run import train
+    from decpo.training.run import check_launched_world, train
 
     if args.num_processes > 1 and "WORLD_SIZE" not in os.environ:
         load_config(config_path(args.config), args.overrides)  # a bad config fails here, before any launch
         return _relaunch(args, args.raw_argv)
+    check_launched_world()
 
     cfg = load_config(config_path(args.config), args.overrides)
     output_dir = Path(args.output_dir or f"runs/{cfg.objective.name}")
@@ -137,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-processes",
         type=int,
         default=1,
-        help="data-parallel processes (relaunches under `accelerate launch`; GPUs, or CPU processes with gloo)",
+        help="data-parallel processes (relaunches under `accelerate launch` on GPUs, torchrun with gloo on CPU)",
     )
     p.add_argument("overrides", nargs="*", help="dotted overrides section.key=value")
     p.set_defaults(func=_cmd_train)
