@@ -81,7 +81,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from decpo.experiment import run_experiment
 
     cfg = _experiment_config(args)
-    report = run_experiment(cfg, Path(args.output_dir), argv=args.raw_argv)
+    report = run_experiment(cfg, Path(args.output_dir), argv=args.raw_argv, num_processes=args.num_processes)
     print(f"report: {report}")
     return 0
 
@@ -97,9 +97,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise ConfigError(f"sweep: {e}") from e
     if values is not None:
-        path = sweep_strength(cfg, Path(args.output_dir or "runs/strength"), values, argv=args.raw_argv)
+        out = Path(args.output_dir or "runs/strength")
+        path = sweep_strength(cfg, out, values, argv=args.raw_argv, num_processes=args.num_processes)
     else:
-        path = sweep_layers(cfg, Path(args.output_dir or "runs/layer-sweep"), layers, argv=args.raw_argv)
+        out = Path(args.output_dir or "runs/layer-sweep")
+        path = sweep_layers(cfg, out, layers, argv=args.raw_argv, num_processes=args.num_processes)
     print(f"sweep: {path}")
     return 0
 
@@ -109,6 +111,16 @@ def _cmd_config_keys(args: argparse.Namespace) -> int:
 
     print(describe_keys())
     return 0
+
+
+def _add_stage_processes(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--num-processes",
+        type=int,
+        default=1,
+        help="train each stage as N data-parallel processes (as `decpo train --num-processes`); the command "
+        "itself stays one process: do not start it under `accelerate launch` or torchrun",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="runs/paper-demo", help="experiment folder")
     p.add_argument("--seeds", default=None, help="comma-separated training seeds, e.g. 0,1,2")
     p.add_argument("--methods", default=None, help="comma-separated methods, e.g. dpo,decpo,l1,simpo,sft")
+    _add_stage_processes(p)
     p.add_argument("overrides", nargs="*", help="dotted overrides section.key=value")
     p.set_defaults(func=_cmd_run)
 
@@ -170,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-dir", default=None, help="sweep folder (default: runs/layer-sweep or runs/strength)"
     )
     p.add_argument("--seeds", default=None, help="comma-separated training seeds (--reg-weights), e.g. 0,1,2")
+    _add_stage_processes(p)
     p.add_argument("overrides", nargs="*", help="dotted overrides section.key=value")
     p.set_defaults(func=_cmd_sweep)
 
