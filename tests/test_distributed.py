@@ -150,3 +150,26 @@ def test_short_last_batch_penalty_and_fsdp_probes_on_every_process(tmp_path):
         for key in unsharded.keys() - {"probe/seconds", "probe/step"}:
             assert start[key] == pytest.approx(unsharded[key], rel=1e-5, abs=1e-7), key
             assert step1[key] == pytest.approx(unsharded[key], rel=1e-5, abs=1e-7), key
+
+
+def test_run_trains_each_stage_in_two_processes_and_evaluates_in_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", child_env()["PYTHONPATH"])
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    out = tmp_path / "exp"
+    args = ["run", "--num-processes", "2", "--config", SMOKE, "--output-dir", str(out), "--seeds", "0"]
+    args += ["--methods", "dpo,decpo", "experiment.eval_limit=8", "experiment.probe_num_texts=8"]
+    args += ["experiment.eval_tasks=[synthetic]"]
+    assert main(args) == 0
+    stages = json.loads((out / "stages.json").read_text())
+    assert {name: s["status"] for name, s in stages.items()} == dict.fromkeys(
+        [
+            "train/dpo-s0",
+            "train/decpo-s0",
+            "probes",
+            *(f"eval/synthetic/{m}" for m in ("base", "dpo-s0", "decpo-s0")),
+        ],
+        "done",
+    )
+    for label in ("dpo-s0", "decpo-s0"):
+        assert json.loads((out / "train" / label / "env.json").read_text())["world_size"] == 2
+    assert (out / "report.md").is_file()
