@@ -296,7 +296,7 @@ def test_num_processes_launches_each_training_stage(tmp_path, monkeypatch):
         cfg, folder, StageLog(tmp_path / "stages.json"), "train/dpo-s1", "k", num_processes=2
     )
     stage()
-    config = folder / "config.yaml"
+    config = folder / "launch.yaml"
     assert launched == [(2, ["train", "--config", str(config), "--output-dir", str(folder)])]
     assert load_config(config) == cfg  # the launched run trains what the stage's key says
     with pytest.raises(RuntimeError, match="2-process training exited with code 1"):

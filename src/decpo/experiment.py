@@ -153,9 +153,11 @@ def _train_stage(
         if num_processes <= 1:
             train(run_cfg, folder)
             return
-        # `decpo train` on this config in N processes; the run rewrites config.yaml with what it resolved
-        save_config(run_cfg, folder / "config.yaml")
-        args = ["train", "--config", str(folder / "config.yaml"), "--output-dir", str(folder)]
+        # `decpo train` on this config in N processes; not config.yaml, which the run writes (and a resumed
+        # run compares with its config)
+        launch_config = folder / "launch.yaml"
+        save_config(run_cfg, launch_config)
+        args = ["train", "--config", str(launch_config), "--output-dir", str(folder)]
         code = launch(num_processes, args)
         if code != 0:
             raise RuntimeError(
