@@ -54,9 +54,10 @@ def make_trainer(
     lora: bool = False,
     pairs=PAIRS,
     eval_pairs=None,
+    model=None,
     **args,
 ):
-    """A DecPOTrainer (or ``trainer_cls``) on a tiny random Llama, full fine-tuning unless ``lora``."""
+    """A DecPOTrainer (or ``trainer_cls``) on a tiny random Llama (or ``model``), full fine-tuning unless ``lora``."""
     from datasets import Dataset
     from peft import LoraConfig
 
@@ -65,7 +66,7 @@ def make_trainer(
 
     trainer_cls = trainer_cls or DecPOTrainer
     tokenizer = load_tokenizer(TINY_NAME)
-    model = load_model(TINY_NAME, seed=0).to(dtype)
+    model = (model if model is not None else load_model(TINY_NAME, seed=0)).to(dtype)
     defaults = dict(
         output_dir=str(tmp_path / "out"),
         per_device_train_batch_size=4,

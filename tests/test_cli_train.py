@@ -61,6 +61,42 @@ def test_rerun_resumes_and_does_not_duplicate_steps(tmp_path):
     assert steps == [1, 2, 3, 4]
 
 
+def test_resuming_under_a_changed_config_is_refused_naming_the_keys(tmp_path, capsys):
+    run = tmp_path / "run"
+    base = ["train", "--config", SMOKE, "--output-dir", str(run)]
+    assert main([*base, "train.max_steps=2"]) == 0
+    saved = (run / "config.yaml").read_text()
+    capsys.readouterr()
+    assert main([*base, "train.max_steps=4", "objective.name=dpo", "data.max_train_samples=24"]) == 2
+    err = capsys.readouterr().err
+    assert "objective.name: 'decpo' -> 'dpo'" in err and "data.max_train_samples: 32 -> 24" in err
+    assert "--allow-config-change" in err and "max_steps: " not in err and "Traceback" not in err
+    assert (run / "config.yaml").read_text() == saved  # nothing was touched
+    # step counts and logging / save frequency may change
+    assert main([*base, "train.max_steps=3", "train.save_steps=1", "train.logging_steps=2"]) == 0
+    # the explicit override resumes anyway, and the run's config.yaml says what it went on with
+    assert main([*base, "--allow-config-change", "train.max_steps=4", "objective.reg_weight=0.1"]) == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["objective"]["reg_weight"] == 0.1
+    assert [r["step"] for r in read_metrics(run) if "train/loss" in r] == [1, 2, 3, 4]
+
+
+def test_resume_check_matches_a_resolved_auto_weight_and_ignores_the_experiment(tmp_path):
+    from decpo.config import ConfigError, load_config, save_config
+    from decpo.training.run import check_resume_config
+
+    cfg = load_config(SMOKE, ["objective.reg_weight=auto"])
+    save_config(cfg.replace(**{"objective.reg_weight": 0.0123}), tmp_path / "config.yaml")
+    (tmp_path / "reg_weight.json").write_text(json.dumps({"reg_weight": 0.0123, "reg_balance": 0.3}))
+    ckpt = tmp_path / "checkpoint-2"
+    check_resume_config(cfg, tmp_path, ckpt)  # auto resolved to the saved lambda: the same run
+    check_resume_config(cfg.replace(**{"objective.reg_weight": 0.0123}), tmp_path, ckpt)
+    check_resume_config(cfg.replace(**{"experiment.eval_limit": 3, "probe.every_n_steps": 2}), tmp_path, ckpt)
+    with pytest.raises(ConfigError, match=r"objective.reg_balance: 0.3 -> 0.5"):
+        check_resume_config(cfg.replace(**{"objective.reg_balance": 0.5}), tmp_path, ckpt)
+    with pytest.raises(ConfigError, match=r"objective.reg_weight: 0.0123 -> 0.02"):
+        check_resume_config(cfg.replace(**{"objective.reg_weight": 0.02}), tmp_path, ckpt)
+
+
 def test_dpo_objective_has_no_penalty_terms(tmp_path):
     run = tmp_path / "run"
     assert (

@@ -78,3 +78,20 @@ def test_reg_weight_auto_or_a_number_and_balance_positive():
     assert (
         load_config(None, ["objective.reg_weight=0.1", "objective.reg_balance=0"]).objective.reg_balance == 0
     )
+
+
+def test_eval_chat_template_is_true_false_or_auto_and_auto_follows_training():
+    from decpo.experiment import eval_chat_template
+
+    assert load_config(None).experiment.eval_chat_template == "auto"
+    assert load_config(None, ["experiment.eval_chat_template=null"]).experiment.eval_chat_template == "auto"
+    for data, setting, expected in [
+        (True, "auto", True),
+        (False, "auto", False),
+        (True, "false", False),
+        (False, "true", True),
+    ]:
+        cfg = load_config(None, [f"data.chat_template={data}", f"experiment.eval_chat_template={setting}"])
+        assert eval_chat_template(cfg) is expected
+    with pytest.raises(ConfigError, match="expects true, false or 'auto'"):
+        load_config(None, ["experiment.eval_chat_template=raw"])

@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -181,23 +182,30 @@ def test_cli_end_to_end_synthetic(tmp_path, capsys):
         "a_rate",
         "ab_accuracy_user_correct",
         "ab_accuracy_user_wrong",
-        "preference_accuracy",
-        "reward_margin",
+        "policy_preference_accuracy",
         "transfer/ab_accuracy",
         "transfer/ab_accuracy_debiased",
     }
     assert expected <= set(results["metrics"])
+    # the model is its own reference: the reward measures are n/a, not 0
+    na = {"preference_accuracy", "reward_margin", "chosen_reward", "rejected_reward"}
+    assert set(results["not_applicable"]) == na and not na & set(results["metrics"])
+    assert all(
+        why.startswith("n/a: the reference is the evaluated model itself")
+        for why in results["not_applicable"].values()
+    )
     for name, m in results["metrics"].items():
         assert set(m) == {"value", "direction", "ci", "n"}, name
         assert m["direction"] in ("higher", "lower", "none")
         assert m["ci"][0] - 1e-9 <= m["value"] <= m["ci"][1] + 1e-9, name
     assert results["metrics"]["ab_accuracy"]["direction"] == "higher"
-    assert results["metrics"]["reward_margin"]["value"] == 0.0  # reference = the model itself
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 6  # 3 eval + 3 transfer items
     assert all({"prompt", "output", "scores"} <= set(s) for s in samples)
     assert all(s["output"] in ("(A)", "(B)") for s in samples)
-    assert "ab_accuracy" in capsys.readouterr().out
+    assert not any("reward_margin" in s["scores"] for s in samples)
+    printed = capsys.readouterr().out
+    assert "ab_accuracy" in printed and re.search(r"reward_margin +n/a +n/a: the reference is", printed)
 
 
 def test_cli_rejects_bad_limit(tmp_path, capsys):
@@ -238,6 +246,155 @@ def test_run_dir_uses_final_adapter_and_its_base_as_reference(tmp_path):
         )
         assert sc["reward_margin"] == pytest.approx(expected, abs=1e-6)
     assert result.results["metrics"]["reward_margin"]["value"] == pytest.approx(sum(margins) / 4)
+
+
+def _full_fine_tune_run(run_dir: Path, seed: int, perturb: bool) -> None:
+    """A full fine-tune's run folder: ``final/`` with full weights (the base built with ``seed``, moved when
+    ``perturb``) beside the run's ``config.yaml``."""
+    from decpo.config import load_config, save_config
+
+    model = load_model(TINY, seed=seed)
+    if perturb:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(run_dir / "final")
+    load_tokenizer(TINY).save_pretrained(run_dir / "final")
+    cfg = load_config(REPO / "configs" / "smoke.yaml", ["lora.enabled=false", f"train.seed={seed}"])
+    save_config(cfg, run_dir / "config.yaml")
+
+
+def test_full_fine_tune_is_scored_against_the_runs_base_model(tmp_path):
+    """No adapter: the reference is the base model named in the run's config.yaml, not the model itself."""
+    run_dir = tmp_path / "run"
+    _full_fine_tune_run(run_dir, seed=0, perturb=True)
+    assert default_reference(str(run_dir / "final")) == TINY
+    result = evaluate(
+        EvalConfig(task="synthetic", model=str(run_dir), limit=4, progress=False), tmp_path / "ev"
+    )
+    r = result.results
+    assert r["model"] == str(run_dir / "final") and r["reference"] == TINY and r["not_applicable"] == {}
+    margins = [s["scores"]["reward_margin"] for s in result.samples if s["split"] == "eval"]
+    assert all(abs(m) > 1e-4 for m in margins)  # the weights moved away from the base
+    assert r["metrics"]["reward_margin"]["value"] == pytest.approx(sum(margins) / 4)
+    assert "preference_accuracy" in r["metrics"]
+
+    # the base is rebuilt as the run built it (train.seed 1): an unchanged model has margin exactly 0
+    same = tmp_path / "same"
+    _full_fine_tune_run(same, seed=1, perturb=False)
+    r = evaluate(
+        EvalConfig(task="synthetic", model=str(same), limit=4, progress=False), tmp_path / "e1"
+    ).results
+    assert r["reference"] == TINY and r["metrics"]["reward_margin"]["value"] == 0.0
+
+
+# a chat template whose end of turn is two tokens ("<eos>", "\n"), so that "the answer alone" is tested
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<bos>{{ m['role'] }}\n{{ m['content'] }}<eos>\n{% endfor %}"
+    "{% if add_generation_prompt %}<bos>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture
+def chat_tiny(monkeypatch):
+    """The tiny tokenizer with a chat template (it has none), for training and evaluation alike."""
+    import decpo.models.loading as loading
+    from decpo.models.tiny import build_tiny_tokenizer
+
+    def with_template(*args, **kwargs):
+        tokenizer = build_tiny_tokenizer(*args, **kwargs)
+        tokenizer.chat_template = CHAT_TEMPLATE
+        return tokenizer
+
+    monkeypatch.setattr(loading, "build_tiny_tokenizer", with_template)
+
+
+def test_a_run_trained_in_the_chat_template_is_evaluated_in_it(tmp_path, chat_tiny, monkeypatch):
+    """data.chat_template=true in training: log-prob measures score the prompts and answers as TRL rendered
+    them in training (unless overridden), not the raw text."""
+    from trl.data_utils import _tokenize, common_prefix_length
+
+    import decpo.evaluation.scoring as scoring
+    import decpo.evaluation.tasks as tasks_module
+    from decpo.cli import main
+
+    run = tmp_path / "run"
+    smoke = str(REPO / "configs" / "smoke.yaml")
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                smoke,
+                "--output-dir",
+                str(run),
+                "data.chat_template=true",
+                "train.max_steps=2",
+            ]
+        )
+        == 0
+    )
+    scored: list[str] = []  # the prompt part of every scored sequence, decoded
+    real = scoring.completion_token_logps
+
+    def spy(model, groups, **kwargs):
+        tokenizer = load_tokenizer(TINY)
+        scored.extend(tokenizer.decode(head) for head, _ in groups)
+        return real(model, groups, **kwargs)
+
+    monkeypatch.setattr(scoring, "completion_token_logps", spy)
+    monkeypatch.setattr(tasks_module, "_REFERENCE_SCORES", {})
+    result = evaluate(EvalConfig(task="synthetic", model=str(run), limit=3, progress=False), tmp_path / "ev")
+    assert scored and all(
+        h.startswith("<bos>user\n") and h.endswith("<eos>\n<bos>assistant\n") for h in scored
+    )
+    assert result.results["config"]["chat_template"] is True
+
+    # the with-end-of-turn score of the chosen answer is TRL's conversational tokenization of the pair
+    model, tokenizer = load_model(str(run / "final")), load_tokenizer(str(run / "final"))
+    sample = next(s for s in result.samples if s["split"] == "eval")
+    record = load_task("synthetic", "eval")[0]
+    assert sample["prompt"] == record["prompt"]
+    user = [{"role": "user", "content": record["prompt"]}]
+    prompt_ids = _tokenize(tokenizer, user, add_generation_prompt=True)["input_ids"]
+    full = _tokenize(tokenizer, user + [{"role": "assistant", "content": record["chosen"].strip()}])[
+        "input_ids"
+    ]
+    n = common_prefix_length(prompt_ids, full)
+    with torch.no_grad():
+        logp = model(torch.tensor([full])).logits[0].log_softmax(-1)
+    expected = sum(logp[t - 1, full[t]].item() for t in range(n, len(full)))
+    assert sample["scores"]["policy_chosen_logp"] == pytest.approx(expected, abs=1e-4)
+    # the A/B choice: the answer without the template's two closing tokens
+    letter_logp = sum(logp[t - 1, full[t]].item() for t in range(n, len(full) - 2))
+    key = "logp_a" if record["chosen_letter"] == "A" else "logp_b"
+    assert sample["scores"][key] == pytest.approx(letter_logp, abs=1e-4)
+
+    # an explicit false scores the raw text
+    scored.clear()
+    raw = evaluate(
+        EvalConfig(task="synthetic", model=str(run), limit=3, progress=False, chat_template=False),
+        tmp_path / "raw",
+    )
+    assert raw.results["config"]["chat_template"] is False
+    assert scored and not any("assistant" in h for h in scored)
+
+
+def test_the_experiments_evaluation_follows_the_training_layout(tmp_path, monkeypatch):
+    import decpo.evaluation.tasks as tasks_module
+    from decpo.config import load_config
+    from decpo.experiment import _eval_stage
+
+    seen = []
+    monkeypatch.setattr(tasks_module, "evaluate", lambda cfg, out: seen.append(cfg.chat_template))
+    smoke = REPO / "configs" / "smoke.yaml"
+    for overrides in (
+        ["data.chat_template=true"],
+        ["data.chat_template=false"],
+        ["data.chat_template=true", "experiment.eval_chat_template=false"],
+    ):
+        _eval_stage(load_config(smoke, overrides), "synthetic", TINY, tmp_path)()
+    assert seen == [True, False, False]
 
 
 def test_reference_scores_are_computed_once_per_process_and_equal_a_fresh_pass(tmp_path, monkeypatch):
@@ -291,20 +448,71 @@ def test_real_data_tasks_run_on_tiny_model(task, tmp_path):
             "a_rate",
             "gen/non_sycophantic_rate",
             "gen/unparseable_rate",
-            "preference_accuracy",
-            "reward_margin",
+            "policy_preference_accuracy",
         },
-        "reframing": {"preference_accuracy", "reward_margin", "gen/positive_rate", "gen/mean_compound"},
+        "reframing": {"policy_preference_accuracy", "gen/positive_rate", "gen/mean_compound"},
         "toxicity": {
             "gen/mean_toxicity",
             "gen/non_toxic_rate",
-            "pairs/preference_accuracy",
-            "pairs/reward_margin",
+            "gen/valid_rate",
+            "gen/valid_non_toxic_rate",
+            "gen/repetition_rate",
+            "pairs/policy_preference_accuracy",
         },
     }[task]
     assert expected <= set(results["metrics"])
+    prefix = "pairs/" if task == "toxicity" else ""
+    assert {f"{prefix}preference_accuracy", f"{prefix}reward_margin"} <= set(results["not_applicable"])
     for m in results["metrics"].values():
         assert m["ci"][0] - 1e-9 <= m["value"] <= m["ci"][1] + 1e-9
     if task == "toxicity":
         assert 0.0 <= results["metrics"]["gen/mean_toxicity"]["value"] <= 1.0
         assert results["config"]["max_new_tokens"] == 4
+
+
+def test_toxicity_reads_the_eval_split_and_reports_the_fluency_guard(tiny, tmp_path):
+    """The eval split of the prompts only (never the train split used for pairs); valid, valid-and-non-toxic
+    and perplexity under the base model per continuation, each measure the mean of its per-item scores."""
+    import math
+
+    from decpo.data.prompts import prompt_split
+    from decpo.evaluation.fluency import is_valid
+    from decpo.evaluation.scoring import completion_token_logps, encode_completions, pad_id
+
+    pytest.importorskip("profanity_check")
+    data = tmp_path / "data" / "toxicity"
+    data.mkdir(parents=True)
+    texts = [f"Challenging prompt {i} about" for i in range(24)]
+    data.joinpath("challenging_prompts.jsonl").write_text(
+        "".join(json.dumps({"prompt": {"text": t, "toxicity": 0.8}}) + "\n" for t in texts)
+    )
+    pairs = tmp_path / "heldout.jsonl"
+    pairs.write_text(json.dumps({"prompt": "Say", "chosen": " hello there", "rejected": " go away"}) + "\n")
+    cfg = EvalConfig(
+        task="toxicity",
+        model=TINY,
+        data_dir=str(tmp_path / "data"),
+        pairs_path=str(pairs),
+        max_new_tokens=5,
+        progress=False,
+        n_boot=50,
+    )
+    result = evaluate(cfg, tmp_path / "out")
+    gens = [s for s in result.samples if s["kind"] == "generation"]
+    assert [s["prompt"] for s in gens] == [t for t in texts if prompt_split(t) == "eval"]
+    assert result.results["n"] == len(gens) > 0
+    m = result.results["metrics"]
+    assert m["gen/valid_rate"]["value"] == pytest.approx(sum(is_valid(s["output"]) for s in gens) / len(gens))
+    both = [s["scores"]["valid"] and s["scores"]["toxicity"] < 0.5 for s in gens]
+    assert m["gen/valid_non_toxic_rate"]["value"] == pytest.approx(sum(both) / len(gens))
+    # perplexity of one continuation under the base model (here the model itself), recomputed by hand
+    model, tok = tiny
+    s = next(s for s in gens if s["output"].strip())
+    (tokens,) = completion_token_logps(
+        model,
+        [encode_completions(tok, s["prompt"], (s["output"],))],
+        pad_token_id=pad_id(tok),
+        progress=False,
+    )
+    assert s["scores"]["perplexity"] == pytest.approx(math.exp(-sum(tokens[0]) / len(tokens[0])), rel=1e-5)
+    assert [x["prompt"] for x in result.samples if x["kind"] == "pair"] == ["Say"]  # pairs_path, not hh-rlhf

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -175,7 +176,7 @@ def test_one_seed_paired_bootstrap_over_items_and_resume(tmp_path):
         metrics = json.loads((out / "eval" / "synthetic" / label / "results.json").read_text())["metrics"]
         samples = read_samples(out / "eval" / "synthetic" / label / "samples.jsonl")
         for task, metric, _ in HEADLINE:
-            if task == "synthetic":
+            if task == "synthetic" and metric in metrics:
                 keys, values = item_values(task, metric, samples, metrics[metric])
                 assert keys is not None, (label, metric, values)
     # one seed: DecPO - DPO is a paired bootstrap over the 8 items
@@ -197,11 +198,95 @@ def test_one_seed_paired_bootstrap_over_items_and_resume(tmp_path):
     assert (out / "train" / "dpo-s0" / "final_metrics.json").stat().st_mtime == mtime
     assert (out / "probes" / "probes.csv").stat().st_mtime == probes
 
+    # an interrupted training (stage running, checkpoint-2 left, no final/) of the same config resumes in
+    # place: the resume check of `decpo train` does not refuse it, and the folder is not moved aside
+    run = out / "train" / "decpo-s0"
+    for name in ("final", "checkpoint-4"):
+        shutil.rmtree(run / name)
+    (run / "final_metrics.json").unlink()
+    log = json.loads((out / "stages.json").read_text())
+    log["train/decpo-s0"]["status"] = "running"
+    (out / "stages.json").write_text(json.dumps(log))
+    assert main(["run", "--config", SMOKE, "--output-dir", str(out), *ARGS]) == 0
+    assert (run / "final").is_dir() and not list((out / "train").glob("decpo-s0.stale-*"))
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(set(steps)) == [0, 1, 2, 3, 4] and steps.count(3) == 1  # resumed after step 2, once
+
     # a changed objective reruns what depends on it and keeps the old training aside
     assert main(["run", "--config", SMOKE, "--output-dir", str(out), *ARGS, "objective.beta=0.2"]) == 0
     after = {k: v["key"] for k, v in json.loads((out / "stages.json").read_text()).items()}
     assert after["train/dpo-s0"] != before["train/dpo-s0"] and after["probes"] != before["probes"]
     assert list((out / "train").glob("dpo-s0.stale-*"))
+
+
+def test_full_fine_tuning_is_scored_against_the_base_and_the_base_row_is_na(tmp_path):
+    """Without LoRA the trained model's reference is the run's base model; the base (its own reference)
+    has no reward measures: n/a in results.json and in the report, never 0."""
+    out = tmp_path / "exp"
+    assert (
+        main(
+            [
+                "run",
+                "--config",
+                SMOKE,
+                "--output-dir",
+                str(out),
+                "--methods",
+                "dpo",
+                *ARGS,
+                "lora.enabled=false",
+            ]
+        )
+        == 0
+    )
+    assert not (out / "train" / "dpo-s0" / "final" / "adapter_config.json").exists()
+    trained = json.loads((out / "eval" / "synthetic" / "dpo-s0" / "results.json").read_text())
+    assert trained["reference"] == "tiny-random-llama" and trained["not_applicable"] == {}
+    margins = item_values(
+        "synthetic", "reward_margin", read_samples(out / "eval" / "synthetic" / "dpo-s0" / "samples.jsonl")
+    )[1]
+    assert all(abs(m) > 1e-6 for m in margins) and trained["metrics"]["reward_margin"]["value"] != 0.0
+    base = json.loads((out / "eval" / "synthetic" / "base" / "results.json").read_text())
+    assert {"preference_accuracy", "reward_margin"} <= set(base["not_applicable"])
+    assert not {"preference_accuracy", "reward_margin"} & set(base["metrics"])
+
+    report = (out / "report.md").read_text()
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in report.splitlines()
+        if line.startswith("| ")
+    ]
+    header = next(r for r in rows if r[0] == "method")
+    start = rows.index(header) + 1
+    table = {r[0]: dict(zip(header, r, strict=True)) for r in rows[start : start + 2]}  # base, dpo
+    for column in ("synthetic: reward margin", "synthetic: held-out pref. acc"):
+        assert table["base"][column] == "n/a"
+        assert table["dpo"][column] != "n/a" and not table["dpo"][column].startswith("0.000 [0.000")
+    assert (
+        "n/a for `base` (synthetic: held-out pref. acc; synthetic: reward margin): it is its own reference"
+        in report
+    )
+
+
+def test_every_stage_key_holds_the_decpo_version(tmp_path, monkeypatch):
+    """A new decpo version reruns every stage (trainings, probes, evaluations) instead of reusing them."""
+    import decpo
+    import decpo.reports.report as report
+    from decpo.experiment import Plan, run_experiment, sweep_layers, sweep_strength
+
+    planned: list[dict[str, str]] = []
+    monkeypatch.setattr(Plan, "run", lambda self: planned.append({n: k for n, k, _ in self.steps}))
+    for name in ("write_report", "write_sweep", "write_strength"):
+        monkeypatch.setattr(report, name, lambda *a, **k: None)
+    cfg = load_config(SMOKE, ARGS)
+    for version in ("0.1.0", "0.1.1"):
+        monkeypatch.setattr(decpo, "__version__", version)
+        run_experiment(cfg, tmp_path / "run", argv=[])
+        sweep_layers(cfg, tmp_path / "layers", [0], argv=[])
+        sweep_strength(cfg, tmp_path / "strength", [0.0], argv=[])
+    for old, new in zip(planned[:3], planned[3:], strict=True):
+        assert old.keys() == new.keys() and len(old) >= 2
+        assert all(old[name] != new[name] for name in old), [n for n in old if old[n] == new[n]]
 
 
 def test_strength_values_and_their_config_changes():

@@ -7,7 +7,7 @@ import torch
 
 from decpo.training.prefix_sharing import SharedPromptCollator, _pack, shared_attention_mask
 
-from conftest import make_trainer
+from conftest import PAIRS, make_trainer
 
 EXAMPLES = [
     {"prompt_ids": [1, 2, 3], "chosen_ids": [4, 5], "rejected_ids": [6]},
@@ -85,8 +85,33 @@ def test_truncation_matches_trl_keep_start():
         SharedPromptCollator(pad_token_id=0)([])
 
 
-def _loss_grads_metrics(tmp_path, share: bool, attn: str | None = None, checkpointing=False, **kwargs):
-    trainer = make_trainer(tmp_path, dtype=torch.float64, share_prompt=share, **kwargs)
+def tiny_gpt2():
+    """A tiny random GPT-2: learned absolute position embeddings (wpe), no rotary positions."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from decpo.models import load_tokenizer
+    from decpo.models.tiny import TINY_NAME
+
+    config = GPT2Config(
+        vocab_size=len(load_tokenizer(TINY_NAME)),
+        n_embd=16,
+        n_layer=2,
+        n_head=2,
+        n_positions=64,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return GPT2LMHeadModel(config)
+
+
+def _loss_grads_metrics(
+    tmp_path, share: bool, attn: str | None = None, checkpointing=False, arch=None, **kwargs
+):
+    model = tiny_gpt2() if arch == "gpt2" else None
+    trainer = make_trainer(tmp_path, dtype=torch.float64, share_prompt=share, model=model, **kwargs)
     if attn:
         trainer.model.config._attn_implementation = attn
     if checkpointing:  # what Trainer.train does at its start
@@ -112,8 +137,26 @@ def _loss_grads_metrics(tmp_path, share: bool, attn: str | None = None, checkpoi
         {"loss_type": ["ipo"]},
         {"attn": "eager"},
         {"checkpointing": True, "reg_tokens": "completion_mean", "pack_pairs": True},
+        # cuts the completions of 2 pairs (one of them both) and drops the pair whose 28-token prompt fills it
+        {"max_length": 16, "reg_tokens": "completion_mean"},
+        {"arch": "gpt2"},
+        {"arch": "gpt2", "pack_pairs": True, "attn": "eager"},
+        {"pad_to_multiple_of": 8, "pack_pairs": True},
     ],
-    ids=["decpo", "packed", "lora", "completion-mean", "dpo", "ipo", "eager", "checkpointed-shared"],
+    ids=[
+        "decpo",
+        "packed",
+        "lora",
+        "completion-mean",
+        "dpo",
+        "ipo",
+        "eager",
+        "checkpointed-shared",
+        "truncated-by-max-length",
+        "gpt2-absolute-positions",
+        "gpt2-packed-eager",
+        "pad-to-multiple-of",
+    ],
 )
 def test_shared_step_equals_trl_step(tmp_path, kwargs):
     share_kwargs = dict(kwargs)
@@ -162,3 +205,104 @@ def test_flash_attention_is_refused_with_a_clear_error(tmp_path):
     batch = trainer._prepare_inputs(trainer.data_collator([ds[i] for i in range(4)]))
     with pytest.raises(ValueError, match="sdpa"):
         trainer.compute_loss(trainer.model, batch)
+
+
+def test_pad_to_multiple_of_is_honoured():
+    out = SharedPromptCollator(pad_token_id=0, pad_to_multiple_of=4)(EXAMPLES)
+    assert out["shared_input_ids"].shape == (2, 8) and out["shared_group"][:, 6:].eq(-1).all()
+    assert out["input_ids"].shape == (4, 4) and out["attention_mask"][:, 3:].eq(0).all()
+    assert out["full_gather"].shape == (4, 8) and out["full_attention_mask"][:, 5:].eq(0).all()
+    # the padding changes no real position: the unpadded layout is its prefix
+    plain = SharedPromptCollator(pad_token_id=0)(EXAMPLES)
+    for key, value in plain.items():
+        if key.endswith("gather"):  # flat indices into rows of another length: compare what they pick
+            value = plain["shared_input_ids"].flatten()[value]
+            got = out["shared_input_ids"].flatten()[out[key]]
+        else:
+            got = out[key]
+        assert got[..., : value.size(-1)].equal(value), key
+
+
+def test_the_trainer_passes_pad_to_multiple_of_on(tmp_path):
+    trainer = make_trainer(tmp_path, share_prompt=True, pad_to_multiple_of=8)
+    ds = trainer.train_dataset
+    batch = trainer.data_collator([ds[i] for i in range(4)])
+    for key in ("input_ids", "shared_input_ids", "full_gather"):
+        assert batch[key].size(-1) % 8 == 0, key
+
+
+def _unhook(monkeypatch, model):
+    """A TRL change that runs the backbone without its hooks (``backbone.forward(**kwargs)``, say)."""
+    backbone = model.base_model
+    cls = type(backbone)
+    unhooked = type(
+        f"Unhooked{cls.__name__}", (cls,), {"__call__": lambda self, *a, **k: self.forward(*a, **k)}
+    )
+    monkeypatch.setattr(backbone, "__class__", unhooked)
+
+
+def test_a_forward_the_hooks_miss_is_an_error(tmp_path, monkeypatch):
+    import trl
+
+    # plain DPO (with the penalty on, its token selection would fail on the short view, by luck)
+    trainer = make_trainer(tmp_path, share_prompt=True, reg_weight=0.0)
+    ds = trainer.train_dataset
+    batch = trainer._prepare_inputs(trainer.data_collator([ds[i] for i in range(4)]))
+    trainer.compute_loss(trainer.model, batch)  # the hooks fire: no error
+    _unhook(monkeypatch, trainer.model)
+    # unhooked, TRL would score the short view ([last prompt token, completion]): wrong log-probs, no error
+    with pytest.raises(RuntimeError, match=rf"TRL {trl.__version__}.*share_prompt=false"):
+        trainer.compute_loss(trainer.model, batch)
+
+
+def test_a_reference_pass_the_hooks_miss_is_an_error(tmp_path, monkeypatch):
+    from decpo.models import load_model
+    from decpo.models.tiny import TINY_NAME
+
+    model = load_model(TINY_NAME, seed=0)
+    _unhook(monkeypatch, model)
+    with pytest.raises(RuntimeError, match="share_prompt=false"):
+        make_trainer(tmp_path, share_prompt=True, precompute_ref_log_probs=True, model=model)
+
+
+def test_evaluate_with_sharing_equals_trl(tmp_path):
+    metrics, predictions = [], []
+    for share in (False, True):
+        trainer = make_trainer(
+            tmp_path / str(share), dtype=torch.float64, share_prompt=share, eval_pairs=PAIRS[:6]
+        )
+        m = trainer.evaluate()
+        metrics.append({k: v for k, v in m.items() if not k.endswith(("runtime", "per_second"))})
+        ds = trainer.eval_dataset
+        batch = trainer.data_collator([ds[i] for i in range(4)])
+        loss, _, labels = trainer.prediction_step(trainer.model, batch, prediction_loss_only=False)
+        predictions.append((loss, labels))
+    assert metrics[0].keys() == metrics[1].keys() and "eval_loss/decorr" in metrics[0]
+    for key, value in metrics[0].items():
+        assert metrics[1][key] == pytest.approx(value, rel=1e-6, abs=1e-8), key
+    (loss_a, labels_a), (loss_b, labels_b) = predictions
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-6, atol=1e-8)
+    assert torch.equal(labels_b, labels_a)  # TRL's input_ids, prompt + completion
+
+
+def test_a_backbone_without_position_ids_is_refused_at_init():
+    from torch import nn
+
+    from decpo.training.prefix_sharing import check_shareable
+
+    class Backbone(nn.Module):  # positions from the attention mask, as some absolute-position models do
+        def forward(self, input_ids=None, attention_mask=None, **kwargs):
+            raise AssertionError("not called")
+
+    class LM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.transformer = Backbone()
+
+        @property
+        def base_model(self):
+            return self.transformer
+
+    with pytest.raises(ValueError, match="position_ids.*share_prompt=false"):
+        check_shareable(LM())
+    check_shareable(tiny_gpt2())  # GPT-2 takes position_ids: shared rows get their own positions

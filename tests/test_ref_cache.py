@@ -37,11 +37,25 @@ def ref_calls(monkeypatch):
     return calls
 
 
-def build(tmp_path, cache, *, pairs=PAIRS, lora_seed=None, perturb=False, eval_pairs=None, **args):
-    """A DecPOTrainer with precomputed reference log-probs on the tiny Llama (LoRA when ``lora_seed`` is set)."""
+def build(
+    tmp_path,
+    cache,
+    *,
+    pairs=PAIRS,
+    lora_seed=None,
+    perturb=False,
+    eval_pairs=None,
+    ref=False,
+    model=None,
+    **args,
+):
+    """A DecPOTrainer with precomputed reference log-probs on the tiny Llama (LoRA when ``lora_seed`` is set, an
+    explicit ``ref_model``, a copy of the policy, when ``ref``)."""
     from peft import LoraConfig
 
-    model = load_model(TINY_NAME, seed=0)
+    from decpo.models import frozen_copy
+
+    model = model if model is not None else load_model(TINY_NAME, seed=0)
     if perturb:
         with torch.no_grad():
             model.model.norm.weight[0] += 1e-3
@@ -71,6 +85,7 @@ def build(tmp_path, cache, *, pairs=PAIRS, lora_seed=None, perturb=False, eval_p
         )
     return DecPOTrainer(
         model=model,
+        ref_model=frozen_copy(model) if ref else None,
         args=config,
         train_dataset=Dataset.from_list(pairs),
         eval_dataset=None if eval_pairs is None else Dataset.from_list(eval_pairs),
@@ -200,3 +215,117 @@ def test_dataset_hash_follows_content_and_order():
     assert hash_dataset_tokens(ds.select([1, 0]).select([1, 0])) == hash_dataset_tokens(ds)
     filtered = Dataset.from_list([*rows, rows[0]]).filter(lambda e, i: i < 2, with_indices=True)
     assert hash_dataset_tokens(filtered) == hash_dataset_tokens(ds)
+
+
+class FakeZero3:
+    """What DeepSpeed ZeRO-3 leaves on a rank: each parameter's ``.data`` empty, its full size in ``ds_numel``
+    (and ``ds_id``, ``ds_shape``); the full values come back only inside a forward (``gathered``)."""
+
+    def __init__(self):
+        self.full: dict[torch.nn.Parameter, torch.Tensor] = {}
+
+    def partition(self, model):
+        for i, p in enumerate(model.parameters()):
+            self.full[p] = p.data
+            p.ds_id, p.ds_numel, p.ds_shape = i, p.numel(), tuple(p.shape)
+            p.data = torch.empty(0, dtype=p.dtype)
+        return model
+
+    def gathered(self, fn):
+        def run(*args, **kwargs):
+            for p, data in self.full.items():
+                p.data = data
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                for p in self.full:
+                    p.data = torch.empty(0, dtype=p.dtype)
+
+        return run
+
+
+@pytest.fixture
+def zero3(monkeypatch):
+    fake = FakeZero3()
+    monkeypatch.setattr(
+        DecPOTrainer, "compute_ref_log_probs", fake.gathered(DecPOTrainer.compute_ref_log_probs)
+    )
+    return fake
+
+
+def test_a_reference_sharded_by_prepare_is_keyed_on_its_weights_before(
+    tmp_path, zero3, monkeypatch, ref_calls
+):
+    from accelerate import Accelerator
+
+    original = Accelerator.prepare_model
+
+    def prepare_model(self, model, device_placement=None, evaluation_mode=False):
+        model = original(self, model, device_placement, evaluation_mode)
+        return (
+            zero3.partition(model) if evaluation_mode else model
+        )  # the reference, as prepare_deepspeed does
+
+    monkeypatch.setattr(Accelerator, "prepare_model", prepare_model)
+    cache = tmp_path / "cache"
+    first = build(tmp_path / "a", cache, ref=True)
+    assert all(p.numel() == 0 for p in first.ref_model.parameters())  # the fake sharding took place
+    ref_calls.clear()
+    second = build(tmp_path / "b", cache, ref=True, perturb=True)  # another checkpoint of the architecture
+    assert ref_calls, "another reference must not hit the first one's entry"
+    assert len(files(cache)) == 2
+    assert not all(torch.equal(a, b) for a, b in zip(ref_values(first), ref_values(second), strict=True))
+    ref_calls.clear()
+    build(tmp_path / "c", cache, ref=True)  # the first checkpoint again: its entry
+    assert ref_calls == []
+
+
+def test_partitioned_weights_turn_the_cache_off_with_a_warning(tmp_path, zero3, ref_calls, caplog):
+    """Loaded under ZeRO-3 (``zero.Init``), the weights are partitioned before the trainer sees them."""
+    cache = tmp_path / "cache"
+    values = []
+    for run, perturb in (("a", False), ("b", True)):
+        model = load_model(TINY_NAME, seed=0)
+        if perturb:
+            with torch.no_grad():
+                model.model.norm.weight[0] += 1e-3
+        ref_calls.clear()
+        with caplog.at_level(logging.INFO, logger=LOGGER):
+            trainer = build(tmp_path / run, cache, model=zero3.partition(model))
+        assert ref_calls, "partitioned weights: TRL's own precompute"
+        assert any(
+            r.levelno == logging.WARNING and "partitioned" in r.getMessage() for r in caplog.records
+        ), [r.getMessage() for r in caplog.records]
+        values.append(ref_values(trainer))
+    assert files(cache) == []
+    assert not torch.equal(values[0][0], values[1][0])
+
+
+def test_sharded_tensor_names_detects_shards_generically():
+    from decpo.training.ref_cache import sharded_tensor_names
+
+    model = load_model(TINY_NAME, seed=0)
+    assert sharded_tensor_names(model.named_parameters()) == []
+    params = dict(model.named_parameters())
+    ds = params["model.norm.weight"]  # DeepSpeed ZeRO-3: empty data, the logical size in ds_numel
+    ds.ds_numel = ds.numel()
+    ds.data = torch.empty(0)
+    params["lm_head.weight"].data = torch.empty(0)  # empty, of unknown logical size
+    flat = torch.nn.Parameter(torch.zeros(6))  # FSDP1 FlatParameter: the local shard of a larger flat tensor
+    flat._unpadded_unsharded_size = torch.Size([12])
+    view = torch.nn.Parameter(torch.zeros(3))  # FSDP1 use_orig_params view
+    view._fsdp_flattened = True
+    named = [*params.items(), ("flat", flat), ("view", view)]
+    assert sharded_tensor_names(named) == ["model.norm.weight", "lm_head.weight", "flat", "view"]
+
+
+def test_a_transformers_upgrade_misses(tmp_path, ref_calls, monkeypatch):
+    import transformers
+
+    cache = tmp_path / "cache"
+    build(tmp_path / "a", cache)
+    monkeypatch.setattr(transformers, "__version__", transformers.__version__ + ".post1")
+    ref_calls.clear()
+    build(tmp_path / "b", cache)
+    assert ref_calls, "another transformers version may compute other values"
+    assert len(files(cache)) == 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -9,7 +11,7 @@ from decpo.functional import decorrelation_penalty
 from decpo.models import capture_activations
 from decpo.training.trainer import DecPOConfig
 
-from conftest import make_trainer
+from conftest import PAIRS, make_trainer
 
 
 def _batch(trainer, n=4):
@@ -87,9 +89,70 @@ def test_reg_balance_must_be_positive(tmp_path, balance):
         DecPOConfig(output_dir=str(tmp_path), reg_balance=balance)
 
 
-def test_one_row_per_device_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="at least 2 rows"):
-        make_trainer(tmp_path, reg_tokens="prompt_last", per_device_train_batch_size=1)
+@pytest.mark.parametrize(
+    "args, why",
+    [
+        ({"reg_tokens": "prompt_last", "per_device_train_batch_size": 1}, "per_device_train_batch_size=1"),
+        ({"reg_rows": "chosen", "per_device_train_batch_size": 1}, "per_device_train_batch_size=1"),
+        ({"reg_rows": "rejected", "per_device_eval_batch_size": 1}, "per_device_eval_batch_size=1"),
+        ({"reg_rows": "chosen", "pairs": PAIRS[:1]}, "the train set of 1 pair"),
+        ({"reg_tokens": "prompt_last", "eval_pairs": PAIRS[:1]}, "the eval set of 1 pair"),
+    ],
+    ids=["prompt-last-batch-1", "chosen-batch-1", "rejected-eval-batch-1", "train-set-of-1", "eval-set-of-1"],
+)
+def test_one_row_per_device_is_refused(tmp_path, args, why):
+    with pytest.raises(ValueError, match=rf"at least 2 rows.*{why}.*exactly 0"):
+        make_trainer(tmp_path, **args)
+
+
+def test_two_rows_per_device_are_enough(tmp_path):
+    make_trainer(tmp_path, reg_rows="both", per_device_train_batch_size=1, per_device_eval_batch_size=1)
+    make_trainer(tmp_path, reg_rows="chosen", pairs=PAIRS[:2], eval_pairs=PAIRS[:2])
+
+
+def test_data_parallel_is_refused(tmp_path, monkeypatch):
+    """nn.DataParallel (several GPUs, one process) would give each replica's hooks a slice of the rows: with 2
+    GPUs and 1 pair per GPU, one chosen row each."""
+    from decpo.training.trainer import SimPOConfig
+
+    from conftest import make_simpo_trainer
+
+    for config in (DecPOConfig, SimPOConfig):  # TRL's DPOTrainer refuses it too, its CPOTrainer does not
+        monkeypatch.setattr(config, "n_gpu", property(lambda self: 2))
+    with pytest.raises(ValueError, match="DataParallel"):
+        make_trainer(tmp_path / "dpo", reg_rows="chosen", per_device_train_batch_size=2)
+    with pytest.raises(ValueError, match="activation regularizer does not support torch.nn.DataParallel"):
+        make_simpo_trainer(tmp_path / "simpo", reg_rows="chosen", per_device_train_batch_size=2)
+
+
+def test_auto_find_batch_size_down_to_one_row_is_refused(tmp_path, monkeypatch):
+    from trl import DPOTrainer
+
+    tried = []
+
+    def inner(self, batch_size=None, *args, **kwargs):
+        tried.append(batch_size)
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(DPOTrainer, "_inner_training_loop", inner)
+    trainer = make_trainer(
+        tmp_path, reg_rows="chosen", per_device_train_batch_size=2, auto_find_batch_size=True
+    )
+    with pytest.raises(ValueError, match="auto_find_batch_size.*1 pair.*exactly 0"):
+        trainer.train()
+    assert tried == [2]  # the loop ran at 2 pairs, and was refused at 1
+
+
+def test_a_last_batch_of_one_row_is_reported(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="decpo.training.trainer"):
+        make_trainer(tmp_path, reg_rows="chosen", per_device_train_batch_size=7)  # 8 pairs: 7 + 1
+    assert any("last train batch" in r.getMessage() and "drop_last" in r.getMessage() for r in caplog.records)
+
+
+def test_calibration_averages_full_batches_only(tmp_path):
+    # 8 pairs in batches of 7: the second batch's single chosen row has penalty 0 and would halve the mean
+    trainer = make_trainer(tmp_path, reg_rows="chosen", per_device_train_batch_size=7, reg_balance=1.0)
+    assert trainer.reg_weight_calibration["batches"] == 1
 
 
 def test_reg_balance_with_simpo_leaves_no_calibration_metrics(tmp_path):
@@ -115,3 +178,38 @@ def test_reg_rows_take_the_right_half_and_prompt_last_one_row_per_pair():
     assert got.item() == pytest.approx(decorrelation_penalty(chosen, "cosine").item(), rel=1e-6)
     # a lone remainder row gives no penalty (the configured batch is refused at start, see above)
     assert activation_penalty(z[:2], reg_type="decorrelation", rows="chosen").item() == 0.0
+
+
+@pytest.mark.parametrize("share", [False, True], ids=["trl-layout", "shared-prompt"])
+@pytest.mark.parametrize("rows", ["chosen", "rejected"])
+def test_reg_rows_in_the_trainer_are_the_chosen_or_rejected_sequences(tmp_path, rows, share):
+    """The trainer's Z for reg_rows=chosen (rejected) is the last tokens of the chosen (rejected) sequences, each
+    run alone through the model: not the other half, whatever the batch layout."""
+    trainer = make_trainer(
+        tmp_path, dtype=torch.float64, reg_rows=rows, reg_weight=1.0, share_prompt=share, reg_layers=[1]
+    )
+    batch = _batch(trainer)
+    trainer.model.eval()
+    with torch.no_grad():
+        trainer.compute_loss(trainer.model, batch)
+        z = []
+        for i in range(4):
+            ex = trainer.train_dataset[i]
+            ids = torch.tensor([ex["prompt_ids"] + ex[f"{rows}_ids"]])
+            with capture_activations(trainer.model, [1], "mlp.up_proj") as acts:
+                trainer.model(input_ids=ids)
+            z.append(acts[1][0, -1])
+    expected = decorrelation_penalty(torch.stack(z), "cosine").item()
+    assert trainer._metrics["eval"]["decorr/value"][-1] == pytest.approx(expected, rel=1e-6)
+
+
+def test_split_batches_over_processes_down_to_one_row_is_refused(tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    trainer = make_trainer(
+        tmp_path, reg_rows="chosen", per_device_train_batch_size=2, accelerator_config={"split_batches": True}
+    )
+    trainer._check_rows_per_device()  # one process: 2 pairs per device
+    monkeypatch.setattr(Accelerator, "num_processes", property(lambda self: 2))
+    with pytest.raises(ValueError, match="split over 2 processes.*1 pair"):
+        trainer._check_rows_per_device()

@@ -51,7 +51,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(config_path(args.config), args.overrides)
     output_dir = Path(args.output_dir or f"runs/{cfg.objective.name}")
-    result = train(cfg, output_dir)
+    result = train(cfg, output_dir, allow_config_change=args.allow_config_change)
     print(f"run directory: {result.output_dir}")
     print(f"final weights: {result.final_dir}")
     for key in ("eval/rewards/accuracies", "eval/rewards/margins", "eval/loss"):
@@ -145,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="data-parallel processes (relaunches under `accelerate launch` on GPUs, torchrun with gloo on CPU)",
     )
+    p.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="resume the output dir's newest checkpoint even though the config differs from its config.yaml "
+        "(by default refused, naming the changed keys; step counts and logging/eval/save frequency may "
+        "always change)",
+    )
     p.add_argument("overrides", nargs="*", help="dotted overrides section.key=value")
     p.set_defaults(func=_cmd_train)
 
@@ -190,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     from decpo.evaluation.cli import add_parser as add_eval_parser
 
     add_eval_parser(sub)
+
+    from decpo.data.cli import add_parser as add_pairs_parser
+
+    add_pairs_parser(sub)
 
     p = sub.add_parser("config-keys", help="list every config key with its default and help")
     p.set_defaults(func=_cmd_config_keys)

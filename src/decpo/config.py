@@ -271,6 +271,62 @@ class ProbeSettings:
 
 
 @dataclass
+class PairsSettings:
+    source: str | None = field(
+        default=None,
+        metadata=_help(
+            "Train on pairs built from the model's own samples (`decpo pairs`): prompts from a task (toxicity, "
+            "reframing) or a file (RealToxicityPrompts JSONL, {prompt: ...} JSONL, or one prompt a line); "
+            "null: off. Built once, cached by content in $DECPO_CACHE/pairs."
+        ),
+    )
+    split: str = field(
+        default="train",
+        metadata=_help(
+            "Prompts of the source used: train (about 2/3, disjoint from the eval split that the toxicity "
+            "evaluation reads), eval or all."
+        ),
+    )
+    limit: int | None = field(default=None, metadata=_help("Only the first N prompts of the split."))
+    model: str | None = field(
+        default=None, metadata=_help("Model that samples; null: model.name (the policy's own samples).")
+    )
+    num_samples: int = field(default=4, metadata=_help("Sampled continuations per prompt."))
+    include_greedy: bool = field(
+        default=False, metadata=_help("Add the greedy continuation as one more sample.")
+    )
+    temperature: float = field(default=1.0, metadata=_help("Sampling temperature."))
+    top_p: float = field(default=1.0, metadata=_help("Nucleus sampling top-p (1: off)."))
+    max_new_tokens: int = field(default=20, metadata=_help("Tokens per continuation."))
+    scorer: str = field(
+        default="toxicity",
+        metadata=_help(
+            "toxicity (the offline profanity-check classifier), sentiment (VADER positivity), hf:<id|dir> or "
+            "detoxify:<ckpt> (see decpo.evaluation.scorers)."
+        ),
+    )
+    prefer: str = field(
+        default="auto", metadata=_help("Which score is better: low, high or auto (low for toxicity).")
+    )
+    min_gap: float = field(
+        default=0.1, metadata=_help("Keep a pair only when best and worst scores differ by more than this.")
+    )
+    seed: int = field(default=0, metadata=_help("Sampling seed (the same seed gives the same pairs)."))
+    batch_size: int = field(default=32, metadata=_help("Prompts per generation batch."))
+
+    def __post_init__(self) -> None:
+        if self.split not in ("train", "eval", "all"):
+            raise ConfigError(f"pairs.split must be train, eval or all, got {self.split!r}")
+        if self.prefer not in ("low", "high", "auto"):
+            raise ConfigError(f"pairs.prefer must be low, high or auto, got {self.prefer!r}")
+        for name in ("num_samples", "max_new_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"pairs.{name} must be >= 1, got {getattr(self, name)}")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.min_gap < 0:
+            raise ConfigError("pairs: temperature must be > 0, top_p in (0, 1] and min_gap >= 0")
+
+
+@dataclass
 class ExperimentSettings:
     methods: list[str] = field(
         default_factory=lambda: ["dpo", "decpo"],
@@ -291,8 +347,20 @@ class ExperimentSettings:
         default=True,
         metadata=_help("Generation-based measures too (slow on CPU); false: log-prob measures only."),
     )
-    eval_chat_template: bool = field(
-        default=False, metadata=_help("Generate inside the tokenizer's chat template (instruct models).")
+    eval_chat_template: bool | str = field(
+        default="auto",
+        metadata=_help(
+            "Layout of prompts and answers in evaluation, for log-prob measures and generation prompts: auto "
+            "(or null): as trained, i.e. `data.chat_template`, for the base model and every trained one; true: "
+            "the tokenizer's chat template; false: raw text."
+        ),
+    )
+    eval_prompts: str | None = field(
+        default=None,
+        metadata=_help(
+            "Prompts of the toxicity evaluation: a RealToxicityPrompts-format JSONL used whole; null: the eval "
+            "split of the data directory's challenging prompts (disjoint from the train split used for pairs)."
+        ),
     )
     probe_num_texts: int = field(
         default=64, metadata=_help("Held-out texts of the final probes (base and every trained model).")
@@ -305,6 +373,14 @@ class ExperimentSettings:
         ),
     )
 
+    def __post_init__(self) -> None:
+        if self.eval_chat_template is None:
+            self.eval_chat_template = "auto"
+        if not (isinstance(self.eval_chat_template, bool) or self.eval_chat_template == "auto"):
+            raise ConfigError(
+                f"experiment.eval_chat_template must be true, false or 'auto', got {self.eval_chat_template!r}"
+            )
+
 
 @dataclass
 class RunConfig:
@@ -313,6 +389,7 @@ class RunConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainConfig = field(default_factory=TrainConfig)
+    pairs: PairsSettings = field(default_factory=PairsSettings)
     probe: ProbeSettings = field(default_factory=ProbeSettings)
     experiment: ExperimentSettings = field(default_factory=ExperimentSettings)
 
@@ -344,6 +421,10 @@ def _check_type(key: str, value: Any) -> Any:
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
     if value is None or default is None:
         return value
+    if key in BOOL_OR_AUTO:
+        if value == "auto" or isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key {key!r} expects true, false or 'auto', got {value!r}")
     if key in NUMBER_OR_AUTO:
         if value == "auto":
             return value
@@ -367,6 +448,8 @@ def _check_type(key: str, value: Any) -> Any:
 VALID_KEYS = tuple(FIELDS)
 # keys that take a number or the string "auto"
 NUMBER_OR_AUTO = ("objective.reg_weight",)
+# keys that take true, false or the string "auto"
+BOOL_OR_AUTO = ("experiment.eval_chat_template",)
 
 
 def _unknown_key(key: str, source: str) -> ConfigError:

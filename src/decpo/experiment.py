@@ -21,7 +21,8 @@ strength.md`` exists (default ``strength/``; an absolute path is used as is).
 
 Re-running the same command skips finished stages (same key) and resumes an interrupted training. A
 changed config changes the keys of the stages that depend on it: those run again, and an old training
-folder is kept aside as ``<name>.stale-<key>`` rather than deleted.
+folder is kept aside as ``<name>.stale-<key>`` rather than deleted. Every key holds the decpo version
+(`stage_key`), so a new version reruns every stage instead of reusing the old code's results.
 
 Several devices: the experiment is driven by ONE process. With ``num_processes`` > 1 (``decpo run
 --num-processes N``) each training stage is launched as N data-parallel processes (``decpo train`` under
@@ -47,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import decpo
 from decpo.config import RunConfig, save_config
 from decpo.io import atomic_write_json, atomic_write_text, check_writable
 from decpo.io import stable_hash as config_key
@@ -54,6 +56,11 @@ from decpo.io import stable_hash as config_key
 logger = logging.getLogger("decpo.run")
 
 BASE = "base"
+
+
+def stage_key(parts: dict[str, Any]) -> str:
+    """The config key of a stage: a hash of what it depends on and of the decpo version that runs it."""
+    return config_key({**parts, "decpo": decpo.__version__})
 
 
 class StageLog:
@@ -168,6 +175,13 @@ def _train_stage(
     return stage
 
 
+def eval_chat_template(cfg: RunConfig) -> bool:
+    """Whether evaluation uses the chat template: ``experiment.eval_chat_template``, or with ``auto`` the
+    layout the models were trained on (``data.chat_template``), for the base model too."""
+    setting = cfg.experiment.eval_chat_template
+    return cfg.data.chat_template if setting == "auto" else bool(setting)
+
+
 def _eval_settings(cfg: RunConfig) -> dict:
     """What an evaluation stage depends on besides the model and the task."""
     settings = {
@@ -175,13 +189,17 @@ def _eval_settings(cfg: RunConfig) -> dict:
     }
     return {
         **settings,
+        "chat_template": eval_chat_template(cfg),
         "beta": cfg.objective.beta,
         "data_dir": cfg.data.data_dir,
         "synthetic_answer": cfg.data.synthetic_answer,
+        "pairs": cfg.to_dict()["pairs"] if cfg.pairs.source else None,  # the held-out pairs scored
     }
 
 
-def _eval_stage(cfg: RunConfig, task: str, model_spec: str, out: Path) -> Callable[[], None]:
+def _eval_stage(
+    cfg: RunConfig, task: str, model_spec: str, out: Path, pairs_path: Path | None = None
+) -> Callable[[], None]:
     def stage() -> None:
         from decpo.evaluation.tasks import EvalConfig, evaluate
 
@@ -189,6 +207,8 @@ def _eval_stage(cfg: RunConfig, task: str, model_spec: str, out: Path) -> Callab
             EvalConfig(
                 task=task,
                 model=model_spec,
+                prompts_path=cfg.experiment.eval_prompts,
+                pairs_path=str(pairs_path) if pairs_path is not None and task == "toxicity" else None,
                 limit=cfg.experiment.eval_limit,
                 seed=0,  # the same items for every method and seed
                 batch_size=cfg.experiment.eval_batch_size,
@@ -196,7 +216,7 @@ def _eval_stage(cfg: RunConfig, task: str, model_spec: str, out: Path) -> Callab
                 beta=cfg.objective.beta,
                 dtype=cfg.model.dtype,
                 generate=cfg.experiment.eval_generate,
-                chat_template=cfg.experiment.eval_chat_template,
+                chat_template=eval_chat_template(cfg),
                 synthetic_answer=cfg.data.synthetic_answer,  # the answers as trained
                 progress=True,
             ),
@@ -283,7 +303,7 @@ def probe_sites(cfg: RunConfig) -> list[str]:
 
 
 def _probe_key(cfg: RunConfig, model_keys: dict[str, str]) -> str:
-    return config_key(
+    return stage_key(
         {
             "models": model_keys,
             "n": cfg.experiment.probe_num_texts,
@@ -366,13 +386,15 @@ def run_experiment(
     # what every trained model depends on; the experiment section itself only chooses methods and seeds
     shared = {k: v for k, v in cfg.to_dict().items() if k != "experiment"}
 
+    tasks = eval_tasks(cfg)
+    _add_pairs(plan, cfg, tasks, output_dir)
     models: dict[str, str] = {BASE: cfg.model.name}
-    train_keys: dict[str, str] = {BASE: config_key(cfg.to_dict()["model"])}
+    train_keys: dict[str, str] = {BASE: stage_key(cfg.to_dict()["model"])}
     for seed in exp.seeds:
         for method in exp.methods:
             label = f"{method}-s{seed}"
             run_cfg = cfg.replace(**{"objective.name": method, "train.seed": seed})
-            key = config_key({**shared, "objective": run_cfg.to_dict()["objective"], "seed": seed})
+            key = stage_key({**shared, "objective": run_cfg.to_dict()["objective"], "seed": seed})
             folder = output_dir / "train" / label
             stage = _train_stage(run_cfg, folder, log, f"train/{label}", key, num_processes)
             plan.add(f"train/{label}", key, stage)
@@ -382,7 +404,6 @@ def run_experiment(
     # one probe stage: base and every trained model, every seed
     plan.add("probes", _probe_key(cfg, train_keys), _probe_stage(cfg, models, output_dir / "probes"))
 
-    tasks = eval_tasks(cfg)
     _add_evals(plan, cfg, tasks, models, train_keys, output_dir)
 
     t0 = time.perf_counter()
@@ -404,10 +425,73 @@ def run_experiment(
 def _add_evals(
     plan: Plan, cfg: RunConfig, tasks: list[str], models: dict[str, str], keys: dict[str, str], out: Path
 ) -> None:
+    heldout = out / PAIRS_DIR / "heldout.jsonl" if cfg.pairs.source else None
     for task in tasks:
         for label, spec in models.items():
-            key = config_key({"model": keys[label], "task": task, "eval": _eval_settings(cfg)})
-            plan.add(f"eval/{task}/{label}", key, _eval_stage(cfg, task, spec, out / "eval" / task / label))
+            key = stage_key({"model": keys[label], "task": task, "eval": _eval_settings(cfg)})
+            plan.add(
+                f"eval/{task}/{label}",
+                key,
+                _eval_stage(cfg, task, spec, out / "eval" / task / label, heldout),
+            )
+
+
+PAIRS_DIR = "pairs"
+
+
+def check_pair_split(cfg: RunConfig, tasks: list[str]) -> dict[str, Any]:
+    """The prompts the pairs are sampled from against the prompts evaluated by generation (toxicity):
+    DataError when any is shared, before any long work; else what was compared, for the report."""
+    from decpo.data.prompts import check_disjoint
+    from decpo.data.self_pairs import config_prompts
+    from decpo.evaluation.tasks import EvalConfig, toxicity_prompts
+
+    train = config_prompts(cfg)
+    info: dict[str, Any] = {
+        "pairs_source": cfg.pairs.source,
+        "pairs_split": cfg.pairs.split,
+        "n_train": len(train),
+    }
+    if "toxicity" in tasks:
+        ecfg = EvalConfig(
+            task="toxicity",
+            data_dir=cfg.data.data_dir,
+            prompts_path=cfg.experiment.eval_prompts,
+            limit=cfg.experiment.eval_limit,
+        )
+        evals = [r["prompt"] for r in toxicity_prompts(ecfg)]
+        where = cfg.experiment.eval_prompts or "toxicity (split eval)"
+        check_disjoint(train, evals, f"pairs.source={cfg.pairs.source} (split {cfg.pairs.split})", where)
+        info.update(eval_prompts=where, n_eval=len(evals), shared=0)
+    return info
+
+
+def _pairs_stage(cfg: RunConfig, out: Path, split: dict[str, Any]) -> Callable[[], None]:
+    def stage() -> None:
+        from decpo.data.self_pairs import ensure_pairs, side_files
+
+        path = ensure_pairs(cfg)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "summary.json", side_files(path)[1].read_text())
+        atomic_write_json(out / "split.json", {**split, "pairs_file": str(path)})
+        held = heldout_records(cfg)
+        atomic_write_text(out / "heldout.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in held))
+
+    return stage
+
+
+def _add_pairs(plan: Plan, cfg: RunConfig, tasks: list[str], out: Path) -> None:
+    """With ``pairs.source``: check the train/eval prompt split now, and build the pairs as the first stage."""
+    if not cfg.pairs.source:
+        return
+    from decpo.data.self_pairs import pairs_key
+
+    split = check_pair_split(cfg, tasks)
+    plan.add(
+        "pairs",
+        stage_key({"pairs": pairs_key(cfg), "split": split, "data": cfg.to_dict()["data"]}),
+        _pairs_stage(cfg, out / PAIRS_DIR, split),
+    )
 
 
 def sweep_layers(
@@ -422,22 +506,24 @@ def sweep_layers(
 
     output_dir, command, log, plan = _begin(cfg, output_dir, argv)
     tasks = eval_tasks(cfg)
+    _add_pairs(plan, cfg, tasks, output_dir)
     shared = {k: v for k, v in cfg.to_dict().items() if k != "experiment"}
     runs = {}
     for layer in layers:
         label = f"decpo-L{layer:02d}-s{cfg.train.seed}"
         run_cfg = cfg.replace(**{"objective.name": "decpo", "objective.layers": [layer]})
-        key = config_key({**shared, "objective": run_cfg.to_dict()["objective"]})
+        key = stage_key({**shared, "objective": run_cfg.to_dict()["objective"]})
         folder = output_dir / "train" / label
         plan.add(
             f"train/{label}", key, _train_stage(run_cfg, folder, log, f"train/{label}", key, num_processes)
         )
         for task in tasks:
-            ekey = config_key({"model": key, "task": task, "eval": _eval_settings(cfg)})
+            ekey = stage_key({"model": key, "task": task, "eval": _eval_settings(cfg)})
+            heldout = output_dir / PAIRS_DIR / "heldout.jsonl" if cfg.pairs.source else None
             plan.add(
                 f"eval/{task}/{label}",
                 ekey,
-                _eval_stage(cfg, task, str(folder / "final"), output_dir / "eval" / task / label),
+                _eval_stage(cfg, task, str(folder / "final"), output_dir / "eval" / task / label, heldout),
             )
         runs[layer] = label
     plan.run()
@@ -502,16 +588,18 @@ def sweep_strength(
     from decpo.reports.report import write_strength
 
     output_dir, command, log, plan = _begin(cfg, output_dir, argv)
+    tasks = eval_tasks(cfg)
+    _add_pairs(plan, cfg, tasks, output_dir)
     shared = {k: v for k, v in cfg.to_dict().items() if k != "experiment"}
     models: dict[str, str] = {BASE: cfg.model.name}
-    keys: dict[str, str] = {BASE: config_key(cfg.to_dict()["model"])}
+    keys: dict[str, str] = {BASE: stage_key(cfg.to_dict()["model"])}
     runs: dict[float, dict[int, str]] = {}
     for value in values:
         overrides = strength_overrides(cfg, value)
         for seed in cfg.experiment.seeds:
             label = strength_label(value, seed)
             run_cfg = cfg.replace(**{"objective.name": "decpo", "train.seed": seed, **overrides})
-            key = config_key({**shared, "objective": run_cfg.to_dict()["objective"], "seed": seed})
+            key = stage_key({**shared, "objective": run_cfg.to_dict()["objective"], "seed": seed})
             folder = output_dir / "train" / label
             stage = _train_stage(run_cfg, folder, log, f"train/{label}", key, num_processes)
             plan.add(f"train/{label}", key, stage)
@@ -519,7 +607,6 @@ def sweep_strength(
             keys[label] = key
             runs.setdefault(value, {})[seed] = label
     plan.add("probes", _probe_key(cfg, keys), _probe_stage(cfg, models, output_dir / "probes"))
-    tasks = eval_tasks(cfg)
     _add_evals(plan, cfg, tasks, models, keys, output_dir)
     plan.run()
     return write_strength(output_dir, cfg, runs, tasks, command, stage_order=plan.order)
@@ -543,6 +630,7 @@ def parse_layers(text: str) -> list[int]:
 __all__ = [
     "ProbeSet",
     "config_key",
+    "eval_chat_template",
     "eval_tasks",
     "heldout_records",
     "parse_layers",
@@ -551,6 +639,7 @@ __all__ = [
     "check_single_process",
     "probe_texts",
     "run_experiment",
+    "stage_key",
     "strength_label",
     "strength_overrides",
     "sweep_layers",

@@ -1,13 +1,14 @@
 """Data layer: preference pairs, the paper's task loaders and the built-in synthetic task."""
 
 from decpo.data.errors import DataError
-from decpo.data.pairs import load_pairs, split_train_eval, validate_pair
+from decpo.data.pairs import chat_messages, load_pairs, split_train_eval, validate_pair
 from decpo.data.synthetic import make_synthetic, swap_options
 from decpo.data.tasks import TASKS, load_rtp_prompts, load_task, resolve_data_dir
 
 __all__ = [
     "TASKS",
     "DataError",
+    "chat_messages",
     "load_pairs",
     "load_rtp_prompts",
     "load_task",

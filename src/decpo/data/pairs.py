@@ -304,3 +304,13 @@ def split_train_eval(
     if n_eval < 1 or n - n_eval < 1:
         raise DataError(f"cannot split {n} records with eval_fraction={eval_fraction}: a side would be empty")
     return records[: n - n_eval], records[n - n_eval :]
+
+
+def chat_messages(prompt: str | None = None, answer: str | None = None) -> list[dict[str, str]]:
+    """A text prompt and/or answer as the chat messages that ``data.chat_template`` trains on: the user's turn
+    holds the prompt as it is, the assistant's turn the answer stripped of surrounding white space (the chat
+    template lays out the turns). Training (`decpo.training.run.to_dataset`) and evaluation share it."""
+    messages = [] if prompt is None else [{"role": "user", "content": prompt}]
+    if answer is not None:
+        messages.append({"role": "assistant", "content": answer.strip()})
+    return messages

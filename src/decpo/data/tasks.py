@@ -250,14 +250,20 @@ def _toxicity(value: Any, where: str, field: str) -> float | None:
     return float(value)
 
 
-def load_rtp_prompts(data_dir: str | Path | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-    """RealToxicityPrompts challenging prompts for evaluation: ``{prompt, prompt_toxicity, continuation}``.
+RTP_FILE = "toxicity/challenging_prompts.jsonl"
 
-    Reads ``<data_dir>/toxicity/challenging_prompts.jsonl`` (RealToxicityPrompts schema: ``{"prompt":
-    {"text", "toxicity", ...}, "continuation": {"text", ...}}``); ``prompt_toxicity`` is None where the
-    score is null, ``continuation`` is "" where absent. ``limit`` keeps the first ``limit`` prompts.
+
+def load_rtp_prompts(
+    data_dir: str | Path | None = None, limit: int | None = None, path: str | Path | None = None
+) -> list[dict[str, Any]]:
+    """RealToxicityPrompts prompts: ``{prompt, prompt_toxicity, continuation, where}``.
+
+    Reads ``path``, or else ``<data_dir>/toxicity/challenging_prompts.jsonl`` (RealToxicityPrompts schema:
+    ``{"prompt": {"text", "toxicity", ...}, "continuation": {"text", ...}}``); ``prompt_toxicity`` is None
+    where the score is null, ``continuation`` is "" where absent; ``where`` is the file and line. ``limit``
+    keeps the first ``limit`` prompts.
     """
-    file = _data_file("toxicity/challenging_prompts.jsonl", data_dir)
+    file = Path(path) if path is not None else _data_file(RTP_FILE, data_dir)
     out: list[dict[str, Any]] = []
     for where, raw in read_raw(file):
         if limit is not None and len(out) >= limit:
@@ -278,6 +284,7 @@ def load_rtp_prompts(data_dir: str | Path | None = None, limit: int | None = Non
                 "prompt": text,
                 "prompt_toxicity": _toxicity(prompt.get("toxicity"), where, "prompt.toxicity"),
                 "continuation": continuation.get("text") or "",
+                "where": where,
             }
         )
     return out

@@ -26,7 +26,8 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--reference",
         default=None,
-        help="reference model for reward margins (default: the adapter's base model, else the model itself)",
+        help="reference model for reward margins (default: the base model of the adapter or of the training "
+        "run; a model with neither is its own reference and its reward measures are n/a)",
     )
     p.add_argument("--max-new-tokens", type=int, default=None, help="default 64; 20 for toxicity")
     p.add_argument("--batch-size", type=int, default=8)
@@ -43,8 +44,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--output-dir", default=None, help="where to write (default: evals/<task>-<model>)")
     p.add_argument(
         "--chat-template",
-        action="store_true",
-        help="wrap generation prompts in the model's chat template (log-prob measures keep raw prompts)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="lay out prompts and answers in the model's chat template, for log-prob measures and generation "
+        "prompts (--no-chat-template: raw text). Default: as the model was trained (data.chat_template in "
+        "the run's config.yaml for a run's final/ or checkpoint), raw text for any other model",
     )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run_eval)
@@ -87,6 +91,8 @@ def run_eval(args: argparse.Namespace) -> int:
         arrow = {"higher": "↑", "lower": "↓"}.get(m["direction"], " ")
         low, high = m["ci"]
         print(f"  {name:<40} {m['value']:9.4f} {arrow}  95% CI [{low:.4f}, {high:.4f}]  n={m['n']}")
+    for name, why in r.get("not_applicable", {}).items():
+        print(f"  {name:<40} {'n/a':>9}    {why}")
     print(f"results: {result.output_dir / 'results.json'}")
     print(f"wall time: {result.wall_time_s:.1f} s")
     return 0

@@ -30,11 +30,16 @@ def generate(
     batch_size: int = 8,
     do_sample: bool = False,
     temperature: float = 1.0,
+    top_p: float = 1.0,
+    num_return_sequences: int = 1,
     max_prompt_tokens: int | None = None,
     progress: bool = True,
     desc: str = "generate",
 ) -> list[str]:
     """Continue each prompt; return only the new text (special tokens dropped).
+
+    With ``num_return_sequences`` k (sampling only) the result holds k continuations per prompt, grouped by
+    prompt: ``[p0 s0, p0 s1, ..., p1 s0, ...]``. Sampling draws from torch's global RNG: seed it first.
 
     Prompts are left-padded so that every row's next token sits in the last column; the tokenizer's own
     padding side is restored afterwards. Greedy unless ``do_sample``. Generation stops at EOS or after
@@ -42,12 +47,16 @@ def generate(
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if num_return_sequences < 1 or (num_return_sequences > 1 and not do_sample):
+        raise ValueError(f"num_return_sequences {num_return_sequences}: must be 1, or >= 1 with do_sample")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     was_training = model.training
     model.eval()
     device = model_device(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     sampling = (
-        {"do_sample": True, "temperature": temperature}
+        {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": None}
         if do_sample
         else {
             "do_sample": False,
@@ -73,6 +82,7 @@ def generate(
                 max_new_tokens=max_new_tokens,
                 pad_token_id=pad_id,
                 eos_token_id=tokenizer.eos_token_id,
+                num_return_sequences=num_return_sequences,
                 **sampling,
             )
             new_tokens = out[:, enc["input_ids"].shape[1] :]  # (B, <= max_new_tokens)

@@ -4,11 +4,14 @@ Tokenisation follows TRL's DPO trainer, so the numbers match what training repor
 ``prompt + completion`` are tokenised as one text each and the completion starts where the two token
 lists diverge (shared by all completions of one prompt). Preference pairs get an EOS appended to both
 sides as TRL does for plain-text data; the A/B accuracy scores the options " (A)" / " (B)" without it (only
-the choice), and the same pass gives the with-EOS sums for the reward margin.
+the choice), and the same pass gives the with-EOS sums for the reward margin. With ``chat_template`` (a
+model trained with ``data.chat_template``) prompt and answer are rendered as TRL renders conversational
+pairs (`encode_chat_completions`): the template's end of turn takes the place of the EOS.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,16 +54,75 @@ def encode_completions(
     """
     prompt_ids = tokenizer(prompt)["input_ids"]
     fulls = [tokenizer(prompt + c)["input_ids"] for c in completions]
+    n_prompt = _prompt_length(prompt, prompt_ids, fulls)
+    tails = [f[n_prompt:] + ([tokenizer.eos_token_id] if add_eos else []) for f in fulls]
+    return _truncate(fulls[0][:n_prompt], tails, max_length)
+
+
+def _prompt_length(prompt: str, prompt_ids: list[int], fulls: list[list[int]]) -> int:
+    """Where the completions start: the shortest common prefix of the prompt's ids with each full sequence."""
     n_prompt = min(_common_prefix(prompt_ids, f) for f in fulls)
     if n_prompt == 0:
         raise ValueError(f"prompt {prompt[:60]!r} has no token shared by all its completions (empty prompt?)")
-    tails = [f[n_prompt:] + ([tokenizer.eos_token_id] if add_eos else []) for f in fulls]
-    head = fulls[0][:n_prompt]
-    if max_length is not None:
-        keep = max(1, min(n_prompt, max_length - max(len(t) for t in tails)))
-        head = head[n_prompt - keep :]
-        tails = [t[: max_length - keep] for t in tails]
-    return head, tails
+    return n_prompt
+
+
+def _truncate(head: list[int], tails: list[list[int]], max_length: int | None) -> Group:
+    """Drop the start of the prompt first (one token is always kept), then the ends of the completions."""
+    if max_length is None:
+        return head, tails
+    keep = max(1, min(len(head), max_length - max(len(t) for t in tails)))
+    return head[len(head) - keep :], [t[: max_length - keep] for t in tails]
+
+
+def _chat_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], **kwargs: Any) -> list[int]:
+    """Token ids of a conversation, tokenised as TRL tokenises conversational data (`trl.data_utils._tokenize`)."""
+    return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)["input_ids"]
+
+
+def encode_chat_completions(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    completions: Sequence[str],
+    *,
+    max_length: int | None = None,
+) -> tuple[Group, list[int]]:
+    """Token ids of one prompt and its completions in the tokenizer's chat template, and per completion the
+    number of tokens that close the assistant's turn after the answer.
+
+    As a pair trained with ``data.chat_template`` (`decpo.data.chat_messages`, then TRL's DPO tokenisation):
+    the prompt is the user's turn with the generation prompt, each completion the rest of user + assistant
+    turn, starting where the two diverge; no EOS is appended (the template closes the turn). The closing
+    tokens are those after the assistant's turn rendered open (``continue_final_message``): the answer alone
+    is the completion without them. ``max_length`` truncates as `encode_completions` does.
+    """
+    from decpo.data import chat_messages
+
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("chat_template: the tokenizer has no chat template")
+    prompt_ids = _chat_ids(tokenizer, chat_messages(prompt), add_generation_prompt=True)
+    fulls = [_chat_ids(tokenizer, chat_messages(prompt, c)) for c in completions]
+    opens = [_chat_ids(tokenizer, chat_messages(prompt, c), continue_final_message=True) for c in completions]
+    n_prompt = _prompt_length(prompt, prompt_ids, fulls)
+    head, tails = _truncate(fulls[0][:n_prompt], [f[n_prompt:] for f in fulls], max_length)
+    closing = [len(f) - max(n_prompt, _common_prefix(o, f)) for o, f in zip(opens, fulls, strict=True)]
+    return (head, tails), [min(c, len(t)) for c, t in zip(closing, tails, strict=True)]
+
+
+def _encode(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    completions: Sequence[str],
+    *,
+    chat_template: bool,
+    add_eos: bool = True,
+    max_length: int | None = None,
+) -> tuple[Group, list[int]]:
+    """``(group, closing)``: raw text (`encode_completions`, the EOS closes) or the chat template's layout."""
+    if chat_template:
+        return encode_chat_completions(tokenizer, prompt, completions, max_length=max_length)
+    group = encode_completions(tokenizer, prompt, completions, add_eos=add_eos, max_length=max_length)
+    return group, [int(add_eos)] * len(completions)
 
 
 def _pad(rows: Sequence[list[int]], pad_token_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,20 +241,23 @@ def ab_logps(
     batch_size: int = 8,
     padding_side: str = "right",
     progress: bool = True,
+    chat_template: bool = False,
 ) -> tuple[list[float], list[float], list[float], list[float]]:
     """Log-probs of the answers (A) and (B) after each prompt, from one pass (each prompt run once).
 
     ``options``: each prompt's ``(answer A, answer B)``; default " (A)" / " (B)" for every prompt.
     Returns ``(logps_a, logps_b, logps_a_eos, logps_b_eos)``: the answer alone (the A/B choice) and the
-    answer followed by EOS (what a DPO pair with that answer as a side scores, as TRL appends EOS).
+    answer followed by EOS (what a DPO pair with that answer as a side scores, as TRL appends EOS); with
+    ``chat_template``, in the template's layout and followed by its end of turn instead of the EOS.
     """
     if options is None:
         options = [AB_OPTIONS] * len(prompts)
     if len(options) != len(prompts):
         raise ValueError(f"{len(options)} option pairs for {len(prompts)} prompts")
-    groups = [
-        encode_completions(tokenizer, p, o, add_eos=True) for p, o in zip(prompts, options, strict=True)
+    encoded = [
+        _encode(tokenizer, p, o, chat_template=chat_template) for p, o in zip(prompts, options, strict=True)
     ]
+    groups = [group for group, _ in encoded]
     tokens = completion_token_logps(
         model,
         groups,
@@ -202,8 +267,17 @@ def ab_logps(
         progress=progress,
         desc="score A/B",
     )
-    a, b = [t[0] for t in tokens], [t[1] for t in tokens]
-    return [sum(x[:-1]) for x in a], [sum(x[:-1]) for x in b], [sum(x) for x in a], [sum(x) for x in b]
+    # the answer alone: without the tokens that close it (EOS, or the chat template's end of turn)
+    alone = [
+        [sum(x[: len(x) - n]) for x, n in zip(t, closing, strict=True)]
+        for t, (_, closing) in zip(tokens, encoded, strict=True)
+    ]
+    return (
+        [x[0] for x in alone],
+        [x[1] for x in alone],
+        [sum(t[0]) for t in tokens],
+        [sum(t[1]) for t in tokens],
+    )
 
 
 def pair_logps(
@@ -218,12 +292,22 @@ def pair_logps(
     padding_side: str = "right",
     progress: bool = True,
     desc: str = "score pairs",
+    chat_template: bool = False,
 ) -> tuple[list[float], list[float]]:
-    """Summed (or length-averaged) log-probs of each record's two sides: ``(chosen, rejected)``."""
+    """Summed (or length-averaged) log-probs of each record's two sides: ``(chosen, rejected)``.
+
+    ``chat_template``: in the tokenizer's chat template, as TRL renders conversational pairs (the template
+    closes each answer, ``add_eos`` is not used).
+    """
     groups = [
-        encode_completions(
-            tokenizer, r["prompt"], (r["chosen"], r["rejected"]), add_eos=add_eos, max_length=max_length
-        )
+        _encode(
+            tokenizer,
+            r["prompt"],
+            (r["chosen"], r["rejected"]),
+            chat_template=chat_template,
+            add_eos=add_eos,
+            max_length=max_length,
+        )[0]
         for r in records
     ]
     tokens = completion_token_logps(
@@ -236,6 +320,30 @@ def pair_logps(
         desc=desc,
     )
     return [_reduce(t[0], average) for t in tokens], [_reduce(t[1], average) for t in tokens]
+
+
+def continuation_perplexities(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    continuations: Sequence[str],
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+    desc: str = "perplexity",
+) -> list[float | None]:
+    """``exp(-mean log p)`` of each continuation's tokens given its prompt (no EOS); None for a blank one."""
+    if len(prompts) != len(continuations):
+        raise ValueError("one continuation per prompt")
+    keep = [i for i, c in enumerate(continuations) if c.strip()]
+    groups = [encode_completions(tokenizer, prompts[i], (continuations[i],)) for i in keep]
+    tokens = completion_token_logps(
+        model, groups, pad_token_id=pad_id(tokenizer), batch_size=batch_size, progress=progress, desc=desc
+    )
+    out: list[float | None] = [None] * len(prompts)
+    for i, t in zip(keep, tokens, strict=True):
+        out[i] = math.exp(-sum(t[0]) / len(t[0])) if t[0] else None
+    return out
 
 
 def preference_items(

@@ -92,6 +92,94 @@ def decpo_minus_dpo(
     return out
 
 
+def minus_base(output_dir: Path, results: Results, columns, method: str) -> list[Difference]:
+    """``method - base`` of each measure with per-item scores, paired by item (base is one model).
+
+    For each item: the method's score averaged over its seeds minus the base model's score on the same
+    item; the interval is a paired percentile bootstrap over items (`decpo.reports.stats.paired_bootstrap`).
+    ``how`` also gives the mean difference of each seed, so a seed that goes the other way is visible.
+    """
+    from decpo.reports.stats import paired_bootstrap
+    from decpo.reports.tables import align_items, item_values
+
+    out = []
+    for task, metric, label in columns:
+        base = seed_entries(results.get(BASE, {}).get(task, {}), metric)
+        runs = seed_entries(results.get(method, {}).get(task, {}), metric)
+        if not base or not runs:
+            continue
+        direction = next(iter(runs.values())).get("direction", "higher")
+        base_seed = next(iter(base))
+        base_label = BASE if base_seed is None else f"{BASE}-s{base_seed}"
+        kb, vb = item_values(
+            task,
+            metric,
+            read_samples(output_dir / "eval" / task / base_label / "samples.jsonl") or [],
+            base[base_seed],
+        )
+        if kb is None:
+            out.append(Difference(label, direction, None, f"n/a ({vb})", "-"))
+            continue
+        per_seed, why = {}, ""
+        for seed, entry in sorted(runs.items()):
+            samples = read_samples(output_dir / "eval" / task / f"{method}-s{seed}" / "samples.jsonl") or []
+            km, vm = item_values(task, metric, samples, entry)
+            pairs = align_items(kb, vb, km, vm) if km is not None else None
+            if pairs is None:
+                why = vm if km is None else "not scored on the same items as base"
+                break
+            per_seed[seed] = pairs[1]  # in base's item order
+        if why:
+            out.append(Difference(label, direction, None, f"n/a ({why})", "-"))
+            continue
+        n = len(vb)
+        averaged = [math.fsum(v[i] for v in per_seed.values()) / len(per_seed) for i in range(n)]
+        est = paired_bootstrap(averaged, list(vb))
+        seeds = ", ".join(f"s{s} {math.fsum(v) / n - math.fsum(vb) / n:+.3f}" for s, v in per_seed.items())
+        how = f"paired bootstrap over {n} items, mean of {len(per_seed)} seed(s) per item (per seed: {seeds})"
+        out.append(Difference(label, direction, est, how, verdict(est, direction).replace("DecPO", method)))
+    return out
+
+
+def training_data(cfg: RunConfig) -> str:
+    """The training data in a few words: the user's file, pairs sampled from the model, or a task."""
+    if cfg.pairs.source:
+        return f"pairs sampled from the model on {cfg.pairs.source} (split {cfg.pairs.split})"
+    return cfg.data.path or cfg.data.task
+
+
+def data_lines(output_dir: Path, cfg: RunConfig, tasks: Sequence[str]) -> list[str]:
+    """Where the training pairs came from and which prompts were evaluated (``pairs/summary.json`` and
+    ``pairs/split.json`` of the pairs stage), so that train/eval disjointness is on the page."""
+    summary_path, split_path = output_dir / "pairs" / "summary.json", output_dir / "pairs" / "split.json"
+    if not cfg.pairs.source or not summary_path.exists():
+        return []
+    summary = json.loads(summary_path.read_text())
+    sc = summary["scores"]
+    lines = [
+        "## Training data: pairs from the model's own samples",
+        "",
+        f"`decpo pairs` on {summary['prompts']} prompts of `{cfg.pairs.source}` (split `{cfg.pairs.split}`): "
+        f"{cfg.pairs.num_samples} samples per prompt (temperature {cfg.pairs.temperature}, top-p "
+        f"{cfg.pairs.top_p}{', plus the greedy one' if cfg.pairs.include_greedy else ''}), "
+        f"{cfg.pairs.max_new_tokens} new tokens, scored by `{summary['settings']['scorer']}` "
+        f"({summary['settings']['prefer']} is better). Kept {summary['pairs']} pairs (best valid vs worst, gap "
+        f"> {cfg.pairs.min_gap}); skipped {summary['skipped']}. Score of all samples: mean "
+        f"{sc['all_samples']['mean']}, median {sc['all_samples']['p50']}; chosen mean {sc['chosen']['mean']}, "
+        f"rejected mean {sc['rejected']['mean']}. The last {cfg.data.eval_fraction:.0%} of the pairs are "
+        "held out (held-out preference accuracy, probes).",
+    ]
+    if split_path.exists():
+        split = json.loads(split_path.read_text())
+        lines.append("")
+        lines.append(
+            f"Evaluated prompts: {split['eval_prompts']} ({split['n_eval']} prompts). Shared with the "
+            f"{split['n_train']} prompts the pairs were sampled from: {split['shared']} (checked before "
+            "training; a shared prompt stops the run)."
+        )
+    return [*lines, ""]
+
+
 # --- probes ---------------------------------------------------------------------------------------------
 
 
@@ -371,7 +459,7 @@ def write_report(
     lines += [
         "",
         f"Generated {datetime.datetime.now().isoformat(timespec='seconds')} by `{command}`.",
-        f"Model `{cfg.model.name}`, training data `{cfg.data.path or cfg.data.task}`, methods "
+        f"Model `{cfg.model.name}`, training data `{training_data(cfg)}`, methods "
         f"{', '.join(cfg.experiment.methods)}, seeds {cfg.experiment.seeds}, evaluated on {', '.join(tasks) or 'nothing'}.",
         "",
         "## Results",
@@ -391,6 +479,7 @@ def write_report(
         else "No evaluation results were found."
     )
     lines.append("")
+    lines += not_applicable_lines(results, methods, columns)
     if diffs:
         lines += [
             "### DecPO - DPO (paired)",
@@ -410,6 +499,29 @@ def write_report(
             'per-item scores is n/a (unpaired). "No clear difference": the interval includes 0.',
             "",
         ]
+
+    vs_base = {m: minus_base(output_dir, results, columns, m) for m in cfg.experiment.methods}
+    vs_base = {m: d for m, d in vs_base.items() if any(x.estimate is not None for x in d)}
+    if vs_base:
+        lines += [
+            "### Each method - base (paired by item)",
+            "",
+            "| method | measure | method - base [95% CI] | how | verdict |",
+            "|---|---|---|---|---|",
+        ]
+        for m, ds in vs_base.items():
+            for d in ds:
+                cell = d.estimate.fmt(3, sign=True) if d.estimate is not None else "n/a"
+                lines.append(
+                    f"| {m} | {d.label} ({d.direction} is better) | {cell} | {d.how} | {d.verdict} |"
+                )
+        lines += [
+            "",
+            "The same items for base and every model (same prompts, greedy decoding); the verdict reads the "
+            "interval: better / worse than base, or no clear difference (the interval includes 0).",
+            "",
+        ]
+    lines += data_lines(output_dir, cfg, tasks)
 
     if views:
         lines += probe_section(views, regularized, rows, cfg, figures)
@@ -439,6 +551,24 @@ def write_report(
     path = output_dir / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def not_applicable_lines(results: Results, methods: Sequence[str], columns) -> list[str]:
+    """Why cells are n/a: a model evaluated against itself (the base) has no reward measures."""
+    lines = []
+    for method in methods:
+        runs = [r for per_seed in results.get(method, {}).values() for r in per_seed.values()]
+        labels = [
+            label
+            for task, metric, label in columns
+            if any(r.get("task") == task and metric in r.get("not_applicable", {}) for r in runs)
+        ]
+        if labels:
+            lines.append(
+                f"n/a for `{method}` ({'; '.join(labels)}): it is its own reference, so every implicit reward "
+                "is 0 by construction."
+            )
+    return [*lines, ""] if lines else []
 
 
 def strength_dir(output_dir: Path, cfg: RunConfig) -> Path:

@@ -22,11 +22,16 @@ The trainer still calls TRL's loss: the collator gives TRL a short layout ``[las
 pad]`` per sequence (chosen rows first, then rejected), and hooks on the backbone swap in the packed inputs
 and gather the packed hidden states back into that layout before TRL's LM head. Log-probs, losses, rewards
 and metrics are TRL's own; the test compares them and the gradients with TRL's plain path.
+
+That relies on how TRL's fused LM head runs the model (``model.base_model(**kwargs)``, then
+``.last_hidden_state``), which TRL does not document. Every forward of a model is therefore counted against
+the firings of its backbone hooks, and a forward they missed (which would score the short view) is an error.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -77,6 +82,8 @@ class SharedPromptCollator:
     max_length: int | None = None
     truncation_mode: str = "keep_start"
     pack: bool = False
+    # as TRL's collator: every padded width (L, S and F) a multiple of it
+    pad_to_multiple_of: int | None = None
 
     def __post_init__(self) -> None:
         if self.truncation_mode != "keep_start":
@@ -103,7 +110,7 @@ class SharedPromptCollator:
         n = len(pairs)
         sizes = [len(p) + len(c) + len(r) for p, c, r in pairs]
         rows = _pack(sizes, max(sizes)) if self.pack else [[i] for i in range(n)]
-        length = max(sum(sizes[i] for i in row) for row in rows)
+        length = self._padded(max(sum(sizes[i] for i in row) for row in rows))
 
         ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
         pos = torch.zeros((len(rows), length), dtype=torch.long)
@@ -136,8 +143,8 @@ class SharedPromptCollator:
                         completion_ids[seq] = part
                     start += len(part)
 
-        width = 1 + max(len(c) for c in completion_ids)
-        full_width = max(len(prompt_at[s % n]) + len(completion_ids[s]) for s in range(2 * n))
+        width = self._padded(1 + max(len(c) for c in completion_ids))
+        full_width = self._padded(max(len(prompt_at[s % n]) + len(completion_ids[s]) for s in range(2 * n)))
         out = {
             "input_ids": torch.full((2 * n, width), self.pad_token_id, dtype=torch.long),
             "attention_mask": torch.zeros((2 * n, width), dtype=torch.long),
@@ -163,6 +170,10 @@ class SharedPromptCollator:
             if key in examples[0]:
                 out[key] = torch.tensor([ex[key] for ex in examples])
         return out
+
+    def _padded(self, width: int) -> int:
+        m = self.pad_to_multiple_of
+        return width if not m else -(-width // m) * m
 
 
 def _pack(sizes: Sequence[int], capacity: int) -> list[list[int]]:
@@ -216,17 +227,42 @@ def _attention_implementation(backbone: nn.Module) -> str:
     return getattr(backbone.config, "_attn_implementation", None) or "eager"
 
 
+def check_shareable(model: nn.Module) -> None:
+    """Refuse a model whose packed rows could not get each token's own position: its backbone must take
+    ``position_ids`` by name (a model that derives positions from the attention mask, or drops unknown
+    arguments into ``**kwargs``, would number the rejected tokens after the chosen ones)."""
+    backbone = backbone_of(model)
+    if "position_ids" not in inspect.signature(backbone.forward).parameters:
+        raise ValueError(
+            f"prefix sharing needs a backbone that takes position_ids; {type(backbone).__name__}.forward does not, "
+            "so the packed rejected tokens would not get their positions: set train.share_prompt=false"
+        )
+
+
+def _trl_version() -> str:
+    import trl
+
+    return trl.__version__
+
+
 @contextlib.contextmanager
 def shared_prompt_forward(
     models: Sequence[nn.Module | None], batch: dict[str, torch.Tensor]
 ) -> Iterator[None]:
     """While active, a forward of any of ``models`` with TRL's view of ``batch`` runs the packed rows and
-    returns hidden states in TRL's view. Hooks are removed on exit, even when the body raises."""
+    returns hidden states in TRL's view. Hooks are removed on exit, even when the body raises.
+
+    On exit the forwards are checked: the first model ran at least once, and each forward of every model
+    passed through its backbone's hooks (a RuntimeError otherwise: TRL reached the model another way).
+    """
     handles = []
+    counts: list[tuple[nn.Module, dict[str, int]]] = []
     try:
         for model in models:
             if model is None:
                 continue
+            count = {"forward": 0, "swap": 0, "unpack": 0}
+            counts.append((model, count))
             backbone = backbone_of(model)
             impl = _attention_implementation(backbone)
             if impl not in ("sdpa", "eager"):
@@ -234,16 +270,41 @@ def shared_prompt_forward(
                     f"prefix sharing needs attn_implementation 'sdpa' or 'eager' (a custom 4D mask), not {impl!r}; "
                     "load the model with attn_implementation='sdpa' or set train.share_prompt=false"
                 )
-            handles.append(backbone.register_forward_pre_hook(_swap_inputs(batch, impl), with_kwargs=True))
-            handles.append(backbone.register_forward_hook(_unpack_hidden(batch)))
+            handles.append(model.register_forward_pre_hook(_counter(count, "forward")))
+            handles.append(
+                backbone.register_forward_pre_hook(_swap_inputs(batch, impl, count), with_kwargs=True)
+            )
+            handles.append(backbone.register_forward_hook(_unpack_hidden(batch, count)))
         yield
+        _check_fired(counts)
     finally:
         for handle in handles:
             handle.remove()
 
 
-def _swap_inputs(batch: dict[str, torch.Tensor], impl: str):
+def _counter(count: dict[str, int], key: str):
+    def hook(module, args):
+        count[key] += 1
+
+    return hook
+
+
+def _check_fired(counts: Sequence[tuple[nn.Module, dict[str, int]]]) -> None:
+    for i, (model, count) in enumerate(counts):
+        missed = i == 0 and count["forward"] == 0  # who computed the log-probs, then?
+        if missed or not count["forward"] == count["swap"] == count["unpack"]:
+            raise RuntimeError(
+                f"prefix sharing: {count['forward']} forward(s) of {type(model).__name__} ran, but the backbone "
+                f"hooks swapped the inputs {count['swap']} and unpacked the hidden states {count['unpack']} "
+                f"time(s). TRL {_trl_version()} does not run the model through `model.base_model(**kwargs)` and "
+                "`.last_hidden_state` as prefix sharing expects, so its log-probs would be those of the short "
+                "view, not of the pairs: set train.share_prompt=false (DecPOConfig.share_prompt=False)"
+            )
+
+
+def _swap_inputs(batch: dict[str, torch.Tensor], impl: str, count: dict[str, int]):
     def hook(module, args, kwargs):
+        count["swap"] += 1
         if args:
             raise ValueError("prefix sharing expects the backbone to be called with keyword arguments")
         ids = batch["shared_input_ids"]
@@ -267,8 +328,9 @@ def _swap_inputs(batch: dict[str, torch.Tensor], impl: str):
     return hook
 
 
-def _unpack_hidden(batch: dict[str, torch.Tensor]):
+def _unpack_hidden(batch: dict[str, torch.Tensor], count: dict[str, int]):
     def hook(module, args, output):
+        count["unpack"] += 1
         hidden = output.last_hidden_state  # (R, L, H)
         index = batch["shared_gather"]  # (2B, S)
         output["last_hidden_state"] = hidden.flatten(0, 1)[index.flatten()].view(
@@ -277,6 +339,12 @@ def _unpack_hidden(batch: dict[str, torch.Tensor]):
         return output
 
     return hook
+
+
+def full_input_ids(packed: dict[str, torch.Tensor], pad_token_id: int) -> torch.Tensor:
+    """``(2B, F)`` TRL's usual ``input_ids``, prompt + completion, right-padded with ``pad_token_id``."""
+    ids = packed["shared_input_ids"].flatten()[packed["full_gather"]]
+    return ids.masked_fill(packed["full_attention_mask"] == 0, pad_token_id)
 
 
 def split_shared(inputs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -311,11 +379,15 @@ class SharedPromptMixin:
                 f"share_prompt replaces TRL's DataCollatorForPreference, but the trainer has a "
                 f"{type(self.data_collator).__name__}; pass no data_collator or set share_prompt=False"
             )
+        for model in (self.model, self.ref_model):
+            if model is not None:
+                check_shareable(model)
         self.data_collator = SharedPromptCollator(
             pad_token_id=self.data_collator.pad_token_id,
             max_length=self.args.max_length,
             truncation_mode=self.args.truncation_mode,
             pack=getattr(self.args, "pack_pairs", False),
+            pad_to_multiple_of=self.data_collator.pad_to_multiple_of,
         )
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
@@ -343,3 +415,10 @@ class SharedPromptMixin:
             )
             self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
         return out
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        if labels is not None and "full_gather" in inputs:
+            # TRL returns the batch's input_ids as labels: give its layout, not the short view
+            labels = full_input_ids(inputs, self.data_collator.pad_token_id).to(labels.device)
+        return loss, logits, labels

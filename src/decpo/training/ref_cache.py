@@ -5,6 +5,11 @@ writes it to a temporary folder, so two trainers on the same base model and data
 then DecPO) each run the full reference pass. `CachedReferenceMixin` keys the values instead on what they
 depend on (the tokenized pairs, the reference weights and the settings of the pass) and keeps them as
 ``{cache}/{key}.safetensors``; the second trainer reads them back.
+
+The weights are hashed when TRL hashes them, before it shards the reference (DeepSpeed ZeRO-3, FSDP): a
+partitioned parameter holds an empty tensor (or a slice) on each rank, so two checkpoints of one
+architecture would hash alike. Weights that are already partitioned then (a model loaded under ZeRO-3's
+``zero.Init``) cannot be hashed: the cache is off, with a warning, and TRL computes the values.
 """
 
 from __future__ import annotations
@@ -12,12 +17,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import transformers
 import trl
 from accelerate.utils import broadcast_object_list, is_peft_model
 from datasets import Dataset
@@ -77,6 +84,35 @@ def hash_named_tensors(named) -> str:
     return h.hexdigest()
 
 
+class ShardedWeightsError(ValueError):
+    """The weights on this rank are shards of the model's (ZeRO-3, FSDP1): their bytes do not identify it."""
+
+
+def _logical_numel(t: torch.Tensor) -> int | None:
+    """The full size of a tensor as its sharding framework records it, or None when none does."""
+    numel = getattr(t, "ds_numel", None)  # DeepSpeed ZeRO-3 (which also records ds_shape)
+    if isinstance(numel, int):
+        return numel
+    # FSDP1's FlatParameter: its local shard of the flattened, concatenated parameters
+    shape = getattr(t, "ds_shape", None) or getattr(t, "_unpadded_unsharded_size", None)
+    return None if shape is None else math.prod(shape)
+
+
+def sharded_tensor_names(named) -> list[str]:
+    """Names of the ``(name, tensor)`` pairs whose local value is not the whole tensor: empty data of a larger (or
+    unknown) logical size, a size other than the recorded full one, or an FSDP1 view (``_fsdp_flattened``). A DTensor
+    is not one: `hash_named_tensors` gathers it."""
+    out = []
+    for name, t in named:
+        if hasattr(t, "full_tensor"):
+            continue
+        logical = _logical_numel(t)
+        empty = t.numel() == 0 and logical != 0
+        if empty or logical not in (None, t.numel()) or getattr(t, "_fsdp_flattened", False):
+            out.append(name)
+    return out
+
+
 def _normalize_peft_name(name: str) -> str:
     """The base model's own name of a parameter of a PEFT model (wrapper segments removed)."""
     if name.startswith(_PEFT_PREFIX):
@@ -123,6 +159,14 @@ def reference_fingerprint(trainer) -> dict[str, Any]:
             model = model.get_base_model()
         else:
             named = list(model.named_parameters()) + list(model.named_buffers())
+    # before any gather, and from attributes every rank has, so that all ranks stop here or none does
+    sharded = sharded_tensor_names(named)
+    if sharded:
+        raise ShardedWeightsError(
+            f"the reference weights are partitioned (DeepSpeed ZeRO-3 or FSDP): {len(sharded)} of {len(named)} "
+            f"tensors hold only a shard on this rank (e.g. {', '.join(sharded[:3])}), so their hash would not tell "
+            "two checkpoints apart; the cache is off for this pass"
+        )
     return {
         "weights": hash_named_tensors(named),
         "class": type(model).__name__,
@@ -135,15 +179,43 @@ def reference_fingerprint(trainer) -> dict[str, Any]:
 class CachedReferenceMixin:
     """Keeps a `DPOTrainer`'s precomputed reference log-probs in ``args.ref_logps_cache`` (a folder), keyed on
     content; ``ref_logps_cache=None`` (or absent) keeps TRL's behaviour. Sits before `DPOTrainer` in the MRO, after
-    any mixin that swaps the collator in its own ``_precompute_ref_logps`` (the key records the collator)."""
+    any mixin that swaps the collator in its own ``_precompute_ref_logps`` (the key records the collator).
+
+    The reference is fingerprinted at the point where TRL hashes it (TRL's ``_precompute_model_hash`` is set just
+    before the reference is sharded), and that fingerprint keys the passes of ``__init__``. Later passes
+    (``evaluate(eval_dataset=...)``) fingerprint the reference as it is then. Should TRL stop setting the attribute,
+    every pass fingerprints late: sharded weights are then detected and the cache is turned off.
+    """
+
+    def __init__(self, *args, **kwargs):
+        self._ref_cache_reference: dict[str, Any] | Exception | None = None
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            self._ref_cache_reference = None
+
+    @property
+    def _precompute_model_hash(self):
+        return self.__dict__.get("_trl_precompute_model_hash")
+
+    @_precompute_model_hash.setter
+    def _precompute_model_hash(self, value) -> None:
+        self.__dict__["_trl_precompute_model_hash"] = value
+        if value is not None and getattr(self.args, "ref_logps_cache", None):
+            try:
+                self._ref_cache_reference = reference_fingerprint(self)
+            except Exception as e:  # noqa: BLE001 - reported when a pass asks for the key
+                self._ref_cache_reference = e
 
     def _ref_cache_key(self, dataset, batch_size: int) -> tuple[str, dict[str, Any]]:
         args = self.args
         t0 = time.perf_counter()
-        reference = reference_fingerprint(self)
+        reference = getattr(self, "_ref_cache_reference", None) or reference_fingerprint(self)
+        if isinstance(reference, Exception):
+            raise reference
         t_weights = time.perf_counter() - t0
         parts = {
-            "format": 1,
+            "format": 2,
             "data": hash_dataset_tokens(dataset),
             "rows": len(dataset),
             "reference": reference,
@@ -161,6 +233,7 @@ class CachedReferenceMixin:
             "device": self.accelerator.device.type,
             "num_processes": self.accelerator.num_processes,
             "trl": trl.__version__,
+            "transformers": transformers.__version__,
             "torch": torch.__version__.split("+")[0],
         }
         logger.debug(

@@ -2,7 +2,8 @@
 
 The run directory holds ``config.yaml`` (resolved), ``env.json``, ``metrics.jsonl``, the Trainer's
 ``checkpoint-*`` folders (safetensors) and ``final/`` (a peft adapter or full weights, loadable with
-``from_pretrained``). Re-running the same command resumes from the latest complete checkpoint.
+``from_pretrained``). Re-running the same command resumes from the latest complete checkpoint, provided
+the config is the saved one up to `RESUMABLE_KEYS` (`check_resume_config`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from datasets import Dataset
 
 from decpo.config import ConfigError, RunConfig, save_config
@@ -72,8 +74,17 @@ def load_records(cfg: RunConfig) -> tuple[list[dict], list[dict]]:
     from decpo.data import load_pairs, load_task, split_train_eval
 
     d = cfg.data
-    if d.path:
-        records = load_pairs(d.path, on_error=d.on_error)
+    path = d.path
+    if cfg.pairs.source:  # pairs from the model's own samples, built once and cached by content
+        if d.path:
+            raise ConfigError(
+                "set data.path (your pairs) or pairs.source (pairs sampled from the model), not both"
+            )
+        from decpo.data.self_pairs import ensure_pairs
+
+        path = str(ensure_pairs(cfg))
+    if path:
+        records = load_pairs(path, on_error=d.on_error)
         if d.eval_path:
             train, evals = records, load_pairs(d.eval_path, on_error=d.on_error)
         else:
@@ -146,12 +157,14 @@ def check_launched_world() -> None:
 
 def to_dataset(records: list[dict], chat_template: bool) -> Dataset:
     """Keep the three TRL columns; wrap in messages when the chat template is asked for."""
+    from decpo.data import chat_messages
+
     if chat_template and isinstance(records[0]["prompt"], str):
         rows = [
             {
-                "prompt": [{"role": "user", "content": r["prompt"]}],
-                "chosen": [{"role": "assistant", "content": r["chosen"].strip()}],
-                "rejected": [{"role": "assistant", "content": r["rejected"].strip()}],
+                "prompt": chat_messages(r["prompt"]),
+                "chosen": chat_messages(answer=r["chosen"]),
+                "rejected": chat_messages(answer=r["rejected"]),
             }
             for r in records
         ]
@@ -394,10 +407,95 @@ def _safetensors_size(path: Path) -> int:
     return 8 + header_len + end
 
 
-def train(cfg: RunConfig, output_dir: str | Path) -> TrainResult:
-    """Train per ``cfg`` into ``output_dir``, resuming from its latest complete checkpoint."""
+# Keys a resumed run may change (`config_changes` skips them; a key ending in "." is a whole section): how
+# long it trains, how often it logs, evaluates and saves, the resume switch, the reference log-prob cache
+# switch (the same numbers either way), the probes during training (measurements under no_grad, no effect on
+# the weights) and the `decpo run` section (not read by training). Any other change refuses to resume.
+RESUMABLE_KEYS = (
+    "train.max_steps",
+    "train.epochs",
+    "train.logging_steps",
+    "train.eval_steps",
+    "train.save_steps",
+    "train.save_total_limit",
+    "train.resume",
+    "train.ref_cache",
+    "probe.",
+    "experiment.",
+)
+
+
+def _flat(tree: dict[str, Any]) -> dict[str, Any]:
+    return {
+        f"{section}.{key}": value
+        for section, values in tree.items()
+        if isinstance(values, dict)
+        for key, value in values.items()
+    }
+
+
+def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``key -> (old, new)`` for the dotted keys whose values differ between two config trees (sections of
+    keys, as in ``config.yaml``), except `RESUMABLE_KEYS`; a key missing on one side has the value None."""
+    old, now = _flat(saved), _flat(new)
+    return {
+        key: (old.get(key), now.get(key))
+        for key in sorted(set(old) | set(now))
+        if old.get(key) != now.get(key) and not _resumable(key)
+    }
+
+
+def _resumable(key: str) -> bool:
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_KEYS)
+
+
+def check_resume_config(
+    cfg: RunConfig, output_dir: Path, checkpoint: Path, allow_config_change: bool = False
+) -> None:
+    """Refuse to resume ``checkpoint`` under a config that differs from the run's saved ``config.yaml``.
+
+    The differing keys are named (old -> new); with ``allow_config_change`` they are logged and the run
+    resumes. A run whose ``reg_weight: auto`` was resolved (``reg_weight.json``) matches ``auto`` again.
+    """
+    path = output_dir / "config.yaml"
+    if not path.is_file():
+        logger.warning(
+            "%s has checkpoints but no config.yaml: resuming without checking the config", output_dir
+        )
+        return
+    saved = yaml.safe_load(path.read_text()) or {}
+    calibration = output_dir / "reg_weight.json"
+    objective = saved.get("objective") if isinstance(saved.get("objective"), dict) else {}
+    if cfg.objective.reg_weight == "auto" and calibration.is_file():
+        if objective.get("reg_weight") == json.loads(calibration.read_text()).get("reg_weight"):
+            objective["reg_weight"] = "auto"  # the saved config holds the lambda that `auto` resolved to
+    new = yaml.safe_load(yaml.safe_dump(cfg.to_dict()))  # the types config.yaml holds
+    changes = config_changes(saved, new)
+    if not changes:
+        return
+    listed = ", ".join(f"{key}: {old!r} -> {now!r}" for key, (old, now) in changes.items())
+    if allow_config_change:
+        logger.warning("resuming %s with a changed config (allowed): %s", checkpoint, listed)
+        return
+    raise ConfigError(
+        f"{output_dir} holds a run with another config, and resuming {checkpoint.name} would go on under the new "
+        f"one: {listed}. Use another --output-dir, restore these keys, or pass --allow-config-change "
+        f"(train(..., allow_config_change=True)) to resume anyway. These may change on resume: "
+        f"{', '.join(k + '*' if k.endswith('.') else k for k in RESUMABLE_KEYS)}."
+    )
+
+
+def train(cfg: RunConfig, output_dir: str | Path, *, allow_config_change: bool = False) -> TrainResult:
+    """Train per ``cfg`` into ``output_dir``, resuming from its latest complete checkpoint.
+
+    A checkpoint is resumed only under the config it was trained with, up to `RESUMABLE_KEYS`; otherwise
+    a `ConfigError` names the changed keys, unless ``allow_config_change``.
+    """
     output_dir = Path(output_dir)
     check_writable(output_dir)
+    resume = latest_checkpoint(output_dir) if cfg.train.resume else None
+    if resume:
+        check_resume_config(cfg, output_dir, resume, allow_config_change)
     t0 = time.perf_counter()
     train_records, eval_records = load_records(cfg)
     logger.info("data: %d train pairs, %d eval pairs", len(train_records), len(eval_records))
@@ -414,7 +512,6 @@ def train(cfg: RunConfig, output_dir: str | Path) -> TrainResult:
             cfg.replace(**{"objective.reg_weight": calibration["reg_weight"]}), output_dir / "config.yaml"
         )
         atomic_write_json(output_dir / "reg_weight.json", calibration)
-    resume = latest_checkpoint(output_dir) if cfg.train.resume else None
     if main_process and resume is None and (output_dir / "metrics.jsonl").exists():
         (output_dir / "metrics.jsonl").unlink()  # a fresh start: old metrics would mix with new ones
     if resume:

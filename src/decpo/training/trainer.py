@@ -12,9 +12,11 @@ block ``l``, captured during the policy forward (see `decpo.functional.decorrela
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 import torch
+from transformers.trainer_utils import has_length
 from trl import DPOConfig, DPOTrainer
 from trl.experimental.cpo import CPOConfig, CPOTrainer
 
@@ -186,26 +188,87 @@ class ActivationRegularizerMixin:
         with capture_activations(self.model, self._reg_layers, cfg.reg_site):
             pass
         if cfg.reg_type == "decorrelation":
-            for what, batch in (
-                ("train", cfg.per_device_train_batch_size),
-                ("eval", cfg.per_device_eval_batch_size),
-            ):
-                rows = batch if (cfg.reg_tokens == "prompt_last" or cfg.reg_rows != "both") else 2 * batch
-                if rows < 2:
-                    raise ValueError(
-                        f"the decorrelation penalty needs at least 2 rows per device; per_device_{what}_batch_size="
-                        f"{batch} with reg_rows={cfg.reg_rows!r}, reg_tokens={cfg.reg_tokens!r} gives {rows}, and "
-                        "the penalty of one row is exactly 0: use 2 pairs or more per device"
-                    )
+            self._check_rows_per_device()
         if auto:
             self._calibrate_reg_weight()
+
+    def _rows(self, pairs: int) -> int:
+        """Rows of Z that ``pairs`` pairs in one forward give (see `activation_penalty`)."""
+        cfg = self.args
+        return pairs if (cfg.reg_tokens == "prompt_last" or cfg.reg_rows != "both") else 2 * pairs
+
+    def _refuse_one_row(self, pairs: int, source: str) -> None:
+        rows = self._rows(pairs)
+        if rows < 2:
+            cfg = self.args
+            raise ValueError(
+                f"the decorrelation penalty needs at least 2 rows per forward on each device; {source} gives "
+                f"{pairs} pair(s) per device, so {rows} row(s) with reg_rows={cfg.reg_rows!r}, reg_tokens="
+                f"{cfg.reg_tokens!r}, and the penalty of one row is exactly 0 (DecPO would train as DPO): use 2 "
+                "pairs or more per device (gradient accumulation does not help: the penalty is computed per "
+                "micro-batch)"
+            )
+
+    def _check_rows_per_device(self) -> None:
+        """Refuse, before training, every setting whose forwards give the decorrelation penalty one row."""
+        cfg = self.args
+        if cfg.n_gpu > 1:
+            raise ValueError(
+                f"the activation regularizer does not support torch.nn.DataParallel ({cfg.n_gpu} GPUs in one "
+                "process): each replica's hooks see its own slice of the rows (with 2 GPUs, the chosen or the "
+                "rejected half alone). Launch one process per GPU (accelerate launch, torchrun) or make one GPU "
+                "visible (CUDA_VISIBLE_DEVICES)"
+            )
+        processes, split_over = self.accelerator.num_processes, self._split_over()
+        eval_sets = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"eval": self.eval_dataset}
+        for what, batch, datasets in (
+            ("train", cfg.per_device_train_batch_size, {"train": self.train_dataset}),
+            ("eval", cfg.per_device_eval_batch_size, eval_sets),
+        ):
+            per_device = batch // split_over
+            source = f"per_device_{what}_batch_size={batch}"
+            split = f" split over {split_over} processes (split_batches)" if split_over > 1 else ""
+            self._refuse_one_row(per_device, source + split)
+            for name, dataset in datasets.items():
+                if dataset is None or not has_length(dataset):
+                    continue
+                n = len(dataset)
+                self._refuse_one_row(
+                    min(per_device, math.ceil(n / processes)), f"the {name} set of {n} pair(s)"
+                )
+                last = n % per_device
+                if processes == 1 and last and not cfg.dataloader_drop_last and self._rows(last) < 2:
+                    logger.warning(
+                        "the last %s batch of each pass holds %d pair(s) (%d %% %s): the decorrelation penalty of "
+                        "its single row is 0; set dataloader_drop_last=True to skip it",
+                        name,
+                        last,
+                        n,
+                        source,
+                    )
+
+    def _split_over(self) -> int:
+        """How many devices share one dataloader batch: with ``split_batches`` accelerate splits each batch of
+        ``per_device_*_batch_size`` over the processes; else each process has its own."""
+        split = bool(getattr(self.args.accelerator_config, "split_batches", False))
+        return self.accelerator.num_processes if split else 1
+
+    def _inner_training_loop(self, batch_size=None, *rest, **kwargs):
+        # auto_find_batch_size lowers the batch after an out-of-memory error and calls this again
+        cfg = self.args
+        if self._reg_on and cfg.reg_type == "decorrelation" and cfg.auto_find_batch_size and batch_size:
+            self._refuse_one_row(
+                batch_size // max(1, cfg.n_gpu) // self._split_over(),
+                f"auto_find_batch_size, after out-of-memory errors, with a train batch of {batch_size}",
+            )
+        return super()._inner_training_loop(batch_size, *rest, **kwargs)
 
     @torch.no_grad()
     def _calibrate_reg_weight(self) -> None:
         """Set ``args.reg_weight`` so that ``lambda * R = reg_balance * L_pref`` at the start of training.
 
-        Both terms are averaged over the first ``reg_calibration_batches`` batches of the train set in dataset
-        order, with dropout off and without gradients, on the model as it is before training (before a resumed
+        Both terms are averaged over the first ``reg_calibration_batches`` full batches of the train set (all of
+        it when it holds less than one) in dataset order, with dropout off and without gradients, on the model as it is before training (before a resumed
         checkpoint is loaded), so the same run always gets the same lambda. The random state is saved and
         restored, and the metrics these forwards record are discarded: the training that follows is the one
         a fixed lambda would give.
@@ -213,7 +276,9 @@ class ActivationRegularizerMixin:
         from torch.utils.data import DataLoader
 
         cfg = self.args
-        n = min(len(self.train_dataset), cfg.reg_calibration_batches * cfg.per_device_train_batch_size)
+        # full batches only: a short last batch could hold one row (penalty 0), and would weigh like a full one
+        full = min(len(self.train_dataset) // cfg.per_device_train_batch_size, cfg.reg_calibration_batches)
+        n = full * cfg.per_device_train_batch_size if full else len(self.train_dataset)
         if n == 0:
             raise ValueError("reg_balance: the train set is empty, nothing to calibrate reg_weight on")
         loader = DataLoader(

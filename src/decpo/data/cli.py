@@ -1,0 +1,113 @@
+"""The ``decpo pairs`` subcommand: preference pairs from a model's own samples, ranked by a scorer."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_parser(subparsers) -> None:
+    """Register ``pairs`` on the ``decpo`` subparsers; its ``func`` returns an exit code."""
+    p = subparsers.add_parser(
+        "pairs",
+        help="build preference pairs from a model's own samples, ranked by a scorer",
+        description="Sample continuations per prompt, score each, keep the best valid and the worst as "
+        "chosen/rejected when their gap exceeds --min-gap. Writes TRL-format JSONL, a sample log (resume: "
+        "rerun the same command) and a summary. Train on it with data.path=<output>.",
+    )
+    p.add_argument(
+        "--model", default="default", help="'default', a Hub id, a folder or a .gguf (default: default)"
+    )
+    p.add_argument(
+        "--prompts",
+        required=True,
+        help="a task (toxicity: RealToxicityPrompts challenging prompts; reframing: situations), a "
+        "RealToxicityPrompts-format or {prompt: ...} JSONL, or a file with one prompt a line",
+    )
+    p.add_argument(
+        "--split",
+        default=None,
+        choices=("train", "eval", "all"),
+        help="prompts used (default: train for a task, so that its eval split stays for evaluation; all for a file)",
+    )
+    p.add_argument("--limit", type=int, default=None, help="only the first N prompts")
+    p.add_argument("--num-samples", type=int, default=4, help="sampled continuations per prompt (default 4)")
+    p.add_argument("--greedy", action="store_true", help="add the greedy continuation as one more sample")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (the same seed gives the same file)")
+    p.add_argument("--batch-size", type=int, default=32, help="prompts per generation batch")
+    p.add_argument(
+        "--scorer",
+        default="toxicity",
+        help="toxicity (offline profanity-check), sentiment (VADER), hf:<id|dir>, detoxify:<ckpt>, perspective",
+    )
+    p.add_argument(
+        "--prefer", default="auto", choices=("low", "high", "auto"), help="better score (auto: by scorer)"
+    )
+    p.add_argument("--min-gap", type=float, default=0.1, help="skip prompts whose best-worst gap is <= this")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument(
+        "--data-dir", default=None, help="data folder for task prompts (default: env DECPO_DATA_DIR)"
+    )
+    p.add_argument(
+        "--output", required=True, help="pairs JSONL to write (its .samples.jsonl and .summary.json beside)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run_pairs)
+
+
+def run_pairs(args: argparse.Namespace) -> int:
+    from decpo.data.prompts import PROMPT_TASKS, load_prompts
+    from decpo.data.self_pairs import SamplingSettings, build_pairs, scorer_spec, side_files
+    from decpo.evaluation.scorers import ScorerError, make_scorer
+    from decpo.io import check_writable
+    from decpo.models import load_model, load_tokenizer
+
+    split = args.split or ("train" if args.prompts in PROMPT_TASKS else "all")
+    settings = SamplingSettings(
+        num_samples=args.num_samples,
+        include_greedy=args.greedy,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        scorer=args.scorer,
+        prefer=args.prefer,
+        min_gap=args.min_gap,
+    )
+    prompts = [
+        r["prompt"] for r in load_prompts(args.prompts, split=split, data_dir=args.data_dir, limit=args.limit)
+    ]
+    output = Path(args.output)
+    check_writable(output.parent)
+    try:
+        scorer = make_scorer(scorer_spec(args.scorer))
+    except ScorerError as e:
+        print(f"decpo: error: {e}", file=sys.stderr)
+        return 2
+    tokenizer = load_tokenizer(args.model)
+    model = load_model(args.model, dtype=args.dtype)
+    summary = build_pairs(
+        model,
+        tokenizer,
+        prompts,
+        scorer,
+        settings,
+        output,
+        model_name=args.model,
+        source=f"{args.prompts} ({split})",
+        progress=not args.no_progress,
+    )
+    s = summary["scores"]
+    print(
+        f"pairs: {summary['pairs']} of {summary['prompts']} prompts kept (skipped {summary['skipped']}); "
+        f"valid samples {summary['valid_share']:.0%}\n"
+        f"  score of all samples mean {s['all_samples']['mean']}, chosen mean {s['chosen']['mean']}, "
+        f"rejected mean {s['rejected']['mean']}, gap median {s['gap']['p50']}\n"
+        f"  {output}\n  {side_files(output)[1]}"
+    )
+    return 0

@@ -1,0 +1,473 @@
+"""Preference pairs from a model's own samples, ranked by a scorer (`decpo pairs`).
+
+For each prompt: sample ``num_samples`` continuations (temperature, top-p; optionally the greedy one as
+well), score each continuation with a text scorer (`decpo.evaluation.scorers`), and keep one pair: the
+best *valid* sample as ``chosen`` (valid: `decpo.evaluation.fluency.is_valid`, so an empty or looping text
+is never taught as the good answer) and the worst sample as ``rejected``, when their score gap exceeds
+``min_gap``; otherwise the prompt is skipped and counted with its reason.
+
+Files, for ``--output pairs/tox.jsonl``:
+
+    pairs/tox.jsonl          TRL-format pairs: prompt, chosen, rejected, plus each record's scores
+    pairs/tox.samples.jsonl  the log: a header line (the settings), then one line per prompt with every
+                             sample, its score and validity; appended a whole batch at a time (fsync)
+    pairs/tox.summary.json   counts, score distributions, model, sampling settings, seed
+
+Resumable: a rerun with the same settings reads the log, drops a half-written last line, and continues
+with the next batch; no prompt is sampled or written twice. A rerun with other settings is refused (the
+differing settings are named). Deterministic for a seed: each batch's sampling RNG is seeded from the seed
+and the batch's first prompt index, so an interrupted and resumed build gives the same file as an
+uninterrupted one (for the same batch size, which the settings hold).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from decpo.data.errors import DataError
+
+logger = logging.getLogger("decpo.pairs")
+
+PREFER = ("low", "high")
+SCORER_ALIASES = {"toxicity": "profanity-check", "sentiment": "vader"}
+SKIP_REASONS = ("gap", "no_valid_sample")
+
+
+# --- pure selection -------------------------------------------------------------------------------------
+
+
+def scorer_spec(name: str) -> str:
+    """``toxicity`` -> ``profanity-check`` (the offline default), ``sentiment`` -> ``vader``; else unchanged."""
+    return SCORER_ALIASES.get(name, name)
+
+
+def default_prefer(scorer: str) -> str:
+    """Lower is better for toxicity scorers, higher for sentiment (VADER positivity)."""
+    return "high" if scorer_spec(scorer) == "vader" else "low"
+
+
+def select_pair(
+    texts: Sequence[str], scores: Sequence[float], valid: Sequence[bool], *, prefer: str, min_gap: float
+) -> tuple[int, int] | str:
+    """``(chosen index, rejected index)``, or the reason the prompt is skipped (one of ``SKIP_REASONS``).
+
+    ``chosen``: the best-scoring valid sample; ``rejected``: the worst-scoring non-blank sample (valid or not:
+    a loop may be the worst answer). Ties go to the lowest index. Skipped when no sample is valid, or when the two scores differ by ``min_gap`` or
+    less, or the two texts are the same after stripping (gap 0).
+    """
+    if prefer not in PREFER:
+        raise ValueError(f"prefer must be one of {PREFER}, got {prefer!r}")
+    if not (len(texts) == len(scores) == len(valid)) or not texts:
+        raise ValueError("texts, scores and valid must be non-empty and of one length")
+    sign = 1.0 if prefer == "low" else -1.0  # sign * score: lower is better
+    candidates = [i for i in range(len(texts)) if valid[i]]
+    if not candidates:
+        return "no_valid_sample"
+    chosen = min(candidates, key=lambda i: (sign * scores[i], i))
+    nonblank = [i for i in range(len(texts)) if texts[i].strip()]
+    rejected = min(nonblank, key=lambda i: (-sign * scores[i], i))
+    if abs(scores[chosen] - scores[rejected]) <= min_gap or texts[chosen].strip() == texts[rejected].strip():
+        return "gap"
+    return chosen, rejected
+
+
+def distribution(values: Sequence[float]) -> dict[str, float | int]:
+    """n, mean and quantiles (0, 10, 25, 50, 75, 90, 100 %) of ``values``."""
+    import numpy as np
+
+    if not values:
+        return {"n": 0}
+    a = np.asarray(values, dtype=float)
+    out: dict[str, float | int] = {"n": int(a.size), "mean": round(float(a.mean()), 4)}
+    for q in (0, 10, 25, 50, 75, 90, 100):
+        out[f"p{q}"] = round(float(np.percentile(a, q)), 4)
+    return out
+
+
+# --- settings -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Everything a pair file depends on besides the model and the prompts."""
+
+    num_samples: int = 4
+    include_greedy: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 20
+    max_prompt_tokens: int | None = None
+    seed: int = 0
+    batch_size: int = 32
+    scorer: str = "toxicity"
+    prefer: str = "auto"
+    min_gap: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1:
+            raise DataError(f"num_samples must be >= 1, got {self.num_samples}")
+        if self.num_samples + int(self.include_greedy) < 2:
+            raise DataError("a pair needs at least 2 samples per prompt (num_samples + greedy)")
+        if self.temperature <= 0:
+            raise DataError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise DataError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise DataError("max_new_tokens and batch_size must be >= 1")
+        if self.prefer not in (*PREFER, "auto"):
+            raise DataError(f"prefer must be low, high or auto, got {self.prefer!r}")
+        if self.min_gap < 0:
+            raise DataError(f"min_gap must be >= 0, got {self.min_gap}")
+
+    @property
+    def resolved_prefer(self) -> str:
+        return default_prefer(self.scorer) if self.prefer == "auto" else self.prefer
+
+
+def side_files(output: Path) -> tuple[Path, Path]:
+    """``(samples log, summary)`` beside ``output``."""
+    stem = output.name.removesuffix(".jsonl")
+    return output.with_name(f"{stem}.samples.jsonl"), output.with_name(f"{stem}.summary.json")
+
+
+def _prompts_digest(prompts: Sequence[str]) -> str:
+    from decpo.io import stable_hash
+
+    return stable_hash(list(prompts))
+
+
+# --- the log --------------------------------------------------------------------------------------------
+
+
+def _read_log(path: Path, header: dict[str, Any]) -> list[dict[str, Any]]:
+    """The prompt lines of an existing log, after checking its header; a torn last line is cut off."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):  # a line cut by a kill: drop it, it is sampled again
+        with open(path, "r+b") as f:
+            f.truncate(end)
+        data = data[:end]
+    lines = data.decode("utf-8").splitlines()
+    if not lines:
+        return []
+    try:
+        old = json.loads(lines[0])["header"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise DataError(
+            "not a pair log (no header line); delete it or choose another --output", where=str(path)
+        ) from e
+    if old != header:
+        diff = sorted(k for k in set(old) | set(header) if old.get(k) != header.get(k))
+        changes = ", ".join(f"{k}: {old.get(k)!r} -> {header.get(k)!r}" for k in diff)
+        raise DataError(
+            f"an unfinished or finished build with other settings is here ({changes}); rerun with the same "
+            "settings to resume, or delete it / choose another --output",
+            where=str(path),
+        )
+    records = [json.loads(line) for line in lines[1:]]
+    for n, r in enumerate(records):
+        if r.get("index") != n:
+            raise DataError(
+                f"line {n + 2}: expected prompt index {n}, found {r.get('index')}", where=str(path)
+            )
+    return records
+
+
+def _append_lines(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# --- the build ------------------------------------------------------------------------------------------
+
+
+def _sample_batch(
+    model, tokenizer, prompts: list[str], s: SamplingSettings, batch_seed: int
+) -> list[list[tuple[str, bool]]]:
+    """Per prompt: ``[(text, greedy?)]``, the greedy one first when asked for."""
+    import torch
+
+    from decpo.evaluation.generation import generate
+
+    kw = {
+        "max_new_tokens": s.max_new_tokens,
+        "batch_size": len(prompts),
+        "progress": False,
+        "max_prompt_tokens": s.max_prompt_tokens,
+    }
+    out: list[list[tuple[str, bool]]] = [[] for _ in prompts]
+    if s.include_greedy:
+        for i, text in enumerate(generate(model, tokenizer, prompts, **kw)):
+            out[i].append((text, True))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(batch_seed)
+        sampled = generate(
+            model,
+            tokenizer,
+            prompts,
+            do_sample=True,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            num_return_sequences=s.num_samples,
+            **kw,
+        )
+    for j, text in enumerate(sampled):
+        out[j // s.num_samples].append((text, False))
+    return out
+
+
+def build_pairs(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    scorer,
+    settings: SamplingSettings,
+    output: str | Path,
+    *,
+    model_name: str,
+    source: str,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Sample, score and pair every prompt (see the module docstring); returns the summary."""
+    from tqdm.auto import tqdm
+
+    from decpo.evaluation.fluency import is_valid
+    from decpo.evaluation.generation import batches
+    from decpo.io import atomic_write_text
+
+    output = Path(output)
+    if not prompts:
+        raise DataError(f"no prompts to sample from {source}")
+    log_path, summary_path = side_files(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    header = {
+        **dataclasses.asdict(settings),
+        "prefer": settings.resolved_prefer,
+        "scorer": getattr(scorer, "name", settings.scorer),
+        "model": model_name,
+        "source": source,
+        "n_prompts": len(prompts),
+        "prompts_sha": _prompts_digest(prompts),
+    }
+    done = _read_log(log_path, header)
+    if not done:
+        atomic_write_text(log_path, json.dumps({"header": header}, sort_keys=True) + "\n")
+    elif len(done) < len(prompts):
+        logger.info("%s: resuming after %d of %d prompts", log_path, len(done), len(prompts))
+    t0 = time.perf_counter()
+    todo = [b for b in batches(len(prompts), settings.batch_size) if b.start >= len(done)]
+    if any(b.start != len(done) for b in todo[:1]):
+        raise DataError(f"the log stops inside a batch (after {len(done)} prompts)", where=str(log_path))
+    bar = tqdm(total=len(prompts), initial=len(done), desc="sample pairs", disable=not progress)
+    for idx in todo:
+        batch = [prompts[i] for i in idx]
+        seed = settings.seed * 1_000_003 + idx.start
+        per_prompt = _sample_batch(model, tokenizer, batch, settings, seed)
+        flat = [text for samples in per_prompt for text, _ in samples]
+        scores = [float(x) for x in scorer.score(flat)]
+        if len(scores) != len(flat) or any(math.isnan(x) for x in scores):
+            raise DataError(
+                f"scorer {header['scorer']!r} returned {len(scores)} scores (or NaN) for {len(flat)} texts"
+            )
+        lines, k = [], 0
+        for i, samples in zip(idx, per_prompt, strict=True):
+            rows = []
+            for text, greedy in samples:
+                rows.append({"text": text, "score": scores[k], "valid": is_valid(text), "greedy": greedy})
+                k += 1
+            lines.append({"index": i, "prompt": prompts[i], "samples": rows})
+        _append_lines(log_path, lines)
+        done.extend(lines)
+        bar.update(len(idx))
+    bar.close()
+    return _finish(done, header, output, summary_path, wall_s=time.perf_counter() - t0)
+
+
+def _finish(records: list[dict], header: dict, output: Path, summary_path: Path, *, wall_s: float) -> dict:
+    """Pairs and summary from the complete log, both written atomically."""
+    from decpo import __version__
+    from decpo.io import atomic_write_json, atomic_write_text
+
+    pairs, skipped = [], dict.fromkeys(SKIP_REASONS, 0)
+    all_scores, chosen_s, rejected_s, gaps, valid = [], [], [], [], []
+    for r in records:
+        samples = r["samples"]
+        texts = [x["text"] for x in samples]
+        scores = [x["score"] for x in samples]
+        ok = [x["valid"] for x in samples]
+        all_scores += scores
+        valid += [float(v) for v in ok]
+        picked = select_pair(texts, scores, ok, prefer=header["prefer"], min_gap=header["min_gap"])
+        if isinstance(picked, str):
+            skipped[picked] += 1
+            continue
+        c, j = picked
+        chosen_s.append(scores[c])
+        rejected_s.append(scores[j])
+        gaps.append(abs(scores[c] - scores[j]))
+        pairs.append(
+            {
+                "prompt": r["prompt"],
+                "chosen": texts[c],
+                "rejected": texts[j],
+                "chosen_score": scores[c],
+                "rejected_score": scores[j],
+                "chosen_greedy": samples[c]["greedy"],
+                "rejected_greedy": samples[j]["greedy"],
+                "scores": scores,
+                "prompt_index": r["index"],
+            }
+        )
+    if not pairs:
+        raise DataError(
+            f"no pair kept from {len(records)} prompts (skipped: {skipped}); lower --min-gap or sample more",
+            where=str(output),
+        )
+    atomic_write_text(output, "".join(json.dumps(p, sort_keys=True) + "\n" for p in pairs))
+    summary = {
+        "prompts": len(records),
+        "pairs": len(pairs),
+        "skipped": skipped,
+        "valid_share": round(sum(valid) / len(valid), 4),
+        "scores": {
+            "all_samples": distribution(all_scores),
+            "chosen": distribution(chosen_s),
+            "rejected": distribution(rejected_s),
+            "gap": distribution(gaps),
+        },
+        "settings": header,
+        "files": {"pairs": str(output), "log": str(side_files(output)[0])},
+        "wall_time_s_this_call": round(wall_s, 1),
+        "decpo": __version__,
+    }
+    atomic_write_json(summary_path, summary)
+    return summary
+
+
+# --- from a run config (`decpo run` / `decpo train` with a `pairs` section) ---------------------------------
+
+
+def settings_from_config(cfg) -> SamplingSettings:
+    """The `SamplingSettings` of a `decpo.config.RunConfig`'s ``pairs`` section."""
+    p = cfg.pairs
+    return SamplingSettings(
+        num_samples=p.num_samples,
+        include_greedy=p.include_greedy,
+        temperature=p.temperature,
+        top_p=p.top_p,
+        max_new_tokens=p.max_new_tokens,
+        seed=p.seed,
+        batch_size=p.batch_size,
+        scorer=p.scorer,
+        prefer=p.prefer,
+        min_gap=p.min_gap,
+    )
+
+
+def config_prompts(cfg) -> list[str]:
+    """The prompts a run config's ``pairs`` section samples from."""
+    from decpo.data.prompts import load_prompts
+
+    p = cfg.pairs
+    return [
+        r["prompt"] for r in load_prompts(p.source, split=p.split, data_dir=cfg.data.data_dir, limit=p.limit)
+    ]
+
+
+def sampler_model(cfg) -> dict[str, Any]:
+    """Which model samples: ``pairs.model``, else the run's own model (name, GGUF file, revision, dtype)."""
+    m = cfg.model
+    if cfg.pairs.model:
+        return {"name": cfg.pairs.model, "gguf_file": None, "revision": None, "dtype": m.dtype}
+    return {"name": m.name, "gguf_file": m.gguf_file, "revision": m.revision, "dtype": m.dtype}
+
+
+def pairs_key(cfg, prompts: Sequence[str] | None = None) -> str:
+    """Content key of a run's pair file: sampler model, settings, prompt texts, decpo version."""
+    from decpo import __version__
+    from decpo.io import stable_hash
+
+    prompts = config_prompts(cfg) if prompts is None else prompts
+    return stable_hash(
+        {
+            "model": sampler_model(cfg),
+            "settings": dataclasses.asdict(settings_from_config(cfg)),
+            "source": cfg.pairs.source,
+            "prompts": _prompts_digest(prompts),
+            "decpo": __version__,
+        }
+    )
+
+
+def cached_pairs_path(cfg, prompts: Sequence[str] | None = None) -> Path:
+    """``$DECPO_CACHE/pairs/<key>/pairs.jsonl``: one build per content key, shared by every run."""
+    from decpo.models.loading import cache_dir
+
+    return cache_dir() / "pairs" / pairs_key(cfg, prompts) / "pairs.jsonl"
+
+
+def ensure_pairs(cfg, progress: bool = True) -> Path:
+    """The run's pair file: reused when a complete build with the same content key exists, else built
+    (resuming an interrupted build of the same key)."""
+    prompts = config_prompts(cfg)
+    path = cached_pairs_path(cfg, prompts)
+    _, summary = side_files(path)
+    if path.is_file() and summary.is_file():
+        logger.info("pairs: reusing %s", path)
+        return path
+    from decpo.evaluation.scorers import make_scorer
+    from decpo.models import load_model, load_tokenizer
+
+    settings = settings_from_config(cfg)
+    scorer = make_scorer(scorer_spec(settings.scorer))  # before the model: a missing scorer fails at once
+    m = sampler_model(cfg)
+    tokenizer = load_tokenizer(m["name"], m["gguf_file"], cfg.model.trust_remote_code, m["revision"])
+    model = load_model(
+        m["name"],
+        gguf_file=m["gguf_file"],
+        dtype=m["dtype"],
+        trust_remote_code=cfg.model.trust_remote_code,
+        revision=m["revision"],
+    )
+    build_pairs(
+        model,
+        tokenizer,
+        prompts,
+        scorer,
+        settings,
+        path,
+        model_name=m["name"],
+        source=str(cfg.pairs.source),
+        progress=progress,
+    )
+    return path
+
+
+__all__ = [
+    "PREFER",
+    "SamplingSettings",
+    "build_pairs",
+    "cached_pairs_path",
+    "config_prompts",
+    "default_prefer",
+    "ensure_pairs",
+    "pairs_key",
+    "distribution",
+    "scorer_spec",
+    "select_pair",
+    "settings_from_config",
+    "side_files",
+]
