@@ -1,4 +1,6 @@
-"""Data parallelism through accelerate: 2 CPU processes (gloo) equal 1 process with the same global batch."""
+"""Data parallelism through accelerate: 2 CPU processes (gloo) equal 1 process with the same global batch,
+for DPO, DecPO and the probes during training; the logged penalty under a short last batch; the probes on
+an FSDP2-sharded model on every process."""
 
 from __future__ import annotations
 
@@ -11,17 +13,22 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import decpo.training.run as run
 from decpo.cli import main
+from decpo.training.run import NUM_PROCESSES_ENV
 
 from conftest import REPO
+from distributed_jobs import sequential_trainer_args
 
 pytestmark = pytest.mark.slow  # two extra Python processes: about a minute
 
 SMOKE = str(REPO / "configs" / "smoke.yaml")
 # Plain DPO (the decorrelation penalty is a property of each process's own rows), no LoRA dropout (random).
 # 8 pairs = one global batch: every step sees all of them whatever the order, since accelerate's sharded
-# sampler draws another permutation than the single-process one.
+# sampler draws another permutation than the single-process one. max_length 160: the smoke preset's 96
+# drops 5 of these 8 synthetic pairs (prompts of 108-122 tokens).
 COMMON = [
+    "train.max_length=160",
     "objective.name=dpo",
     "lora.dropout=0.0",
     "train.max_steps=3",
@@ -32,9 +39,24 @@ COMMON = [
 ]
 
 
-def losses(run):
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r["train/loss"] for r in rows if "train/loss" in r]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(run_dir):
+    return [r["train/loss"] for r in rows(run_dir) if "train/loss" in r]
+
+
+def child_env():
+    # the children import this worktree's decpo (src) and the jobs module (tests)
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests")]),
+        "TQDM_DISABLE": "1",
+    }
 
 
 @pytest.mark.parametrize("extra", [[], ["train.share_prompt=true"]], ids=["trl-layout", "shared-prompt"])
@@ -44,7 +66,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, extra):
     assert main(["train", "--config", SMOKE, "--output-dir", str(one), "train.batch_size=8", *args]) == 0
 
     two = tmp_path / "two"
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TQDM_DISABLE": "1"}
+    env = child_env()
     cmd = [
         sys.executable,
         "-m",
@@ -68,3 +90,86 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, extra):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-5), key
+
+
+def test_decpo_and_probes_in_two_processes_equal_one(tmp_path, monkeypatch):
+    # The penalty is a function of each forward's rows: one process with micro-batches of 4 (accumulation
+    # 2) and two with 4 each see the same rows when the pairs come in file order (`sequential_trainer_args`).
+    args = [
+        *[a for a in COMMON if not a.startswith("objective.name")],
+        "objective.name=decpo",
+        "objective.reg_weight=0.1",
+        "probe.every_n_steps=1",
+        "train.batch_size=4",
+    ]
+    one = tmp_path / "one"
+    monkeypatch.setattr(run, "trainer_args", sequential_trainer_args)
+    assert main(["train", "--config", SMOKE, "--output-dir", str(one), "train.grad_accum=2", *args]) == 0
+
+    two = tmp_path / "two"
+    job = [str(REPO / "tests" / "distributed_jobs.py"), "train", "--config", SMOKE, "--output-dir", str(two)]
+    env = {**child_env(), NUM_PROCESSES_ENV: "2"}  # `decpo train` then fails unless it is one of 2 processes
+    done = subprocess.run([*TORCHRUN, *job, *args], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    clock = {"time", "probe/seconds", "eval/runtime", "eval/samples_per_second", "eval/steps_per_second"}
+    a, b = rows(one), rows(two)
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    # the probes at every step (step 0 in a log of its own), the penalty's terms, eval at the end
+    assert [r["probe/step"] for r in a if "probe/step" in r] == [0, 1, 2, 3]
+    assert all("train/loss/decorr" in r and "train/decorr/value" in r for r in a if "train/loss" in r)
+    assert any("eval/loss/decorr" in r for r in a)
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        for key in x.keys() - clock:
+            assert y[key] == pytest.approx(x[key], rel=1e-4, abs=1e-5), (x["step"], key)
+
+
+def test_short_last_batch_penalty_and_fsdp_probes_on_every_process(tmp_path):
+    out = tmp_path / "sharded.json"
+    cmd = [*TORCHRUN, str(REPO / "tests" / "distributed_jobs.py"), "sharded", str(out)]
+    done = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["world_size"] == 2
+    for rank in result["ranks"]:
+        # the logged terms add up to the Trainer's loss (the mean over processes), also at the short last
+        # batch (step 2: 1 pair left over), where `gather_for_metrics` would keep rank 0's terms alone
+        logs = rank["logs"]
+        assert [h["step"] for h in logs] == [1, 2]
+        for h in logs:
+            assert h["loss/pref"] + h["loss/decorr"] == pytest.approx(h["loss"], abs=1e-5), h["step"]
+        # the probe pass on the FSDP2-sharded model, run by every process, equals the unsharded model's
+        sharded, unsharded = rank["sharded"], rank["unsharded"]
+        assert sharded.keys() == unsharded.keys()
+        for key in sharded.keys() - {"probe/seconds"}:
+            assert sharded[key] == pytest.approx(unsharded[key], rel=1e-5, abs=1e-7), key
+        # and through the callback's hooks (start, then step 1), on the main process and the other one
+        start, step1 = rank["callback"]
+        assert start["probe/step"] == 0 and step1["probe/step"] == 1 and "loss" in step1
+        for key in unsharded.keys() - {"probe/seconds", "probe/step"}:
+            assert start[key] == pytest.approx(unsharded[key], rel=1e-5, abs=1e-7), key
+            assert step1[key] == pytest.approx(unsharded[key], rel=1e-5, abs=1e-7), key
+
+
+def test_run_trains_each_stage_in_two_processes_and_evaluates_in_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", child_env()["PYTHONPATH"])
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    out = tmp_path / "exp"
+    args = ["run", "--num-processes", "2", "--config", SMOKE, "--output-dir", str(out), "--seeds", "0"]
+    args += ["--methods", "dpo,decpo", "experiment.eval_limit=8", "experiment.probe_num_texts=8"]
+    args += ["experiment.eval_tasks=[synthetic]"]
+    assert main(args) == 0
+    stages = json.loads((out / "stages.json").read_text())
+    assert {name: s["status"] for name, s in stages.items()} == dict.fromkeys(
+        [
+            "train/dpo-s0",
+            "train/decpo-s0",
+            "probes",
+            *(f"eval/synthetic/{m}" for m in ("base", "dpo-s0", "decpo-s0")),
+        ],
+        "done",
+    )
+    for label in ("dpo-s0", "decpo-s0"):
+        assert json.loads((out / "train" / label / "env.json").read_text())["world_size"] == 2
+    assert (out / "report.md").is_file()

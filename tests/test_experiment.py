@@ -350,3 +350,39 @@ def test_parse_layers():
     assert parse_layers("0-3") == [0, 1, 2, 3]
     assert parse_layers("0-29:10") == [0, 10, 20]
     assert parse_layers("3,15,27") == [3, 15, 27]
+
+
+def test_run_and_sweep_refuse_to_be_launched_as_several_processes(tmp_path, monkeypatch, capsys):
+    # under `accelerate launch` / torchrun every process would evaluate and write stages.json
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "exp"
+    assert main(["run", "--config", SMOKE, "--output-dir", str(out), *ARGS]) == 2
+    err = capsys.readouterr().err
+    assert "one of 2 (WORLD_SIZE)" in err and "--num-processes N" in err
+    assert main(["sweep", "--layers", "0,1", "--config", SMOKE, "--output-dir", str(out), *ARGS]) == 2
+    assert "one of 2" in capsys.readouterr().err
+    assert not out.exists()  # refused before anything is written
+
+
+def test_num_processes_launches_each_training_stage(tmp_path, monkeypatch):
+    import decpo.training.run as run
+    from decpo.experiment import StageLog, _train_stage
+
+    launched = []
+
+    def fake_launch(n, args):
+        launched.append((n, args))
+        return 0 if len(launched) == 1 else 1
+
+    monkeypatch.setattr(run, "launch", fake_launch)
+    cfg = load_config(SMOKE, ["objective.name=dpo", "train.seed=1"])
+    folder = tmp_path / "train" / "dpo-s1"
+    stage = _train_stage(
+        cfg, folder, StageLog(tmp_path / "stages.json"), "train/dpo-s1", "k", num_processes=2
+    )
+    stage()
+    config = folder / "launch.yaml"
+    assert launched == [(2, ["train", "--config", str(config), "--output-dir", str(folder)])]
+    assert load_config(config) == cfg  # the launched run trains what the stage's key says
+    with pytest.raises(RuntimeError, match="2-process training exited with code 1"):
+        stage()

@@ -188,31 +188,48 @@ def test_cli_writes_csv_plots_and_vocab(tmp_path, capsys):
 
 
 def test_callback_logs_probe_keys_during_a_tiny_decpo_run(tmp_path):
-    from transformers import TrainerCallback
-
     from decpo.training.callbacks import MetricsJsonlCallback
 
-    trainer = make_trainer(tmp_path, lora=True, max_steps=2)
-    probe = ProbeCallback(
-        TEXTS, load_tokenizer(TINY_NAME), every_n_steps=1, probes=["decorrelation", "hoyer"]
-    )
-    seen = []
-
-    class Recorder(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            seen.append(dict(logs))
-
+    trainer = make_trainer(tmp_path, lora=True, max_steps=2)  # logging_steps=1, no eval_on_start
+    tokenizer = load_tokenizer(TINY_NAME)
+    probes = ["decorrelation", "hoyer"]
+    probe = ProbeCallback(TEXTS, tokenizer, every_n_steps=1, probes=probes, trainer=trainer)
     trainer.add_callback(probe)  # before the metrics writer: on_log runs in list order
     trainer.add_callback(MetricsJsonlCallback(tmp_path / "metrics.jsonl"))
-    trainer.add_callback(Recorder())
     trainer.train()
 
     assert [h["probe/step"] for h in probe.history] == [0.0, 1.0, 2.0]
-    logged = [log for log in seen if "probe/decorrelation/L00" in log]
-    assert len(logged) == 2  # steps 1 and 2 (the step-0 values were superseded before the first log)
-    for log in logged:
+    logged = [log for log in trainer.state.log_history if "probe/decorrelation/L00" in log]
+    # every measurement in a log at its own step; the step-0 one in a log of its own, before any training
+    assert [(log["step"], log["probe/step"]) for log in logged] == [(0, 0.0), (1, 1.0), (2, 2.0)]
+    assert "loss" not in logged[0] and all("loss" in log for log in logged[1:])
+    for log, measured in zip(logged, probe.history, strict=True):
+        assert {k: log[k] for k in measured} == measured
         assert {"probe/decorrelation/L01", "probe/hoyer/L00", "probe/seconds"} <= log.keys()
-        assert 0.0 <= log["probe/decorrelation/L00"] <= 2.0
+    # the step-0 values are the untrained model's (LoRA B = 0: the base model), measured independently
+    base = probe_pass(load_model(TINY_NAME, seed=0), tokenizer, TEXTS, progress=False).values(probes)
+    for (_site, layer, name), value in base.items():
+        assert logged[0][f"probe/{name}/L{layer:02d}"] == pytest.approx(value, rel=1e-5, abs=1e-7)
+    assert logged[1]["probe/decorrelation/L01"] != logged[0]["probe/decorrelation/L01"]  # training moved it
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert any(k.endswith("probe/decorrelation/L00") for line in lines for k in line)
+    assert [(r["step"], r["probe/step"]) for r in lines if "probe/decorrelation/L00" in r] == [
+        (0, 0.0),
+        (1, 1.0),
+        (2, 2.0),
+    ]
     assert trainer.model.training  # train mode restored after each pass
+
+
+def test_callback_forces_a_log_at_each_measurement_and_needs_its_trainer(tmp_path):
+    # measurements every 2 steps, logs every 3: the steps measured are logged too, each with its own values
+    trainer = make_trainer(tmp_path, lora=True, max_steps=4, logging_steps=3)
+    probe = ProbeCallback(TEXTS, load_tokenizer(TINY_NAME), every_n_steps=2)
+    trainer.add_callback(probe.bind(trainer))
+    trainer.train()
+    logs = trainer.state.log_history
+    assert [(h["step"], h["probe/step"]) for h in logs if "probe/step" in h] == [(0, 0.0), (2, 2.0), (4, 4.0)]
+    assert [h["step"] for h in logs if "loss" in h] == [2, 3, 4]
+    unbound = make_trainer(tmp_path / "unbound", lora=True, max_steps=1)
+    unbound.add_callback(ProbeCallback(TEXTS, load_tokenizer(TINY_NAME), every_n_steps=1))
+    with pytest.raises(RuntimeError, match="bind"):
+        unbound.train()

@@ -98,26 +98,112 @@ def test_every_policy_parameter_changes_and_reference_stays_equal(tmp_path):
         assert torch.equal(p, ref_before[name]), f"reference {name} changed"
 
 
+def last_token_rows(acts: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """``(2B, T, D)`` -> ``(2B, D)``: the last real token of each row (right padding: at length - 1)."""
+    last = attention_mask.sum(1) - 1
+    return torch.stack([acts[i, last[i]] for i in range(acts.size(0))])
+
+
 def test_lora_policy_changes_only_adapters_and_penalty_has_gradient(tmp_path):
     # without precomputed reference log-probs the reference forward (adapter disabled) runs through the same
     # hooked modules after the policy forward; the penalty must come from the policy forward
-    trainer = make_trainer(tmp_path, lora=True, max_steps=2, precompute_ref_log_probs=False)
-    lora_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer = make_trainer(
+        tmp_path, dtype=torch.float64, lora=True, max_steps=2, precompute_ref_log_probs=False, reg_weight=0.5
+    )
+    model = trainer.model
+    batch = first_batch(trainer)
+    adapters = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert adapters and all("lora_" in n for n in adapters)
+
+    def adapter_grads(reg_weight):
+        trainer.args.reg_weight = reg_weight
+        model.zero_grad()
+        trainer.compute_loss(model, batch).backward()
+        return {n: p.grad.clone() for n, p in adapters.items()}
+
+    # LoRA B starts at 0, so the gradient reaches only the B matrices; give B a value so that A gets one too
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(0)
+        for n, p in adapters.items():
+            if "lora_B" in n:
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    model.train()
+    # the penalty's gradient: (the gradient with lambda 0.5) - (with lambda 0.25), divided by 0.25
+    high, low = adapter_grads(0.5), adapter_grads(0.25)
+    trainer.args.reg_weight = 0.5
+    penalty_grad = {n: (high[n] - low[n]) / 0.25 for n in adapters}
+    # against autograd of R(Z) on the policy forward alone (adapter enabled)
+    model.zero_grad()
+    with capture_activations(model, [-1], "mlp.up_proj") as acts:
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    z = last_token_rows(acts[1], batch["attention_mask"])  # 2 blocks: -1 is block 1
+    decorrelation_penalty(z, "cosine").backward()
+    # every adapter (q, v, up_proj of both blocks) sits before the hooked output: all get a penalty gradient
+    assert all(p.grad.norm() > 1e-3 for p in adapters.values())
+    for n, p in adapters.items():
+        # float32 agreement: the trainer's Gram matrix is float32 (`activation_penalty`)
+        assert (penalty_grad[n] - p.grad).norm() <= 1e-5 * p.grad.norm(), n
+
+    # training: every adapter matrix changes, no base weight does
+    model.zero_grad()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainer.train()
-    changed = [
-        n
-        for n, p in trainer.model.named_parameters()
-        if p.requires_grad and not torch.equal(p, lora_before[n])
-    ]
-    assert changed and all("lora_" in n for n in changed)
+    for n, p in model.named_parameters():
+        if "lora_" in n:
+            assert not torch.equal(p, before[n]), f"adapter {n} did not change"
+        else:
+            assert torch.equal(p, before[n]), f"base weight {n} changed"
+
+
+def perturbed(model, scale=0.05, seed=1):
+    """``model`` with every weight moved by ``scale`` x N(0, 1) noise, so that it differs from the reference."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return model
+
+
+def preference_loss_oracle(loss_type, policy, reference, batch, beta):
+    """TRL 1.16's ``sigmoid_norm``, ``ipo`` and ``sft`` losses in plain PyTorch, from sequence log-probs."""
+    ids, attn, comp = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
+    logits = policy(input_ids=ids, attention_mask=attn).logits
+    with torch.no_grad():
+        ref_logits = reference(input_ids=ids, attention_mask=attn).logits
+    if loss_type == "sft":  # mean NLL over all chosen completion tokens of the batch (a token mean)
+        per_token = torch.gather(logits[:, :-1].log_softmax(-1), 2, ids[:, 1:].unsqueeze(2)).squeeze(2)
+        chosen_mask = comp[:, 1:].chunk(2)[0].bool()
+        return -per_token.chunk(2)[0][chosen_mask].mean()
+    # both are length-normalised: log-ratio / number of completion tokens
+    ratio = (sequence_logps(logits, ids, comp) - sequence_logps(ref_logits, ids, comp)) / comp.sum(1)
+    chosen, rejected = ratio.chunk(2)
+    delta = chosen - rejected
+    if loss_type == "sigmoid_norm":
+        return -torch.nn.functional.logsigmoid(beta * delta).mean()
+    return ((delta - 1 / (2 * beta)) ** 2).mean()  # ipo, Azar et al. Eq. 17
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid_norm", "sft", "ipo"])
+def test_sigmoid_norm_and_sft_loss_types_run(tmp_path, loss_type):
+    # the loss of a fixed batch equals TRL's formula for that loss type + lambda * R of the policy forward
+    trainer = make_trainer(tmp_path, dtype=torch.float64, loss_type=[loss_type], beta=0.1, reg_weight=0.1)
+    perturbed(trainer.model)  # policy != reference: the log-ratios are not all 0
+    policy = perturbed(load_model(TINY_NAME, seed=0).double())
+    reference = load_model(TINY_NAME, seed=0).double().eval()
+    batch = first_batch(trainer)
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, batch)
+    with capture_activations(policy, [-1], "mlp.up_proj") as acts:
+        pref = preference_loss_oracle(loss_type, policy, reference, batch, beta=0.1)
+    penalty = decorrelation_penalty(last_token_rows(acts[1], batch["attention_mask"]), "cosine")
+    assert pref.abs().item() > 1e-3 and penalty.item() > 1e-3
+    # float32 agreement: the penalty's Gram matrix is float32 (`activation_penalty`), TRL's log-probs too
+    assert loss.item() == pytest.approx((pref + 0.1 * penalty).item(), rel=1e-6)
+    metrics = trainer._metrics["train"]
+    assert metrics["loss/pref"][-1] == pytest.approx(pref.item(), rel=1e-6)
+    assert metrics["decorr/value"][-1] == pytest.approx(penalty.item(), rel=1e-6)
+    trainer.train()  # and a run of it logs the terms
     assert any("loss/decorr" in h for h in trainer.state.log_history)
-
-
-def test_sigmoid_norm_and_sft_loss_types_run(tmp_path):
-    for loss_type in ("sigmoid_norm", "sft", "ipo"):
-        trainer = make_trainer(tmp_path / loss_type, loss_type=[loss_type], max_steps=1)
-        trainer.train()
-        assert any("loss/decorr" in h for h in trainer.state.log_history)
 
 
 def test_simpo_trainer_composes_with_the_regularizer(tmp_path):

@@ -23,11 +23,8 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _relaunch(args: argparse.Namespace, argv: list[str]) -> int:
-    """``decpo train --num-processes N``: run the same command under ``accelerate launch`` (N processes)."""
-    import os
-    import subprocess
-
-    import torch
+    """``decpo train --num-processes N``: run the same command as N data-parallel processes."""
+    from decpo.training.run import launch
 
     rest = []
     skip = False
@@ -38,22 +35,19 @@ def _relaunch(args: argparse.Namespace, argv: list[str]) -> int:
             skip = True
         elif not a.startswith("--num-processes="):
             rest.append(a)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(args.num_processes)]
-    if not torch.cuda.is_available():
-        cmd.append("--cpu")
-    cmd += ["-m", "decpo", *rest]
-    return subprocess.call(cmd, env=os.environ.copy())
+    return launch(args.num_processes, rest)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     import os
 
     from decpo.config import load_config
-    from decpo.training.run import train
+    from decpo.training.run import check_launched_world, train
 
     if args.num_processes > 1 and "WORLD_SIZE" not in os.environ:
         load_config(config_path(args.config), args.overrides)  # a bad config fails here, before any launch
         return _relaunch(args, args.raw_argv)
+    check_launched_world()
 
     cfg = load_config(config_path(args.config), args.overrides)
     output_dir = Path(args.output_dir or f"runs/{cfg.objective.name}")
@@ -87,7 +81,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from decpo.experiment import run_experiment
 
     cfg = _experiment_config(args)
-    report = run_experiment(cfg, Path(args.output_dir), argv=args.raw_argv)
+    report = run_experiment(cfg, Path(args.output_dir), argv=args.raw_argv, num_processes=args.num_processes)
     print(f"report: {report}")
     return 0
 
@@ -103,9 +97,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise ConfigError(f"sweep: {e}") from e
     if values is not None:
-        path = sweep_strength(cfg, Path(args.output_dir or "runs/strength"), values, argv=args.raw_argv)
+        out = Path(args.output_dir or "runs/strength")
+        path = sweep_strength(cfg, out, values, argv=args.raw_argv, num_processes=args.num_processes)
     else:
-        path = sweep_layers(cfg, Path(args.output_dir or "runs/layer-sweep"), layers, argv=args.raw_argv)
+        out = Path(args.output_dir or "runs/layer-sweep")
+        path = sweep_layers(cfg, out, layers, argv=args.raw_argv, num_processes=args.num_processes)
     print(f"sweep: {path}")
     return 0
 
@@ -115,6 +111,16 @@ def _cmd_config_keys(args: argparse.Namespace) -> int:
 
     print(describe_keys())
     return 0
+
+
+def _add_stage_processes(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--num-processes",
+        type=int,
+        default=1,
+        help="train each stage as N data-parallel processes (as `decpo train --num-processes`); the command "
+        "itself stays one process: do not start it under `accelerate launch` or torchrun",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-processes",
         type=int,
         default=1,
-        help="data-parallel processes (relaunches under `accelerate launch`; GPUs, or CPU processes with gloo)",
+        help="data-parallel processes (relaunches under `accelerate launch` on GPUs, torchrun with gloo on CPU)",
     )
     p.add_argument(
         "--allow-config-change",
@@ -163,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="runs/paper-demo", help="experiment folder")
     p.add_argument("--seeds", default=None, help="comma-separated training seeds, e.g. 0,1,2")
     p.add_argument("--methods", default=None, help="comma-separated methods, e.g. dpo,decpo,l1,simpo,sft")
+    _add_stage_processes(p)
     p.add_argument("overrides", nargs="*", help="dotted overrides section.key=value")
     p.set_defaults(func=_cmd_run)
 
@@ -183,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-dir", default=None, help="sweep folder (default: runs/layer-sweep or runs/strength)"
     )
     p.add_argument("--seeds", default=None, help="comma-separated training seeds (--reg-weights), e.g. 0,1,2")
+    _add_stage_processes(p)
     p.add_argument("overrides", nargs="*", help="dotted overrides section.key=value")
     p.set_defaults(func=_cmd_sweep)
 

@@ -23,6 +23,15 @@ Re-running the same command skips finished stages (same key) and resumes an inte
 changed config changes the keys of the stages that depend on it: those run again, and an old training
 folder is kept aside as ``<name>.stale-<key>`` rather than deleted. Every key holds the decpo version
 (`stage_key`), so a new version reruns every stage instead of reusing the old code's results.
+
+Several devices: the experiment is driven by ONE process. With ``num_processes`` > 1 (``decpo run
+--num-processes N``) each training stage is launched as N data-parallel processes (``decpo train`` under
+torchrun / ``accelerate launch``, `decpo.training.run.launch`) and waited for; probes, evaluations and the
+report run in the driver. Launched itself as several processes (``accelerate launch``, ``torchrun``) it
+refuses to start (`check_single_process`): the probe and evaluation stages are single-device code, and
+the other processes would wait at a barrier through all of them, past the process group's timeout
+(30 minutes by default), while every write of the stage log, the stale moves and the report would need
+a guard of its own.
 """
 
 from __future__ import annotations
@@ -136,17 +145,32 @@ def eval_tasks(cfg: RunConfig) -> list[str]:
     return tasks
 
 
-def _train_stage(run_cfg: RunConfig, folder: Path, log: StageLog, name: str, key: str) -> Callable[[], None]:
+def _train_stage(
+    run_cfg: RunConfig, folder: Path, log: StageLog, name: str, key: str, num_processes: int = 1
+) -> Callable[[], None]:
     previous = log.stages.get(name, {}).get("key")  # read now: the plan marks the stage with the new key
 
     def stage() -> None:
-        from decpo.training.run import train
+        from decpo.training.run import launch, train
 
         if previous is not None and previous != key and folder.exists():
             aside = folder.with_name(f"{folder.name}.stale-{previous}")
             logger.info("config changed: keeping the old %s as %s", folder, aside)
             os.replace(folder, aside)
-        train(run_cfg, folder)
+        if num_processes <= 1:
+            train(run_cfg, folder)
+            return
+        # `decpo train` on this config in N processes; not config.yaml, which the run writes (and a resumed
+        # run compares with its config)
+        launch_config = folder / "launch.yaml"
+        save_config(run_cfg, launch_config)
+        args = ["train", "--config", str(launch_config), "--output-dir", str(folder)]
+        code = launch(num_processes, args)
+        if code != 0:
+            raise RuntimeError(
+                f"{name}: the {num_processes}-process training exited with code {code} (its output is above); "
+                "re-run the same command to resume it"
+            )
 
     return stage
 
@@ -324,10 +348,24 @@ def _probe_stage(cfg: RunConfig, models: dict[str, str], out: Path) -> Callable[
     return stage
 
 
+def check_single_process(what: str = "decpo run") -> None:
+    """Refuse to drive an experiment from several processes (see the module docstring for why)."""
+    from decpo.config import ConfigError
+    from decpo.training.run import _world_size
+
+    if _world_size() > 1:
+        raise ConfigError(
+            f"{what} is driven by one process, but this is one of {_world_size()} (WORLD_SIZE): run it without "
+            "`accelerate launch` or `torchrun`, and add `--num-processes N` to train each stage on N "
+            "processes (the probes, evaluations and report run on one device)"
+        )
+
+
 def _begin(
     cfg: RunConfig, output_dir: str | Path, argv: list[str] | None
 ) -> tuple[Path, str, StageLog, Plan]:
     """An experiment folder made ready: checked, its config saved; the command line, stage log and plan."""
+    check_single_process()
     output_dir = Path(output_dir)
     check_writable(output_dir)
     save_config(cfg, output_dir / "config.yaml")
@@ -336,8 +374,13 @@ def _begin(
     return output_dir, command, log, Plan(log)
 
 
-def run_experiment(cfg: RunConfig, output_dir: str | Path, argv: list[str] | None = None) -> Path:
-    """Train, probe, evaluate and report; returns the path of ``report.md``."""
+def run_experiment(
+    cfg: RunConfig, output_dir: str | Path, argv: list[str] | None = None, num_processes: int = 1
+) -> Path:
+    """Train, probe, evaluate and report; returns the path of ``report.md``.
+
+    ``num_processes`` > 1: each training stage runs as that many data-parallel processes.
+    """
     output_dir, command, log, plan = _begin(cfg, output_dir, argv)
     exp = cfg.experiment
     # what every trained model depends on; the experiment section itself only chooses methods and seeds
@@ -353,7 +396,8 @@ def run_experiment(cfg: RunConfig, output_dir: str | Path, argv: list[str] | Non
             run_cfg = cfg.replace(**{"objective.name": method, "train.seed": seed})
             key = stage_key({**shared, "objective": run_cfg.to_dict()["objective"], "seed": seed})
             folder = output_dir / "train" / label
-            plan.add(f"train/{label}", key, _train_stage(run_cfg, folder, log, f"train/{label}", key))
+            stage = _train_stage(run_cfg, folder, log, f"train/{label}", key, num_processes)
+            plan.add(f"train/{label}", key, stage)
             models[label] = str(folder / "final")
             train_keys[label] = key
 
@@ -451,7 +495,11 @@ def _add_pairs(plan: Plan, cfg: RunConfig, tasks: list[str], out: Path) -> None:
 
 
 def sweep_layers(
-    cfg: RunConfig, output_dir: str | Path, layers: list[int], argv: list[str] | None = None
+    cfg: RunConfig,
+    output_dir: str | Path,
+    layers: list[int],
+    argv: list[str] | None = None,
+    num_processes: int = 1,
 ) -> Path:
     """DecPO once per regularized layer; the task's headline measure against the layer (the paper's Fig. 7)."""
     from decpo.reports.report import write_sweep
@@ -466,7 +514,9 @@ def sweep_layers(
         run_cfg = cfg.replace(**{"objective.name": "decpo", "objective.layers": [layer]})
         key = stage_key({**shared, "objective": run_cfg.to_dict()["objective"]})
         folder = output_dir / "train" / label
-        plan.add(f"train/{label}", key, _train_stage(run_cfg, folder, log, f"train/{label}", key))
+        plan.add(
+            f"train/{label}", key, _train_stage(run_cfg, folder, log, f"train/{label}", key, num_processes)
+        )
         for task in tasks:
             ekey = stage_key({"model": key, "task": task, "eval": _eval_settings(cfg)})
             heldout = output_dir / PAIRS_DIR / "heldout.jsonl" if cfg.pairs.source else None
@@ -519,7 +569,11 @@ def parse_values(text: str) -> list[float]:
 
 
 def sweep_strength(
-    cfg: RunConfig, output_dir: str | Path, values: list[float], argv: list[str] | None = None
+    cfg: RunConfig,
+    output_dir: str | Path,
+    values: list[float],
+    argv: list[str] | None = None,
+    num_processes: int = 1,
 ) -> Path:
     """DecPO once per strength and per seed of ``experiment.seeds``; returns the path of ``strength.md``.
 
@@ -547,7 +601,8 @@ def sweep_strength(
             run_cfg = cfg.replace(**{"objective.name": "decpo", "train.seed": seed, **overrides})
             key = stage_key({**shared, "objective": run_cfg.to_dict()["objective"], "seed": seed})
             folder = output_dir / "train" / label
-            plan.add(f"train/{label}", key, _train_stage(run_cfg, folder, log, f"train/{label}", key))
+            stage = _train_stage(run_cfg, folder, log, f"train/{label}", key, num_processes)
+            plan.add(f"train/{label}", key, stage)
             models[label] = str(folder / "final")
             keys[label] = key
             runs.setdefault(value, {})[seed] = label
@@ -581,6 +636,7 @@ __all__ = [
     "parse_layers",
     "parse_values",
     "probe_sets",
+    "check_single_process",
     "probe_texts",
     "run_experiment",
     "stage_key",

@@ -51,9 +51,11 @@ def check_writable(directory: str | Path, min_free_bytes: int = 50 * 2**20) -> N
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".decpo-write-test"
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        # a name of its own: the processes of a data-parallel run check the same folder at the same time
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".decpo-write-test.")
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"ok")
+        os.unlink(probe)
     except OSError as e:
         raise OSError(f"output directory {directory} is not writable: {e}") from e
     free = os.statvfs(directory).f_bavail * os.statvfs(directory).f_frsize

@@ -3,9 +3,10 @@
 Every requested (site, layer) is hooked at once; each hook keeps only the ``(B, D)`` row of the last
 real token of each text (`decpo.functional.select_tokens`), so a batch never holds more than ``B x D``
 floats per (site, layer) beyond the forward itself, and the statistics are streamed (`ActivationStats`).
-The forward runs the model's backbone only (no LM head: the probes need no logits) in eval mode under
-``torch.no_grad()``; position ids are taken from the attention mask, so left and right padding give the
-same activations (models with absolute positions, GPT-2, included).
+The forward runs the model's backbone only (no LM head: the probes need no logits; an FSDP-sharded model
+runs whole, see `is_fsdp_sharded`) in eval mode under ``torch.no_grad()``; position ids are taken from the
+attention mask, so left and right padding give the same activations (models with absolute positions,
+GPT-2, included).
 """
 
 from __future__ import annotations
@@ -138,6 +139,22 @@ def parse_layers(spec: str | Sequence[int] | None, model: nn.Module) -> list[int
     return sorted(set(resolve_layers(model, list(spec))))
 
 
+def is_fsdp_sharded(model: nn.Module) -> bool:
+    """Whether FSDP (the ``FullyShardedDataParallel`` wrapper or FSDP2's ``fully_shard``) shards ``model``.
+
+    Only the sharded root's forward gathers the weights that are not in a sharded block (embeddings, final
+    norm), so such a model is run whole, not through its backbone.
+    """
+    try:
+        from torch.distributed import fsdp
+    except ImportError:  # torch built without distributed
+        return False
+    kinds = tuple(
+        k for k in (getattr(fsdp, "FullyShardedDataParallel", None), getattr(fsdp, "FSDPModule", None)) if k
+    )
+    return bool(kinds) and any(isinstance(m, kinds) for m in model.modules())
+
+
 def _accepts(module: nn.Module, name: str) -> bool:
     try:
         return name in inspect.signature(module.forward).parameters
@@ -188,10 +205,13 @@ def probe_pass(
     pairs = [(site, layer) for site in sites for layer in layer_list]
     extra = [(site, resolve_layers(model, [layer])[0]) for site, layer in extra_pairs]
     pairs += [pair for pair in extra if pair not in pairs]
-    net = backbone(model)
+    inner = backbone(model)
+    # the backbone alone (no LM head: the probes need no logits), but a sharded model through its root
+    net = model if is_fsdp_sharded(model) else inner
     device = next(model.parameters()).device
-    extra_kwargs = {k: v for k, v in (("use_cache", False),) if _accepts(net, k)}
-    with_positions = _accepts(net, "position_ids")
+    # the keyword arguments the transformers model takes (wrappers pass them on through **kwargs)
+    extra_kwargs = {k: v for k, v in (("use_cache", False),) if _accepts(inner, k)}
+    with_positions = _accepts(inner, "position_ids")
     stats: dict[tuple[str, int], ActivationStats] = {}
     batch: dict[str, torch.Tensor] = {}
     was_training = model.training

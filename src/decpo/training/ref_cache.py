@@ -242,6 +242,8 @@ class CachedReferenceMixin:
         return stable_hash(parts), parts
 
     def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
+        if isinstance(dataset, Dataset) and self.accelerator.num_processes > 1 and not dataset.cache_files:
+            dataset = self._file_backed(dataset, name)
         cache = getattr(self.args, "ref_logps_cache", None)
         if not cache or not isinstance(dataset, Dataset):
             return super()._precompute_ref_logps(dataset, name, batch_size)
@@ -284,6 +286,26 @@ class CachedReferenceMixin:
                 logger.warning("reference log-probs for %s: could not write %s (%s)", name, path, e)
         self.accelerator.wait_for_everyone()
         return out
+
+    def _file_backed(self, dataset: Dataset, name: str) -> Dataset:
+        """``dataset`` written by the main process to one Arrow file in the run folder, read by every process.
+
+        TRL hands the reference log-probs from the main process to the others through an Arrow file in the
+        folder of the dataset's own files. An in-memory dataset has none: each process would look in its
+        own temporary folder, and all but the main one fail (FileNotFoundError) when there are several.
+        """
+        path = Path(self.args.output_dir) / "ref_logps_data" / f"{name}.arrow"
+        if self.accelerator.is_main_process:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            dataset = dataset.map(
+                lambda batch: batch,
+                batched=True,
+                cache_file_name=str(path),
+                load_from_cache_file=False,
+                desc=f"Writing the {name} dataset for the other processes",
+            )
+        self.accelerator.wait_for_everyone()
+        return dataset if self.accelerator.is_main_process else Dataset.from_file(str(path))
 
 
 def _read_cached(path: Path, rows: int, name: str) -> tuple[np.ndarray, np.ndarray] | None:

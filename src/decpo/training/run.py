@@ -14,6 +14,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,7 @@ def environment() -> dict[str, Any]:
         "accelerate": accelerate.__version__,
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "cpu_count": os.cpu_count(),
+        "world_size": _world_size(),  # data-parallel processes
     }
 
 
@@ -111,6 +113,46 @@ def load_records(cfg: RunConfig) -> tuple[list[dict], list[dict]]:
 
 def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+# set by `launch` in the launched processes: how many there should be (see `check_launched_world`)
+NUM_PROCESSES_ENV = "DECPO_NUM_PROCESSES"
+
+
+def launch_command(num_processes: int, decpo_args: list[str]) -> list[str]:
+    """The command running ``python -m decpo <decpo_args>`` as ``num_processes`` data-parallel processes.
+
+    GPUs: ``accelerate launch --multi_gpu`` (one process per GPU). CPU: ``torch.distributed.run
+    --standalone`` (gloo; the Trainer's accelerate state reads its environment): ``accelerate launch --cpu
+    --num_processes N`` starts ONE process (its simple launcher), not N.
+    """
+    if num_processes < 2:
+        raise ConfigError(f"a launch needs 2 processes or more, got {num_processes}")
+    if torch.cuda.is_available():
+        if torch.cuda.device_count() < num_processes:
+            raise ConfigError(
+                f"--num-processes {num_processes}: only {torch.cuda.device_count()} GPU(s) are visible"
+            )
+        launcher = ["accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes)]
+    else:
+        launcher = ["torch.distributed.run", "--standalone", "--nproc_per_node", str(num_processes)]
+    return [sys.executable, "-m", *launcher, "-m", "decpo", *decpo_args]
+
+
+def launch(num_processes: int, decpo_args: list[str]) -> int:
+    """Run ``decpo <decpo_args>`` as ``num_processes`` processes (`launch_command`); returns the exit code."""
+    env = {**os.environ, NUM_PROCESSES_ENV: str(num_processes)}
+    return subprocess.call(launch_command(num_processes, decpo_args), env=env)
+
+
+def check_launched_world() -> None:
+    """In a process started by `launch`: fail unless it is one of as many processes as were asked for."""
+    expected = os.environ.get(NUM_PROCESSES_ENV)
+    if expected is not None and int(expected) != _world_size():
+        raise ConfigError(
+            f"launched for {expected} data-parallel processes, but this process is one of {_world_size()} "
+            f"(WORLD_SIZE): the launcher did not start them"
+        )
 
 
 def to_dataset(records: list[dict], chat_template: bool) -> Dataset:
@@ -276,8 +318,10 @@ def build_trainer(cfg: RunConfig, output_dir: Path, train_records: list[dict], e
         LogLineCallback(),
         NonFiniteGuardCallback(),
     ]
+    probe = None
     if cfg.probe.every_n_steps > 0:
-        callbacks.insert(0, probe_callback(cfg, tokenizer, eval_records or train_records))
+        probe = probe_callback(cfg, tokenizer, eval_records or train_records)
+        callbacks.insert(0, probe)
     trainer_cls = SimPOTrainer if cfg.objective.name == "simpo" else DecPOTrainer
     trainer = trainer_cls(
         model=model,
@@ -289,6 +333,8 @@ def build_trainer(cfg: RunConfig, output_dir: Path, train_records: list[dict], e
         peft_config=peft_config,
         callbacks=callbacks,
     )
+    if probe is not None:
+        probe.bind(trainer)  # it logs the step-0 values through trainer.log
     # keep the progress bar, drop its printing of every log dict (our log line says it once)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(QuietProgressCallback())

@@ -403,8 +403,11 @@ class ActivationRegularizerMixin:
         self._check_finite(term, f"{cfg.reg_type} term")
         mode = "train" if self.model.training else "eval"
         name = TERM_NAMES[cfg.reg_type]
-        pref_value = self.accelerator.gather_for_metrics(pref_loss.detach()).mean().item()
-        term_value = self.accelerator.gather_for_metrics(term.detach()).mean().item()
+        # One scalar per process, averaged as the Trainer averages its loss. Not `gather_for_metrics`: at the
+        # end of a dataloader that cuts the gathered tensor to the remainder's count of SAMPLES, which for one
+        # scalar per process keeps the first processes' values only (all but rank 0's when the remainder is 1).
+        pref_value = self.accelerator.gather(pref_loss.detach()).mean().item()
+        term_value = self.accelerator.gather(term.detach()).mean().item()
         self._last_terms = (pref_value, term_value / cfg.reg_weight if cfg.reg_weight else 0.0)
         self._record(mode, "loss/pref", pref_value)
         self._record(mode, f"loss/{name}", term_value)

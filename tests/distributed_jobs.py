@@ -1,0 +1,116 @@
+"""Jobs that tests/test_distributed.py runs in one process or, under `accelerate launch` / torchrun, in two.
+
+python tests/distributed_jobs.py train <decpo train arguments...>   `decpo train`, pairs in file order
+python tests/distributed_jobs.py sharded <out.json>                  FSDP2 probes, a short-last-batch run
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import decpo.training.run as run
+
+_trainer_args = run.trainer_args
+
+
+def sequential_trainer_args(cfg, output_dir):
+    """`decpo.training.run.trainer_args` with the pairs in file order instead of shuffled.
+
+    The decorrelation penalty is a function of the rows of each forward, so one process (micro-batches of
+    an accumulation) and two (one shard each) give the same numbers only when they hold the same pairs:
+    in file order, micro-batch ``k`` of one process is the batch of process ``k``.
+    """
+    args = _trainer_args(cfg, output_dir)
+    args.train_sampling_strategy = "sequential"
+    return args
+
+
+def train(argv: list[str]) -> int:
+    from decpo.cli import main
+
+    run.trainer_args = sequential_trainer_args
+    return main(["train", *argv])
+
+
+def sharded(out: str) -> int:
+    """Two processes (torchrun, gloo): (1) a DecPO run whose last batch is short: the logged terms still
+    add up to the logged loss; (2) the probe pass on an FSDP2-sharded model, on every process, equals the
+    unsharded model's values, and so do the values the callback logs when the Trainer calls it."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    from decpo.models import TINY_NAME, load_model, load_tokenizer
+    from decpo.probes.callback import ProbeCallback
+
+    from conftest import PAIRS, make_trainer
+
+    result: dict = {}
+    # 9 pairs, 4 per process: the second step is the end of the data with 1 pair left over (accelerate
+    # pads the batches); `gather_for_metrics` would then keep 1 of the 2 processes' scalars
+    pairs = [*PAIRS, {"prompt": "What is 1 + 1?", "chosen": " 2", "rejected": " 11"}]
+    trainer = make_trainer(
+        Path(out).parent / "short",
+        pairs=pairs,
+        max_steps=2,
+        reg_weight=0.1,
+        train_sampling_strategy="sequential",
+        ddp_timeout=60,  # the process group's: a process left waiting fails in a minute
+    )
+    trainer.train()
+    result["logs"] = [h for h in trainer.state.log_history if "loss" in h and "loss/pref" in h]
+
+    texts = ["I think 23 + 45 = 68. Is that right?", "yes", "no no no", "Answer: (A) 68 (B) 70", "0 1 2 3"]
+    tokenizer = load_tokenizer(TINY_NAME)
+    probe = ProbeCallback(texts, tokenizer, every_n_steps=0, probes=["decorrelation", "hoyer"], batch_size=2)
+    result["unsharded"] = probe.measure(load_model(TINY_NAME, seed=0), 0)
+    model = load_model(TINY_NAME, seed=0)
+    for block in model.model.layers:
+        fully_shard(block)
+    fully_shard(model)
+    result["sharded"] = probe.measure(model, 0)
+    result["callback"] = drive_callback(probe, model, is_main=dist.get_rank() == 0)
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, result)
+    if dist.get_rank() == 0:
+        Path(out).write_text(json.dumps({"world_size": dist.get_world_size(), "ranks": everyone}))
+    torch.distributed.barrier()
+    return 0
+
+
+def drive_callback(probe, model, is_main: bool) -> list[dict]:
+    """The Trainer's calls of the callback (start, step 1) on this process; returns the values it logs.
+
+    A pass on the main process only would leave it waiting in the sharded forward for the other process.
+    """
+    from transformers import TrainerControl, TrainerState
+
+    class Trainer:  # the part of a Trainer the callback uses
+        def __init__(self):
+            self.logged: list[dict] = []
+
+        def log(self, logs):
+            self.logged.append(logs)
+
+    trainer = Trainer()
+    probe.bind(trainer)
+    probe.every_n_steps = 1
+    state = TrainerState(is_world_process_zero=is_main, is_local_process_zero=is_main)
+    probe.on_train_begin(None, state, TrainerControl(), model=model)
+    probe.on_step_begin(None, state, TrainerControl())  # the start values: a log of their own
+    state.global_step = 1
+    control = TrainerControl()
+    probe.on_step_end(None, state, control, model=model)
+    assert control.should_log
+    logs: dict = {"loss": 0.0}
+    probe.on_log(None, state, control, logs=logs)
+    return [*trainer.logged, logs]
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    job, *rest = sys.argv[1:]
+    raise SystemExit(train(rest) if job == "train" else sharded(*rest))
