@@ -141,6 +141,36 @@ def minus_base(output_dir: Path, results: Results, columns, method: str) -> list
     return out
 
 
+def plot_task_measures(
+    results: Results, methods: Sequence[str], columns, task: str, path: Path
+) -> Path | None:
+    """One panel per headline measure of ``task``: each method's mean with its 95% interval (over seeds; the
+    base model's: over items), in the methods' fixed colours; None when the task has no results."""
+    cols = [c for c in columns if c[0] == task]
+    if not cols:
+        return None
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(cols), figsize=(2.6 * len(cols), 3.0), squeeze=False)
+    for ax, (_, metric, label) in zip(axes[0], cols, strict=True):
+        for i, method in enumerate(methods):
+            per_seed = seed_entries(results.get(method, {}).get(task, {}), metric)
+            if not per_seed:
+                continue
+            est = over_seeds([per_seed[k] for k in sorted(per_seed, key=lambda x: (x is None, x))])
+            err = [[est.mean - est.low], [est.high - est.mean]] if est.has_interval else None
+            ax.bar(i, est.mean, color=method_color(method), yerr=err, capsize=3)
+        ax.set_xticks(range(len(methods)), methods, rotation=30, fontsize=8)
+        name = label.split(": ", 1)[-1]
+        ax.set_title(name, fontsize=9)
+        ax.set_ylabel(name, fontsize=8)
+    fig.suptitle(f"{task}: mean and 95% interval (over seeds; base: over items)", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def training_data(cfg: RunConfig) -> str:
     """The training data in a few words: the user's file, pairs sampled from the model, or a task."""
     if cfg.pairs.source:
@@ -480,6 +510,10 @@ def write_report(
     )
     lines.append("")
     lines += not_applicable_lines(results, methods, columns)
+    for task in tasks:
+        fig = plot_task_measures(results, methods, columns, task, figures / f"measures_{task}.png")
+        if fig is not None:
+            lines += [f"![{task} measures](figures/{fig.name})", ""]
     if diffs:
         lines += [
             "### DecPO - DPO (paired)",
