@@ -42,16 +42,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import os
 
     from decpo.config import load_config
+    from decpo.io import remove_failed_start, removed_if_start_fails
     from decpo.training.run import check_launched_world, train
 
+    cfg = load_config(config_path(args.config), args.overrides)  # a bad config fails here, before any launch
+    output_dir = Path(args.output_dir or f"runs/{cfg.objective.name}")
     if args.num_processes > 1 and "WORLD_SIZE" not in os.environ:
-        load_config(config_path(args.config), args.overrides)  # a bad config fails here, before any launch
-        return _relaunch(args, args.raw_argv)
+        existed = output_dir.exists()
+        rc = _relaunch(args, args.raw_argv)
+        if rc != 0 and not existed:
+            remove_failed_start(output_dir)
+        return rc
     check_launched_world()
 
-    cfg = load_config(config_path(args.config), args.overrides)
-    output_dir = Path(args.output_dir or f"runs/{cfg.objective.name}")
-    result = train(cfg, output_dir, allow_config_change=args.allow_config_change)
+    if "WORLD_SIZE" in os.environ:  # a launched process: the launcher cleans up after a failed start
+        result = train(cfg, output_dir, allow_config_change=args.allow_config_change)
+    else:
+        with removed_if_start_fails(output_dir):
+            result = train(cfg, output_dir, allow_config_change=args.allow_config_change)
     print(f"run directory: {result.output_dir}")
     print(f"final weights: {result.final_dir}")
     for key in ("eval/rewards/accuracies", "eval/rewards/margins", "eval/loss"):
@@ -79,9 +87,13 @@ def _experiment_config(args: argparse.Namespace):
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from decpo.experiment import run_experiment
+    from decpo.io import removed_if_start_fails
 
     cfg = _experiment_config(args)
-    report = run_experiment(cfg, Path(args.output_dir), argv=args.raw_argv, num_processes=args.num_processes)
+    with removed_if_start_fails(args.output_dir):
+        report = run_experiment(
+            cfg, Path(args.output_dir), argv=args.raw_argv, num_processes=args.num_processes
+        )
     print(f"report: {report}")
     return 0
 
@@ -107,9 +119,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_keys(args: argparse.Namespace) -> int:
-    from decpo.config import describe_keys
+    from decpo.config import describe_keys, load_config
 
-    print(describe_keys())
+    print(describe_keys(load_config(args.config) if args.config else None))
     return 0
 
 
@@ -202,7 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_pairs_parser(sub)
 
-    p = sub.add_parser("config-keys", help="list every config key with its default and help")
+    p = sub.add_parser(
+        "config-keys", help="list every config key with its default (or a preset's value) and help"
+    )
+    p.add_argument("--config", default=None, help="YAML config whose values to show (default: the defaults)")
     p.set_defaults(func=_cmd_config_keys)
     return parser
 

@@ -476,7 +476,12 @@ def parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ConfigError(f"override {item!r} must look like section.key=value, e.g. objective.beta=0.2")
     key, raw = item.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+    if not raw.strip():
+        return key.strip(), None
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as e:  # e.g. a !!python tag, which the safe loader refuses (as in a file)
+        raise ConfigError(f"override {item!r}: not valid YAML: {e}") from e
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -518,10 +523,14 @@ def save_config(cfg: RunConfig, path: str | Path) -> None:
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-def describe_keys() -> str:
-    """One line per valid key with its default and help text."""
+def describe_keys(cfg: RunConfig | None = None) -> str:
+    """One line per valid key with its value in ``cfg`` (default: the defaults) and help text; a value that
+    differs from the default says so."""
+    values = _flatten(cfg.to_dict()) if cfg is not None else {}
     lines = []
     for key, f in FIELDS.items():
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        lines.append(f"{key} = {default!r}  # {f.metadata.get('help', '')}")
+        value = values.get(key, default)
+        note = "" if value == default else f" (default {default!r})"
+        lines.append(f"{key} = {value!r}{note}  # {f.metadata.get('help', '')}")
     return "\n".join(lines)

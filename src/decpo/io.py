@@ -5,10 +5,13 @@ A reader (or a resumed run) never sees a half-written file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +69,37 @@ def check_writable(directory: str | Path, min_free_bytes: int = 50 * 2**20) -> N
 def stable_hash(obj: Any) -> str:
     """A short hash of a JSON-able object that is the same in every process and session."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# What a start writes before any work (the resolved config, the environment, the stage log): a folder that
+# holds nothing else was left by a start that failed.
+START_FILES = frozenset({"config.yaml", "env.json", "reg_weight.json", "stages.json"})
+
+
+@contextlib.contextmanager
+def removed_if_start_fails(directory: str | Path) -> Iterator[None]:
+    """Remove ``directory`` (and the parents made for it) when the body raises, if this call created it and
+    it holds nothing but `START_FILES` and empty folders; a folder that existed before is never touched."""
+    directory = Path(directory).absolute()
+    created = [p for p in (directory, *directory.parents) if not p.exists()]
+    try:
+        yield
+    except Exception:
+        if created:
+            remove_failed_start(directory, top=created[-1])
+        raise
+
+
+def remove_failed_start(directory: Path, top: Path | None = None) -> bool:
+    """Remove ``directory`` when it holds only `START_FILES` and empty folders, then its empty parents up to
+    ``top``; True when removed."""
+    if not directory.is_dir():
+        return False
+    if any(not p.is_dir() and p.name not in START_FILES for p in directory.rglob("*")):
+        return False
+    shutil.rmtree(directory)
+    parent = directory.parent
+    while top is not None and parent != top.parent and parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
+    return True

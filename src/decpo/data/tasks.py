@@ -53,7 +53,8 @@ _ASSISTANT = "\n\nAssistant:"
 def _layout_help() -> str:
     lines = [f"  {rel}  (from {origin})" for rel, origin in DATA_FILES.items()]
     return (
-        f"pass --data-dir or set {DATA_DIR_ENV} to a folder laid out as:\n"
+        f"set data.data_dir=<folder> (decpo train/run/sweep), --data-dir <folder> (decpo eval/pairs/probe) or the "
+        f"environment variable {DATA_DIR_ENV}; the folder is laid out as:\n"
         + "\n".join(lines)
         + f"\n  {PAIRWISE_FILE}  (optional: Lee et al. 2024 pairs with prompt_text, unpert_gen_text, "
         "pert_gen_text)"

@@ -9,11 +9,14 @@ model that still has the GGUF one).
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.metadata
 import logging
 import os
 import shutil
+import socket
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 import torch
@@ -91,7 +94,75 @@ def resolve_model_path(name: str, gguf_file: str | None = None) -> str:
             raise ModelError(f"GGUF file not found: {gguf_path}")
         target = cache_dir() / f"gguf-{gguf_path.stem}-{gguf_path.stat().st_size}"
         return str(target if (target / "config.json").is_file() else _convert_gguf(gguf_path, target))
+    if looks_like_path(name):
+        path = path.expanduser()
+        shown = name if str(path) == name else f"{name} ({path})"
+        if not path.exists():
+            raise ModelError(f"no such directory: {shown}")
+        if not path.is_dir():
+            raise ModelError(f"not a directory: {shown} (a model is a folder, a .gguf file or a Hub id)")
+        return str(path)
     return name
+
+
+def looks_like_path(name: str) -> bool:
+    """A spec meant as a folder, never a Hub id: it starts with /, ./, ../ or ~, or holds more than one /
+    (a Hub id is ``name`` or ``org/name``) or a backslash on Windows."""
+    return (
+        name.startswith(("/", "./", "../", "~"))
+        or name in (".", "..")
+        or name.count("/") > 1
+        or (os.sep != "/" and os.sep in name)
+    )
+
+
+def _hub_kwargs(name: str, path: str, revision: str | None) -> dict[str, bool]:
+    """``from_pretrained`` options for a Hub id: ``local_files_only`` when the Hub cannot be reached but the
+    model is in the local cache; a ModelError at once when it is in neither (instead of retrying for a minute)."""
+    if path != name or Path(path).is_dir():  # a local folder, the embedded model or a converted GGUF file
+        return {}
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        cached = isinstance(try_to_load_from_cache(name, "config.json", revision=revision), str)
+    except HFValidationError as e:
+        raise ModelError(
+            f"model {name!r} is neither a local folder nor a valid Hugging Face Hub id ({e}); pass a local folder, "
+            "a .gguf file, 'default', 'tiny-random-llama' or a Hub id such as HuggingFaceTB/SmolLM2-135M-Instruct"
+        ) from e
+    where = f"in the local Hugging Face cache ({constants.HF_HUB_CACHE})"
+    if constants.is_offline_mode():
+        if cached:
+            return {}
+        raise ModelError(
+            f"model {name!r} was not found {where}, and the Hub is not asked because HF_HUB_OFFLINE is set; "
+            "download it on a machine with network access or pass a local folder"
+        )
+    problem = hub_unreachable(constants.ENDPOINT)
+    if problem is None:
+        return {}
+    if cached:
+        logger.warning(
+            "the Hub (%s) is unreachable (%s): using the cached %s", constants.ENDPOINT, problem, name
+        )
+        return {"local_files_only": True}
+    raise ModelError(
+        f"model {name!r} was not found {where}, and the Hub ({constants.ENDPOINT}) is unreachable: {problem}; "
+        "check the network (or HF_ENDPOINT), or pass a local folder"
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def hub_unreachable(endpoint: str, timeout_s: float = 3.0) -> str | None:
+    """None when a TCP connection to the Hub endpoint opens within ``timeout_s``, else why not."""
+    url = urllib.parse.urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout_s):
+            return None
+    except OSError as e:
+        return f"cannot connect to {url.hostname}:{port} ({e})"
 
 
 def load_tokenizer(
@@ -101,7 +172,13 @@ def load_tokenizer(
     if name == TINY_NAME:
         return build_tiny_tokenizer()
     path = resolve_model_path(name, gguf_file)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
+    hub = _hub_kwargs(name, path, revision)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, trust_remote_code=trust_remote_code, revision=revision, **hub
+        )
+    except OSError as e:
+        raise ModelError(f"cannot load the tokenizer of {name!r}: {e}") from e
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -128,9 +205,10 @@ def load_model(
         )
     else:
         path = resolve_model_path(name, gguf_file)
+        hub = _hub_kwargs(name, path, revision)
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                path, dtype=_DTYPES[dtype], trust_remote_code=trust_remote_code, revision=revision
+                path, dtype=_DTYPES[dtype], trust_remote_code=trust_remote_code, revision=revision, **hub
             )
         except OSError as e:
             raise ModelError(

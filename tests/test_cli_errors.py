@@ -1,0 +1,144 @@
+"""The command line's own errors: data and model specs that are missing, an unreachable Hub, YAML tags in
+overrides, `config-keys --config`, and no empty output folder left by a failed start."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from decpo.cli import main
+from decpo.config import ConfigError, parse_override
+from decpo.data import DataError
+from decpo.data.tasks import resolve_data_dir
+from decpo.models import ModelError, load_model, load_tokenizer
+
+from conftest import REPO
+
+SMOKE = str(REPO / "configs" / "smoke.yaml")
+
+
+def test_missing_data_message_names_an_option_that_each_command_takes(monkeypatch):
+    monkeypatch.delenv("DECPO_DATA_DIR", raising=False)
+    with pytest.raises(DataError) as e:
+        resolve_data_dir(None)
+    message = str(e.value)
+    assert "data.data_dir=" in message and "(decpo train/run" in message
+    assert "--data-dir <folder> (decpo eval/pairs" in message and "DECPO_DATA_DIR" in message
+    assert "pass --data-dir" not in message  # `decpo train` has no such option
+
+
+@pytest.mark.parametrize("spec", ["/nonexistent", "./nonexistent-model", "~/nonexistent-model", "a/b/c"])
+@pytest.mark.parametrize("load", [load_model, load_tokenizer])
+def test_a_model_spec_that_looks_like_a_path_says_no_such_directory(spec, load):
+    with pytest.raises(ModelError, match="no such directory: ") as e:
+        load(spec)
+    assert f"no such directory: {spec}" in str(e.value)
+
+
+def test_an_invalid_hub_id_is_a_model_error():
+    with pytest.raises(ModelError, match="neither a local folder nor a valid Hugging Face Hub id"):
+        load_model("not a model")
+
+
+# a Hub id that is in no local cache
+MISSING_ID = "decpo-tests/no-such-model"
+HUB_PROBE = f"""
+import time
+from decpo.models import ModelError, load_model, load_tokenizer
+for load in (load_tokenizer, load_model):
+    t0 = time.perf_counter()
+    try:
+        load({MISSING_ID!r})
+    except ModelError as e:
+        print(f"{{time.perf_counter() - t0:.2f}}s", e)
+"""
+
+
+@pytest.mark.parametrize(
+    "env, where",
+    [
+        ({"HF_HUB_OFFLINE": "1"}, "HF_HUB_OFFLINE is set"),
+        ({"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}, "(http://127.0.0.1:9) is unreachable"),
+    ],
+)
+def test_a_hub_id_without_network_fails_at_once_naming_the_model_and_where_it_was_looked_for(
+    tmp_path, env, where
+):
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO / "src"),
+        "HF_HOME": str(tmp_path / "hf"),  # an empty cache
+        "TRANSFORMERS_OFFLINE": env["HF_HUB_OFFLINE"],
+        **env,
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", HUB_PROBE], env=env, capture_output=True, text=True, timeout=300
+    )
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2, out.stdout + out.stderr  # tokenizer and model, each a ModelError
+    for line in lines:
+        seconds, message = line.split(" ", 1)
+        assert float(seconds[:-1]) < 5, line  # not a minute of retries
+        assert MISSING_ID in message and "local Hugging Face cache" in message and where in message
+    assert "Retrying" not in out.stderr
+
+
+def test_a_yaml_tag_in_an_override_is_a_config_error_not_a_traceback(tmp_path, capsys):
+    tag = "model.name=!!python/object/apply:os.system ['echo hacked']"
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        parse_override(tag)
+    assert main(["train", "--config", SMOKE, "--output-dir", str(tmp_path / "run"), tag]) == 2
+    out = capsys.readouterr()
+    assert "not valid YAML" in out.err and "Traceback" not in out.err and "hacked" not in out.out
+
+
+def test_config_keys_shows_a_presets_values(capsys):
+    assert main(["config-keys", "--config", SMOKE]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "model.name = 'tiny-random-llama' (default 'default')  #" in "\n".join(lines)
+    assert any(line.startswith("train.max_steps = 4 (default 30)") for line in lines)
+    assert any(line.startswith("train.seed = 0  #") for line in lines)  # unchanged: no note
+    assert main(["config-keys"]) == 0
+    assert "model.name = 'default'  #" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.path=/nonexistent/pairs.jsonl", "/nonexistent/pairs.jsonl"),  # missing data
+        ("model.name=/nonexistent", "no such directory"),  # missing model (after config.yaml is written)
+        ("objective.layers=[9]", "layer 9 does not exist"),  # a config that does not fit the model
+    ],
+)
+def test_a_failed_start_leaves_no_output_folder_it_created(tmp_path, capsys, override, message):
+    out = tmp_path / "new" / "run"
+    assert main(["train", "--config", SMOKE, "--output-dir", str(out), override]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    assert main(["train", "--config", SMOKE, "--output-dir", str(existing), override]) == 2
+    assert existing.is_dir()  # a folder that was there before stays
+
+
+def test_a_failed_start_of_decpo_run_leaves_no_output_folder(tmp_path, capsys):
+    out = tmp_path / "exp"
+    assert main(["run", "--config", SMOKE, "--output-dir", str(out), "model.name=/nonexistent"]) == 2
+    assert "no such directory" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_folder_with_content_is_kept_after_a_failed_start(tmp_path):
+    from decpo.io import removed_if_start_fails
+
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError), removed_if_start_fails(out):
+        out.mkdir()
+        (out / "config.yaml").write_text("x: 1\n")
+        (out / "metrics.jsonl").write_text("{}\n")  # work was done
+        raise RuntimeError("late failure")
+    assert (out / "metrics.jsonl").is_file()
