@@ -114,3 +114,28 @@ def test_preference_items_match_dpo_rewards():
     assert items["margin"] == pytest.approx([0.1 * (0.5 + 0.5), 0.1 * (-1.0 - 1.0)])
     assert items["correct"] == [1.0, 0.0]
     assert items["policy_correct"] == [1.0, 0.0]
+
+
+def test_bootstrap_ci_is_scipys_seeded_percentile_bootstrap():
+    from scipy import stats
+
+    values = np.random.default_rng(2).random(30)
+    expected = stats.bootstrap(
+        (values,), np.mean, n_resamples=500, method="percentile", rng=np.random.default_rng(7)
+    ).confidence_interval
+    assert bootstrap_ci(values, n_boot=500, seed=7) == (expected.low, expected.high)
+
+
+def test_ranks_auroc_and_spearman_are_scipys_and_sklearns_on_tied_data():
+    from scipy import stats
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 5, 50).astype(float)  # many ties
+    y = x + rng.integers(0, 3, 50)
+    labels = rng.random(50) < 0.4
+    assert rankdata(x).tolist() == stats.rankdata(x).tolist()
+    assert auroc(x, labels) == pytest.approx(roc_auc_score(labels, x), abs=1e-12)
+    assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+    with pytest.raises(ValueError, match="constant"):
+        spearman([1, 1, 1], [1, 2, 3])

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 DIRECTIONS = ("higher", "lower", "none")  # "none": a diagnostic with no better side (e.g. the "(A)" rate)
 
@@ -88,20 +89,25 @@ def parse_ab_letter(text: str) -> str | None:
 def bootstrap_ci(
     values: Sequence[float], n_boot: int = 1000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean of ``values`` (items resampled with replacement).
-
-    Deterministic for a given ``seed``. One item, or all values equal, gives a zero-width interval.
+    """Percentile bootstrap CI of the mean of ``values`` (``scipy.stats.bootstrap``, items resampled with
+    replacement). Deterministic for a given ``seed``. One item, or all values equal, gives a zero-width interval.
     """
     x = np.asarray(values, dtype=np.float64)
     if x.size == 0:
         raise ValueError("bootstrap CI of zero values")
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, x.size, size=(n_boot, x.size))  # (n_boot, n) resampled item indices
-    means = x[idx].mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
+    if x.size == 1 or np.all(x == x[0]):  # a degenerate resample distribution (scipy warns and gives nan)
+        return float(x[0]), float(x[0])
+    res = stats.bootstrap(
+        (x,),
+        np.mean,
+        n_resamples=n_boot,
+        confidence_level=level,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    low, high = res.confidence_interval
     # the percentile of float means can land a rounding step outside [min, max] of the data
     return float(max(low, x.min())), float(min(high, x.max()))
 
@@ -117,41 +123,29 @@ def metric_entry(
 
 
 def rankdata(x: Sequence[float]) -> np.ndarray:
-    """1-based ranks with ties given their average rank (as ``scipy.stats.rankdata``)."""
-    a = np.asarray(x, dtype=np.float64)
-    order = np.argsort(a, kind="mergesort")
-    sorted_a = a[order]
-    ranks = np.empty(a.size, dtype=np.float64)
-    # boundaries of runs of equal values in sorted order
-    starts = np.flatnonzero(np.r_[True, sorted_a[1:] != sorted_a[:-1]])
-    ends = np.r_[starts[1:], a.size]
-    for s, e in zip(starts, ends, strict=True):
-        ranks[order[s:e]] = (s + e + 1) / 2  # mean of ranks s+1 .. e
-    return ranks
+    """1-based ranks with ties given their average rank (``scipy.stats.rankdata``)."""
+    return stats.rankdata(np.asarray(x, dtype=np.float64)).astype(np.float64)
 
 
 def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
-    """Area under the ROC curve: P(score of a positive > score of a negative), ties counting 1/2."""
+    """Area under the ROC curve: P(score of a positive > score of a negative), ties counting 1/2
+    (``sklearn.metrics.roc_auc_score``)."""
+    from sklearn.metrics import roc_auc_score
+
     y = np.asarray(labels, dtype=bool)
     if len(scores) != y.size:
         raise ValueError(f"got {len(scores)} scores for {y.size} labels")
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
+    if y.all() or not y.any():
         raise ValueError("AUROC needs at least one positive and one negative label")
-    ranks = rankdata(scores)
-    # Mann-Whitney U of the positives, normalised
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(roc_auc_score(y, np.asarray(scores, dtype=np.float64)))
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman rank correlation (Pearson correlation of average ranks)."""
+    """Spearman rank correlation (Pearson correlation of average ranks, ``scipy.stats.spearmanr``)."""
     if len(x) != len(y):
         raise ValueError(f"got {len(x)} and {len(y)} values")
     if len(x) < 2:
         raise ValueError("Spearman correlation needs at least 2 pairs")
-    rx, ry = rankdata(x), rankdata(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denom = np.sqrt((rx**2).sum() * (ry**2).sum())
-    if denom == 0:
+    if np.ptp(np.asarray(x, dtype=np.float64)) == 0 or np.ptp(np.asarray(y, dtype=np.float64)) == 0:
         raise ValueError("Spearman correlation is undefined for a constant input")
-    return float((rx * ry).sum() / denom)
+    return float(stats.spearmanr(x, y).statistic)
