@@ -175,3 +175,13 @@ def test_without_config_the_commands_use_the_shipped_demo_preset():
     cfg = load_config(config_path(None))
     assert cfg.experiment.seeds == [0, 1, 2] and cfg.train.lr == 3e-3 and cfg.objective.reg_weight == "auto"
     assert config_path("x.yaml").name == "x.yaml"
+
+
+def test_training_and_evaluation_record_the_same_environment():
+    from decpo.env import environment
+    from decpo.evaluation import tasks
+    from decpo.training import run
+
+    assert run.environment is environment and tasks.environment is environment
+    env = environment()
+    assert {"decpo", "git", "torch", "transformers", "trl", "device", "threads", "world_size"} <= set(env)

@@ -126,3 +126,35 @@ def test_missing_layer_and_site_errors_list_what_exists():
 def test_trainer_rejects_missing_layer_before_training(tmp_path):
     with pytest.raises(ModelError, match="layer 7 does not exist"):
         make_trainer(tmp_path, reg_layers=[7])
+
+
+def test_one_unwrap_for_every_wrapper():
+    from decpo.models.hooks import unwrap_model
+    from decpo.probes.activation import backbone
+    from decpo.training.prefix_sharing import backbone_of
+
+    model = tiny()
+    peft_model = get_peft_model(tiny(), LoraConfig(r=2, target_modules=["q_proj"]))
+    assert unwrap_model(model) is model
+    assert unwrap_model(torch.nn.DataParallel(model)) is model
+    assert unwrap_model(torch.compile(model)) is model  # compiling is lazy: nothing is compiled here
+    inner = unwrap_model(torch.nn.DataParallel(peft_model))
+    assert inner is peft_model.get_base_model()
+    # the probes and prefix sharing reach the same decoder stack through it
+    assert backbone(torch.nn.DataParallel(peft_model)) is inner.model is backbone_of(peft_model)
+
+
+def test_one_layer_parser_for_sweeps_and_probes():
+    from decpo.experiment import parse_layers as sweep_layers
+    from decpo.models.hooks import parse_layers
+    from decpo.probes.cli import parse_layers as probe_layers
+
+    assert sweep_layers is parse_layers is probe_layers
+    assert parse_layers("0-29:10") == [0, 10, 20] and parse_layers("3, -1") == [3, -1]
+    model = tiny()  # 2 blocks
+    assert parse_layers("0-1", model) == [0, 1]  # a range, as `decpo sweep --layers` takes
+    assert parse_layers("-1,1", model) == [1] and parse_layers(None, model) == [0, 1]
+    with pytest.raises(ValueError, match="comma-separated integers or ranges"):
+        parse_layers("first")
+    with pytest.raises(ModelError, match="layer 5 does not exist"):
+        parse_layers("5", model)

@@ -52,6 +52,7 @@ import decpo
 from decpo.config import RunConfig, save_config
 from decpo.io import atomic_write_json, atomic_write_text, check_writable
 from decpo.io import stable_hash as config_key
+from decpo.models.hooks import parse_layers
 
 logger = logging.getLogger("decpo.run")
 
@@ -610,21 +611,6 @@ def sweep_strength(
     _add_evals(plan, cfg, tasks, models, keys, output_dir)
     plan.run()
     return write_strength(output_dir, cfg, runs, tasks, command, stage_order=plan.order)
-
-
-def parse_layers(text: str) -> list[int]:
-    """``"0-29"``, ``"3,7,15"`` or ``"0-29:4"`` (every 4th) -> a list of layers."""
-    out: list[int] = []
-    for part in text.split(","):
-        part, _, step = part.partition(":")
-        if "-" in part.strip()[1:]:
-            lo, hi = part.rsplit("-", 1)
-            out += list(range(int(lo), int(hi) + 1, int(step or 1)))
-        else:
-            out.append(int(part))
-    if not out:
-        raise ValueError(f"no layers in {text!r}")
-    return out
 
 
 __all__ = [

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import yaml
 
+from decpo.env import environment
 from decpo.evaluation import metrics as M
 from decpo.evaluation.generation import generate
 from decpo.evaluation.scoring import ab_completions, ab_logps, pair_logps, preference_items
@@ -663,18 +664,5 @@ def evaluate(cfg: EvalConfig, output_dir: str | Path) -> EvalResult:
         output_dir / "samples.jsonl", "".join(json.dumps(s, sort_keys=True) + "\n" for s in samples)
     )
     wall = time.perf_counter() - t0
-    atomic_write_json(output_dir / "run.json", {"wall_time_s": wall, **_environment()})
+    atomic_write_json(output_dir / "run.json", {"wall_time_s": wall, **environment()})
     return EvalResult(output_dir, results, samples, wall)
-
-
-def _environment() -> dict[str, Any]:
-    import platform
-
-    import transformers
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "threads": torch.get_num_threads(),
-    }

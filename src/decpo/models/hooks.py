@@ -16,6 +16,7 @@ forward saves the same tensors.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -36,11 +37,12 @@ _MLP_NAMES = (
 _LAYER_LISTS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "layers", "h")
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The plain transformers model inside peft / DDP / compile wrappers."""
-    for attr in ("module", "_orig_mod"):
-        if hasattr(model, attr) and isinstance(getattr(model, attr), nn.Module):
-            model = getattr(model, attr)
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain transformers model inside DDP / DeepSpeed / FSDP / torch.compile wrappers (accelerate's
+    ``extract_model_from_parallel``) and a peft wrapper (its adapters stay active)."""
+    from accelerate.utils import extract_model_from_parallel
+
+    model = extract_model_from_parallel(model, keep_torch_compile=False)
     if hasattr(model, "get_base_model"):
         model = model.get_base_model()
     return model
@@ -48,7 +50,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The ModuleList of transformer blocks."""
-    base = _unwrap(model)
+    base = unwrap_model(model)
     for path in _LAYER_LISTS:
         module = base
         try:
@@ -76,6 +78,37 @@ def resolve_layers(model: nn.Module, layers: Sequence[int]) -> list[int]:
             raise ModelError(f"the model has {n} blocks (0..{n - 1}); layer {layer} does not exist")
         out.append(layer % n)
     return out
+
+
+def parse_layers(spec: str | Sequence[int] | None, model: nn.Module | None = None) -> list[int]:
+    """Blocks from ``"3,15,27"``, ``"0-29"``, ``"0-29:4"`` (every 4th), ``"-1"`` or a list of integers.
+
+    With ``model``: ``None`` / ``"all"`` is every block, and the blocks are resolved against it (negative ones
+    from the end, out of range -> ModelError), sorted and each once. Without: the integers as written.
+    """
+    if spec is None or spec == "all":
+        if model is None:
+            raise ValueError("'all' layers needs the model")
+        return list(range(num_layers(model)))
+    if isinstance(spec, str):
+        layers: list[int] = []
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            match = _LAYER_ITEM.fullmatch(part)
+            if match is None:
+                raise ValueError(
+                    f"layers must be 'all' or comma-separated integers or ranges (0-29, 0-29:4), got {spec!r}"
+                )
+            lo, hi, step = match.groups()
+            layers += [int(lo)] if hi is None else list(range(int(lo), int(hi) + 1, int(step or 1)))
+    else:
+        layers = list(spec)
+    if not layers:
+        raise ValueError(f"no layers in {spec!r}")
+    return sorted(set(resolve_layers(model, layers))) if model is not None else layers
+
+
+# one item of a layer list: a block (negative from the end), or a range lo-hi with an optional :step
+_LAYER_ITEM = re.compile(r"(-?\d+)(?:\s*-\s*(-?\d+)(?::(\d+))?)?")
 
 
 def _get(module: nn.Module, path: str) -> nn.Module | None:

@@ -22,7 +22,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from decpo.functional import select_tokens
-from decpo.models.hooks import SITES, capture_activations, num_layers, resolve_layers
+from decpo.models.hooks import (
+    SITES,
+    capture_activations,
+    num_layers,
+    parse_layers,
+    resolve_layers,
+    unwrap_model,
+)
 from decpo.probes.stats import ACTIVATION_PROBES, ActivationStats
 
 logger = logging.getLogger(__name__)
@@ -32,12 +39,7 @@ CSV_COLUMNS = ("model", "layer", "site", "probe", "value", "n_texts", "depth")
 
 def backbone(model: nn.Module) -> nn.Module:
     """The transformer stack without the LM head (``LlamaModel`` in ``LlamaForCausalLM``; peft unwrapped)."""
-    for attr in ("module", "_orig_mod"):
-        inner = getattr(model, attr, None)
-        if isinstance(inner, nn.Module):
-            model = inner
-    if hasattr(model, "get_base_model"):  # peft: the transformers model with its adapters still active
-        model = model.get_base_model()
+    model = unwrap_model(model)
     base = getattr(model, "base_model", model)
     return base if isinstance(base, nn.Module) else model
 
@@ -125,18 +127,6 @@ class ProbePass:
 
 def relative_depth(layer: int, n_layers: int) -> float:
     return layer / (n_layers - 1) if n_layers > 1 else 0.0
-
-
-def parse_layers(spec: str | Sequence[int] | None, model: nn.Module) -> list[int]:
-    """``None`` / ``"all"`` -> every block; ``"0,5,-1"`` or a list -> those blocks (negative from the end)."""
-    if spec is None or spec == "all":
-        return list(range(num_layers(model)))
-    if isinstance(spec, str):
-        try:
-            spec = [int(part) for part in spec.split(",") if part.strip()]
-        except ValueError as e:
-            raise ValueError(f"layers must be 'all' or comma-separated integers, got {spec!r}") from e
-    return sorted(set(resolve_layers(model, list(spec))))
 
 
 def is_fsdp_sharded(model: nn.Module) -> bool:

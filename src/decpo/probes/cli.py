@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from decpo.io import atomic_write_json, atomic_write_text, check_writable
-from decpo.probes.activation import CSV_COLUMNS, parse_layers, probe_pass, relative_depth
+from decpo.models.hooks import parse_layers
+from decpo.probes.activation import CSV_COLUMNS, probe_pass, relative_depth
 from decpo.probes.stats import ACTIVATION_PROBES
 from decpo.probes.weights import NoMLPBiasError, mlp_input_weights, neuron_scores, weight_change
 

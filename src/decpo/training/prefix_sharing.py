@@ -39,6 +39,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from decpo.models.hooks import unwrap_model
+
 # keys the collator adds beside TRL's; the trainer removes them before TRL sees the batch
 SHARED_KEYS = (
     "shared_input_ids",
@@ -211,10 +213,7 @@ def shared_attention_mask(group: torch.Tensor, branch: torch.Tensor) -> torch.Te
 def backbone_of(model: nn.Module) -> nn.Module:
     """The decoder stack that TRL's fused LM head calls (``model.base_model`` of the causal LM), through
     DDP/DeepSpeed and PEFT wrappers."""
-    while hasattr(model, "module") and isinstance(model.module, nn.Module):  # DDP, DeepSpeed engines
-        model = model.module
-    if hasattr(model, "get_base_model"):  # peft
-        model = model.get_base_model()
+    model = unwrap_model(model)
     backbone = getattr(model, "base_model", None)
     if backbone is None or backbone is model:
         raise ValueError(

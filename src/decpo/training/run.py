@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import yaml
 from datasets import Dataset
 
 from decpo.config import ConfigError, RunConfig, save_config
+from decpo.env import environment
 from decpo.io import atomic_write_json, check_writable
 
 logger = logging.getLogger("decpo.train")
@@ -36,37 +36,6 @@ class TrainResult:
     final_dir: Path
     metrics: dict[str, float]
     wall_time_s: float
-
-
-def environment() -> dict[str, Any]:
-    """Versions, git hash and device, for ``env.json``."""
-    import accelerate
-    import peft
-    import transformers
-    import trl
-
-    import decpo
-
-    try:
-        git = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        git = ""
-    return {
-        "decpo": decpo.__version__,
-        "git": git or None,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "trl": trl.__version__,
-        "peft": peft.__version__,
-        "accelerate": accelerate.__version__,
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        "cpu_count": os.cpu_count(),
-        "world_size": _world_size(),  # data-parallel processes
-    }
 
 
 def load_records(cfg: RunConfig) -> tuple[list[dict], list[dict]]:
