@@ -322,7 +322,9 @@ def add_parser(subparsers) -> None:
         help="comma-separated activation sites (mlp.up_proj, mlp.hidden, mlp.out, resid_post)",
     )
     p.add_argument(
-        "--layers", default="all", help="'all' or comma-separated block indices (negative from the end)"
+        "--layers",
+        default="all",
+        help="'all', or comma-separated blocks and ranges, e.g. 3,-1 or 0-29:4 (negative from the end)",
     )
     p.add_argument("--probes", default=",".join(ACTIVATION_PROBES), help="comma-separated activation probes")
     p.add_argument("--batch-size", type=int, default=16)
