@@ -135,9 +135,16 @@ def test_jobs_import_this_checkout_and_get_the_drivers_environment(tmp_path, mon
         assert info["var"] == "from the driver" and info["pid"] != os.getpid(), name
 
 
-def test_a_rerun_records_jobs_that_ended_after_the_driver_stopped_and_waits_for_running_ones(tmp_path):
+@pytest.mark.parametrize("executor", ["local", "slurm"])
+def test_a_rerun_records_jobs_that_ended_after_the_driver_stopped_and_waits_for_running_ones(
+    tmp_path, executor, request
+):
+    if executor == "slurm":
+        request.getfixturevalue("fake_slurm")
+    args = [f"experiment.executor={executor}", "experiment.max_parallel=2"]
+    tmp_path = tmp_path / "exp"
     plan = _toy_plan(tmp_path, seconds=0.1)
-    engine = _engine(*LOCAL2)
+    engine = _engine(*args)
     # as a killed driver leaves it: train/a ran to its end unseen, train/b's job still runs
     folder_a, folder_b = job_folder(tmp_path, "train/a"), job_folder(tmp_path, "train/b")
     folder_a.mkdir(parents=True)
@@ -145,12 +152,14 @@ def test_a_rerun_records_jobs_that_ended_after_the_driver_stopped_and_waits_for_
     folder_b.mkdir(parents=True)
     step_b = plan.steps[1]._replace(fn=_stage(3.0))
     job = engine.submit(step_b, Resources(cpus=1, time_min=5), folder_b)
-    running = {"status": "running", "executor": "local", "started_at": 1.0}
+    running = {"status": "running", "executor": executor, "started_at": 1.0}
     plan.log.mark("train/a", "ka", **running, job_id="1", log="x")
     plan.log.mark("train/b", "kb", **running, job_id=job.job_id, log=job.log)
     del job  # the driver that started it is gone
 
-    plan.run(_engine(*LOCAL2), tmp_path)
+    engine = _engine(*args)
+    engine.poll_s = 0.2
+    plan.run(engine, tmp_path)
     s = _stages(tmp_path)
     assert {v["status"] for v in s.values()} == {"done"}
     assert (s["train/a"]["started_at"], s["train/a"]["ended_at"]) == (10.0, 12.5)
@@ -239,6 +248,86 @@ def test_slurm_jobs_ask_for_the_configured_resources(tmp_path, monkeypatch):
     ):
         assert line in text, line
     assert "#SBATCH --error" not in text  # one log per job: stderr in stdout
+
+
+FAKE_SBATCH = """
+import os, pathlib, subprocess, sys
+state = pathlib.Path(os.environ["FAKE_SLURM"])
+job_id = str(1000 + len(list(state.glob("*.pid"))))
+env = dict(os.environ, SLURM_JOB_ID=job_id, SLURM_NTASKS="1", SLURM_JOB_NUM_NODES="1", SLURM_NODEID="0",
+           SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_JOB_NODELIST="fake")
+script = pathlib.Path(sys.argv[-1])
+(state / f"{job_id}.sh").write_text(script.read_text())
+job = subprocess.Popen(["bash", str(script)], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, start_new_session=True)
+(state / f"{job_id}.pid").write_text(str(job.pid))
+print(f"Submitted batch job {job_id}")
+"""
+FAKE_SRUN = """
+import os, sys
+args, out = sys.argv[1:], None
+while args[0].startswith("-"):
+    flag = args.pop(0)
+    if flag in ("--output", "--error"):
+        out = args.pop(0) if flag == "--output" else (args.pop(0) and out)
+out = out.replace("%j", os.environ["SLURM_JOB_ID"]).replace("%t", "0")
+fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+os.dup2(fd, 1), os.dup2(fd, 2)
+os.execvp(args[0], args)
+"""
+FAKE_SACCT = """
+import os, pathlib, sys
+state = pathlib.Path(os.environ["FAKE_SLURM"])
+print("JobID|State|NodeList")
+for job_id in [sys.argv[i + 1] for i, a in enumerate(sys.argv) if a == "-j"]:
+    pid = (state / f"{job_id}.pid").read_text()
+    print(f"{job_id}|{'RUNNING' if os.path.exists(f'/proc/{pid}') else 'COMPLETED'}|fake")
+"""
+
+
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch):
+    """sbatch, srun, sacct and scancel on PATH, running each job here in the background; the folder of
+    the submitted scripts."""
+    bin_dir, state = tmp_path / "bin", tmp_path / "slurm"
+    bin_dir.mkdir(), state.mkdir()
+    scancel = "import os, pathlib, signal, sys\nstate = pathlib.Path(os.environ['FAKE_SLURM'])\n"
+    scancel += "os.killpg(int((state / f'{sys.argv[-1]}.pid').read_text()), signal.SIGTERM)\n"
+    for name, code in (
+        ("sbatch", FAKE_SBATCH),
+        ("srun", FAKE_SRUN),
+        ("sacct", FAKE_SACCT),
+        ("scancel", scancel),
+    ):
+        (bin_dir / name).write_text(f"#!{sys.executable}\n{code}")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_SLURM", str(state))
+    return state
+
+
+def test_slurm_jobs_through_sbatch_run_run_and_fail_as_local_ones(tmp_path, fake_slurm):
+    """The Slurm path end to end, on a fake Slurm: sbatch scripts, the job's environment, results, logs."""
+    engine = _engine(
+        "experiment.executor=slurm", "experiment.slurm.partition=gpu", "experiment.max_parallel=2"
+    )
+    engine.poll_s = 0.2
+    out = tmp_path / "exp"
+    with pytest.raises(StagesFailed, match="train/b: ValueError: boom in b"):
+        _toy_plan(out, fail_b="boom in b").run(engine, out)
+    s = _stages(out)
+    assert {n: v["status"] for n, v in s.items()} == {
+        "train/a": "done",
+        "eval/t/a": "done",
+        "train/b": "failed",
+        "eval/t/b": "blocked",
+        "probes": "blocked",
+    }
+    assert _overlap(s["train/a"], s["train/b"]) > 0  # b: from its submission to its failure
+    assert "boom in b" in Path(s["train/b"]["log"]).read_text() and s["train/a"]["executor"] == "slurm"
+    scripts = sorted(fake_slurm.glob("*.sh"))
+    assert len(scripts) == 3 and all("#SBATCH --partition=gpu" in p.read_text() for p in scripts)
+    assert "#SBATCH --job-name=decpo-train/a" in scripts[0].read_text()
 
 
 def test_local_jobs_get_gpus_of_their_own(monkeypatch):
@@ -402,11 +491,14 @@ def test_killing_the_driver_mid_run_and_rerunning_redoes_no_finished_stage(seque
     driver.send_signal(signal.SIGKILL)  # the driver alone: its local jobs go on
     driver.wait()
     before = {n: v for n, v in _stages(out).items() if v["status"] == "done"}
-    assert before and any(v["status"] == "running" for v in _stages(out).values())
+    running = {n: v["job_id"] for n, v in _stages(out).items() if v["status"] == "running"}
+    assert before and running
 
     assert main(argv) == 0
     s = _same_as_sequential(out, sequential)
     assert {n: s[n]["started_at"] for n in before} == {n: v["started_at"] for n, v in before.items()}
+    # the jobs left running were waited for, or found finished: none submitted again
+    assert {n: s[n]["job_id"] for n in running} == running
     for run in ("dpo-s0", "decpo-s0"):  # no training ran twice (each step logged once)
         steps = [json.loads(line)["step"] for line in (out / "train" / run / "metrics.jsonl").open()]
         assert steps.count(1) == steps.count(3) == 1, (run, steps)  # odd steps: no eval line
