@@ -418,6 +418,7 @@ def _ray_available() -> bool:
 ray_only = pytest.mark.skipif(not _ray_available(), reason="Ray is not installed (pip install 'decpo[ray]')")
 
 
+@pytest.mark.slow  # starting Ray: 10-30 s here
 @ray_only
 def test_ray_jobs_run_two_at_a_time_and_a_failure_blocks_its_dependants(tmp_path):
     ray_args = ["experiment.executor=ray", "experiment.max_parallel=2"]
@@ -426,6 +427,7 @@ def test_ray_jobs_run_two_at_a_time_and_a_failure_blocks_its_dependants(tmp_path
     s = _stages(tmp_path)
     assert s["train/b"]["status"] == "failed" and "boom in b" in Path(s["train/b"]["log"]).read_text()
     assert s["eval/t/b"]["status"] == s["probes"]["status"] == "blocked" and s["eval/t/a"]["status"] == "done"
+    assert _overlap(s["train/a"], s["train/b"]) > 0  # b: from its submission to its failure
     _toy_plan(tmp_path, seconds=2.0).run(_engine(*ray_args), tmp_path)  # the fix; a, eval a stay done
     s2 = _stages(tmp_path)
     assert {v["status"] for v in s2.values()} == {"done"} and s2["train/a"] == s["train/a"]
