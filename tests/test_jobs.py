@@ -17,7 +17,7 @@ import pytest
 
 import decpo
 from decpo.cli import main
-from decpo.config import load_config
+from decpo.config import ConfigError, load_config
 from decpo.experiment import Plan, StageLog
 from decpo.jobs import DONE_FILE, Resources, StagesFailed, SubmititEngine, job_folder, make_engine
 
@@ -61,6 +61,16 @@ def _toy_plan(out: Path, fail_b: str | None = None, seconds: float = 2.0) -> Pla
     return plan
 
 
+# the statuses of `_toy_plan` after train/b failed
+B_FAILED = {
+    "train/a": "done",
+    "eval/t/a": "done",
+    "train/b": "failed",
+    "eval/t/b": "blocked",
+    "probes": "blocked",
+}
+
+
 def _engine(*overrides: str):
     return make_engine(load_config(None, list(overrides)).experiment)
 
@@ -98,13 +108,7 @@ def test_a_failing_job_is_named_with_its_log_and_only_what_needs_it_waits(tmp_pa
     with pytest.raises(StagesFailed) as info:
         _toy_plan(tmp_path, fail_b="boom in b").run(_engine(*LOCAL2), tmp_path)
     s = _stages(tmp_path)
-    assert {n: v["status"] for n, v in s.items()} == {
-        "train/a": "done",
-        "eval/t/a": "done",
-        "train/b": "failed",
-        "eval/t/b": "blocked",
-        "probes": "blocked",
-    }
+    assert {n: v["status"] for n, v in s.items()} == B_FAILED
     log = Path(s["train/b"]["log"])
     assert "ValueError: boom in b" in s["train/b"]["error"] and "boom in b" in log.read_text()
     assert s["probes"]["blocked_by"] == ["train/b"] and "ended_at" in s["train/b"]
@@ -316,13 +320,7 @@ def test_slurm_jobs_through_sbatch_run_run_and_fail_as_local_ones(tmp_path, fake
     with pytest.raises(StagesFailed, match="train/b: ValueError: boom in b"):
         _toy_plan(out, fail_b="boom in b").run(engine, out)
     s = _stages(out)
-    assert {n: v["status"] for n, v in s.items()} == {
-        "train/a": "done",
-        "eval/t/a": "done",
-        "train/b": "failed",
-        "eval/t/b": "blocked",
-        "probes": "blocked",
-    }
+    assert {n: v["status"] for n, v in s.items()} == B_FAILED
     assert _overlap(s["train/a"], s["train/b"]) > 0  # b: from its submission to its failure
     assert "boom in b" in Path(s["train/b"]["log"]).read_text() and s["train/a"]["executor"] == "slurm"
     scripts = sorted(fake_slurm.glob("*.sh"))
@@ -340,7 +338,7 @@ def test_local_jobs_get_gpus_of_their_own(monkeypatch):
     assert engine.can_start(Resources(gpus=2)) and not engine.can_start(Resources(gpus=3))
 
 
-def test_the_issues_commands_parse():
+def test_the_issues_commands_parse(tmp_path):
     cfg = load_config(
         SMOKE,
         [
@@ -354,6 +352,15 @@ def test_the_issues_commands_parse():
     assert cfg.experiment.resources.train.gpus == 2 and cfg.experiment.resources.eval.gpus is None
     assert load_config(SMOKE, LOCAL2).experiment.max_parallel == 2
     assert make_engine(load_config(SMOKE).experiment) is None  # sequential: no engine
+    # the same as sections of a YAML file
+    path = tmp_path / "cluster.yaml"
+    path.write_text(
+        "experiment:\n  executor: slurm\n  slurm: {partition: gpu}\n  resources:\n    train: {gpus: 2}\n"
+    )
+    from_file = load_config(path).experiment
+    assert from_file.slurm.partition == "gpu" and from_file.resources.train.gpus == 2
+    with pytest.raises(ConfigError, match="did you mean 'experiment.slurm.partition'"):
+        load_config(None, ["experiment.slurm.partiton=gpu"])
 
 
 # ---- the smoke experiment, sequential and as jobs ----
@@ -425,8 +432,8 @@ def test_ray_jobs_run_two_at_a_time_and_a_failure_blocks_its_dependants(tmp_path
     with pytest.raises(StagesFailed, match="boom in b"):
         _toy_plan(tmp_path, fail_b="boom in b").run(_engine(*ray_args), tmp_path)
     s = _stages(tmp_path)
-    assert s["train/b"]["status"] == "failed" and "boom in b" in Path(s["train/b"]["log"]).read_text()
-    assert s["eval/t/b"]["status"] == s["probes"]["status"] == "blocked" and s["eval/t/a"]["status"] == "done"
+    assert {n: v["status"] for n, v in s.items()} == B_FAILED
+    assert "boom in b" in Path(s["train/b"]["log"]).read_text()
     assert _overlap(s["train/a"], s["train/b"]) > 0  # b: from its submission to its failure
     _toy_plan(tmp_path, seconds=2.0).run(_engine(*ray_args), tmp_path)  # the fix; a, eval a stay done
     s2 = _stages(tmp_path)

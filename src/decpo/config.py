@@ -404,7 +404,11 @@ class StageResources:
         default=None, metadata=_help("GPUs of each job of this kind; null: the executor's default.")
     )
     cpus: int | None = field(
-        default=None, metadata=_help("CPUs of each job of this kind; null: the executor's default.")
+        default=None,
+        metadata=_help(
+            "CPUs of each job of this kind (Slurm's cpus-per-task, Ray's num_cpus; with local and Ray also "
+            "torch's threads in the job); null: the executor's default (local: torch's own, as sequential)."
+        ),
     )
     mem_gb: float | None = field(
         default=None, metadata=_help("Memory in GB (Slurm, Ray); null: the executor's default.")
