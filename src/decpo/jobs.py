@@ -108,9 +108,9 @@ def run_stage(
 ) -> dict[str, Any]:
     """The job: run one stage in this (worker) process; returns its start and end times.
 
-    ``threads``: torch's intra-op threads (the CPUs the job was given). ``log``: send this process's stdout
-    and stderr there (Ray; submitit files them itself). Writes ``done.json`` (with ``key``) at the end.
-    """
+    ``threads``: torch's intra-op threads; None: torch's default (`Resources.threads`). ``log``: send this
+    process's stdout and stderr there (Ray; submitit files them itself). Writes ``done.json`` (with ``key``)
+    at the end."""
     if log is not None:
         Path(log).parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
