@@ -275,7 +275,7 @@ def test_every_stage_key_holds_the_decpo_version(tmp_path, monkeypatch):
     from decpo.experiment import Plan, run_experiment, sweep_layers, sweep_strength
 
     planned: list[dict[str, str]] = []
-    monkeypatch.setattr(Plan, "run", lambda self: planned.append({n: k for n, k, _ in self.steps}))
+    monkeypatch.setattr(Plan, "run", lambda self, *a: planned.append({s.name: s.key for s in self.steps}))
     for name in ("write_report", "write_sweep", "write_strength"):
         monkeypatch.setattr(report, name, lambda *a, **k: None)
     cfg = load_config(SMOKE, ARGS)

@@ -175,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="the paper's experiment: train DPO and DecPO, probe, evaluate, report",
         description="Train each method from the same base, probe base vs trained, evaluate, write report.md. "
-        "Re-running skips finished stages and resumes an interrupted training.",
+        "Re-running skips finished stages and resumes an interrupted training. experiment.executor=local, slurm "
+        "or ray runs the stages as jobs, several at a time (README: Experiments on a cluster); a failed job "
+        "exits with code 1, naming it and its log.",
     )
     p.add_argument("--config", default=None, help="YAML config (default: the embedded demo)")
     p.add_argument("--output-dir", default="runs/paper-demo", help="experiment folder")
@@ -192,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--reg-weights: DecPO once per strength and seed (experiment.seeds), probes and evaluations of every "
         "run, strength.md with decorrelation at the regularized layer and the task measures against the strength. "
         "A strength is an absolute lambda (objective.reg_weight), or a balance (objective.reg_balance) when the "
-        "config's objective.reg_weight is auto; 0 always means no penalty (objective.reg_weight=0).",
+        "config's objective.reg_weight is auto; 0 always means no penalty (objective.reg_weight=0). "
+        "experiment.executor=local, slurm or ray runs the stages as jobs, as for `decpo run`.",
     )
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--layers", help="e.g. 0-29, 0-29:4 or 3,15,27")
@@ -236,8 +239,13 @@ def main(argv: list[str] | None = None) -> int:
         known_errors += (DataError, ModelError)
     except ImportError:
         pass
+    from decpo.jobs import StagesFailed
+
     try:
         return args.func(args)
+    except StagesFailed as e:  # the stages that could run have run; the report waits for the others
+        print(f"decpo: {e}", file=sys.stderr)
+        return 1
     except known_errors as e:
         print(f"decpo: error: {e}", file=sys.stderr)
         return 2

@@ -326,6 +326,119 @@ class PairsSettings:
             raise ConfigError("pairs: temperature must be > 0, top_p in (0, 1] and min_gap >= 0")
 
 
+def _check_counts(section: str, obj: Any, **minimum: float) -> None:
+    """Each named field of ``obj`` is None or a number >= its minimum."""
+    for name, low in minimum.items():
+        value = getattr(obj, name)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or value < low
+        ):
+            raise ConfigError(f"{section}.{name} must be a number >= {low:g} (or null), got {value!r}")
+
+
+EXECUTORS = ("sequential", "local", "slurm", "ray")
+STAGE_KINDS = ("pairs", "train", "probes", "eval")
+
+
+@dataclass
+class SlurmSettings:
+    partition: str | None = field(
+        default=None, metadata=_help("Slurm partition of every job (sbatch --partition).")
+    )
+    account: str | None = field(default=None, metadata=_help("Slurm account (sbatch --account)."))
+    qos: str | None = field(default=None, metadata=_help("Slurm quality of service (sbatch --qos)."))
+    constraint: str | None = field(
+        default=None, metadata=_help("Slurm node constraint (sbatch --constraint).")
+    )
+    gpus_per_job: int = field(
+        default=1,
+        metadata=_help("GPUs of each job; a training with --num-processes N asks for N times as many."),
+    )
+    cpus_per_job: int | None = field(
+        default=None, metadata=_help("CPUs of each job; null: the cluster's default.")
+    )
+    mem_gb: float | None = field(
+        default=None, metadata=_help("Memory of each job in GB; null: the cluster's default.")
+    )
+    time_min: int = field(default=1440, metadata=_help("Time limit of each job in minutes."))
+    setup: list[str] = field(
+        default_factory=list,
+        metadata=_help(
+            "Shell lines run before each job, e.g. ['module load cuda', 'source .venv/bin/activate']."
+        ),
+    )
+    additional: dict[str, Any] = field(
+        default_factory=dict,
+        metadata=_help("More sbatch options, e.g. {mail-type: END, exclude: node12}."),
+    )
+
+    def __post_init__(self) -> None:
+        _check_counts("experiment.slurm", self, gpus_per_job=0, cpus_per_job=1, mem_gb=0, time_min=1)
+
+
+@dataclass
+class RaySettings:
+    address: str | None = field(
+        default=None,
+        metadata=_help(
+            "Ray cluster to join ('auto': the one this node belongs to, or ray://host:10001); null: start a "
+            "local Ray with experiment.max_parallel CPUs (each job asks for one)."
+        ),
+    )
+    gpus_per_job: int | None = field(
+        default=None,
+        metadata=_help(
+            "GPUs of each job (a training with --num-processes N: N times as many); null: 1 when the cluster "
+            "has GPUs, else 0."
+        ),
+    )
+    cpus_per_job: int = field(default=1, metadata=_help("CPUs of each job (Ray's num_cpus)."))
+
+    def __post_init__(self) -> None:
+        _check_counts("experiment.ray", self, gpus_per_job=0, cpus_per_job=0)
+
+
+@dataclass
+class StageResources:
+    gpus: int | None = field(
+        default=None, metadata=_help("GPUs of each job of this kind; null: the executor's default.")
+    )
+    cpus: int | None = field(
+        default=None,
+        metadata=_help(
+            "CPUs of each job of this kind (Slurm's cpus-per-task, Ray's num_cpus; with local and Ray also "
+            "torch's threads in the job); null: the executor's default (local: torch's own, as sequential)."
+        ),
+    )
+    mem_gb: float | None = field(
+        default=None, metadata=_help("Memory in GB (Slurm, Ray); null: the executor's default.")
+    )
+    time_min: int | None = field(
+        default=None, metadata=_help("Time limit in minutes; null: the executor's default.")
+    )
+    partition: str | None = field(
+        default=None, metadata=_help("Slurm partition; null: experiment.slurm.partition.")
+    )
+
+    def __post_init__(self) -> None:
+        _check_counts("experiment.resources.<kind>", self, gpus=0, cpus=1, mem_gb=0, time_min=1)
+
+
+@dataclass
+class ResourcesByKind:
+    """Per stage kind, what a job asks for; each null value falls back to the executor's default."""
+
+    pairs: StageResources = field(default_factory=StageResources)
+    train: StageResources = field(default_factory=StageResources)
+    probes: StageResources = field(default_factory=StageResources)
+    eval: StageResources = field(default_factory=StageResources)
+
+    def __post_init__(self) -> None:
+        for kind in STAGE_KINDS:
+            if isinstance(getattr(self, kind), dict):
+                setattr(self, kind, StageResources(**getattr(self, kind)))
+
+
 @dataclass
 class ExperimentSettings:
     methods: list[str] = field(
@@ -372,8 +485,33 @@ class ExperimentSettings:
             "relative to the experiment folder (or absolute)."
         ),
     )
+    executor: str = field(
+        default="sequential",
+        metadata=_help(
+            "Where the stages of `decpo run` / `decpo sweep` run: sequential (one after another in this "
+            "process), local (submitit's local executor: experiment.max_parallel jobs at once on this machine), "
+            "slurm (one Slurm job per stage, through submitit) or ray (one Ray task per stage)."
+        ),
+    )
+    max_parallel: int = field(
+        default=0,
+        metadata=_help(
+            "Most stages running at once with executor local, slurm or ray; 0: local runs 1, slurm and ray "
+            "submit every stage that is ready and leave the rest to the cluster."
+        ),
+    )
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)
+    ray: RaySettings = field(default_factory=RaySettings)
+    resources: ResourcesByKind = field(default_factory=ResourcesByKind)
 
     def __post_init__(self) -> None:
+        for name, cls in (("slurm", SlurmSettings), ("ray", RaySettings), ("resources", ResourcesByKind)):
+            if isinstance(getattr(self, name), dict):  # built from a tree of sections
+                setattr(self, name, cls(**getattr(self, name)))
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"experiment.executor must be one of {EXECUTORS}, got {self.executor!r}")
+        if self.max_parallel < 0:
+            raise ConfigError(f"experiment.max_parallel must be >= 0, got {self.max_parallel}")
         if self.eval_chat_template is None:
             self.eval_chat_template = "auto"
         if not (isinstance(self.eval_chat_template, bool) or self.eval_chat_template == "auto"):
@@ -402,17 +540,37 @@ class RunConfig:
         for key, value in dotted.items():
             if key not in VALID_KEYS:
                 raise _unknown_key(key, "replace()")
-            section, leaf = key.split(".", 1)
-            tree[section][leaf] = _check_type(key, value)
+            _set(tree, key, _check_type(key, value))
         return RunConfig(**{name: cls(**tree[name]) for name, cls in SECTIONS.items()})  # type: ignore[misc]
 
 
+def _set(tree: dict[str, Any], key: str, value: Any) -> None:
+    """``tree["experiment"]["slurm"]["partition"] = value`` for ``key="experiment.slurm.partition"``."""
+    *path, leaf = key.split(".")
+    for part in path:
+        tree = tree.setdefault(part, {})
+    tree[leaf] = value
+
+
 SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(RunConfig)}
-FIELDS = {
-    f"{section}.{f.name}": f
-    for section, cls in SECTIONS.items()
-    for f in dataclasses.fields(cls)  # type: ignore[arg-type]
-}
+
+
+def _leaves(prefix: str, cls: type) -> dict[str, dataclasses.Field]:
+    """The dotted keys of a section; a field holding a dataclass is a subsection (``experiment.slurm.*``)."""
+    out: dict[str, dataclasses.Field] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        sub = f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
+        if dataclasses.is_dataclass(sub):
+            SUBSECTIONS.add(f"{prefix}{f.name}")
+            out.update(_leaves(f"{prefix}{f.name}.", type(sub)))
+        else:
+            out[f"{prefix}{f.name}"] = f
+    return out
+
+
+# dotted names of the sections inside sections ("experiment.slurm", "experiment.resources.train", ...)
+SUBSECTIONS: set[str] = set()
+FIELDS = {key: f for section, cls in SECTIONS.items() for key, f in _leaves(f"{section}.", cls).items()}  # type: ignore[arg-type]
 
 
 def _check_type(key: str, value: Any) -> Any:
@@ -464,7 +622,7 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for k, v in tree.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and key in SECTIONS:
+        if isinstance(v, dict) and (key in SECTIONS or key in SUBSECTIONS):
             flat.update(_flatten(v, key + "."))
         else:
             flat[key] = v
@@ -508,8 +666,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         flat[key] = _check_type(key, value)
     sections: dict[str, dict[str, Any]] = {}
     for key, value in flat.items():
-        section, leaf = key.split(".", 1)
-        sections.setdefault(section, {})[leaf] = value
+        _set(sections, key, value)
     try:
         return RunConfig(**{name: cls(**sections.get(name, {})) for name, cls in SECTIONS.items()})  # type: ignore[misc]
     except TypeError as e:  # a value of the wrong shape

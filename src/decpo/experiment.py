@@ -8,7 +8,9 @@ Stages and where they write (under the experiment folder), in run order:
                                 subfolder per probe set with its own probes.csv and plots
     eval/<task>/<model>/        results.json, samples.jsonl per model and task
     report.md, figures/         the report
-    stages.json                 each stage's config key, status, wall time and position in the plan
+    stages.json                 each stage's config key, status, start and end time, wall time and position in
+                                the plan (and, run as a job, its job id and log)
+    jobs/<stage>/               with experiment.executor local, slurm or ray: each stage's job files and log
 
 Probe sets (`probe_sets`): the held-out prompts, read at their last token (the paper's probe, and the
 penalty's position when ``objective.tokens`` is ``prompt_last``); for any other ``objective.tokens``
@@ -23,6 +25,15 @@ Re-running the same command skips finished stages (same key) and resumes an inte
 changed config changes the keys of the stages that depend on it: those run again, and an old training
 folder is kept aside as ``<name>.stale-<key>`` rather than deleted. Every key holds the decpo version
 (`stage_key`), so a new version reruns every stage instead of reusing the old code's results.
+
+Where the stages run (``experiment.executor``): ``sequential`` (the default) runs them one after another in
+this process, in the plan's order. ``local``, ``slurm`` and ``ray`` run each stage as a job of that engine
+(`decpo.jobs`: submitit's local executor, Slurm through submitit, Ray tasks), several at a time: each stage
+starts once the stages it comes after (`Plan.add`'s ``after``) are done: the pairs stage before everything,
+a model's training before its probes and evaluations, the report after all of them. Only the driver writes
+``stages.json``, as each job ends, with the job's own start and end times (``started_at``, ``ended_at``).
+The stage keys, and so the results, do not depend on the executor: the experiment section is no part of any
+key.
 
 Several devices: the experiment is driven by ONE process. With ``num_processes`` > 1 (``decpo run
 --num-processes N``) each training stage is launched as N data-parallel processes (``decpo train`` under
@@ -46,13 +57,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import decpo
 from decpo.config import RunConfig, save_config
 from decpo.io import atomic_write_json, atomic_write_text, check_writable
 from decpo.io import stable_hash as config_key
 from decpo.models.hooks import parse_layers
+
+if TYPE_CHECKING:
+    from decpo.jobs import Engine
 
 logger = logging.getLogger("decpo.run")
 
@@ -92,25 +106,49 @@ class StageLog:
         return [(n, self.stages[n]) for n in [*plan_order, *rest]]
 
 
+class Step(NamedTuple):
+    """One stage of a plan: its name, config key, function, and the stages it comes after."""
+
+    name: str
+    key: str
+    fn: Callable[[], Any]
+    after: tuple[str, ...] = ()
+
+
 @dataclass
 class Plan:
-    """The stages of one experiment, in order, with a progress overview."""
+    """The stages of one experiment, in order, with what each comes after, and a progress overview."""
 
     log: StageLog
-    steps: list[tuple[str, str, Callable[[], Any]]] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
 
-    def add(self, name: str, key: str, fn: Callable[[], Any]) -> None:
-        self.steps.append((name, key, fn))
+    def add(
+        self, name: str, key: str, fn: Callable[[], Any], after: list[str] | tuple[str, ...] = ()
+    ) -> None:
+        """Add a stage that runs once the stages ``after`` are done (each must be in the plan already, so
+        the plan's order is always a valid order to run it in)."""
+        missing = [a for a in after if a not in self.order]
+        if missing:
+            raise ValueError(f"stage {name!r} comes after {missing}, which are not in the plan (yet)")
+        self.steps.append(Step(name, key, fn, tuple(after)))
 
     @property
     def order(self) -> list[str]:
-        return [name for name, _, _ in self.steps]
+        return [s.name for s in self.steps]
 
-    def run(self) -> None:
+    def run(self, engine: Engine | None = None, output_dir: Path | None = None) -> None:
+        """Run the stages not done yet: in this process in the plan's order (``engine`` None; a stage that
+        raises stops the run), or as jobs of ``engine`` (`decpo.jobs.dispatch`; its job folders under
+        ``output_dir``), which raises `decpo.jobs.StagesFailed` once every stage that can run has run."""
+        if engine is not None:
+            from decpo.jobs import dispatch
+
+            dispatch(self, engine, output_dir if output_dir is not None else self.log.path.parent)
+            return
         total = len(self.steps)
-        todo = [name for name, key, _ in self.steps if not self.log.done(name, key)]
+        todo = [s.name for s in self.steps if not self.log.done(s.name, s.key)]
         logger.info("%d stages, %d to run: %s", total, len(todo), ", ".join(todo) or "none")
-        for i, (name, key, fn) in enumerate(self.steps, 1):
+        for i, (name, key, fn, _) in enumerate(self.steps, 1):
             if self.log.done(name, key):
                 logger.info("[%d/%d] %s: done before, skipped", i, total, name)
                 continue
@@ -118,9 +156,29 @@ class Plan:
             started = round(time.time(), 3)
             self.log.mark(name, key, "running", order=i, started_at=started)
             t0 = time.perf_counter()
-            fn()
+            try:
+                fn()
+            except Exception as e:
+                self.log.mark(
+                    name,
+                    key,
+                    "failed",
+                    order=i,
+                    started_at=started,
+                    ended_at=round(time.time(), 3),
+                    error=repr(e),
+                )
+                raise
             wall = time.perf_counter() - t0
-            self.log.mark(name, key, "done", wall_time_s=round(wall, 1), order=i, started_at=started)
+            self.log.mark(
+                name,
+                key,
+                "done",
+                wall_time_s=round(wall, 1),
+                order=i,
+                started_at=started,
+                ended_at=round(time.time(), 3),
+            )
             logger.info("[%d/%d] %s: done in %.0f s", i, total, name, wall)
 
 
@@ -388,7 +446,7 @@ def run_experiment(
     shared = {k: v for k, v in cfg.to_dict().items() if k != "experiment"}
 
     tasks = eval_tasks(cfg)
-    _add_pairs(plan, cfg, tasks, output_dir)
+    first = _add_pairs(plan, cfg, tasks, output_dir)
     models: dict[str, str] = {BASE: cfg.model.name}
     train_keys: dict[str, str] = {BASE: stage_key(cfg.to_dict()["model"])}
     for seed in exp.seeds:
@@ -398,17 +456,19 @@ def run_experiment(
             key = stage_key({**shared, "objective": run_cfg.to_dict()["objective"], "seed": seed})
             folder = output_dir / "train" / label
             stage = _train_stage(run_cfg, folder, log, f"train/{label}", key, num_processes)
-            plan.add(f"train/{label}", key, stage)
+            plan.add(f"train/{label}", key, stage, after=first)
             models[label] = str(folder / "final")
             train_keys[label] = key
 
     # one probe stage: base and every trained model, every seed
-    plan.add("probes", _probe_key(cfg, train_keys), _probe_stage(cfg, models, output_dir / "probes"))
+    trainings = [f"train/{label}" for label in models if label != BASE]
+    probes = _probe_stage(cfg, models, output_dir / "probes")
+    plan.add("probes", _probe_key(cfg, train_keys), probes, after=[*first, *trainings])
 
-    _add_evals(plan, cfg, tasks, models, train_keys, output_dir)
+    _add_evals(plan, cfg, tasks, models, train_keys, output_dir, first)
 
     t0 = time.perf_counter()
-    plan.run()
+    _run(plan, cfg, output_dir, num_processes)
     from decpo.reports.report import write_report
 
     report = write_report(
@@ -423,9 +483,23 @@ def run_experiment(
     return report
 
 
+def _run(plan: Plan, cfg: RunConfig, output_dir: Path, num_processes: int) -> None:
+    """Run ``plan`` on ``experiment.executor``: in this process, or as jobs (`decpo.jobs`)."""
+    from decpo.jobs import make_engine
+
+    plan.run(make_engine(cfg.experiment, num_processes), output_dir)
+
+
 def _add_evals(
-    plan: Plan, cfg: RunConfig, tasks: list[str], models: dict[str, str], keys: dict[str, str], out: Path
+    plan: Plan,
+    cfg: RunConfig,
+    tasks: list[str],
+    models: dict[str, str],
+    keys: dict[str, str],
+    out: Path,
+    first: list[str],
 ) -> None:
+    """``eval/<task>/<label>`` of every model, each after the model's training (and ``first``)."""
     heldout = out / PAIRS_DIR / "heldout.jsonl" if cfg.pairs.source else None
     for task in tasks:
         for label, spec in models.items():
@@ -434,6 +508,7 @@ def _add_evals(
                 f"eval/{task}/{label}",
                 key,
                 _eval_stage(cfg, task, spec, out / "eval" / task / label, heldout),
+                after=[*first, *([f"train/{label}"] if label != BASE else [])],
             )
 
 
@@ -481,10 +556,12 @@ def _pairs_stage(cfg: RunConfig, out: Path, split: dict[str, Any]) -> Callable[[
     return stage
 
 
-def _add_pairs(plan: Plan, cfg: RunConfig, tasks: list[str], out: Path) -> None:
-    """With ``pairs.source``: check the train/eval prompt split now, and build the pairs as the first stage."""
+def _add_pairs(plan: Plan, cfg: RunConfig, tasks: list[str], out: Path) -> list[str]:
+    """With ``pairs.source``: check the train/eval prompt split now, and build the pairs as the first stage.
+
+    Returns what every other stage comes after: ``["pairs"]``, or ``[]`` without pairs."""
     if not cfg.pairs.source:
-        return
+        return []
     from decpo.data.self_pairs import pairs_key
 
     split = check_pair_split(cfg, tasks)
@@ -493,6 +570,7 @@ def _add_pairs(plan: Plan, cfg: RunConfig, tasks: list[str], out: Path) -> None:
         stage_key({"pairs": pairs_key(cfg), "split": split, "data": cfg.to_dict()["data"]}),
         _pairs_stage(cfg, out / PAIRS_DIR, split),
     )
+    return ["pairs"]
 
 
 def sweep_layers(
@@ -507,7 +585,7 @@ def sweep_layers(
 
     output_dir, command, log, plan = _begin(cfg, output_dir, argv)
     tasks = eval_tasks(cfg)
-    _add_pairs(plan, cfg, tasks, output_dir)
+    first = _add_pairs(plan, cfg, tasks, output_dir)
     shared = {k: v for k, v in cfg.to_dict().items() if k != "experiment"}
     runs = {}
     for layer in layers:
@@ -515,9 +593,8 @@ def sweep_layers(
         run_cfg = cfg.replace(**{"objective.name": "decpo", "objective.layers": [layer]})
         key = stage_key({**shared, "objective": run_cfg.to_dict()["objective"]})
         folder = output_dir / "train" / label
-        plan.add(
-            f"train/{label}", key, _train_stage(run_cfg, folder, log, f"train/{label}", key, num_processes)
-        )
+        stage = _train_stage(run_cfg, folder, log, f"train/{label}", key, num_processes)
+        plan.add(f"train/{label}", key, stage, after=first)
         for task in tasks:
             ekey = stage_key({"model": key, "task": task, "eval": _eval_settings(cfg)})
             heldout = output_dir / PAIRS_DIR / "heldout.jsonl" if cfg.pairs.source else None
@@ -525,9 +602,10 @@ def sweep_layers(
                 f"eval/{task}/{label}",
                 ekey,
                 _eval_stage(cfg, task, str(folder / "final"), output_dir / "eval" / task / label, heldout),
+                after=[*first, f"train/{label}"],
             )
         runs[layer] = label
-    plan.run()
+    _run(plan, cfg, output_dir, num_processes)
     return write_sweep(output_dir, runs, tasks, command)
 
 
@@ -590,7 +668,7 @@ def sweep_strength(
 
     output_dir, command, log, plan = _begin(cfg, output_dir, argv)
     tasks = eval_tasks(cfg)
-    _add_pairs(plan, cfg, tasks, output_dir)
+    first = _add_pairs(plan, cfg, tasks, output_dir)
     shared = {k: v for k, v in cfg.to_dict().items() if k != "experiment"}
     models: dict[str, str] = {BASE: cfg.model.name}
     keys: dict[str, str] = {BASE: stage_key(cfg.to_dict()["model"])}
@@ -603,13 +681,15 @@ def sweep_strength(
             key = stage_key({**shared, "objective": run_cfg.to_dict()["objective"], "seed": seed})
             folder = output_dir / "train" / label
             stage = _train_stage(run_cfg, folder, log, f"train/{label}", key, num_processes)
-            plan.add(f"train/{label}", key, stage)
+            plan.add(f"train/{label}", key, stage, after=first)
             models[label] = str(folder / "final")
             keys[label] = key
             runs.setdefault(value, {})[seed] = label
-    plan.add("probes", _probe_key(cfg, keys), _probe_stage(cfg, models, output_dir / "probes"))
-    _add_evals(plan, cfg, tasks, models, keys, output_dir)
-    plan.run()
+    trainings = [f"train/{label}" for label in models if label != BASE]
+    probes = _probe_stage(cfg, models, output_dir / "probes")
+    plan.add("probes", _probe_key(cfg, keys), probes, after=[*first, *trainings])
+    _add_evals(plan, cfg, tasks, models, keys, output_dir, first)
+    _run(plan, cfg, output_dir, num_processes)
     return write_strength(output_dir, cfg, runs, tasks, command, stage_order=plan.order)
 
 
