@@ -246,13 +246,59 @@ class TrainConfig:
     )
     bf16: bool = field(default=False, metadata=_help("bf16 mixed precision (GPUs)."))
     resume: bool = field(default=True, metadata=_help("Resume from the latest checkpoint in the output dir."))
+    report_to: list[str] = field(
+        default_factory=lambda: ["none"],
+        metadata=_help(
+            "Trackers that also get every logged metric (metrics.jsonl is written anyway and stays the record): "
+            "none; tensorboard (event files in <run>/<logging_dir>); wandb (WANDB_MODE=offline works; files in "
+            "<run>/wandb unless $WANDB_DIR is set); trackio (local, in $TRACKIO_DIR); all (every installed one); "
+            "or another transformers integration (mlflow, comet_ml, ...). `pip install decpo[trackers]`."
+        ),
+    )
+    run_name: str | None = field(
+        default=None, metadata=_help("Name of the run in the trackers (W&B, trackio, ...); null: theirs.")
+    )
+    logging_dir: str = field(
+        default="tb", metadata=_help("TensorBoard event folder, relative to the run folder (or absolute).")
+    )
 
     def __post_init__(self) -> None:
+        if isinstance(self.report_to, str):
+            self.report_to = [self.report_to]
+        self.report_to = check_report_to(self.report_to)
         for name in ("batch_size", "grad_accum", "eval_batch_size", "max_length", "logging_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+
+
+# what train.report_to takes besides the transformers integrations' names
+REPORT_TO_WORDS = ("none", "all")
+
+
+def check_report_to(names: list[str]) -> list[str]:
+    """``train.report_to`` as given (``[]`` reads as ``["none"]``), or a `ConfigError` naming the valid values.
+
+    The names are those of the installed transformers' integrations (``INTEGRATION_TO_CALLBACK``); the
+    default ``["none"]`` is accepted without importing transformers. Whether a tracker is installed is
+    checked when the trainer is built (`decpo.training.run.tracker_callbacks`), so that a saved config
+    still loads where it is not.
+    """
+    names = list(names) or ["none"]
+    if names == ["none"]:
+        return names
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    valid = (*REPORT_TO_WORDS, *INTEGRATION_TO_CALLBACK)
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        close = [c for n in unknown for c in difflib.get_close_matches(str(n), valid, n=1)]
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"train.report_to: unknown tracker(s) {unknown}{hint} (valid: {', '.join(valid)})")
+    if len(names) > 1 and set(names) & set(REPORT_TO_WORDS):
+        raise ConfigError(f"train.report_to: 'none' and 'all' stand alone, got {names}")
+    return names
 
 
 @dataclass

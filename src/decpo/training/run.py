@@ -8,6 +8,7 @@ the config is the saved one up to `RESUMABLE_KEYS` (`check_resume_config`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ import torch
 import yaml
 from datasets import Dataset
 
-from decpo.config import ConfigError, RunConfig, save_config
+from decpo.config import ConfigError, RunConfig, TrainConfig, save_config
 from decpo.env import environment
 from decpo.io import atomic_write_json, check_writable
 
@@ -213,7 +214,8 @@ def trainer_args(cfg: RunConfig, output_dir: Path):
         gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         bf16=t.bf16,
         fp16=False,
-        report_to="none",
+        report_to=report_to(t),
+        run_name=t.run_name,
         disable_tqdm=False,
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
@@ -239,6 +241,42 @@ def trainer_args(cfg: RunConfig, output_dir: Path):
     )
 
 
+def report_to(t: TrainConfig) -> str | list[str]:
+    """``train.report_to`` in the form `TrainingArguments` takes: ``"none"``, ``"all"`` or a list of names."""
+    names = list(t.report_to)
+    return names[0] if names in (["none"], ["all"]) else names
+
+
+def tracker_callbacks(t: TrainConfig, output_dir: Path) -> list:
+    """One callback per tracker of ``train.report_to`` (none: ``[]``), built before the model loads so that
+    a tracker that is not installed stops the run at once. TensorBoard writes into
+    ``<output_dir>/<train.logging_dir>``, not transformers' default ``runs/<date>_<host>``."""
+    from transformers.integrations import TensorBoardCallback
+    from transformers.integrations.integration_utils import get_reporting_integration_callbacks
+
+    try:
+        callbacks = [cls() for cls in get_reporting_integration_callbacks(report_to(t))]
+    except (RuntimeError, ImportError, ModuleNotFoundError) as e:  # the integration's package is missing
+        raise ConfigError(f"train.report_to={list(t.report_to)}: {e} (`pip install decpo[trackers]`)") from e
+    for cb in callbacks:
+        if isinstance(cb, TensorBoardCallback):
+            cb.logging_dir = str(output_dir / Path(t.logging_dir).expanduser())  # an absolute one replaces
+    return callbacks
+
+
+@contextlib.contextmanager
+def tracker_env(output_dir: Path):
+    """W&B's files go under the run folder (``<output_dir>/wandb``) unless ``$WANDB_DIR`` says otherwise."""
+    saved = os.environ.get("WANDB_DIR")
+    if saved is None:
+        os.environ["WANDB_DIR"] = str(output_dir)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("WANDB_DIR", None)
+
+
 def build_trainer(cfg: RunConfig, output_dir: Path, train_records: list[dict], eval_records: list[dict]):
     """Load the model and tokenizer and assemble a `DecPOTrainer` (no training yet)."""
     from peft import LoraConfig
@@ -253,6 +291,7 @@ def build_trainer(cfg: RunConfig, output_dir: Path, train_records: list[dict], e
     )
     from decpo.training.trainer import DecPOTrainer, SimPOTrainer
 
+    trackers = tracker_callbacks(cfg.train, output_dir)
     m = cfg.model
     tokenizer = load_tokenizer(m.name, m.gguf_file, m.trust_remote_code, m.revision)
     model = load_model(
@@ -302,6 +341,11 @@ def build_trainer(cfg: RunConfig, output_dir: Path, train_records: list[dict], e
         peft_config=peft_config,
         callbacks=callbacks,
     )
+    # the Trainer put its own tracker callbacks first; ours go last, after the probe callback has added its
+    # values to the logs (and with TensorBoard's folder set)
+    for cb in trackers:
+        trainer.remove_callback(type(cb))
+        trainer.add_callback(cb)
     if probe is not None:
         probe.bind(trainer)  # it logs the step-0 values through trainer.log
     # keep the progress bar, drop its printing of every log dict (our log line says it once)
@@ -389,6 +433,9 @@ RESUMABLE_KEYS = (
     "train.save_total_limit",
     "train.resume",
     "train.ref_cache",
+    "train.report_to",
+    "train.run_name",
+    "train.logging_dir",
     "probe.",
     "experiment.",
 )
@@ -473,6 +520,20 @@ def train(cfg: RunConfig, output_dir: str | Path, *, allow_config_change: bool =
         save_config(cfg, output_dir / "config.yaml")
         atomic_write_json(output_dir / "env.json", environment())
 
+    with tracker_env(output_dir):
+        return _train(cfg, output_dir, resume, train_records, eval_records, t0, main_process)
+
+
+def _train(
+    cfg: RunConfig,
+    output_dir: Path,
+    resume: Path | None,
+    train_records: list[dict],
+    eval_records: list[dict],
+    t0: float,
+    main_process: bool,
+) -> TrainResult:
+    """The body of `train` once the data is loaded and the run folder prepared (trackers' env set)."""
     trainer = build_trainer(cfg, output_dir, train_records, eval_records)
     calibration = getattr(trainer, "reg_weight_calibration", None)
     if main_process and calibration:
