@@ -9,7 +9,7 @@ from trl import DPOTrainer
 from decpo.functional import decorrelation_penalty, dpo_loss, sequence_logps
 from decpo.models import TINY_NAME, capture_activations, load_model
 
-from conftest import make_trainer
+from conftest import PAIRS, make_trainer
 
 
 def first_batch(trainer, n=4):
@@ -217,3 +217,41 @@ def test_simpo_trainer_composes_with_the_regularizer(tmp_path):
     assert logged[0]["loss/pref"] == pytest.approx(
         -torch.nn.functional.logsigmoid(torch.tensor(-0.2)).item(), abs=1e-3
     )
+
+
+@pytest.mark.parametrize("share_prompt", [False, True])
+@pytest.mark.parametrize("group_by_length", [False, True])
+@pytest.mark.parametrize("ref_cache", [False, True])
+def test_every_feature_combination_gives_the_plain_trainers_first_step(
+    tmp_path, share_prompt, group_by_length, ref_cache
+):
+    """The four mixins compose: each on/off combination gives the plain DecPO trainer's first-step losses.
+
+    One batch holds all pairs, so length grouping changes only the row order, which neither the DPO loss (a
+    mean) nor the decorrelation penalty (a norm of Z Z^T - I, invariant to permuting rows) sees.
+    """
+    common = dict(
+        per_device_train_batch_size=len(PAIRS),
+        max_steps=1,
+        reg_type="decorrelation",
+        reg_weight=0.1,
+        precompute_ref_log_probs=True,
+    )
+
+    def first_log(path, **features):
+        trainer = make_trainer(path, **common, **features)
+        trainer.train()
+        return trainer.state.log_history[0]
+
+    plain = first_log(tmp_path / "plain")
+    features = {"share_prompt": share_prompt}
+    if group_by_length:
+        features["train_sampling_strategy"] = "group_by_length"
+    if ref_cache:
+        features["ref_logps_cache"] = str(tmp_path / "cache")
+    got = first_log(tmp_path / "combo", **features)
+    if ref_cache:  # a second trainer reads the values the first one stored
+        got_cached = first_log(tmp_path / "combo2", **features)
+        assert got_cached["loss"] == pytest.approx(got["loss"], rel=1e-6)
+    for key in ("loss", "loss/pref", "loss/decorr", "rewards/margins"):
+        assert got[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-6), key

@@ -7,6 +7,24 @@ overridden: the preference loss (any TRL `loss_type`) is TRL's own, and the pena
 
 where ``Z_l`` holds one row per sequence (last real token by default) of the ``reg_site`` output of
 block ``l``, captured during the policy forward (see `decpo.functional.decorrelation_penalty`).
+
+Composition. `DecPOTrainer` is TRL's `DPOTrainer` behind four mixins, each a feature of its own. Python's MRO
+runs them in the order below (first = outermost), and the order matters where noted:
+
+    order  mixin                          on when                                  why here
+    1      ActivationRegularizerMixin     reg_type set and reg_weight != 0        its compute_loss wraps the whole
+                                          (DecPO, L1-Reg)                          forward, shared or not, to hook it
+    2      SharedPromptMixin              args.share_prompt (pack_pairs)           swaps the collator and forward;
+                                                                                   before 4, whose cache key records
+                                                                                   the collator it swapped in
+    3      LengthGroupedMixin             train_sampling_strategy=group_by_length  adds a length column after TRL
+                                                                                   tokenizes (knows share_prompt)
+    4      CachedReferenceMixin           precompute_ref_log_probs and             last before DPOTrainer: keys the
+                                          ref_logps_cache set                      reference pass TRL runs in __init__
+
+Every feature is off by default and then leaves TRL's behaviour unchanged; every combination gives the same
+losses as the plain trainer on the same batch (``tests/test_trainer.py::test_every_feature_combination...``).
+`SimPOTrainer` composes only the regularizer with TRL's `CPOTrainer`.
 """
 
 from __future__ import annotations
