@@ -276,12 +276,14 @@ class SubmititEngine:
         per_job = self.num_processes if kind == "train" else 1  # one GPU per training process
         if self.name == "slurm":
             default_gpus, default_cpus = slurm.gpus_per_job * per_job, slurm.cpus_per_job
-        else:  # local: no CPUs reserved; torch threads only when asked for
+        else:  # local: no CPUs reserved; torch threads as in this process unless asked for
             default_gpus, default_cpus = (per_job if self._free_gpus else 0), None
         return Resources(
             gpus=r.gpus if r.gpus is not None else default_gpus,
             cpus=r.cpus if r.cpus is not None else default_cpus,
-            threads=r.cpus if self.name == "local" else None,
+            # local: the driver's torch threads (not the job's default, which an inherited OMP_NUM_THREADS, e.g.
+            # from ray.init, can change): the same CPU arithmetic as a sequential run in this process
+            threads=(r.cpus if r.cpus is not None else _torch_threads()) if self.name == "local" else None,
             mem_gb=r.mem_gb if r.mem_gb is not None else slurm.mem_gb,
             time_min=r.time_min or (slurm.time_min if self.name == "slurm" else LOCAL_TIME_MIN),
             partition=r.partition or slurm.partition,
