@@ -55,11 +55,11 @@ def build(variant: str, args, records, tmp: Path):
     from datasets import Dataset
     from peft import LoraConfig
 
-    from decpo.config import LoraSettings, ObjectiveConfig
+    from decpo.config import RunConfig
     from decpo.models import load_model, load_tokenizer
     from decpo.training.trainer import DecPOConfig, DecPOTrainer
 
-    o, lora = ObjectiveConfig(), LoraSettings()
+    o, lora = RunConfig().train, RunConfig().model
     tiny = args.model == "tiny-random-llama"
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model, seed=0)
@@ -73,7 +73,7 @@ def build(variant: str, args, records, tmp: Path):
         reg_type="decorrelation" if args.reg_weight > 0 else None,
         reg_weight=args.reg_weight,
         reg_form=o.reg_form,
-        reg_layers=[-1] if tiny else list(o.layers),
+        reg_layers=[-1] if tiny else list(o.reg_layers),
         precompute_ref_log_probs=False,  # the reference forward (adapter off) runs in every step
         train_sampling_strategy="group_by_length" if variant == "grouped" else "random",
         length_column_name="length",
@@ -86,7 +86,10 @@ def build(variant: str, args, records, tmp: Path):
         disable_tqdm=True,
     )
     peft = LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules)
+        r=lora.lora_r,
+        lora_alpha=lora.lora_alpha,
+        lora_dropout=lora.lora_dropout,
+        target_modules=list(lora.lora_target_modules),
     )
     return DecPOTrainer(
         model=model,

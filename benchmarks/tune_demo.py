@@ -6,7 +6,7 @@ test whether the task is learned; DecPO variants test the regularizer). Runs one
 minutes each on 2 CPU cores::
 
     python benchmarks/tune_demo.py --out /tmp/tune --variant letter-lr5e-4 data.synthetic_answer=letter \\
-        objective.name=dpo train.lr=5e-4 --write benchmarks/RESULTS.md
+        objective.name=dpo train.learning_rate=5e-4 --write benchmarks/RESULTS.md
 
 ``--variant NAME override ...`` may be repeated. The evaluation is ``decpo eval --task synthetic`` on the
 first ``--limit`` held-out items of each split (the same items for every variant).
@@ -84,7 +84,7 @@ def main(argv: list[str]) -> None:
     ]
     for name, overrides in variants:
         cfg = load_config(args.config, overrides)
-        layer = cfg.objective.layers[0]
+        layer = cfg.train.reg_layers[0]
         run_dir = out / name
         t0 = time.perf_counter()
         result = train(cfg, run_dir)
@@ -94,13 +94,13 @@ def main(argv: list[str]) -> None:
                 task="synthetic",
                 model=str(run_dir),
                 limit=args.limit,
-                beta=cfg.objective.beta,
+                beta=cfg.train.beta,
                 synthetic_answer=cfg.data.synthetic_answer,
                 progress=False,
             ),
             out / f"{name}-eval",
         ).results["metrics"]
-        chosen_nats = res["chosen_reward"]["value"] / cfg.objective.beta
+        chosen_nats = res["chosen_reward"]["value"] / cfg.train.beta
         decorr = {}
         for where, with_answer in (("prompt", False), ("answer", True)):
             texts = load_texts(cfg.data.task, args.limit, split="eval", with_answer=with_answer)

@@ -178,13 +178,16 @@ def test_batch_loss_does_not_depend_on_the_sampler(tmp_path):
 
 
 def test_config_key_maps_to_the_trainer_argument(tmp_path):
-    on = trainer_args(RunConfig().replace(**{"train.group_by_length": True}), tmp_path)
+    on = trainer_args(RunConfig().replace(**{"train.train_sampling_strategy": "group_by_length"}), tmp_path)
     off = trainer_args(RunConfig(), tmp_path)
     assert on.train_sampling_strategy == "group_by_length" and on.length_column_name == "length"
     assert off.train_sampling_strategy == "random"
     with pytest.raises(ConfigError, match="simpo"):
         trainer_args(
-            RunConfig().replace(**{"train.group_by_length": True, "objective.name": "simpo"}), tmp_path
+            RunConfig().replace(
+                **{"train.train_sampling_strategy": "group_by_length", "objective.name": "simpo"}
+            ),
+            tmp_path,
         )
 
 

@@ -87,7 +87,7 @@ def test_a_hub_id_without_network_fails_at_once_naming_the_model_and_where_it_wa
 
 
 def test_a_yaml_tag_in_an_override_is_a_config_error_not_a_traceback(tmp_path, capsys):
-    tag = "model.name=!!python/object/apply:os.system ['echo hacked']"
+    tag = "model.model_name_or_path=!!python/object/apply:os.system ['echo hacked']"
     with pytest.raises(ConfigError, match="not valid YAML"):
         parse_override(tag)
     assert main(["train", "--config", SMOKE, "--output-dir", str(tmp_path / "run"), tag]) == 2
@@ -98,19 +98,25 @@ def test_a_yaml_tag_in_an_override_is_a_config_error_not_a_traceback(tmp_path, c
 def test_config_keys_shows_a_presets_values(capsys):
     assert main(["config-keys", "--config", SMOKE]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert "model.name = 'tiny-random-llama' (default 'default')  #" in "\n".join(lines)
+    assert "model.model_name_or_path = 'tiny-random-llama' (default 'default')  #" in "\n".join(lines)
     assert any(line.startswith("train.max_steps = 4 (default 30)") for line in lines)
-    assert any(line.startswith("train.seed = 0  #") for line in lines)  # unchanged: no note
+    assert any(line.startswith("train.beta = 0.1  #") for line in lines)  # unchanged: no note
     assert main(["config-keys"]) == 0
-    assert "model.name = 'default'  #" in capsys.readouterr().out
+    assert (
+        "model.model_name_or_path = 'default' (decpo's default; trl.ModelConfig's is None: "
+        in capsys.readouterr().out
+    )
 
 
 @pytest.mark.parametrize(
     "override, message",
     [
         ("data.path=/nonexistent/pairs.jsonl", "/nonexistent/pairs.jsonl"),  # missing data
-        ("model.name=/nonexistent", "no such directory"),  # missing model (after config.yaml is written)
-        ("objective.layers=[9]", "layer 9 does not exist"),  # a config that does not fit the model
+        (
+            "model.model_name_or_path=/nonexistent",
+            "no such directory",
+        ),  # missing model (after config.yaml is written)
+        ("train.reg_layers=[9]", "layer 9 does not exist"),  # a config that does not fit the model
     ],
 )
 def test_a_failed_start_leaves_no_output_folder_it_created(tmp_path, capsys, override, message):
@@ -127,7 +133,10 @@ def test_a_failed_start_leaves_no_output_folder_it_created(tmp_path, capsys, ove
 
 def test_a_failed_start_of_decpo_run_leaves_no_output_folder(tmp_path, capsys):
     out = tmp_path / "exp"
-    assert main(["run", "--config", SMOKE, "--output-dir", str(out), "model.name=/nonexistent"]) == 2
+    assert (
+        main(["run", "--config", SMOKE, "--output-dir", str(out), "model.model_name_or_path=/nonexistent"])
+        == 2
+    )
     assert "no such directory" in capsys.readouterr().err
     assert not out.exists()
 

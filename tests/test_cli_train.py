@@ -75,8 +75,8 @@ def test_resuming_under_a_changed_config_is_refused_naming_the_keys(tmp_path, ca
     # step counts and logging / save frequency may change
     assert main([*base, "train.max_steps=3", "train.save_steps=1", "train.logging_steps=2"]) == 0
     # the explicit override resumes anyway, and the run's config.yaml says what it went on with
-    assert main([*base, "--allow-config-change", "train.max_steps=4", "objective.reg_weight=0.1"]) == 0
-    assert yaml.safe_load((run / "config.yaml").read_text())["objective"]["reg_weight"] == 0.1
+    assert main([*base, "--allow-config-change", "train.max_steps=4", "train.reg_weight=0.1"]) == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["reg_weight"] == 0.1
     assert [r["step"] for r in read_metrics(run) if "train/loss" in r] == [1, 2, 3, 4]
 
 
@@ -84,17 +84,17 @@ def test_resume_check_matches_a_resolved_auto_weight_and_ignores_the_experiment(
     from decpo.config import ConfigError, load_config, save_config
     from decpo.training.run import check_resume_config
 
-    cfg = load_config(SMOKE, ["objective.reg_weight=auto"])
-    save_config(cfg.replace(**{"objective.reg_weight": 0.0123}), tmp_path / "config.yaml")
+    cfg = load_config(SMOKE, ["train.reg_weight=auto"])
+    save_config(cfg.replace(**{"train.reg_weight": 0.0123}), tmp_path / "config.yaml")
     (tmp_path / "reg_weight.json").write_text(json.dumps({"reg_weight": 0.0123, "reg_balance": 0.3}))
     ckpt = tmp_path / "checkpoint-2"
     check_resume_config(cfg, tmp_path, ckpt)  # auto resolved to the saved lambda: the same run
-    check_resume_config(cfg.replace(**{"objective.reg_weight": 0.0123}), tmp_path, ckpt)
+    check_resume_config(cfg.replace(**{"train.reg_weight": 0.0123}), tmp_path, ckpt)
     check_resume_config(cfg.replace(**{"experiment.eval_limit": 3, "probe.every_n_steps": 2}), tmp_path, ckpt)
-    with pytest.raises(ConfigError, match=r"objective.reg_balance: 0.3 -> 0.5"):
-        check_resume_config(cfg.replace(**{"objective.reg_balance": 0.5}), tmp_path, ckpt)
-    with pytest.raises(ConfigError, match=r"objective.reg_weight: 0.0123 -> 0.02"):
-        check_resume_config(cfg.replace(**{"objective.reg_weight": 0.02}), tmp_path, ckpt)
+    with pytest.raises(ConfigError, match=r"train.reg_balance: 0.3 -> 0.5"):
+        check_resume_config(cfg.replace(**{"train.reg_balance": 0.5}), tmp_path, ckpt)
+    with pytest.raises(ConfigError, match=r"train.reg_weight: 0.0123 -> 0.02"):
+        check_resume_config(cfg.replace(**{"train.reg_weight": 0.02}), tmp_path, ckpt)
 
 
 def test_dpo_objective_has_no_penalty_terms(tmp_path):
@@ -113,7 +113,7 @@ def test_dpo_objective_has_no_penalty_terms(tmp_path):
     "args, message",
     [
         (["objective.lamda=1"], "did you mean"),
-        (["objective.layers=[9]"], "layer 9 does not exist"),
+        (["train.reg_layers=[9]"], "layer 9 does not exist"),
         (["data.path=/nonexistent/pairs.jsonl"], "/nonexistent/pairs.jsonl"),
     ],
 )
@@ -159,7 +159,7 @@ def test_prompts_longer_than_max_length_are_counted_or_refused(tmp_path, capsys,
         assert main([*args, "data.eval_fraction=0.25"]) == 0
     assert "2 of 6 train pairs have a prompt of train.max_length=96 tokens or more" in caplog.text
     data.write_text(long * 8)
-    assert main([*args, "train.resume=false"]) == 2
+    assert main([*args, "train.resume_from_checkpoint=null"]) == 2
     assert "every train prompt has 96 tokens or more" in capsys.readouterr().err
 
 
@@ -173,7 +173,11 @@ def test_without_config_the_commands_use_the_shipped_demo_preset():
     assert config_path(None) == DEFAULT_PRESET and DEFAULT_PRESET.is_file()
     assert (REPO / "configs" / "default.yaml").resolve() == DEFAULT_PRESET.resolve()
     cfg = load_config(config_path(None))
-    assert cfg.experiment.seeds == [0, 1, 2] and cfg.train.lr == 3e-3 and cfg.objective.reg_weight == "auto"
+    assert (
+        cfg.experiment.seeds == [0, 1, 2]
+        and cfg.train.learning_rate == 3e-3
+        and cfg.train.reg_weight == "auto"
+    )
     assert config_path("x.yaml").name == "x.yaml"
 
 

@@ -30,12 +30,12 @@ SMOKE = str(REPO / "configs" / "smoke.yaml")
 COMMON = [
     "train.max_length=160",
     "objective.name=dpo",
-    "lora.dropout=0.0",
+    "model.lora_dropout=0.0",
     "train.max_steps=3",
-    "train.eval_steps=0",
+    "train.eval_strategy=no",
     "train.save_steps=100",
     "data.max_train_samples=8",
-    "train.lr=1e-2",
+    "train.learning_rate=1e-2",
 ]
 
 
@@ -63,7 +63,20 @@ def child_env():
 def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, extra):
     one = tmp_path / "one"
     args = [*COMMON, *extra]
-    assert main(["train", "--config", SMOKE, "--output-dir", str(one), "train.batch_size=8", *args]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                SMOKE,
+                "--output-dir",
+                str(one),
+                "train.per_device_train_batch_size=8",
+                *args,
+            ]
+        )
+        == 0
+    )
 
     two = tmp_path / "two"
     env = child_env()
@@ -78,7 +91,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, extra):
         SMOKE,
         "--output-dir",
         str(two),
-        "train.batch_size=4",
+        "train.per_device_train_batch_size=4",
         *args,
     ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -98,13 +111,26 @@ def test_decpo_and_probes_in_two_processes_equal_one(tmp_path, monkeypatch):
     args = [
         *[a for a in COMMON if not a.startswith("objective.name")],
         "objective.name=decpo",
-        "objective.reg_weight=0.1",
+        "train.reg_weight=0.1",
         "probe.every_n_steps=1",
-        "train.batch_size=4",
+        "train.per_device_train_batch_size=4",
     ]
     one = tmp_path / "one"
     monkeypatch.setattr(run, "trainer_args", sequential_trainer_args)
-    assert main(["train", "--config", SMOKE, "--output-dir", str(one), "train.grad_accum=2", *args]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                SMOKE,
+                "--output-dir",
+                str(one),
+                "train.gradient_accumulation_steps=2",
+                *args,
+            ]
+        )
+        == 0
+    )
 
     two = tmp_path / "two"
     job = [str(REPO / "tests" / "distributed_jobs.py"), "train", "--config", SMOKE, "--output-dir", str(two)]

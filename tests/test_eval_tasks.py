@@ -260,7 +260,7 @@ def _full_fine_tune_run(run_dir: Path, seed: int, perturb: bool) -> None:
                 p.add_(0.05 * torch.randn_like(p))
     model.save_pretrained(run_dir / "final")
     load_tokenizer(TINY).save_pretrained(run_dir / "final")
-    cfg = load_config(REPO / "configs" / "smoke.yaml", ["lora.enabled=false", f"train.seed={seed}"])
+    cfg = load_config(REPO / "configs" / "smoke.yaml", ["model.use_peft=false", f"train.seed={seed}"])
     save_config(cfg, run_dir / "config.yaml")
 
 

@@ -60,11 +60,14 @@ def test_two_seeds_probes_every_model_and_the_report_answers_both_claims(tmp_pat
     assert {f"train/{strength_label(v, s)}" for v in (0.0, 0.1) for s in (0, 1)} <= set(stages)
     assert {"probes", "eval/synthetic/base", "eval/synthetic/decpo-w0.1-s1"} <= set(stages)
     lam = {
-        label: yaml.safe_load((sweep / "train" / label / "config.yaml").read_text())["objective"]
+        label: yaml.safe_load((sweep / "train" / label / "config.yaml").read_text())["train"]
         for label in ("decpo-w0-s0", "decpo-w0.1-s1")
     }
     assert lam["decpo-w0-s0"]["reg_weight"] == 0.0 and lam["decpo-w0.1-s1"]["reg_weight"] == 0.1
-    assert all(o["name"] == "decpo" for o in lam.values())
+    assert all(
+        yaml.safe_load((sweep / "train" / label / "config.yaml").read_text())["objective"]["name"] == "decpo"
+        for label in lam
+    )
     assert (sweep / "strength.png").exists() and (sweep / "strength.csv").exists()
     with open(sweep / "strength.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -213,7 +216,7 @@ def test_one_seed_paired_bootstrap_over_items_and_resume(tmp_path):
     assert sorted(set(steps)) == [0, 1, 2, 3, 4] and steps.count(3) == 1  # resumed after step 2, once
 
     # a changed objective reruns what depends on it and keeps the old training aside
-    assert main(["run", "--config", SMOKE, "--output-dir", str(out), *ARGS, "objective.beta=0.2"]) == 0
+    assert main(["run", "--config", SMOKE, "--output-dir", str(out), *ARGS, "train.beta=0.2"]) == 0
     after = {k: v["key"] for k, v in json.loads((out / "stages.json").read_text()).items()}
     assert after["train/dpo-s0"] != before["train/dpo-s0"] and after["probes"] != before["probes"]
     assert list((out / "train").glob("dpo-s0.stale-*"))
@@ -234,7 +237,7 @@ def test_full_fine_tuning_is_scored_against_the_base_and_the_base_row_is_na(tmp_
                 "--methods",
                 "dpo",
                 *ARGS,
-                "lora.enabled=false",
+                "model.use_peft=false",
             ]
         )
         == 0
@@ -296,28 +299,28 @@ def test_strength_values_and_their_config_changes():
     with pytest.raises(ValueError):
         parse_values("-1")
     cfg = load_config(SMOKE)
-    assert strength_overrides(cfg, 0.3) == {"objective.reg_weight": 0.3}
-    assert strength_overrides(cfg, 0) == {"objective.reg_weight": 0.0}
+    assert strength_overrides(cfg, 0.3) == {"train.reg_weight": 0.3}
+    assert strength_overrides(cfg, 0) == {"train.reg_weight": 0.0}
     assert strength_label(0.1, 2) == "decpo-w0.1-s2" and strength_label(3.0, 0) == "decpo-w3-s0"
 
 
 def test_strength_sweep_of_balances_when_the_weight_is_auto(tmp_path):
-    cfg = load_config(SMOKE, ["objective.reg_weight=auto"])
-    assert strength_overrides(cfg, 0.3) == {"objective.reg_balance": 0.3}
-    assert strength_overrides(cfg, 0) == {"objective.reg_weight": 0.0}  # 0: no penalty, never a balance of 0
+    cfg = load_config(SMOKE, ["train.reg_weight=auto"])
+    assert strength_overrides(cfg, 0.3) == {"train.reg_balance": 0.3}
+    assert strength_overrides(cfg, 0) == {"train.reg_weight": 0.0}  # 0: no penalty, never a balance of 0
     run = cfg.replace(**strength_overrides(cfg, 0.3))
-    assert run.objective.reg_weight == "auto" and run.objective.reg_balance == 0.3
+    assert run.train.reg_weight == "auto" and run.train.reg_balance == 0.3
 
     out = tmp_path / "strength"
     argv = ["sweep", "--reg-weights", "0,0.3", "--config", SMOKE, "--output-dir", str(out), *ARGS]
-    assert main([*argv, "objective.reg_weight=auto"]) == 0
-    zero = yaml.safe_load((out / "train" / "decpo-w0-s0" / "config.yaml").read_text())["objective"]
+    assert main([*argv, "train.reg_weight=auto"]) == 0
+    zero = yaml.safe_load((out / "train" / "decpo-w0-s0" / "config.yaml").read_text())["train"]
     assert zero["reg_weight"] == 0.0 and not (out / "train" / "decpo-w0-s0" / "reg_weight.json").exists()
     calibrated = json.loads((out / "train" / "decpo-w0.3-s0" / "reg_weight.json").read_text())
     assert calibrated["reg_balance"] == 0.3 and calibrated["reg_weight"] > 0
     md = (out / "strength.md").read_text()
     assert "each value as a balance" in md
-    assert f"| 0.3 | objective.reg_balance=0.3 | s0: {calibrated['reg_weight']:.4g} |" in md
+    assert f"| 0.3 | train.reg_balance=0.3 | s0: {calibrated['reg_weight']:.4g} |" in md
     # one seed: strength minus 0 is a paired bootstrap over items for task measures, no interval for probes
     with open(out / "strength.csv", newline="") as f:
         rows = {(r["strength"], r["measure"]): r for r in csv.DictReader(f)}
@@ -333,7 +336,7 @@ def test_probe_texts_are_held_out_prompts_and_the_penalty_position():
     from decpo.experiment import probe_sets, probe_texts
 
     cfg = load_config(SMOKE, ["experiment.probe_num_texts=12"])
-    held_out, penalty = probe_sets(cfg)  # objective.tokens=last: two probe sets
+    held_out, penalty = probe_sets(cfg)  # train.reg_tokens=last: two probe sets
     texts = probe_texts(cfg, held_out)
     evals = load_task("synthetic", "eval", seed=0)[:12]
     assert texts == [r["prompt"] for r in evals]
@@ -342,7 +345,7 @@ def test_probe_texts_are_held_out_prompts_and_the_penalty_position():
     answered = probe_texts(cfg, penalty, eos_token="</s>")
     assert answered == [r["prompt"] + r["chosen"] + "</s>" for r in evals]
     assert penalty.site_suffix == "@answer_last" and held_out.site_suffix == ""
-    only = probe_sets(load_config(SMOKE, ["objective.tokens=prompt_last"]))
+    only = probe_sets(load_config(SMOKE, ["train.reg_tokens=prompt_last"]))
     assert [s.name for s in only] == ["heldout_prompts"] and only[0].penalty_position
 
 

@@ -57,7 +57,12 @@ def test_prompt_last_under_prefix_sharing_equals_trl_layout(tmp_path):
 @pytest.mark.parametrize("balance", [0.3, 1.0])
 def test_reg_balance_sets_lambda_to_the_requested_share_at_the_start(tmp_path, balance):
     trainer = make_trainer(
-        tmp_path, reg_balance=balance, reg_calibration_batches=2, per_device_train_batch_size=4, max_steps=1
+        tmp_path,
+        reg_weight="auto",
+        reg_balance=balance,
+        reg_calibration_batches=2,
+        per_device_train_batch_size=4,
+        max_steps=1,
     )
     cal = trainer.reg_weight_calibration
     assert cal is not None and trainer.args.reg_weight == pytest.approx(cal["reg_weight"])
@@ -71,10 +76,10 @@ def test_reg_balance_sets_lambda_to_the_requested_share_at_the_start(tmp_path, b
 
 def test_reg_balance_is_reproducible_and_leaves_the_random_state_alone(tmp_path):
     torch.manual_seed(123)
-    a = make_trainer(tmp_path / "a", reg_balance=0.3)
+    a = make_trainer(tmp_path / "a", reg_weight="auto", reg_balance=0.3)
     after_a = torch.rand(3)
     torch.manual_seed(123)
-    b = make_trainer(tmp_path / "b", reg_balance=0.3)
+    b = make_trainer(tmp_path / "b", reg_weight="auto", reg_balance=0.3)
     after_b = torch.rand(3)
     assert a.args.reg_weight == b.args.reg_weight > 0
     torch.testing.assert_close(after_a, after_b)
@@ -86,7 +91,7 @@ def test_reg_balance_is_reproducible_and_leaves_the_random_state_alone(tmp_path)
 @pytest.mark.parametrize("balance", [0.0, -0.5])
 def test_reg_balance_must_be_positive(tmp_path, balance):
     with pytest.raises(ValueError, match="reg_balance must be > 0"):
-        DecPOConfig(output_dir=str(tmp_path), reg_balance=balance)
+        DecPOConfig(output_dir=str(tmp_path), reg_weight="auto", reg_balance=balance)
 
 
 @pytest.mark.parametrize(
@@ -151,14 +156,16 @@ def test_a_last_batch_of_one_row_is_reported(tmp_path, caplog):
 
 def test_calibration_averages_full_batches_only(tmp_path):
     # 8 pairs in batches of 7: the second batch's single chosen row has penalty 0 and would halve the mean
-    trainer = make_trainer(tmp_path, reg_rows="chosen", per_device_train_batch_size=7, reg_balance=1.0)
+    trainer = make_trainer(
+        tmp_path, reg_rows="chosen", per_device_train_batch_size=7, reg_weight="auto", reg_balance=1.0
+    )
     assert trainer.reg_weight_calibration["batches"] == 1
 
 
 def test_reg_balance_with_simpo_leaves_no_calibration_metrics(tmp_path):
     from conftest import make_simpo_trainer
 
-    trainer = make_simpo_trainer(tmp_path, max_steps=1, reg_balance=0.5)
+    trainer = make_simpo_trainer(tmp_path, max_steps=1, reg_weight="auto", reg_balance=0.5)
     cal = trainer.reg_weight_calibration
     assert trainer.args.reg_weight == cal["reg_weight"] > 0
     assert cal["reg_weight"] * cal["penalty"] == pytest.approx(0.5 * cal["preference_loss"], rel=1e-9)

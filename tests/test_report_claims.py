@@ -112,7 +112,7 @@ def folder(tmp_path):
 
 
 def _cfg(**extra):
-    overrides = ["experiment.seeds=[0,1,2]", "objective.layers=[-1]", *(f"{k}={v}" for k, v in extra.items())]
+    overrides = ["experiment.seeds=[0,1,2]", "train.reg_layers=[-1]", *(f"{k}={v}" for k, v in extra.items())]
     return load_config(SMOKE, overrides)
 
 
@@ -197,7 +197,7 @@ def test_results_table_has_the_a_rate_and_stages_are_in_run_order(folder):
 def test_one_seed_claims_say_there_is_no_interval(tmp_path, folder):
     out, models, order = folder
     one = [m for m in models if m == "base" or m.endswith("-s0")]
-    cfg = load_config(SMOKE, ["experiment.seeds=[0]", "objective.layers=[3]"])
+    cfg = load_config(SMOKE, ["experiment.seeds=[0]", "train.reg_layers=[3]"])
     csv = (out / "probes" / "probes.csv").read_text().splitlines()
     (out / "probes" / "probes.csv").write_text(
         "\n".join(line for line in csv if "-s1," not in line and "-s2," not in line) + "\n"
@@ -215,7 +215,7 @@ def test_prompt_last_says_the_held_out_prompts_measure_the_penalty(folder):
     from decpo.experiment import probe_sets
 
     out, models, order = folder
-    cfg = _cfg(**{"objective.tokens": "prompt_last"})
+    cfg = _cfg(**{"train.reg_tokens": "prompt_last"})
     assert [s.name for s in probe_sets(cfg)] == ["heldout_prompts"] and probe_sets(cfg)[0].penalty_position
     assert [s.texts for s in probe_sets(_cfg())] == ["prompt", "prompt+chosen"]
     report = write_report(

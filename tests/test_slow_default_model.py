@@ -57,7 +57,7 @@ def test_default_preset_short_run(tmp_path):
     # the resolved config holds the lambda used, so `--config <run>/config.yaml` repeats the run
     import yaml
 
-    saved = yaml.safe_load((run / "config.yaml").read_text())["objective"]
+    saved = yaml.safe_load((run / "config.yaml").read_text())["train"]
     assert (
         saved["reg_weight"] == pytest.approx(cfg["reg_weight"]) and saved["reg_balance"] == cfg["reg_balance"]
     )

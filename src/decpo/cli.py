@@ -193,8 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="--layers: DecPO once per regularized layer, the task measure against the layer (Fig. 7). "
         "--reg-weights: DecPO once per strength and seed (experiment.seeds), probes and evaluations of every "
         "run, strength.md with decorrelation at the regularized layer and the task measures against the strength. "
-        "A strength is an absolute lambda (objective.reg_weight), or a balance (objective.reg_balance) when the "
-        "config's objective.reg_weight is auto; 0 always means no penalty (objective.reg_weight=0). "
+        "A strength is an absolute lambda (train.reg_weight), or a balance (train.reg_balance) when the "
+        "config's train.reg_weight is auto; 0 always means no penalty (train.reg_weight=0). "
         "experiment.executor=local, slurm or ray runs the stages as jobs, as for `decpo run`.",
     )
     which = p.add_mutually_exclusive_group(required=True)

@@ -1,23 +1,51 @@
 """Typed run configuration: YAML files plus dotted command-line overrides, validated up front.
 
-Every field carries its help text in ``metadata["help"]``. Unknown keys fail at once and suggest the
-closest valid key, so a typo never silently falls back to a default.
+The sections are TRL's own dataclasses, field for field:
+
+- ``model``: TRL's `trl.ModelConfig` (``model_name_or_path``, ``dtype``, ``attn_implementation``, the LoRA
+  fields ``use_peft``, ``lora_r``, ..., the bitsandbytes fields ``load_in_4bit``, ...) plus decpo's ``gguf_file``
+  (`DecPOModelConfig`);
+- ``train``: every field of `decpo.training.trainer.DecPOConfig`, i.e. TRL's `DPOConfig` (and through it every
+  `transformers.TrainingArguments` field) plus the regularizer's ``reg_*`` fields, and the fields SimPO's
+  `SimPOConfig` adds (``simpo_gamma``, ``cpo_alpha``, ...). Only ``output_dir`` (``--output-dir``) and
+  ``reg_type`` (set by ``objective.name``) are not keys;
+- ``objective``: the method (``objective.name``); ``data``, ``pairs``, ``probe``, ``experiment``: decpo's own.
+
+Each field is declared once, where it lives (TRL, transformers or decpo); the ``model`` and ``train`` sections
+are built from those declarations (`_section_class`) with decpo's defaults where they differ from TRL's
+(`DECPO_DEFAULTS`, each with its reason). Every field carries its help text in ``metadata["help"]``, and every
+value is checked against the field's type annotation, None-defaults included (`check_value`); an enum-typed
+field (``optim``, ``lr_scheduler_type``, ...) takes one of the enum's values. Unknown keys fail at once and
+suggest the closest valid key (or name the new key of a renamed one), so a typo never silently falls back to a
+default. TRL's own ``__post_init__`` checks run when a training builds its `DecPOConfig`, before the model
+loads (`decpo.training.run.trainer_args`).
+
+Why not `HfArgumentParser`/`TrlParser`: they take flat ``--key value`` flags (no sections) and their
+``parse_dict``/``parse_yaml_file`` pass values to the constructor unchecked; why not OmegaConf structured
+configs: they reject `TrainingArguments`' ``dict | str`` and enum unions. The checks here read the same
+dataclass annotations both use.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import enum
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from trl import ModelConfig as TrlModelConfig
 
-from decpo.functional import DECORRELATION_FORMS, TOKEN_SELECTIONS
+from decpo.data.errors import DataError
+from decpo.data.self_pairs import SamplingSettings
+from decpo.training.trainer import DecPOConfig, SimPOConfig
 
 OBJECTIVES = ("dpo", "decpo", "l1", "sft", "simpo")
-ROWS = ("both", "chosen", "rejected")
 
 
 class ConfigError(ValueError):
@@ -29,24 +57,19 @@ def _help(text: str) -> dict[str, str]:
 
 
 @dataclass
-class ModelConfig:
-    name: str = field(
-        default="default",
+class DecPOModelConfig(TrlModelConfig):
+    """TRL's `ModelConfig` plus the GGUF file of a folder that holds one, and ``trust_remote_code`` (which
+    TRL 1.x's `ModelConfig` no longer declares)."""
+
+    gguf_file: str | None = field(
+        default=None, metadata=_help("GGUF file name inside `model_name_or_path` (a directory).")
+    )
+    trust_remote_code: bool = field(
+        default=False,
         metadata=_help(
-            "Model to train: 'default' (embedded SmolLM2-135M-Instruct), 'tiny-random-llama' (in-process, "
-            "for smoke tests), a Hugging Face model id, a local directory, or a .gguf file."
+            "Run model code from the Hub (a model with its own modeling files); off unless you trust it."
         ),
     )
-    gguf_file: str | None = field(default=None, metadata=_help("GGUF file name inside `name` (a directory)."))
-    dtype: str = field(default="float32", metadata=_help("float32, bfloat16 or float16."))
-    trust_remote_code: bool = field(
-        default=False, metadata=_help("Allow model code from the Hub. Off unless you trust the source.")
-    )
-    revision: str | None = field(default=None, metadata=_help("Hub revision (branch, tag or commit)."))
-
-    def __post_init__(self) -> None:
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ConfigError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
 
 
 @dataclass
@@ -98,194 +121,244 @@ class ObjectiveConfig:
     name: str = field(
         default="decpo",
         metadata=_help(
-            "dpo, decpo (DPO + lambda * decorrelation), l1 (DPO + lambda * mean|z|), sft, simpo (reference-free)."
+            "dpo, decpo (DPO + lambda * decorrelation: train.reg_type=decorrelation), l1 (DPO + lambda * mean|z|), "
+            "sft (train.loss_type=sft), simpo (TRL's CPOTrainer, reference-free: train.simpo_gamma). The train.reg_* "
+            "fields apply to decpo and l1."
         ),
-    )
-    loss_type: str = field(
-        default="sigmoid",
-        metadata=_help(
-            "TRL loss type of the preference loss: sigmoid (DPO, summed log-probs), sigmoid_norm "
-            "(length-normalised, as in the authors' scripts), ipo, hinge, ..."
-        ),
-    )
-    beta: float = field(default=0.1, metadata=_help("DPO temperature beta (the paper: 0.1)."))
-    reg_weight: float | str = field(
-        default="auto",
-        metadata=_help(
-            "lambda: weight of the regularizer, or 'auto': set before training so that lambda * R = reg_balance x "
-            "the preference loss on the first batches (logged, and written into the run's config.yaml). A fixed "
-            "value depends on the form and the model: the paper's 1e-4 is for the raw 'paper' form on Llama-7B."
-        ),
-    )
-    reg_balance: float = field(
-        default=0.3,
-        metadata=_help(
-            "With reg_weight=auto: the penalty's share of the preference loss at the start (> 0)."
-        ),
-    )
-    reg_form: str = field(default="cosine", metadata=_help("cosine, paper or code_literal."))
-    layers: list[int] = field(
-        default_factory=lambda: [15],
-        metadata=_help("Regularized block(s); negative indices count from the end."),
-    )
-    site: str = field(default="mlp.up_proj", metadata=_help("Activation site: mlp.up_proj (the paper)."))
-    tokens: str = field(
-        default="last",
-        metadata=_help(
-            "Token whose activation is a row of Z: last (last real token of each sequence, the default), prompt_last (the last prompt token, where the answer is decided "
-            "and the token the probes read; one row per pair) or completion_mean (mean over the answer's tokens)."
-        ),
-    )
-    rows: str = field(default="both", metadata=_help("Rows of Z: both, chosen or rejected sequences."))
-    simpo_gamma: float = field(
-        default=0.2, metadata=_help("SimPO target reward margin gamma (the authors' SimPO baseline: 0.2).")
     )
 
     def __post_init__(self) -> None:
         if self.name not in OBJECTIVES:
             raise ConfigError(f"objective.name must be one of {OBJECTIVES}, got {self.name!r}")
-        if self.reg_form not in DECORRELATION_FORMS:
-            raise ConfigError(
-                f"objective.reg_form must be one of {DECORRELATION_FORMS}, got {self.reg_form!r}"
-            )
-        if self.tokens not in TOKEN_SELECTIONS:
-            raise ConfigError(f"objective.tokens must be one of {TOKEN_SELECTIONS}, got {self.tokens!r}")
-        if self.rows not in ROWS:
-            raise ConfigError(f"objective.rows must be one of {ROWS}, got {self.rows!r}")
-        if isinstance(self.layers, int):
-            self.layers = [self.layers]
-        if not self.layers or not all(isinstance(x, int) for x in self.layers):
-            raise ConfigError(f"objective.layers must be a non-empty list of integers, got {self.layers!r}")
-        if isinstance(self.reg_weight, str) and self.reg_weight != "auto":
-            raise ConfigError(
-                f"objective.reg_weight must be a number >= 0 or 'auto', got {self.reg_weight!r}"
-            )
-        if not isinstance(self.reg_weight, str) and self.reg_weight < 0:
-            raise ConfigError(f"objective.reg_weight must be >= 0 or 'auto', got {self.reg_weight}")
-        if self.reg_weight == "auto" and not self.reg_balance > 0:
-            raise ConfigError(
-                f"objective.reg_balance must be > 0 with reg_weight=auto, got {self.reg_balance} (for no penalty "
-                "set objective.reg_weight=0)"
-            )
-        if self.beta <= 0:
-            raise ConfigError(f"objective.beta must be > 0, got {self.beta}")
 
     @property
     def regularizer(self) -> str | None:
-        """``"decorrelation"``, ``"l1"`` or None."""
+        """``"decorrelation"``, ``"l1"`` or None: the ``reg_type`` of the method."""
         return {"decpo": "decorrelation", "l1": "l1"}.get(self.name)
 
 
-@dataclass
-class LoraSettings:
-    enabled: bool = field(default=True, metadata=_help("Train a LoRA adapter (off: full fine-tuning)."))
-    r: int = field(default=8, metadata=_help("LoRA rank (the paper: 8)."))
-    alpha: int = field(default=16, metadata=_help("LoRA alpha (the paper: 16)."))
-    dropout: float = field(default=0.05, metadata=_help("LoRA dropout (the paper: 0.05)."))
-    target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "v_proj", "up_proj"],
-        metadata=_help("Modules that get an adapter (the paper: q_proj, v_proj, up_proj)."),
-    )
+# decpo's defaults where TRL's do not suit a run of `decpo train` / `decpo run`, with the reason; every other
+# field keeps the default of the dataclass that declares it (`decpo config-keys` marks these).
+DECPO_DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
+    "model": {
+        "model_name_or_path": (
+            "default",
+            "'default': the embedded SmolLM2-135M-Instruct (offline, CPU); 'tiny-random-llama': in-process, for "
+            "smoke tests; else a Hugging Face id, a local folder or a .gguf file",
+        ),
+        "use_peft": (True, "the paper's LoRA adapter"),
+        "lora_r": (8, "the paper's rank"),
+        "lora_alpha": (16, "the paper's alpha"),
+        "lora_target_modules": (
+            ["q_proj", "v_proj", "up_proj"],
+            "the paper's modules, the regularized site among them",
+        ),
+    },
+    "train": {
+        "learning_rate": (5e-4, "LoRA on small models (TRL's 1e-6 is for full fine-tuning of large ones)"),
+        "max_steps": (30, "a short run that shows an effect; -1: num_train_epochs epochs"),
+        "num_train_epochs": (1.0, "with max_steps -1"),
+        "lr_scheduler_type": ("constant", "short runs"),
+        "max_length": (128, "the built-in tasks' prompts and answers are short (the paper: 256)"),
+        "seed": (0, "seed of model init (tiny model), adapters, data order and synthetic data"),
+        "logging_steps": (5, "short runs"),
+        "eval_strategy": ("steps", "held-out reward accuracy during training"),
+        "eval_steps": (10, "with eval_strategy steps"),
+        "eval_on_start": (True, "held-out measures at step 0 too (off by itself with eval_strategy no)"),
+        "save_steps": (10, "checkpoints to resume from"),
+        "save_total_limit": (2, "checkpoints kept"),
+        "gradient_checkpointing": (False, "faster on small models; turn on for 7-8B models"),
+        "activation_checkpointing_kwargs": ({"use_reentrant": False}, "when gradient_checkpointing is on"),
+        "bf16": (False, "TRL: on where supported, which a CPU refuses; true on a GPU"),
+        "disable_tqdm": (False, "the progress bar"),
+        "precompute_ref_log_probs": (True, "the reference pass once, before training"),
+        "ref_logps_cache": ("auto", "the precomputed reference log-probs reused across runs"),
+        "resume_from_checkpoint": ("last", "an interrupted run resumes where it stopped"),
+        "reg_weight": ("auto", "lambda set from reg_balance on the first batches"),
+        "logging_dir": ("tb", "TensorBoard events in <run>/tb"),
+        "simpo_gamma": (0.2, "the authors' SimPO baseline"),
+    },
+}
+
+# TRL fields decpo sets itself: output_dir (--output-dir), reg_type (objective.name)
+TRAIN_NOT_KEYS = ("output_dir", "reg_type")
+
+# keys of earlier decpo versions -> the TRL field that replaced them (with a value that changed form)
+RENAMED = {
+    "model.name": "model.model_name_or_path",
+    "model.revision": "model.model_revision",
+    "lora.enabled": "model.use_peft",
+    "lora.r": "model.lora_r",
+    "lora.alpha": "model.lora_alpha",
+    "lora.dropout": "model.lora_dropout",
+    "lora.target_modules": "model.lora_target_modules",
+    "objective.loss_type": "train.loss_type",
+    "objective.beta": "train.beta",
+    "objective.reg_weight": "train.reg_weight",
+    "objective.reg_balance": "train.reg_balance",
+    "objective.reg_form": "train.reg_form",
+    "objective.layers": "train.reg_layers",
+    "objective.site": "train.reg_site",
+    "objective.tokens": "train.reg_tokens",
+    "objective.rows": "train.reg_rows",
+    "objective.simpo_gamma": "train.simpo_gamma",
+    "train.lr": "train.learning_rate",
+    "train.lr_scheduler": "train.lr_scheduler_type",
+    "train.epochs": "train.num_train_epochs",
+    "train.batch_size": "train.per_device_train_batch_size",
+    "train.eval_batch_size": "train.per_device_eval_batch_size",
+    "train.grad_accum": "train.gradient_accumulation_steps",
+    "train.precompute_ref": "train.precompute_ref_log_probs",
+    "train.ref_cache": "train.ref_logps_cache (auto or null)",
+    "train.group_by_length": "train.train_sampling_strategy=group_by_length",
+    "train.resume": "train.resume_from_checkpoint (last or null)",
+    "train.warmup_ratio": "train.warmup_steps (transformers 5: a number in [0, 1) is a ratio of the steps)",
+}
 
 
-@dataclass
-class TrainConfig:
-    max_steps: int = field(default=30, metadata=_help("Optimizer steps; -1: run `epochs` epochs."))
-    epochs: float = field(default=1.0, metadata=_help("Passes over the train pairs when max_steps is -1."))
-    batch_size: int = field(default=8, metadata=_help("Pairs per device per micro-batch."))
-    grad_accum: int = field(default=1, metadata=_help("Micro-batches per optimizer step."))
-    eval_batch_size: int = field(
-        default=8,
-        metadata=_help("Pairs per device at evaluation (same as batch_size keeps the penalty comparable)."),
-    )
-    lr: float = field(default=5e-4, metadata=_help("AdamW learning rate."))
-    lr_scheduler: str = field(default="constant", metadata=_help("transformers scheduler name."))
-    warmup_steps: int = field(default=0, metadata=_help("Linear warm-up steps."))
-    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
-    max_grad_norm: float = field(default=1.0, metadata=_help("Gradient clipping norm."))
-    max_length: int = field(default=128, metadata=_help("Max tokens of prompt + answer (the paper: 256)."))
-    seed: int = field(
-        default=0, metadata=_help("Seed of model init, adapters, data order and synthetic data.")
-    )
-    logging_steps: int = field(default=5, metadata=_help("Log train metrics every N steps."))
-    eval_steps: int = field(
-        default=10, metadata=_help("Evaluate on held-out pairs every N steps (0: never).")
-    )
-    save_steps: int = field(default=10, metadata=_help("Checkpoint every N steps."))
-    save_total_limit: int = field(default=2, metadata=_help("Checkpoints kept."))
-    gradient_checkpointing: bool = field(default=False, metadata=_help("Recompute activations in backward."))
-    precompute_ref: bool = field(
-        default=True, metadata=_help("Compute reference log-probs once before training (saves a forward).")
-    )
-    ref_cache: bool = field(
-        default=True,
-        metadata=_help(
-            "Reuse precomputed reference log-probs across runs with the same reference model, data and settings "
-            "(in $DECPO_CACHE/ref_logps)."
-        ),
-    )
-    group_by_length: bool = field(
-        default=False,
-        metadata=_help(
-            "Batch pairs of similar length together (still shuffled, seeded): less padding per step on data "
-            "of mixed lengths; every pair is still seen once per epoch. DPO-family objectives only (not simpo)."
-        ),
-    )
-    share_prompt: bool = field(
-        default=False,
-        metadata=_help(
-            "Process each pair's prompt once, not once per completion (packed prompt | chosen | rejected with a "
-            "block attention mask; same losses and gradients). Needs sdpa or eager attention; not simpo."
-        ),
-    )
-    pack_pairs: bool = field(
-        default=False,
-        metadata=_help(
-            "With share_prompt: several short pairs per packed row (rows no longer than the longest pair)."
-        ),
-    )
-    bf16: bool = field(default=False, metadata=_help("bf16 mixed precision (GPUs)."))
-    resume: bool = field(default=True, metadata=_help("Resume from the latest checkpoint in the output dir."))
-    report_to: list[str] = field(
-        default_factory=lambda: ["none"],
-        metadata=_help(
-            "Trackers that also get every logged metric (metrics.jsonl is written anyway and stays the record): "
-            "none; tensorboard (event files in <run>/<logging_dir>); wandb (WANDB_MODE=offline works; files in "
-            "<run>/wandb unless $WANDB_DIR is set); trackio (local, in $TRACKIO_DIR); all (every installed one); "
-            "or another transformers integration (mlflow, comet_ml, ...). `pip install decpo[trackers]`."
-        ),
-    )
-    run_name: str | None = field(
-        default=None, metadata=_help("Name of the run in the trackers (W&B, trackio, ...); null: theirs.")
-    )
-    logging_dir: str = field(
-        default="tb", metadata=_help("TensorBoard event folder, relative to the run folder (or absolute).")
-    )
+def _section_class(
+    name: str, sources: tuple[type, ...], exclude: tuple[str, ...], defaults: dict[str, tuple]
+):
+    """The fields of a section: the init fields of ``sources`` (first declaration wins) with their annotations
+    and help, and decpo's ``(value, reason)`` defaults in place of theirs (``metadata["upstream_default"]``
+    keeps the declaring class's, ``metadata["declared_in"]`` names that class); and its ``__post_init__``."""
+    specs, seen = [], set()
+    for src in sources:
+        hints = typing.get_type_hints(src)
+        for f in dataclasses.fields(src):
+            if not f.init or f.name.startswith("_") or f.name in exclude or f.name in seen:
+                continue
+            seen.add(f.name)
+            upstream = _default_of(f)
+            value, reason = defaults.get(f.name, (upstream, None))
+            meta = {**f.metadata, "upstream_default": upstream, "declared_in": _declaring_class(src, f.name)}
+            if reason:
+                meta["decpo_default"] = reason
+            specs.append(
+                (
+                    f.name,
+                    hints[f.name],
+                    field(default_factory=lambda v=value: copy.deepcopy(v), metadata=meta),
+                )
+            )
+    unknown = set(defaults) - seen
+    if unknown:
+        raise AssertionError(f"DECPO_DEFAULTS[{name!r}] names no field: {sorted(unknown)}")
 
     def __post_init__(self) -> None:
-        if isinstance(self.report_to, str):
-            self.report_to = [self.report_to]
-        self.report_to = check_report_to(self.report_to)
-        for name in ("batch_size", "grad_accum", "eval_batch_size", "max_length", "logging_steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        for f in dataclasses.fields(self):
+            setattr(
+                self,
+                f.name,
+                check_value(f"{name}.{f.name}", getattr(self, f.name), HINTS[f"{name}.{f.name}"], f),
+            )
+        self._validate()
+
+    return specs, __post_init__
+
+
+def _declaring_class(cls: type, name: str) -> str:
+    """``"transformers.TrainingArguments"``: the class whose annotation of ``name`` is the one in effect."""
+    owner = next(k for k in cls.__mro__ if name in vars(k).get("__annotations__", {}))
+    return f"{owner.__module__.split('.')[0]}.{owner.__name__}"
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+_model_fields, _model_post_init = _section_class("model", (DecPOModelConfig,), (), DECPO_DEFAULTS["model"])
+
+
+def _validate_model(self) -> None:
+    try:
+        self.to_trl()  # TRL's own checks (4-bit and 8-bit at once, ...)
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from e
+
+
+def _model_to_trl(self) -> DecPOModelConfig:
+    """The section as TRL's `ModelConfig` (decpo's subclass)."""
+    return DecPOModelConfig(**dataclasses.asdict(self))
+
+
+ModelSection = dataclasses.make_dataclass(
+    "ModelSection",
+    _model_fields,
+    namespace={
+        "__post_init__": _model_post_init,
+        "_validate": _validate_model,
+        "to_trl": _model_to_trl,
+        "__doc__": "The ``model`` section: the fields of `DecPOModelConfig` (TRL's `ModelConfig` + gguf_file).",
+    },
+)
+ModelSection.__module__ = __name__
+
+_train_fields, _train_post_init = _section_class(
+    "train", (DecPOConfig, SimPOConfig), TRAIN_NOT_KEYS, DECPO_DEFAULTS["train"]
+)
+
+# fields SimPO's config adds (its CPOConfig), used with objective.name=simpo only
+SIMPO_ONLY = tuple(
+    f.name
+    for f in dataclasses.fields(SimPOConfig)
+    if f.init and f.name not in {g.name for g in dataclasses.fields(DecPOConfig)}
+)
+
+
+def _validate_train(self) -> None:
+    from decpo.training.trainer import RegularizerArgs
+
+    try:
+        RegularizerArgs._validate_regularizer(self)
+    except ValueError as e:
+        raise ConfigError(f"train.{e}") from e
+    for name in (
+        "per_device_train_batch_size",
+        "per_device_eval_batch_size",
+        "gradient_accumulation_steps",
+        "logging_steps",
+    ):
+        if not getattr(self, name) >= 1:
+            raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+    if self.max_length is not None and self.max_length < 1:
+        raise ConfigError(f"train.max_length must be >= 1 (or null), got {self.max_length}")
+    if not self.learning_rate > 0:
+        raise ConfigError(f"train.learning_rate must be > 0, got {self.learning_rate}")
+    self.report_to = check_report_to(self.report_to)
+
+
+TrainSection = dataclasses.make_dataclass(
+    "TrainSection",
+    _train_fields,
+    namespace={
+        "__post_init__": _train_post_init,
+        "_validate": _validate_train,
+        "__doc__": "The ``train`` section: every field of `DecPOConfig` (TRL's `DPOConfig` + the regularizer) and "
+        "of `SimPOConfig`, except ``output_dir`` and ``reg_type``.",
+    },
+)
+TrainSection.__module__ = __name__
 
 
 # what train.report_to takes besides the transformers integrations' names
 REPORT_TO_WORDS = ("none", "all")
 
 
-def check_report_to(names: list[str]) -> list[str]:
-    """``train.report_to`` as given (``[]`` reads as ``["none"]``), or a `ConfigError` naming the valid values.
+def check_report_to(names: str | list[str] | None) -> list[str]:
+    """``train.report_to`` as a list (``[]``, None and ``"none"`` read as ``["none"]``), or a `ConfigError`
+    naming the valid values.
 
-    The names are those of the installed transformers' integrations (``INTEGRATION_TO_CALLBACK``); the
-    default ``["none"]`` is accepted without importing transformers. Whether a tracker is installed is
-    checked when the trainer is built (`decpo.training.run.tracker_callbacks`), so that a saved config
-    still loads where it is not.
+    The names are those of the installed transformers' integrations (``INTEGRATION_TO_CALLBACK``). Whether a
+    tracker is installed is checked when the trainer is built (`decpo.training.run.tracker_callbacks`), so
+    that a saved config still loads where it is not.
     """
-    names = list(names) or ["none"]
+    names = [names] if isinstance(names, str) else list(names or [])
+    names = names or ["none"]
     if names == ["none"]:
         return names
     from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
@@ -316,8 +389,11 @@ class ProbeSettings:
     batch_size: int = field(default=16, metadata=_help("Batch size of the probe pass."))
 
 
-@dataclass
-class PairsSettings:
+@dataclass(frozen=True)
+class PairsSettings(SamplingSettings):
+    """The ``pairs`` section: where the prompts come from, and the sampling fields of `SamplingSettings`
+    (declared and checked there, once)."""
+
     source: str | None = field(
         default=None,
         metadata=_help(
@@ -335,41 +411,17 @@ class PairsSettings:
     )
     limit: int | None = field(default=None, metadata=_help("Only the first N prompts of the split."))
     model: str | None = field(
-        default=None, metadata=_help("Model that samples; null: model.name (the policy's own samples).")
+        default=None,
+        metadata=_help("Model that samples; null: model.model_name_or_path (the policy's own samples)."),
     )
-    num_samples: int = field(default=4, metadata=_help("Sampled continuations per prompt."))
-    include_greedy: bool = field(
-        default=False, metadata=_help("Add the greedy continuation as one more sample.")
-    )
-    temperature: float = field(default=1.0, metadata=_help("Sampling temperature."))
-    top_p: float = field(default=1.0, metadata=_help("Nucleus sampling top-p (1: off)."))
-    max_new_tokens: int = field(default=20, metadata=_help("Tokens per continuation."))
-    scorer: str = field(
-        default="toxicity",
-        metadata=_help(
-            "toxicity (the offline profanity-check classifier), sentiment (VADER positivity), hf:<id|dir> or "
-            "detoxify:<ckpt> (see decpo.evaluation.scorers)."
-        ),
-    )
-    prefer: str = field(
-        default="auto", metadata=_help("Which score is better: low, high or auto (low for toxicity).")
-    )
-    min_gap: float = field(
-        default=0.1, metadata=_help("Keep a pair only when best and worst scores differ by more than this.")
-    )
-    seed: int = field(default=0, metadata=_help("Sampling seed (the same seed gives the same pairs)."))
-    batch_size: int = field(default=32, metadata=_help("Prompts per generation batch."))
 
     def __post_init__(self) -> None:
         if self.split not in ("train", "eval", "all"):
             raise ConfigError(f"pairs.split must be train, eval or all, got {self.split!r}")
-        if self.prefer not in ("low", "high", "auto"):
-            raise ConfigError(f"pairs.prefer must be low, high or auto, got {self.prefer!r}")
-        for name in ("num_samples", "max_new_tokens", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"pairs.{name} must be >= 1, got {getattr(self, name)}")
-        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.min_gap < 0:
-            raise ConfigError("pairs: temperature must be > 0, top_p in (0, 1] and min_gap >= 0")
+        try:
+            super().__post_init__()
+        except DataError as e:
+            raise ConfigError(f"pairs.{e}") from e
 
 
 def _check_counts(section: str, obj: Any, **minimum: float) -> None:
@@ -506,7 +558,7 @@ class ExperimentSettings:
         default=True,
         metadata=_help("Generation-based measures too (slow on CPU); false: log-prob measures only."),
     )
-    eval_chat_template: bool | str = field(
+    eval_chat_template: bool | str | None = field(
         default="auto",
         metadata=_help(
             "Layout of prompts and answers in evaluation, for log-prob measures and generation prompts: auto "
@@ -568,11 +620,10 @@ class ExperimentSettings:
 
 @dataclass
 class RunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelSection = field(default_factory=ModelSection)  # type: ignore[valid-type]
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainSection = field(default_factory=TrainSection)  # type: ignore[valid-type]
     pairs: PairsSettings = field(default_factory=PairsSettings)
     probe: ProbeSettings = field(default_factory=ProbeSettings)
     experiment: ExperimentSettings = field(default_factory=ExperimentSettings)
@@ -584,10 +635,10 @@ class RunConfig:
         """A validated copy with dotted keys changed: ``cfg.replace(**{"objective.name": "dpo"})``."""
         tree = self.to_dict()
         for key, value in dotted.items():
-            if key not in VALID_KEYS:
+            if key not in FIELDS:
                 raise _unknown_key(key, "replace()")
             _set(tree, key, _check_type(key, value))
-        return RunConfig(**{name: cls(**tree[name]) for name, cls in SECTIONS.items()})  # type: ignore[misc]
+        return _build(tree)
 
 
 def _set(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -601,64 +652,192 @@ def _set(tree: dict[str, Any], key: str, value: Any) -> None:
 SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(RunConfig)}
 
 
-def _leaves(prefix: str, cls: type) -> dict[str, dataclasses.Field]:
-    """The dotted keys of a section; a field holding a dataclass is a subsection (``experiment.slurm.*``)."""
-    out: dict[str, dataclasses.Field] = {}
+def _build(tree: dict[str, dict[str, Any]]) -> RunConfig:
+    try:
+        return RunConfig(**{name: cls(**tree.get(name, {})) for name, cls in SECTIONS.items()})  # type: ignore[misc]
+    except TypeError as e:  # a value of the wrong shape
+        raise ConfigError(f"bad config value: {e}") from e
+
+
+def _leaves(prefix: str, cls: type) -> dict[str, tuple[dataclasses.Field, Any]]:
+    """The dotted keys of a section with their field and type annotation; a field holding a dataclass is a
+    subsection (``experiment.slurm.*``)."""
+    out: dict[str, tuple[dataclasses.Field, Any]] = {}
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         sub = f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
         if dataclasses.is_dataclass(sub):
             SUBSECTIONS.add(f"{prefix}{f.name}")
             out.update(_leaves(f"{prefix}{f.name}.", type(sub)))
         else:
-            out[f"{prefix}{f.name}"] = f
+            out[f"{prefix}{f.name}"] = (f, hints[f.name])
     return out
 
 
 # dotted names of the sections inside sections ("experiment.slurm", "experiment.resources.train", ...)
 SUBSECTIONS: set[str] = set()
-FIELDS = {key: f for section, cls in SECTIONS.items() for key, f in _leaves(f"{section}.", cls).items()}  # type: ignore[arg-type]
+_LEAVES = {key: fh for section, cls in SECTIONS.items() for key, fh in _leaves(f"{section}.", cls).items()}  # type: ignore[arg-type]
+FIELDS: dict[str, dataclasses.Field] = {key: f for key, (f, _) in _LEAVES.items()}
+HINTS: dict[str, Any] = {key: hint for key, (_, hint) in _LEAVES.items()}
+VALID_KEYS = tuple(FIELDS)
 
 
-def _check_type(key: str, value: Any) -> Any:
-    """Reject a value whose type does not fit the field's default (ints are accepted for floats)."""
-    f = FIELDS[key]
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-    if value is None or default is None:
-        return value
-    if key in BOOL_OR_AUTO:
-        if value == "auto" or isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key {key!r} expects true, false or 'auto', got {value!r}")
-    if key in NUMBER_OR_AUTO:
-        if value == "auto":
-            return value
-        default = 0.0
-    expected = type(default)
-    if expected is float and isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+# --- type checks from the annotations ------------------------------------------------------------------------
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def check_value(key: str, value: Any, hint: Any, f: dataclasses.Field | None = None) -> Any:
+    """``value`` checked against the annotation ``hint`` of config key ``key`` (and the field's
+    ``metadata["choices"]``), converted where YAML gives another form of the same thing: an int for a float,
+    ``"1e-3"`` (YAML 1.1 reads it as a string) for a float, one item for a list. A `ConfigError` otherwise."""
+    try:
+        value = _conform(value, hint, wrap=False)
+    except _Mismatch:
         try:
-            return float(value)
-        except ValueError:
-            pass
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if expected is list and not isinstance(value, list):
-        value = [value]
-    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        what = "a number or 'auto'" if key in NUMBER_OR_AUTO else expected.__name__
-        raise ConfigError(f"config key {key!r} expects {what}, got {value!r}")
+            value = _conform(value, hint, wrap=True)
+        except _Mismatch:
+            raise ConfigError(f"config key {key!r} expects {_describe(hint)}, got {value!r}") from None
+    choices = (f.metadata.get("choices") if f is not None else None) or ()
+    if choices and value is not None and value not in choices:
+        raise ConfigError(f"config key {key!r} expects one of {list(choices)}, got {value!r}")
     return value
 
 
-VALID_KEYS = tuple(FIELDS)
-# keys that take a number or the string "auto"
-NUMBER_OR_AUTO = ("objective.reg_weight",)
-# keys that take true, false or the string "auto"
-BOOL_OR_AUTO = ("experiment.eval_chat_template",)
+def _arms(hint: Any) -> tuple[Any, ...]:
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        return typing.get_args(hint)
+    return (hint,)
+
+
+def _conform(value: Any, hint: Any, wrap: bool) -> Any:
+    arms = _arms(hint)
+    if len(arms) > 1:
+        enums = [a for a in arms if isinstance(a, type) and issubclass(a, enum.Enum)]
+        if enums and str in arms:  # `OptimizerNames | str`: a name of the enum
+            if value is None and type(None) in arms:
+                return None
+            for e in enums:
+                if isinstance(value, e) or value in {m.value for m in e}:
+                    return value.value if isinstance(value, e) else value
+            raise _Mismatch
+        for arm in arms:
+            try:
+                return _conform(value, arm, wrap)
+            except _Mismatch:
+                continue
+        raise _Mismatch
+    return _conform_one(value, hint, wrap)
+
+
+def _conform_one(value: Any, hint: Any, wrap: bool) -> Any:
+    if hint is Any:
+        return value
+    if hint is type(None) or hint is None:
+        if value is None:
+            return None
+        raise _Mismatch
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        if value in typing.get_args(hint) and type(value) in {type(a) for a in typing.get_args(hint)}:
+            return value
+        raise _Mismatch
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return value  # an int stays one: `warmup_steps: 10` is a count, 0.1 a ratio
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise _Mismatch
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise _Mismatch
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        if isinstance(value, hint):
+            return value.value
+        if value in {m.value for m in hint}:
+            return value
+        raise _Mismatch
+    if origin in (list, tuple) or hint in (list, tuple):
+        if not isinstance(value, list | tuple):
+            if not wrap:
+                raise _Mismatch
+            value = [value]
+        args = typing.get_args(hint)
+        item = args[0] if args else Any
+        return [_conform(v, item, wrap=False) for v in value]
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise _Mismatch
+        args = typing.get_args(hint)
+        return {k: _conform(v, args[1], wrap=False) for k, v in value.items()} if args else value
+    if isinstance(hint, type):  # another class (e.g. accelerate's ParallelismConfig): an instance only
+        if isinstance(value, hint):
+            return value
+        raise _Mismatch
+    return value
+
+
+def _describe(hint: Any) -> str:
+    arms = _arms(hint)
+    enums = [a for a in arms if isinstance(a, type) and issubclass(a, enum.Enum)]
+    if enums and str in arms:
+        names = [m.value for e in enums for m in e]
+        return ("null or " if type(None) in arms else "") + f"one of {names}"
+    words = []
+    for a in arms:
+        origin = typing.get_origin(a)
+        if a is type(None):
+            words.append("null")
+        elif a is bool:
+            words.append("true or false")
+        elif a is int:
+            words.append("an integer")
+        elif a is float:
+            words.append("a number")
+        elif a is str:
+            words.append("a string")
+        elif origin is typing.Literal:
+            words.append(" or ".join(repr(x) for x in typing.get_args(a)))
+        elif origin in (list, tuple) or a in (list, tuple):
+            args = typing.get_args(a)
+            words.append(f"a list of {_describe(args[0])}" if args else "a list")
+        elif origin is dict or a is dict:
+            words.append("a mapping")
+        elif isinstance(a, type) and issubclass(a, enum.Enum):
+            words.append(f"one of {[m.value for m in a]}")
+        elif isinstance(a, type):
+            words.append(f"a {a.__name__} (not settable from YAML)")
+        else:
+            words.append(str(a))
+    return " or ".join(dict.fromkeys(words))
+
+
+def _check_type(key: str, value: Any) -> Any:
+    return check_value(key, value, HINTS[key], FIELDS[key])
 
 
 def _unknown_key(key: str, source: str) -> ConfigError:
+    if key in RENAMED:
+        return ConfigError(
+            f"config key {key!r} in {source} was renamed: use {RENAMED[key]} (TRL's name; see `decpo config-keys`)"
+        )
     close = difflib.get_close_matches(key, VALID_KEYS, n=1, cutoff=0.5)
-    if not close:  # a right leaf under a wrong section, e.g. `beta` for `objective.beta`
+    if not close:  # a right leaf under a wrong section, e.g. `beta` for `train.beta`
         close = [k for k in VALID_KEYS if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]][:1]
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return ConfigError(f"unknown config key {key!r} in {source}{hint} (see `decpo config-keys`)")
@@ -668,7 +847,7 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for k, v in tree.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and (key in SECTIONS or key in SUBSECTIONS):
+        if isinstance(v, dict) and (key in SECTIONS or key in SUBSECTIONS or key == "lora"):
             flat.update(_flatten(v, key + "."))
         else:
             flat[key] = v
@@ -676,9 +855,9 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def parse_override(item: str) -> tuple[str, Any]:
-    """``"objective.beta=0.2"`` -> ``("objective.beta", 0.2)``; the value is parsed as YAML."""
+    """``"train.beta=0.2"`` -> ``("train.beta", 0.2)``; the value is parsed as YAML."""
     if "=" not in item:
-        raise ConfigError(f"override {item!r} must look like section.key=value, e.g. objective.beta=0.2")
+        raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.beta=0.2")
     key, raw = item.split("=", 1)
     if not raw.strip():
         return key.strip(), None
@@ -702,21 +881,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
         for key, value in _flatten(tree).items():
-            if key not in VALID_KEYS:
+            if key not in FIELDS:
                 raise _unknown_key(key, str(path))
             flat[key] = _check_type(key, value)
     for item in overrides:
         key, value = parse_override(item)
-        if key not in VALID_KEYS:
+        if key not in FIELDS:
             raise _unknown_key(key, "the command line")
         flat[key] = _check_type(key, value)
     sections: dict[str, dict[str, Any]] = {}
     for key, value in flat.items():
         _set(sections, key, value)
-    try:
-        return RunConfig(**{name: cls(**sections.get(name, {})) for name, cls in SECTIONS.items()})  # type: ignore[misc]
-    except TypeError as e:  # a value of the wrong shape
-        raise ConfigError(f"bad config value: {e}") from e
+    return _build(sections)
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
@@ -726,14 +902,27 @@ def save_config(cfg: RunConfig, path: str | Path) -> None:
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def describe_keys(cfg: RunConfig | None = None) -> str:
     """One line per valid key with its value in ``cfg`` (default: the defaults) and help text; a value that
-    differs from the default says so."""
+    differs from the default says so, and a decpo default that differs from TRL's names TRL's."""
     values = _flatten(cfg.to_dict()) if cfg is not None else {}
+    defaults = _flatten(RunConfig().to_dict())
     lines = []
     for key, f in FIELDS.items():
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = defaults[key]
         value = values.get(key, default)
-        note = "" if value == default else f" (default {default!r})"
-        lines.append(f"{key} = {value!r}{note}  # {f.metadata.get('help', '')}")
+        notes = []
+        if value != default:
+            notes.append(f"default {default!r}")
+        elif "decpo_default" in f.metadata:
+            upstream = f.metadata["upstream_default"]
+            notes.append(
+                f"decpo's default; {f.metadata['declared_in']}'s is {upstream!r}: {f.metadata['decpo_default']}"
+            )
+        note = f" ({'; '.join(notes)})" if notes else ""
+        lines.append(f"{key} = {value!r}{note}  # {_one_line(f.metadata.get('help', ''))}")
     return "\n".join(lines)

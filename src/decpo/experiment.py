@@ -13,7 +13,7 @@ Stages and where they write (under the experiment folder), in run order:
     jobs/<stage>/               with experiment.executor local, slurm or ray: each stage's job files and log
 
 Probe sets (`probe_sets`): the held-out prompts, read at their last token (the paper's probe, and the
-penalty's position when ``objective.tokens`` is ``prompt_last``); for any other ``objective.tokens``
+penalty's position when ``train.reg_tokens`` is ``prompt_last``); for any other ``train.reg_tokens``
 also the held-out prompt + chosen answer (+ EOS, as TRL appends it), read at its last token, with
 ``@answer_last`` appended to the site in probes.csv.
 
@@ -76,6 +76,12 @@ BASE = "base"
 def stage_key(parts: dict[str, Any]) -> str:
     """The config key of a stage: a hash of what it depends on and of the decpo version that runs it."""
     return config_key({**parts, "decpo": decpo.__version__})
+
+
+def training_key(run_cfg: RunConfig) -> str:
+    """The key of a training stage: its run's whole config but the experiment section, which only chooses
+    what runs (methods, seeds, executor)."""
+    return stage_key({k: v for k, v in run_cfg.to_dict().items() if k != "experiment"})
 
 
 class StageLog:
@@ -249,7 +255,7 @@ def _eval_settings(cfg: RunConfig) -> dict:
     return {
         **settings,
         "chat_template": eval_chat_template(cfg),
-        "beta": cfg.objective.beta,
+        "beta": cfg.train.beta,
         "data_dir": cfg.data.data_dir,
         "synthetic_answer": cfg.data.synthetic_answer,
         "pairs": cfg.to_dict()["pairs"] if cfg.pairs.source else None,  # the held-out pairs scored
@@ -272,7 +278,7 @@ def _eval_stage(
                 seed=0,  # the same items for every method and seed
                 batch_size=cfg.experiment.eval_batch_size,
                 data_dir=cfg.data.data_dir,
-                beta=cfg.objective.beta,
+                beta=cfg.train.beta,
                 dtype=cfg.model.dtype,
                 generate=cfg.experiment.eval_generate,
                 chat_template=eval_chat_template(cfg),
@@ -298,7 +304,7 @@ class ProbeSet:
 
 def probe_sets(cfg: RunConfig) -> list[ProbeSet]:
     """The held-out prompts (the paper's probe); plus prompt + chosen answer when the penalty is elsewhere."""
-    tokens = cfg.objective.tokens
+    tokens = cfg.train.reg_tokens
     sets = [
         ProbeSet(
             "heldout_prompts",
@@ -310,9 +316,9 @@ def probe_sets(cfg: RunConfig) -> list[ProbeSet]:
     ]
     if tokens != "prompt_last":
         where = (
-            "the penalty's token (objective.tokens=last)"
+            "the penalty's token (train.reg_tokens=last)"
             if tokens == "last"
-            else f"its last token; the penalty (objective.tokens={tokens}) averages the answer's tokens, so "
+            else f"its last token; the penalty (train.reg_tokens={tokens}) averages the answer's tokens, so "
             "this is the nearest single-token probe, not the penalty's exact input"
         )
         sets.append(
@@ -358,7 +364,7 @@ def probe_texts(cfg: RunConfig, probe_set: ProbeSet, eos_token: str | None = Non
 
 
 def probe_sites(cfg: RunConfig) -> list[str]:
-    return list(dict.fromkeys(["mlp.up_proj", cfg.objective.site]))
+    return list(dict.fromkeys(["mlp.up_proj", cfg.train.reg_site]))
 
 
 def _probe_key(cfg: RunConfig, model_keys: dict[str, str]) -> str:
@@ -381,7 +387,9 @@ def _probe_stage(cfg: RunConfig, models: dict[str, str], out: Path) -> Callable[
         from decpo.probes.cli import WEIGHT_SITE, probe_models, rows_to_csv
 
         m = cfg.model
-        eos = load_tokenizer(m.name, m.gguf_file, m.trust_remote_code, m.revision).eos_token
+        eos = load_tokenizer(
+            m.model_name_or_path, m.gguf_file, m.trust_remote_code, m.model_revision
+        ).eos_token
         rows: list[dict] = []
         info: dict[str, dict] = {}
         for i, ps in enumerate(probe_sets(cfg)):
@@ -442,18 +450,16 @@ def run_experiment(
     """
     output_dir, command, log, plan = _begin(cfg, output_dir, argv)
     exp = cfg.experiment
-    # what every trained model depends on; the experiment section itself only chooses methods and seeds
-    shared = {k: v for k, v in cfg.to_dict().items() if k != "experiment"}
 
     tasks = eval_tasks(cfg)
     first = _add_pairs(plan, cfg, tasks, output_dir)
-    models: dict[str, str] = {BASE: cfg.model.name}
+    models: dict[str, str] = {BASE: cfg.model.model_name_or_path}
     train_keys: dict[str, str] = {BASE: stage_key(cfg.to_dict()["model"])}
     for seed in exp.seeds:
         for method in exp.methods:
             label = f"{method}-s{seed}"
             run_cfg = cfg.replace(**{"objective.name": method, "train.seed": seed})
-            key = stage_key({**shared, "objective": run_cfg.to_dict()["objective"], "seed": seed})
+            key = training_key(run_cfg)
             folder = output_dir / "train" / label
             stage = _train_stage(run_cfg, folder, log, f"train/{label}", key, num_processes)
             plan.add(f"train/{label}", key, stage, after=first)
@@ -586,12 +592,11 @@ def sweep_layers(
     output_dir, command, log, plan = _begin(cfg, output_dir, argv)
     tasks = eval_tasks(cfg)
     first = _add_pairs(plan, cfg, tasks, output_dir)
-    shared = {k: v for k, v in cfg.to_dict().items() if k != "experiment"}
     runs = {}
     for layer in layers:
         label = f"decpo-L{layer:02d}-s{cfg.train.seed}"
-        run_cfg = cfg.replace(**{"objective.name": "decpo", "objective.layers": [layer]})
-        key = stage_key({**shared, "objective": run_cfg.to_dict()["objective"]})
+        run_cfg = cfg.replace(**{"objective.name": "decpo", "train.reg_layers": [layer]})
+        key = training_key(run_cfg)
         folder = output_dir / "train" / label
         stage = _train_stage(run_cfg, folder, log, f"train/{label}", key, num_processes)
         plan.add(f"train/{label}", key, stage, after=first)
@@ -610,24 +615,24 @@ def sweep_layers(
 
 
 def is_auto_weight(cfg: RunConfig) -> bool:
-    """``objective.reg_weight: auto``: lambda is set at the start of training from ``objective.reg_balance``."""
-    return isinstance(cfg.objective.reg_weight, str) and cfg.objective.reg_weight == "auto"
+    """``train.reg_weight: auto``: lambda is set at the start of training from ``train.reg_balance``."""
+    return isinstance(cfg.train.reg_weight, str) and cfg.train.reg_weight == "auto"
 
 
 def strength_overrides(cfg: RunConfig, value: float) -> dict[str, Any]:
     """The config change of one strength of a sweep.
 
-    0 always means no penalty (``objective.reg_weight=0``; a balance of 0 is refused). Otherwise, with
-    ``objective.reg_weight: auto`` the value is a balance (``objective.reg_balance``: lambda * R = value x
-    preference loss at the start of training), else an absolute lambda (``objective.reg_weight``).
+    0 always means no penalty (``train.reg_weight=0``; a balance of 0 is refused). Otherwise, with
+    ``train.reg_weight: auto`` the value is a balance (``train.reg_balance``: lambda * R = value x
+    preference loss at the start of training), else an absolute lambda (``train.reg_weight``).
     """
     if value < 0:
         raise ValueError(f"a strength must be >= 0, got {value}")
     if value == 0:
-        return {"objective.reg_weight": 0.0}
+        return {"train.reg_weight": 0.0}
     if is_auto_weight(cfg):
-        return {"objective.reg_balance": float(value)}
-    return {"objective.reg_weight": float(value)}
+        return {"train.reg_balance": float(value)}
+    return {"train.reg_weight": float(value)}
 
 
 def strength_label(value: float, seed: int) -> str:
@@ -669,8 +674,7 @@ def sweep_strength(
     output_dir, command, log, plan = _begin(cfg, output_dir, argv)
     tasks = eval_tasks(cfg)
     first = _add_pairs(plan, cfg, tasks, output_dir)
-    shared = {k: v for k, v in cfg.to_dict().items() if k != "experiment"}
-    models: dict[str, str] = {BASE: cfg.model.name}
+    models: dict[str, str] = {BASE: cfg.model.model_name_or_path}
     keys: dict[str, str] = {BASE: stage_key(cfg.to_dict()["model"])}
     runs: dict[float, dict[int, str]] = {}
     for value in values:
@@ -678,7 +682,7 @@ def sweep_strength(
         for seed in cfg.experiment.seeds:
             label = strength_label(value, seed)
             run_cfg = cfg.replace(**{"objective.name": "decpo", "train.seed": seed, **overrides})
-            key = stage_key({**shared, "objective": run_cfg.to_dict()["objective"], "seed": seed})
+            key = training_key(run_cfg)
             folder = output_dir / "train" / label
             stage = _train_stage(run_cfg, folder, log, f"train/{label}", key, num_processes)
             plan.add(f"train/{label}", key, stage, after=first)

@@ -29,7 +29,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,12 @@ from decpo.data.errors import DataError
 logger = logging.getLogger("decpo.pairs")
 
 PREFER = ("low", "high")
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
 SCORER_ALIASES = {"toxicity": "profanity-check", "sentiment": "vader"}
 SKIP_REASONS = ("gap", "no_valid_sample")
 
@@ -98,25 +104,43 @@ def distribution(values: Sequence[float]) -> dict[str, float | int]:
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """Everything a pair file depends on besides the model and the prompts."""
+    """Everything a pair file depends on besides the model and the prompts (the config's ``pairs`` section
+    is these fields plus where the prompts come from: `decpo.config.PairsSettings`)."""
 
-    num_samples: int = 4
-    include_greedy: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 20
-    max_prompt_tokens: int | None = None
-    seed: int = 0
-    batch_size: int = 32
-    scorer: str = "toxicity"
-    prefer: str = "auto"
-    min_gap: float = 0.1
+    num_samples: int = field(default=4, metadata=_help("Sampled continuations per prompt."))
+    include_greedy: bool = field(
+        default=False, metadata=_help("Add the greedy continuation as one more sample.")
+    )
+    temperature: float = field(default=1.0, metadata=_help("Sampling temperature."))
+    top_p: float = field(default=1.0, metadata=_help("Nucleus sampling top-p (1: off)."))
+    max_new_tokens: int = field(default=20, metadata=_help("Tokens per continuation."))
+    max_prompt_tokens: int | None = field(
+        default=None,
+        metadata=_help("Keep only the last N tokens of a longer prompt; null: the whole prompt."),
+    )
+    seed: int = field(default=0, metadata=_help("Sampling seed (the same seed gives the same pairs)."))
+    batch_size: int = field(default=32, metadata=_help("Prompts per generation batch."))
+    scorer: str = field(
+        default="toxicity",
+        metadata=_help(
+            "toxicity (the offline profanity-check classifier), sentiment (VADER positivity), hf:<id|dir> or "
+            "detoxify:<ckpt> (see decpo.evaluation.scorers)."
+        ),
+    )
+    prefer: str = field(
+        default="auto", metadata=_help("Which score is better: low, high or auto (low for toxicity).")
+    )
+    min_gap: float = field(
+        default=0.1, metadata=_help("Keep a pair only when best and worst scores differ by more than this.")
+    )
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:
             raise DataError(f"num_samples must be >= 1, got {self.num_samples}")
         if self.num_samples + int(self.include_greedy) < 2:
-            raise DataError("a pair needs at least 2 samples per prompt (num_samples + greedy)")
+            raise DataError(
+                "num_samples + include_greedy must give 2 samples per prompt or more (a pair needs 2)"
+            )
         if self.temperature <= 0:
             raise DataError(f"temperature must be > 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -361,20 +385,9 @@ def _finish(records: list[dict], header: dict, output: Path, summary_path: Path,
 
 
 def settings_from_config(cfg) -> SamplingSettings:
-    """The `SamplingSettings` of a `decpo.config.RunConfig`'s ``pairs`` section."""
+    """The `SamplingSettings` of a `decpo.config.RunConfig`'s ``pairs`` section (its sampling fields)."""
     p = cfg.pairs
-    return SamplingSettings(
-        num_samples=p.num_samples,
-        include_greedy=p.include_greedy,
-        temperature=p.temperature,
-        top_p=p.top_p,
-        max_new_tokens=p.max_new_tokens,
-        seed=p.seed,
-        batch_size=p.batch_size,
-        scorer=p.scorer,
-        prefer=p.prefer,
-        min_gap=p.min_gap,
-    )
+    return SamplingSettings(**{f.name: getattr(p, f.name) for f in dataclasses.fields(SamplingSettings)})
 
 
 def config_prompts(cfg) -> list[str]:
@@ -392,7 +405,12 @@ def sampler_model(cfg) -> dict[str, Any]:
     m = cfg.model
     if cfg.pairs.model:
         return {"name": cfg.pairs.model, "gguf_file": None, "revision": None, "dtype": m.dtype}
-    return {"name": m.name, "gguf_file": m.gguf_file, "revision": m.revision, "dtype": m.dtype}
+    return {
+        "name": m.model_name_or_path,
+        "gguf_file": m.gguf_file,
+        "revision": m.model_revision,
+        "dtype": m.dtype,
+    }
 
 
 def pairs_key(cfg, prompts: Sequence[str] | None = None) -> str:

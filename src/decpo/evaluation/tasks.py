@@ -138,11 +138,12 @@ def _section(run: dict[str, Any] | None, name: str) -> dict[str, Any]:
 
 
 def run_base_model(run: dict[str, Any]) -> str | None:
-    """The model a training run started from (its ``model.name``, joined with ``model.gguf_file``)."""
+    """The model a training run started from (its ``model.model_name_or_path``, joined with ``model.gguf_file``)."""
     model = _section(run, "model")
-    if not model.get("name"):
+    name = model.get("model_name_or_path")
+    if not name:
         return None
-    return str(Path(model["name"], model["gguf_file"])) if model.get("gguf_file") else str(model["name"])
+    return str(Path(name, model["gguf_file"])) if model.get("gguf_file") else str(name)
 
 
 def default_reference(model_spec: str) -> str:
@@ -188,8 +189,8 @@ class _Context:
             "trust_remote_code": bool(model.get("trust_remote_code", False)),
         }
         self.reference_kwargs = dict(self.load_kwargs)
-        if self.run and self.reference_spec == run_base_model(self.run) and model.get("revision"):
-            self.reference_kwargs["revision"] = model["revision"]
+        if self.run and self.reference_spec == run_base_model(self.run) and model.get("model_revision"):
+            self.reference_kwargs["revision"] = model["model_revision"]
         self.not_applicable: dict[str, str] = {}  # measure -> why it has no value
         # None ("auto"): the layout the model was trained on
         self.chat_template = (

@@ -245,7 +245,7 @@ def probe_views(
         }
     )
     n = P.n_layers(rows, site)
-    regularized = P.resolve_layers(cfg.objective.layers, n)
+    regularized = P.resolve_layers(cfg.train.reg_layers, n)
     views = []
     for name, info in sets.items():
         s = site + info.get("site_suffix", "")
@@ -370,20 +370,20 @@ def probe_section(
     views: list[ProbeSetView], regularized: list[int], rows: list[dict], cfg, figures: Path
 ) -> list[str]:
     lines = ["## Monosemanticity probes (Fig. 3-5)", ""]
-    tokens = cfg.objective.tokens
+    tokens = cfg.train.reg_tokens
     if tokens == "prompt_last":
         lines.append(
-            "The penalty is on the last prompt token (`objective.tokens=prompt_last`): the held-out prompts, read at "
+            "The penalty is on the last prompt token (`train.reg_tokens=prompt_last`): the held-out prompts, read at "
             "their last token, already measure the penalty's position, so one probe set is enough."
         )
     else:
         lines.append(
-            f"The penalty is on `objective.tokens={tokens}`, not on the last prompt token: besides the held-out "
+            f"The penalty is on `train.reg_tokens={tokens}`, not on the last prompt token: besides the held-out "
             "prompts (the paper's probe), the probes also read held-out prompt + chosen answer at its last token "
             "(site suffix `@answer_last` in probes.csv)."
         )
     lines += [
-        f"Regularized layer(s): {regularized} (`objective.layers` = {list(cfg.objective.layers)}, negative indices "
+        f"Regularized layer(s): {regularized} (`train.reg_layers` = {list(cfg.train.reg_layers)}, negative indices "
         "counted from the end). Bands and intervals: 95% t-interval over seeds; DecPO - DPO paired by seed.",
         "",
     ]
@@ -475,9 +475,9 @@ def write_report(
     results = load_results(output_dir, models, tasks)
     columns = available_columns(results)
     diffs = decpo_minus_dpo(output_dir, results, columns) if "dpo" in results and "decpo" in results else []
-    views, regularized, rows = probe_views(output_dir, cfg, cfg.objective.site)
+    views, regularized, rows = probe_views(output_dir, cfg, cfg.train.reg_site)
     claim_view = next((v for v in views if v.name == "heldout_prompts"), views[0] if views else None)
-    if cfg.objective.site != CLAIM_SITE:
+    if cfg.train.reg_site != CLAIM_SITE:
         claim_views, _, _ = probe_views(output_dir, cfg, CLAIM_SITE)
         claim_view = next((v for v in claim_views if v.name == "heldout_prompts"), claim_view)
     n_seeds = len(cfg.experiment.seeds)
@@ -489,7 +489,7 @@ def write_report(
     lines += [
         "",
         f"Generated {datetime.datetime.now().isoformat(timespec='seconds')} by `{command}`.",
-        f"Model `{cfg.model.name}`, training data `{training_data(cfg)}`, methods "
+        f"Model `{cfg.model.model_name_or_path}`, training data `{training_data(cfg)}`, methods "
         f"{', '.join(cfg.experiment.methods)}, seeds {cfg.experiment.seeds}, evaluated on {', '.join(tasks) or 'nothing'}.",
         "",
         "## Results",
@@ -781,7 +781,7 @@ def write_strength(
     base_ref: dict[str, float] = {}
 
     # decorrelation at the regularized layer(s), per probe set
-    views, regularized, _ = probe_views(output_dir, cfg, cfg.objective.site)
+    views, regularized, _ = probe_views(output_dir, cfg, cfg.train.reg_site)
     for view in views:
         for layer in regularized:
             label = f"decorrelation L{layer} ({view.site}, {view.name})"
@@ -857,9 +857,9 @@ def write_strength(
 
     mode = (
         "a balance: lambda is set at the start of training so that lambda x R = value x preference loss "
-        "(`objective.reg_weight: auto`, `objective.reg_balance=value`)"
+        "(`train.reg_weight: auto`, `train.reg_balance=value`)"
         if is_auto_weight(cfg)
-        else "an absolute lambda (`objective.reg_weight=value`)"
+        else "an absolute lambda (`train.reg_weight=value`)"
     )
     n_seeds = len(cfg.experiment.seeds)
     lines = [
@@ -867,7 +867,7 @@ def write_strength(
         "",
         f"Generated {datetime.datetime.now().isoformat(timespec='seconds')} by `{command}`.",
         f"Strengths {', '.join(f'{v:g}' for v in values)}, each value as {mode}; 0 means no penalty "
-        f"(`objective.reg_weight=0`, i.e. DPO). Seeds {cfg.experiment.seeds}; regularized layer(s) {regularized}.",
+        f"(`train.reg_weight=0`, i.e. DPO). Seeds {cfg.experiment.seeds}; regularized layer(s) {regularized}.",
         "Intervals: "
         + (
             f"95% t-interval over {n_seeds} seeds; minus strength 0: paired by seed."
@@ -938,7 +938,7 @@ def _lambda_used(run_dir: Path) -> str:
         return f"{json.loads(calibrated.read_text())['reg_weight']:.4g}"
     config = run_dir / "config.yaml"
     if config.exists():
-        value = (yaml.safe_load(config.read_text()) or {}).get("objective", {}).get("reg_weight")
+        value = (yaml.safe_load(config.read_text()) or {}).get("train", {}).get("reg_weight")
         return f"{value:.4g}" if isinstance(value, int | float) else str(value)
     return "n/a"
 
@@ -972,9 +972,7 @@ def _plot_strength(points, base_ref, path: Path, values, cfg) -> Path | None:
             ax.set_xscale("symlog", linthresh=min(positive))
         elif positive and len(positive) > 1:
             ax.set_xscale("log")
-        ax.set_xlabel(
-            "strength (balance)" if str(cfg.objective.reg_weight) == "auto" else "strength (lambda)"
-        )
+        ax.set_xlabel("strength (balance)" if str(cfg.train.reg_weight) == "auto" else "strength (lambda)")
         if measure.startswith("decorrelation"):
             ax.set_ylabel(f"decorrelation at layer {measure.split()[1][1:]}")
         else:

@@ -24,7 +24,7 @@ import torch
 import yaml
 from datasets import Dataset
 
-from decpo.config import ConfigError, RunConfig, TrainConfig, save_config
+from decpo.config import ConfigError, RunConfig, save_config
 from decpo.env import environment
 from decpo.io import atomic_write_json, check_writable
 
@@ -71,7 +71,7 @@ def load_records(cfg: RunConfig) -> tuple[list[dict], list[dict]]:
     if d.max_train_samples:
         train = train[: d.max_train_samples]
     t = cfg.train
-    needed = t.max_steps * t.batch_size * t.grad_accum * _world_size()
+    needed = t.max_steps * t.per_device_train_batch_size * t.gradient_accumulation_steps * _world_size()
     if t.max_steps > 0 and len(train) > needed:
         # a run of max_steps sees only `needed` pairs: do not tokenize and precompute the rest
         logger.info("using the first %d of %d train pairs (max_steps x global batch)", needed, len(train))
@@ -173,81 +173,77 @@ def check_prompt_lengths(tokenizer, records: list[dict], max_length: int, split:
 
 
 def trainer_args(cfg: RunConfig, output_dir: Path):
-    """`DecPOConfig` (or `SimPOConfig`) from a RunConfig: the one place where our keys meet TRL's names."""
-    from decpo.models.loading import cache_dir
+    """`DecPOConfig` (or `SimPOConfig`) from the ``train`` section, field for field, with ``output_dir`` and
+    the method's ``reg_type``; TRL's and transformers' own checks run here (a `ConfigError` naming them)."""
+    import dataclasses
+
+    from decpo.config import SIMPO_ONLY
     from decpo.training.trainer import DecPOConfig, SimPOConfig
 
-    t, o = cfg.train, cfg.objective
-    common = dict(
-        output_dir=str(output_dir),
-        reg_type=o.regularizer,
-        reg_weight=o.reg_weight if o.regularizer and o.reg_weight != "auto" else 0.0,
-        reg_balance=o.reg_balance if o.regularizer and o.reg_weight == "auto" else None,
-        reg_form=o.reg_form,
-        reg_layers=list(o.layers),
-        reg_site=o.site,
-        reg_tokens=o.tokens,
-        reg_rows=o.rows,
-        beta=o.beta,
-        max_steps=t.max_steps,
-        num_train_epochs=t.epochs,
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.eval_batch_size,
-        gradient_accumulation_steps=t.grad_accum,
-        learning_rate=t.lr,
-        lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_steps,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        max_length=t.max_length,
-        seed=t.seed,
-        data_seed=t.seed,
-        logging_steps=t.logging_steps,
-        eval_strategy="steps" if t.eval_steps > 0 else "no",
-        eval_steps=t.eval_steps if t.eval_steps > 0 else None,
-        eval_on_start=t.eval_steps > 0,
-        save_strategy="steps",
-        save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
-        save_only_model=False,
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
-        bf16=t.bf16,
-        fp16=False,
-        report_to=report_to(t),
-        run_name=t.run_name,
-        disable_tqdm=False,
-        dataloader_num_workers=0,
-        use_cpu=not torch.cuda.is_available(),
-    )
+    values = dataclasses.asdict(cfg.train)
+    o = cfg.objective
+    values.update(output_dir=str(output_dir), reg_type=o.regularizer, report_to=report_to(cfg.train))
+    if not o.regularizer:
+        values["reg_weight"] = 0.0
+    if not torch.cuda.is_available():
+        values["use_cpu"] = True  # transformers refuses a mixed-precision setting on a machine without a GPU
+    if values["eval_strategy"] == "no":
+        values["eval_on_start"] = False  # nothing to evaluate at the start either
     if o.name == "simpo":
-        if t.group_by_length:
-            raise ConfigError("train.group_by_length is not supported with objective.name=simpo")
-        if t.share_prompt:
+        if values["train_sampling_strategy"] == "group_by_length":
+            raise ConfigError(
+                "train.train_sampling_strategy=group_by_length is not supported with objective.name=simpo"
+            )
+        if values["share_prompt"]:
             raise ConfigError(
                 "train.share_prompt is not supported with objective.name=simpo (TRL's CPOTrainer)"
             )
         # TRL's CPOTrainer as SimPO: reference-free, length-normalised, target margin gamma
-        return SimPOConfig(**common, simpo_gamma=o.simpo_gamma, remove_unused_columns=False)
-    return DecPOConfig(
-        **common,
-        loss_type=["sft"] if o.name == "sft" else [o.loss_type],
-        precompute_ref_log_probs=t.precompute_ref,
-        share_prompt=t.share_prompt,
-        pack_pairs=t.pack_pairs,
-        ref_logps_cache=str(cache_dir() / "ref_logps") if (t.precompute_ref and t.ref_cache) else None,
-        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
-        length_column_name="length",
-    )
+        names = {f.name for f in dataclasses.fields(SimPOConfig) if f.init}
+        kwargs = {k: v for k, v in values.items() if k in names}
+        kwargs.update(loss_type="simpo", remove_unused_columns=False)
+        cls = SimPOConfig
+    else:
+        kwargs = {k: v for k, v in values.items() if k not in SIMPO_ONLY}
+        if o.name == "sft":
+            kwargs["loss_type"] = ["sft"]
+        if not kwargs["precompute_ref_log_probs"]:
+            kwargs["ref_logps_cache"] = None
+        cls = DecPOConfig
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError, ImportError) as e:  # TRL's and transformers' checks
+        raise ConfigError(f"train: {e}") from e
 
 
-def report_to(t: TrainConfig) -> str | list[str]:
+def check_hub_upload(args) -> None:
+    """With ``train.push_to_hub``: a `ConfigError` at once, before any training, when the Hub cannot take the
+    upload (offline mode, an unreachable endpoint, no token); the run would otherwise train and then fail (or
+    retry) at its first upload."""
+    if not args.push_to_hub:
+        return
+    from huggingface_hub import constants, get_token
+
+    from decpo.models.loading import hub_unreachable
+
+    what = f"train.push_to_hub=true (hub_model_id {args.hub_model_id or '<output folder name>'!r})"
+    fix = "set train.push_to_hub=false and upload <run>/final later (`hf upload <repo> <run>/final`)"
+    if constants.is_offline_mode():
+        raise ConfigError(f"{what}, but HF_HUB_OFFLINE is set: the Hub is not asked; {fix}")
+    problem = hub_unreachable(constants.ENDPOINT)
+    if problem:
+        raise ConfigError(f"{what}, but the Hub ({constants.ENDPOINT}) is unreachable: {problem}; {fix}")
+    if not (args.hub_token or get_token()):
+        raise ConfigError(f"{what} needs a Hugging Face token: `hf auth login`, $HF_TOKEN or train.hub_token")
+
+
+def report_to(t) -> str | list[str]:
     """``train.report_to`` in the form `TrainingArguments` takes: ``"none"``, ``"all"`` or a list of names."""
     names = list(t.report_to)
     return names[0] if names in (["none"], ["all"]) else names
 
 
-def tracker_callbacks(t: TrainConfig, output_dir: Path) -> list:
+def tracker_callbacks(t, output_dir: Path) -> list:
     """One callback per tracker of ``train.report_to`` (none: ``[]``), built before the model loads so that
     a tracker that is not installed stops the run at once. TensorBoard writes into
     ``<output_dir>/<train.logging_dir>``, not transformers' default ``runs/<date>_<host>``."""
@@ -259,7 +255,7 @@ def tracker_callbacks(t: TrainConfig, output_dir: Path) -> list:
     except (RuntimeError, ImportError, ModuleNotFoundError) as e:  # the integration's package is missing
         raise ConfigError(f"train.report_to={list(t.report_to)}: {e} (`pip install decpo[trackers]`)") from e
     for cb in callbacks:
-        if isinstance(cb, TensorBoardCallback):
+        if isinstance(cb, TensorBoardCallback) and t.logging_dir:
             cb.logging_dir = str(output_dir / Path(t.logging_dir).expanduser())  # an absolute one replaces
     return callbacks
 
@@ -279,8 +275,8 @@ def tracker_env(output_dir: Path):
 
 def build_trainer(cfg: RunConfig, output_dir: Path, train_records: list[dict], eval_records: list[dict]):
     """Load the model and tokenizer and assemble a `DecPOTrainer` (no training yet)."""
-    from peft import LoraConfig
     from transformers.trainer_callback import ProgressCallback
+    from trl import get_peft_config
 
     from decpo.models import frozen_copy, load_model, load_tokenizer, resolve_layers
     from decpo.training.callbacks import (
@@ -291,36 +287,31 @@ def build_trainer(cfg: RunConfig, output_dir: Path, train_records: list[dict], e
     )
     from decpo.training.trainer import DecPOTrainer, SimPOTrainer
 
+    args = trainer_args(cfg, output_dir)
     trackers = tracker_callbacks(cfg.train, output_dir)
     m = cfg.model
-    tokenizer = load_tokenizer(m.name, m.gguf_file, m.trust_remote_code, m.revision)
+    tokenizer = load_tokenizer(m.model_name_or_path, m.gguf_file, m.trust_remote_code, m.model_revision)
     model = load_model(
-        m.name,
+        m.model_name_or_path,
         gguf_file=m.gguf_file,
         dtype=m.dtype,
         trust_remote_code=m.trust_remote_code,
-        revision=m.revision,
+        revision=m.model_revision,
         seed=cfg.train.seed,
     )
     if cfg.objective.regularizer:
-        resolve_layers(model, cfg.objective.layers)  # a clear error before anything slow
+        resolve_layers(model, cfg.train.reg_layers)  # a clear error before anything slow
     check_prompt_lengths(tokenizer, train_records, cfg.train.max_length, "train")
     check_prompt_lengths(tokenizer, eval_records, cfg.train.max_length, "eval")
-    args = trainer_args(cfg, output_dir)
-    peft_config = None
-    if cfg.lora.enabled:
-        peft_config = LoraConfig(
-            r=cfg.lora.r,
-            lora_alpha=cfg.lora.alpha,
-            lora_dropout=cfg.lora.dropout,
-            target_modules=list(cfg.lora.target_modules),
-            task_type="CAUSAL_LM",
-        )
+    peft_config = get_peft_config(
+        m.to_trl()
+    )  # TRL's LoraConfig from the model section; None without use_peft
     # Full fine-tuning without precomputed reference log-probs needs a frozen copy; TRL would otherwise
     # reload the model by name, which fails for the embedded and in-process models.
     extra = {}
     if cfg.objective.name != "simpo":  # SimPO has no reference model
-        extra["ref_model"] = None if (cfg.lora.enabled or cfg.train.precompute_ref) else frozen_copy(model)
+        keep = cfg.model.use_peft or cfg.train.precompute_ref_log_probs
+        extra["ref_model"] = None if keep else frozen_copy(model)
     callbacks = [
         MetricsJsonlCallback(output_dir / "metrics.jsonl"),
         LogLineCallback(),
@@ -375,6 +366,21 @@ def probe_callback(cfg: RunConfig, tokenizer, records: list[dict]):
     )
 
 
+def resume_checkpoint(cfg: RunConfig, output_dir: Path) -> Path | None:
+    """The checkpoint ``train.resume_from_checkpoint`` names: ``last`` the newest complete one in
+    ``output_dir`` (None: a fresh start), a path that checkpoint, null none."""
+    where = cfg.train.resume_from_checkpoint
+    if where is None:
+        return None
+    if where == "last":
+        return latest_checkpoint(output_dir)
+    path = Path(where).expanduser()
+    problem = checkpoint_problem(path) if path.is_dir() else "no such folder"
+    if problem:
+        raise ConfigError(f"train.resume_from_checkpoint={where!r}: cannot resume from it ({problem})")
+    return path
+
+
 def latest_checkpoint(output_dir: Path) -> Path | None:
     """The newest checkpoint whose files are complete (a truncated one is skipped with a warning)."""
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -421,21 +427,29 @@ def _safetensors_size(path: Path) -> int:
 
 
 # Keys a resumed run may change (`config_changes` skips them; a key ending in "." is a whole section): how
-# long it trains, how often it logs, evaluates and saves, the resume switch, the reference log-prob cache
+# long it trains, how often it logs, evaluates and saves, the resume switch, the trackers and the Hub upload
+# (a key ending in "_" is a prefix: train.hub_*), the reference log-prob cache
 # switch (the same numbers either way), the probes during training (measurements under no_grad, no effect on
 # the weights) and the `decpo run` section (not read by training). Any other change refuses to resume.
 RESUMABLE_KEYS = (
     "train.max_steps",
-    "train.epochs",
+    "train.num_train_epochs",
     "train.logging_steps",
+    "train.logging_first_step",
+    "train.eval_strategy",
     "train.eval_steps",
+    "train.eval_on_start",
+    "train.save_strategy",
     "train.save_steps",
     "train.save_total_limit",
-    "train.resume",
-    "train.ref_cache",
+    "train.resume_from_checkpoint",
+    "train.ref_logps_cache",
     "train.report_to",
     "train.run_name",
     "train.logging_dir",
+    "train.disable_tqdm",
+    "train.push_to_hub",
+    "train.hub_",
     "probe.",
     "experiment.",
 )
@@ -462,7 +476,7 @@ def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> dict[str, tupl
 
 
 def _resumable(key: str) -> bool:
-    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_KEYS)
+    return any(key == k or (k.endswith((".", "_")) and key.startswith(k)) for k in RESUMABLE_KEYS)
 
 
 def check_resume_config(
@@ -481,10 +495,10 @@ def check_resume_config(
         return
     saved = yaml.safe_load(path.read_text()) or {}
     calibration = output_dir / "reg_weight.json"
-    objective = saved.get("objective") if isinstance(saved.get("objective"), dict) else {}
-    if cfg.objective.reg_weight == "auto" and calibration.is_file():
-        if objective.get("reg_weight") == json.loads(calibration.read_text()).get("reg_weight"):
-            objective["reg_weight"] = "auto"  # the saved config holds the lambda that `auto` resolved to
+    section = saved.get("train") if isinstance(saved.get("train"), dict) else {}
+    if cfg.train.reg_weight == "auto" and calibration.is_file():
+        if section.get("reg_weight") == json.loads(calibration.read_text()).get("reg_weight"):
+            section["reg_weight"] = "auto"  # the saved config holds the lambda that `auto` resolved to
     new = yaml.safe_load(yaml.safe_dump(cfg.to_dict()))  # the types config.yaml holds
     changes = config_changes(saved, new)
     if not changes:
@@ -497,7 +511,7 @@ def check_resume_config(
         f"{output_dir} holds a run with another config, and resuming {checkpoint.name} would go on under the new "
         f"one: {listed}. Use another --output-dir, restore these keys, or pass --allow-config-change "
         f"(train(..., allow_config_change=True)) to resume anyway. These may change on resume: "
-        f"{', '.join(k + '*' if k.endswith('.') else k for k in RESUMABLE_KEYS)}."
+        f"{', '.join(k + '*' if k.endswith(('.', '_')) else k for k in RESUMABLE_KEYS)}."
     )
 
 
@@ -509,7 +523,8 @@ def train(cfg: RunConfig, output_dir: str | Path, *, allow_config_change: bool =
     """
     output_dir = Path(output_dir)
     check_writable(output_dir)
-    resume = latest_checkpoint(output_dir) if cfg.train.resume else None
+    check_hub_upload(trainer_args(cfg, output_dir))  # TRL's own checks, then the Hub's: before data and model
+    resume = resume_checkpoint(cfg, output_dir)
     if resume:
         check_resume_config(cfg, output_dir, resume, allow_config_change)
     t0 = time.perf_counter()
@@ -539,7 +554,7 @@ def _train(
     if main_process and calibration:
         # the resolved config holds the lambda this run used: `--config <run>/config.yaml` repeats it exactly
         save_config(
-            cfg.replace(**{"objective.reg_weight": calibration["reg_weight"]}), output_dir / "config.yaml"
+            cfg.replace(**{"train.reg_weight": calibration["reg_weight"]}), output_dir / "config.yaml"
         )
         atomic_write_json(output_dir / "reg_weight.json", calibration)
     if main_process and resume is None and (output_dir / "metrics.jsonl").exists():
@@ -553,12 +568,16 @@ def _train(
     tmp = output_dir / ".final.tmp"
     if main_process:
         shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))
+    trainer.save_model(str(tmp), _internal_call=True)  # the upload (train.push_to_hub) comes after, once
     if main_process:
         trainer.processing_class.save_pretrained(str(tmp))
         shutil.rmtree(final_dir, ignore_errors=True)
         os.replace(tmp, final_dir)
     trainer.accelerator.wait_for_everyone()
+    if trainer.args.push_to_hub:
+        # as TRL's scripts end: the Trainer saves the final model and its card at the top of the run folder and
+        # uploads the folder (its checkpoint-* aside) to train.hub_model_id
+        trainer.push_to_hub()
 
     metrics: dict[str, float] = {}
     if eval_records:

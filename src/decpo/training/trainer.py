@@ -70,13 +70,18 @@ class RegularizerArgs:
         default="decorrelation",
         metadata={"help": "'decorrelation' (DecPO), 'l1' (L1-Reg baseline) or None (no regularizer)."},
     )
-    reg_weight: float = field(default=1e-3, metadata={"help": "lambda, the weight of the regularizer."})
-    reg_balance: float | None = field(
-        default=None,
+    reg_weight: float | str = field(
+        default=1e-3,
         metadata={
-            "help": "If set, reg_weight is chosen before training so that reg_weight * R = reg_balance * preference "
-            "loss, both averaged over the first `reg_calibration_batches` train batches (dataset order, dropout "
-            "off, no gradient, the random state untouched); the given reg_weight is then ignored."
+            "help": "lambda, the weight of the regularizer (>= 0), or 'auto': chosen before training so that "
+            "lambda * R = reg_balance * preference loss, both averaged over the first `reg_calibration_batches` "
+            "train batches (dataset order, dropout off, no gradient, the random state untouched)."
+        },
+    )
+    reg_balance: float = field(
+        default=0.3,
+        metadata={
+            "help": "With reg_weight='auto': the penalty's share of the preference loss at the start (> 0)."
         },
     )
     reg_calibration_batches: int = field(
@@ -99,7 +104,7 @@ class RegularizerArgs:
     reg_rows: str = field(default="both", metadata={"help": "Rows of Z: 'both', 'chosen' or 'rejected'."})
 
     def _validate_regularizer(self) -> None:
-        if self.reg_type not in (None, *REGULARIZERS):
+        if getattr(self, "reg_type", None) not in (None, *REGULARIZERS):  # (the config section has none)
             raise ValueError(f"reg_type must be one of {REGULARIZERS} or None, got {self.reg_type!r}")
         if self.reg_form not in DECORRELATION_FORMS:
             raise ValueError(f"reg_form must be one of {DECORRELATION_FORMS}, got {self.reg_form!r}")
@@ -109,19 +114,34 @@ class RegularizerArgs:
             raise ValueError(f"reg_rows must be 'both', 'chosen' or 'rejected', got {self.reg_rows!r}")
         if self.reg_site not in SITES:
             raise ValueError(f"reg_site must be one of {SITES}, got {self.reg_site!r}")
-        if self.reg_weight < 0:
-            raise ValueError(f"reg_weight must be >= 0, got {self.reg_weight}")
-        if self.reg_balance is not None and not self.reg_balance > 0:
+        if isinstance(self.reg_weight, str) and self.reg_weight != "auto":
+            raise ValueError(f"reg_weight must be a number >= 0 or 'auto', got {self.reg_weight!r}")
+        if not isinstance(self.reg_weight, str) and not self.reg_weight >= 0:
+            raise ValueError(f"reg_weight must be >= 0 or 'auto', got {self.reg_weight}")
+        if self.reg_weight == "auto" and not self.reg_balance > 0:
             raise ValueError(
                 f"reg_balance must be > 0 (the penalty's share of the preference loss at the start), got "
-                f"{self.reg_balance}; for no penalty set reg_weight=0 and reg_balance=None"
+                f"{self.reg_balance}; for no penalty set reg_weight=0"
             )
         if self.reg_calibration_batches < 1:
             raise ValueError(f"reg_calibration_batches must be >= 1, got {self.reg_calibration_batches}")
 
 
 @dataclass
-class DecPOConfig(DPOConfig, RegularizerArgs):
+class LoggingDirArgs:
+    """TensorBoard's folder, which transformers 5 no longer takes as a `TrainingArguments` field."""
+
+    logging_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "TensorBoard event folder (with report_to tensorboard), relative to output_dir or absolute; "
+            "None: $TENSORBOARD_LOGGING_DIR, else transformers' output_dir/runs/<date>_<host>."
+        },
+    )
+
+
+@dataclass
+class DecPOConfig(DPOConfig, RegularizerArgs, LoggingDirArgs):
     r"""`DPOConfig` plus the activation regularizer of DecPO (Yan et al., EMNLP 2024).
 
     With ``reg_type=None`` or ``reg_weight=0`` it trains exactly like `DPOConfig`.
@@ -146,17 +166,21 @@ class DecPOConfig(DPOConfig, RegularizerArgs):
         metadata={
             "help": "Folder of a persistent cache of the precomputed reference log-probs (with "
             "precompute_ref_log_probs), keyed on the tokenized data, the reference weights and the settings of the "
-            "pass; None: TRL's own per-trainer precompute."
+            "pass; 'auto': $DECPO_CACHE/ref_logps; None: TRL's own per-trainer precompute."
         },
     )
 
     def __post_init__(self):
         self._validate_regularizer()
+        if self.ref_logps_cache == "auto":
+            from decpo.models.loading import cache_dir
+
+            self.ref_logps_cache = str(cache_dir() / "ref_logps")
         super().__post_init__()
 
 
 @dataclass
-class SimPOConfig(CPOConfig, RegularizerArgs):
+class SimPOConfig(CPOConfig, RegularizerArgs, LoggingDirArgs):
     """TRL's `CPOConfig` set up as SimPO (Meng et al. 2024: length-normalised, reference-free, margin gamma),
     plus the same activation regularizer. The authors' SimPO baseline used gamma = 0.2."""
 
@@ -193,7 +217,7 @@ class ActivationRegularizerMixin:
 
     def _init_regularizer(self) -> None:
         cfg = self.args
-        auto = getattr(cfg, "reg_balance", None) is not None
+        auto = getattr(cfg, "reg_weight", 0.0) == "auto"
         self._reg_on = getattr(cfg, "reg_type", None) is not None and (
             auto or getattr(cfg, "reg_weight", 0.0) > 0
         )
