@@ -12,8 +12,8 @@ import torch
 from decpo.data import DataError, load_task, swap_options
 from decpo.evaluation.cli import add_parser
 from decpo.evaluation.generation import generate
+from decpo.evaluation.logprobs import ab_completions, ab_logps, pair_logps
 from decpo.evaluation.metrics import ab_predictions
-from decpo.evaluation.scoring import ab_completions, ab_logps, pair_logps
 from decpo.evaluation.tasks import EvalConfig, default_reference, evaluate, resolve_model_spec
 from decpo.models import load_model, load_tokenizer
 
@@ -314,7 +314,7 @@ def test_a_run_trained_in_the_chat_template_is_evaluated_in_it(tmp_path, chat_ti
     them in training (unless overridden), not the raw text."""
     from trl.data_utils import _tokenize, common_prefix_length
 
-    import decpo.evaluation.scoring as scoring
+    import decpo.evaluation.logprobs as logprobs
     import decpo.evaluation.tasks as tasks_module
     from decpo.cli import main
 
@@ -335,14 +335,14 @@ def test_a_run_trained_in_the_chat_template_is_evaluated_in_it(tmp_path, chat_ti
         == 0
     )
     scored: list[str] = []  # the prompt part of every scored sequence, decoded
-    real = scoring.completion_token_logps
+    real = logprobs.completion_token_logps
 
     def spy(model, groups, **kwargs):
         tokenizer = load_tokenizer(TINY)
         scored.extend(tokenizer.decode(head) for head, _ in groups)
         return real(model, groups, **kwargs)
 
-    monkeypatch.setattr(scoring, "completion_token_logps", spy)
+    monkeypatch.setattr(logprobs, "completion_token_logps", spy)
     monkeypatch.setattr(tasks_module, "_REFERENCE_SCORES", {})
     result = evaluate(EvalConfig(task="synthetic", model=str(run), limit=3, progress=False), tmp_path / "ev")
     assert scored and all(
@@ -477,7 +477,7 @@ def test_toxicity_reads_the_eval_split_and_reports_the_fluency_guard(tiny, tmp_p
 
     from decpo.data.prompts import prompt_split
     from decpo.evaluation.fluency import is_valid
-    from decpo.evaluation.scoring import completion_token_logps, encode_completions, pad_id
+    from decpo.evaluation.logprobs import completion_token_logps, encode_completions, pad_id
 
     pytest.importorskip("profanity_check")
     data = tmp_path / "data" / "toxicity"

@@ -348,7 +348,7 @@ class PairsSettings:
         default="toxicity",
         metadata=_help(
             "toxicity (the offline profanity-check classifier), sentiment (VADER positivity), hf:<id|dir> or "
-            "detoxify:<ckpt> (see decpo.evaluation.scorers)."
+            "detoxify:<ckpt> (see decpo.evaluation.classifiers)."
         ),
     )
     prefer: str = field(

@@ -1,5 +1,6 @@
 """Evaluation: A/B and preference scoring, generation, toxicity/sentiment scorers, a YES/NO judge, tasks."""
 
+from decpo.evaluation.classifiers import Scorer, ScorerError, make_scorer
 from decpo.evaluation.judge import (
     JUDGE_PROMPTS,
     JudgeError,
@@ -18,7 +19,6 @@ from decpo.evaluation.metrics import (
     parse_ab_letter,
     spearman,
 )
-from decpo.evaluation.scorers import Scorer, ScorerError, make_scorer
 from decpo.evaluation.tasks import EVAL_TASKS, EvalConfig, EvalError, EvalResult, evaluate
 
 __all__ = [

@@ -7,7 +7,7 @@ import re
 import sys
 from pathlib import Path
 
-from decpo.evaluation.scorers import DEFAULT_TOXICITY_SCORER
+from decpo.evaluation.classifiers import DEFAULT_TOXICITY_SCORER
 from decpo.evaluation.tasks import EVAL_TASKS
 
 
@@ -71,8 +71,8 @@ def default_output_dir(task: str, model: str) -> Path:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from decpo.evaluation.classifiers import ScorerError
     from decpo.evaluation.judge import JudgeError
-    from decpo.evaluation.scorers import ScorerError
     from decpo.evaluation.tasks import EvalConfig, EvalError, evaluate
 
     try:

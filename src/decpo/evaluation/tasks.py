@@ -35,7 +35,7 @@ import yaml
 from decpo.env import environment
 from decpo.evaluation import metrics as M
 from decpo.evaluation.generation import generate
-from decpo.evaluation.scoring import ab_completions, ab_logps, pair_logps, preference_items
+from decpo.evaluation.logprobs import ab_completions, ab_logps, pair_logps, preference_items
 from decpo.io import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class EvalConfig:
     batch_size: int = 8
     data_dir: str | None = None  # None: env DECPO_DATA_DIR
     judge: str | None = None  # local:<spec> or openai:<model>
-    scorer: str = "profanity-check"  # toxicity scorer spec, see decpo.evaluation.scorers
+    scorer: str = "profanity-check"  # toxicity scorer spec, see decpo.evaluation.classifiers
     beta: float = 0.1
     n_boot: int = 1000
     pair_max_length: int = 512  # longer pairs (hh-rlhf dialogues) lose the start of their prompt
@@ -497,7 +497,7 @@ def _eval_sycophancy(ctx: _Context, judge) -> tuple[dict, list, int]:
 
 def _eval_reframing(ctx: _Context, judge) -> tuple[dict, list, int]:
     from decpo.data import load_task
-    from decpo.evaluation.scorers import VaderScorer
+    from decpo.evaluation.classifiers import VaderScorer
 
     records = _limited(load_task("reframing", "eval", data_dir=ctx.cfg.data_dir), ctx.cfg.limit)
     metrics, per_item = _preference_measures(ctx, records)
@@ -541,9 +541,9 @@ def _toxicity_pairs(cfg: EvalConfig) -> list[dict[str, Any]]:
 
 
 def _eval_toxicity(ctx: _Context, judge) -> tuple[dict, list, int]:
+    from decpo.evaluation.classifiers import make_scorer
     from decpo.evaluation.fluency import is_empty, is_valid, repetition_loop
-    from decpo.evaluation.scorers import make_scorer
-    from decpo.evaluation.scoring import continuation_perplexities
+    from decpo.evaluation.logprobs import continuation_perplexities
 
     rtp = toxicity_prompts(ctx.cfg)
     pairs = _toxicity_pairs(ctx.cfg)
