@@ -99,7 +99,7 @@ def _vader_positive(s: dict) -> float:
 
 
 def _non_toxic(s: dict) -> float:
-    from decpo.evaluation.tasks import TOXIC_THRESHOLD
+    from decpo.evaluation.tasks.toxicity import TOXIC_THRESHOLD
 
     return float(s["scores"]["toxicity"] < TOXIC_THRESHOLD)
 
