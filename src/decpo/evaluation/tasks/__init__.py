@@ -30,7 +30,7 @@ module, decorated with ``@register_task("name")`` (see `decpo.evaluation.registr
         prompts = ["The capital of France is", "Two plus two is"]
         outputs = ctx.generate(prompts, "generate answers")
         lengths = [float(len(o.split())) for o in outputs]
-        samples = [{"prompt": p, "output": o} for p, o in zip(prompts, outputs)]
+        samples = [{"prompt": p, "output": o} for p, o in zip(prompts, outputs, strict=True)]
         return {"gen/words": ctx.entry(lengths, "none")}, samples, len(prompts)
 
     evaluate(EvalConfig(task="answer_length", model="tiny-random-llama"), "evals/answer_length")
