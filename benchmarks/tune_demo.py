@@ -66,7 +66,8 @@ def curve(metrics_path: Path, key: str) -> str:
 
 def main(argv: list[str]) -> None:
     from decpo.config import load_config
-    from decpo.evaluation.tasks import EvalConfig, evaluate
+    from decpo.evaluation.config import EvalConfig
+    from decpo.evaluation.runner import evaluate
     from decpo.probes.cli import load_texts, probe_models
     from decpo.training.run import train
 

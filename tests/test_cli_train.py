@@ -183,9 +183,9 @@ def test_without_config_the_commands_use_the_shipped_demo_preset():
 
 def test_training_and_evaluation_record_the_same_environment():
     from decpo.env import environment
-    from decpo.evaluation import tasks
+    from decpo.evaluation import runner
     from decpo.training import run
 
-    assert run.environment is environment and tasks.environment is environment
+    assert run.environment is environment and runner.environment is environment
     env = environment()
     assert {"decpo", "git", "torch", "transformers", "trl", "device", "threads", "world_size"} <= set(env)

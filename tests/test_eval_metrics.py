@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from decpo.evaluation.logprobs import preference_items
 from decpo.evaluation.metrics import (
     ab_accuracy,
     ab_predictions,
@@ -15,7 +16,6 @@ from decpo.evaluation.metrics import (
     rankdata,
     spearman,
 )
-from decpo.evaluation.scoring import preference_items
 
 
 def test_ab_predictions_and_accuracy():

@@ -11,10 +11,12 @@ import torch
 
 from decpo.data import DataError, load_task, swap_options
 from decpo.evaluation.cli import add_parser
+from decpo.evaluation.config import EvalConfig
+from decpo.evaluation.context import default_reference, resolve_model_spec
 from decpo.evaluation.generation import generate
+from decpo.evaluation.logprobs import ab_completions, ab_logps, pair_logps
 from decpo.evaluation.metrics import ab_predictions
-from decpo.evaluation.scoring import ab_completions, ab_logps, pair_logps
-from decpo.evaluation.tasks import EvalConfig, default_reference, evaluate, resolve_model_spec
+from decpo.evaluation.runner import evaluate
 from decpo.models import load_model, load_tokenizer
 
 TINY = "tiny-random-llama"
@@ -314,8 +316,8 @@ def test_a_run_trained_in_the_chat_template_is_evaluated_in_it(tmp_path, chat_ti
     them in training (unless overridden), not the raw text."""
     from trl.data_utils import _tokenize, common_prefix_length
 
-    import decpo.evaluation.scoring as scoring
-    import decpo.evaluation.tasks as tasks_module
+    import decpo.evaluation.logprobs as logprobs
+    import decpo.evaluation.measures as measures
     from decpo.cli import main
 
     run = tmp_path / "run"
@@ -335,15 +337,15 @@ def test_a_run_trained_in_the_chat_template_is_evaluated_in_it(tmp_path, chat_ti
         == 0
     )
     scored: list[str] = []  # the prompt part of every scored sequence, decoded
-    real = scoring.completion_token_logps
+    real = logprobs.completion_token_logps
 
     def spy(model, groups, **kwargs):
         tokenizer = load_tokenizer(TINY)
         scored.extend(tokenizer.decode(head) for head, _ in groups)
         return real(model, groups, **kwargs)
 
-    monkeypatch.setattr(scoring, "completion_token_logps", spy)
-    monkeypatch.setattr(tasks_module, "_REFERENCE_SCORES", {})
+    monkeypatch.setattr(logprobs, "completion_token_logps", spy)
+    monkeypatch.setattr(measures, "_REFERENCE_SCORES", {})
     result = evaluate(EvalConfig(task="synthetic", model=str(run), limit=3, progress=False), tmp_path / "ev")
     assert scored and all(
         h.startswith("<bos>user\n") and h.endswith("<eos>\n<bos>assistant\n") for h in scored
@@ -381,12 +383,12 @@ def test_a_run_trained_in_the_chat_template_is_evaluated_in_it(tmp_path, chat_ti
 
 
 def test_the_experiments_evaluation_follows_the_training_layout(tmp_path, monkeypatch):
-    import decpo.evaluation.tasks as tasks_module
+    import decpo.evaluation.runner as runner
     from decpo.config import load_config
     from decpo.experiment import _eval_stage
 
     seen = []
-    monkeypatch.setattr(tasks_module, "evaluate", lambda cfg, out: seen.append(cfg.chat_template))
+    monkeypatch.setattr(runner, "evaluate", lambda cfg, out: seen.append(cfg.chat_template))
     smoke = REPO / "configs" / "smoke.yaml"
     for overrides in (
         ["data.chat_template=true"],
@@ -400,7 +402,7 @@ def test_the_experiments_evaluation_follows_the_training_layout(tmp_path, monkey
 def test_reference_scores_are_computed_once_per_process_and_equal_a_fresh_pass(tmp_path, monkeypatch):
     from peft import LoraConfig, get_peft_model
 
-    import decpo.evaluation.tasks as tasks_module
+    import decpo.evaluation.measures as measures
 
     runs = []
     for i in range(2):
@@ -411,9 +413,9 @@ def test_reference_scores_are_computed_once_per_process_and_equal_a_fresh_pass(t
         load_tokenizer(TINY).save_pretrained(run_dir / "final")
         runs.append(run_dir)
     calls = []
-    real = tasks_module._ab_pair_logps
-    monkeypatch.setattr(tasks_module, "_ab_pair_logps", lambda *a, **k: calls.append(1) or real(*a, **k))
-    monkeypatch.setattr(tasks_module, "_REFERENCE_SCORES", {})
+    real = measures._ab_pair_logps
+    monkeypatch.setattr(measures, "_ab_pair_logps", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(measures, "_REFERENCE_SCORES", {})
 
     def margins(run_dir, out):
         cfg = EvalConfig(task="synthetic", model=str(run_dir), limit=4, progress=False, n_boot=50)
@@ -423,7 +425,7 @@ def test_reference_scores_are_computed_once_per_process_and_equal_a_fresh_pass(t
     first, second = margins(runs[0], "a"), margins(runs[1], "b")
     assert len(calls) == 1  # the second model reused the base model's scores
     assert first == second
-    monkeypatch.setattr(tasks_module, "_REFERENCE_SCORES", {})
+    monkeypatch.setattr(measures, "_REFERENCE_SCORES", {})
     assert margins(runs[1], "c") == pytest.approx(second, abs=1e-6) and len(calls) == 2
 
 
@@ -477,7 +479,7 @@ def test_toxicity_reads_the_eval_split_and_reports_the_fluency_guard(tiny, tmp_p
 
     from decpo.data.prompts import prompt_split
     from decpo.evaluation.fluency import is_valid
-    from decpo.evaluation.scoring import completion_token_logps, encode_completions, pad_id
+    from decpo.evaluation.logprobs import completion_token_logps, encode_completions, pad_id
 
     pytest.importorskip("profanity_check")
     data = tmp_path / "data" / "toxicity"

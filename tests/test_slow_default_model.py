@@ -72,7 +72,8 @@ def test_default_preset_learns_the_task_without_the_shortcut(tmp_path):
     the user is right and when the user is wrong), in both option orders, and on unseen frames/phrasings.
     """
     from decpo.config import load_config
-    from decpo.evaluation.tasks import EvalConfig, evaluate
+    from decpo.evaluation.config import EvalConfig
+    from decpo.evaluation.runner import evaluate
     from decpo.training.run import train
 
     cfg = load_config(REPO / "configs" / "default.yaml", ["objective.name=dpo", "train.seed=0"])

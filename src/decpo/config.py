@@ -547,7 +547,9 @@ class ExperimentSettings:
     eval_tasks: list[str] = field(
         default_factory=list,
         metadata=_help(
-            "Tasks evaluated by `decpo run`; empty: the training task, plus sycophancy when real data is found."
+            "Tasks evaluated by `decpo run`: registered evaluation tasks (decpo.evaluation.registry; "
+            "module:name for a task of your own); empty: the training task, plus sycophancy when real data "
+            "is found."
         ),
     )
     eval_limit: int | None = field(

@@ -200,11 +200,11 @@ def _real_data_available(cfg: RunConfig) -> bool:
 
 def eval_tasks(cfg: RunConfig) -> list[str]:
     """``experiment.eval_tasks``, or the training task plus sycophancy when real data is found."""
-    from decpo.evaluation.tasks import EVAL_TASKS
+    from decpo.evaluation.registry import task_names
 
     if cfg.experiment.eval_tasks:
         return list(cfg.experiment.eval_tasks)
-    tasks = [cfg.data.task] if cfg.data.task in EVAL_TASKS and not cfg.data.path else []
+    tasks = [cfg.data.task] if cfg.data.task in task_names() and not cfg.data.path else []
     if "sycophancy" not in tasks and _real_data_available(cfg):
         tasks.append("sycophancy")
     return tasks
@@ -266,7 +266,8 @@ def _eval_stage(
     cfg: RunConfig, task: str, model_spec: str, out: Path, pairs_path: Path | None = None
 ) -> Callable[[], None]:
     def stage() -> None:
-        from decpo.evaluation.tasks import EvalConfig, evaluate
+        from decpo.evaluation.config import EvalConfig
+        from decpo.evaluation.runner import evaluate
 
         evaluate(
             EvalConfig(
@@ -526,7 +527,8 @@ def check_pair_split(cfg: RunConfig, tasks: list[str]) -> dict[str, Any]:
     DataError when any is shared, before any long work; else what was compared, for the report."""
     from decpo.data.prompts import check_disjoint
     from decpo.data.self_pairs import config_prompts
-    from decpo.evaluation.tasks import EvalConfig, toxicity_prompts
+    from decpo.evaluation.config import EvalConfig
+    from decpo.evaluation.tasks.toxicity import toxicity_prompts
 
     train = config_prompts(cfg)
     info: dict[str, Any] = {

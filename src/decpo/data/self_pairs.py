@@ -1,7 +1,7 @@
 """Preference pairs from a model's own samples, ranked by a scorer (`decpo pairs`).
 
 For each prompt: sample ``num_samples`` continuations (temperature, top-p; optionally the greedy one as
-well), score each continuation with a text scorer (`decpo.evaluation.scorers`), and keep one pair: the
+well), score each continuation with a text scorer (`decpo.evaluation.classifiers`), and keep one pair: the
 best *valid* sample as ``chosen`` (valid: `decpo.evaluation.fluency.is_valid`, so an empty or looping text
 is never taught as the good answer) and the worst sample as ``rejected``, when their score gap exceeds
 ``min_gap``; otherwise the prompt is skipped and counted with its reason.
@@ -124,7 +124,7 @@ class SamplingSettings:
         default="toxicity",
         metadata=_help(
             "toxicity (the offline profanity-check classifier), sentiment (VADER positivity), hf:<id|dir> or "
-            "detoxify:<ckpt> (see decpo.evaluation.scorers)."
+            "detoxify:<ckpt> (see decpo.evaluation.classifiers)."
         ),
     )
     prefer: str = field(
@@ -446,7 +446,7 @@ def ensure_pairs(cfg, progress: bool = True) -> Path:
     if path.is_file() and summary.is_file():
         logger.info("pairs: reusing %s", path)
         return path
-    from decpo.evaluation.scorers import make_scorer
+    from decpo.evaluation.classifiers import make_scorer
     from decpo.models import load_model, load_tokenizer
 
     settings = settings_from_config(cfg)

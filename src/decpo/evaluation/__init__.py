@@ -1,5 +1,8 @@
-"""Evaluation: A/B and preference scoring, generation, toxicity/sentiment scorers, a YES/NO judge, tasks."""
+"""Evaluation: log-prob scoring, generation, text classifiers, a YES/NO judge, tasks behind a registry."""
 
+from decpo.evaluation.classifiers import Scorer, ScorerError, make_scorer
+from decpo.evaluation.config import EvalConfig
+from decpo.evaluation.context import EvalContext
 from decpo.evaluation.judge import (
     JUDGE_PROMPTS,
     JudgeError,
@@ -18,13 +21,13 @@ from decpo.evaluation.metrics import (
     parse_ab_letter,
     spearman,
 )
-from decpo.evaluation.scorers import Scorer, ScorerError, make_scorer
-from decpo.evaluation.tasks import EVAL_TASKS, EvalConfig, EvalError, EvalResult, evaluate
+from decpo.evaluation.registry import EvalError, Task, get_task, register_task, task_names
+from decpo.evaluation.runner import EvalResult, evaluate
 
 __all__ = [
-    "EVAL_TASKS",
     "JUDGE_PROMPTS",
     "EvalConfig",
+    "EvalContext",
     "EvalError",
     "EvalResult",
     "JudgeError",
@@ -32,16 +35,20 @@ __all__ = [
     "OpenAIJudge",
     "Scorer",
     "ScorerError",
+    "Task",
     "ab_accuracy",
     "ab_predictions",
     "auroc",
     "bootstrap_ci",
     "debiased_ab",
     "evaluate",
+    "get_task",
     "make_judge",
     "make_scorer",
     "metric_entry",
     "parse_ab_letter",
     "parse_yes_no",
+    "register_task",
     "spearman",
+    "task_names",
 ]

@@ -7,8 +7,8 @@ import re
 import sys
 from pathlib import Path
 
-from decpo.evaluation.scorers import DEFAULT_TOXICITY_SCORER
-from decpo.evaluation.tasks import EVAL_TASKS
+from decpo.evaluation.classifiers import DEFAULT_TOXICITY_SCORER
+from decpo.evaluation.registry import task_names
 
 
 def add_parser(subparsers) -> None:
@@ -20,7 +20,12 @@ def add_parser(subparsers) -> None:
         "(metrics with direction and 95%% bootstrap CI) and samples.jsonl.",
     )
     p.add_argument("--model", default="default", help="'default', a Hub id, a folder, a .gguf or a run dir")
-    p.add_argument("--task", required=True, choices=EVAL_TASKS)
+    p.add_argument(
+        "--task",
+        required=True,
+        help=f"a registered task ({', '.join(task_names())}), or module:name: import the module, whose "
+        "@register_task decorators register its tasks, and run its task name (see decpo.evaluation.registry)",
+    )
     p.add_argument("--limit", type=int, default=None, help="first N items of each evaluated set")
     p.add_argument("--seed", type=int, default=0, help="synthetic data and bootstrap seed (default 0)")
     p.add_argument(
@@ -67,13 +72,16 @@ def add_parser(subparsers) -> None:
 
 def default_output_dir(task: str, model: str) -> Path:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model.rstrip("/")).strip("_")[-60:] or "model"
+    task = re.sub(r"[^A-Za-z0-9._-]+", "_", task)  # module:name
     return Path("evals") / f"{task}-{slug}"
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from decpo.evaluation.classifiers import ScorerError
+    from decpo.evaluation.config import EvalConfig
     from decpo.evaluation.judge import JudgeError
-    from decpo.evaluation.scorers import ScorerError
-    from decpo.evaluation.tasks import EvalConfig, EvalError, evaluate
+    from decpo.evaluation.registry import EvalError
+    from decpo.evaluation.runner import evaluate
 
     try:
         cfg = EvalConfig(

@@ -113,7 +113,7 @@ class LocalJudge:
                 desc="judge",
             )
             return [parse_yes_no(a) for a in answers]
-        from decpo.evaluation.scoring import completion_token_logps, encode_completions, pad_id
+        from decpo.evaluation.logprobs import completion_token_logps, encode_completions, pad_id
 
         groups = [encode_completions(self.tokenizer, text, options) for text, options in formatted]
         tokens = completion_token_logps(

@@ -93,13 +93,13 @@ def _generated_right(s: dict) -> float:
 
 
 def _vader_positive(s: dict) -> float:
-    from decpo.evaluation.scorers import VaderScorer
+    from decpo.evaluation.classifiers import VaderScorer
 
     return float(s["scores"]["vader_compound"] >= VaderScorer.POSITIVE)
 
 
 def _non_toxic(s: dict) -> float:
-    from decpo.evaluation.tasks import TOXIC_THRESHOLD
+    from decpo.evaluation.tasks.toxicity import TOXIC_THRESHOLD
 
     return float(s["scores"]["toxicity"] < TOXIC_THRESHOLD)
 

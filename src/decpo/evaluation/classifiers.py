@@ -1,4 +1,4 @@
-"""Text scorers behind one interface: ``score(texts) -> list[float]`` in [0, 1].
+"""Text classifiers (toxicity, sentiment) behind one interface: ``score(texts) -> list[float]`` in [0, 1].
 
 Toxicity (probability that a text is toxic):
     ``profanity-check`` (default, offline): the linear SVM that ``alt-profanity-check`` bundles;

@@ -1,4 +1,4 @@
-"""Toxicity and sentiment scorers: the default one against Perspective scores of RTP, ranking, HF and VADER."""
+"""Text classifiers (toxicity, sentiment): the default against Perspective scores of RTP, ranking, HF, VADER."""
 
 import json
 import os
@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from decpo.evaluation.metrics import auroc, spearman
-from decpo.evaluation.scorers import (
+from decpo.evaluation.classifiers import (
     HFClassifierScorer,
     ProfanityCheckScorer,
     ScorerError,
@@ -17,6 +16,7 @@ from decpo.evaluation.scorers import (
     make_scorer,
     toxic_label_index,
 )
+from decpo.evaluation.metrics import auroc, spearman
 
 REPO = Path(__file__).resolve().parents[1]
 

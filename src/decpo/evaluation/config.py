@@ -1,0 +1,112 @@
+"""The configuration of one evaluation run; every field carries its help text in ``metadata["help"]``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from decpo.evaluation.registry import EvalError, get_task
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class EvalConfig:
+    """One evaluation run."""
+
+    task: str = field(
+        metadata=_help(
+            "A registered task (`decpo.evaluation.registry.task_names()`: the built-in ones of "
+            "decpo.evaluation.tasks and any registered with `register_task`), or module:name, which imports "
+            "the module (whose `register_task` decorators register its tasks) and runs its task name."
+        )
+    )
+    model: str = field(
+        default="default",
+        metadata=_help("Model spec (see decpo.models.load_model) or a run dir holding final/."),
+    )
+    reference: str | None = field(
+        default=None,
+        metadata=_help(
+            "Reference model of the reward measures; None: the base model of the adapter or training run "
+            "(`default_reference`), else the model itself (its reward measures are then n/a)."
+        ),
+    )
+    limit: int | None = field(default=None, metadata=_help("First N items of each evaluated set."))
+    seed: int = field(default=0, metadata=_help("Seed of the synthetic data and of bootstrap resampling."))
+    max_new_tokens: int | None = field(
+        default=None,
+        metadata=_help(
+            "Tokens generated per output; None: the task's own (20 for toxicity, Lee et al., else 64)."
+        ),
+    )
+    batch_size: int = field(default=8, metadata=_help("Batch size of scoring and generation."))
+    data_dir: str | None = field(
+        default=None, metadata=_help("Folder with the paper's data; None: env DECPO_DATA_DIR.")
+    )
+    judge: str | None = field(
+        default=None,
+        metadata=_help("YES/NO judge of the outputs: local:<spec> or openai:<model>; None: none."),
+    )
+    scorer: str = field(
+        default="profanity-check",
+        metadata=_help("Toxicity scorer spec (see decpo.evaluation.classifiers)."),
+    )
+    beta: float = field(default=0.1, metadata=_help("DPO beta of the implicit reward."))
+    n_boot: int = field(default=1000, metadata=_help("Bootstrap resamples of each 95% CI."))
+    pair_max_length: int = field(
+        default=512,
+        metadata=_help(
+            "Most tokens of a scored pair; longer pairs (hh-rlhf dialogues) lose the start of their prompt."
+        ),
+    )
+    dtype: str = field(default="float32", metadata=_help("float32, bfloat16 or float16."))
+    chat_template: bool | str | None = field(
+        default=None,
+        metadata=_help(
+            "The layout of prompts and answers, for log-prob measures (as TRL renders conversational pairs) and "
+            "for generation prompts alike. None or 'auto': as the model was trained, i.e. the data.chat_template "
+            "of the training run's config.yaml when the model is a run's final/ or checkpoint-N/, else raw text. "
+            "True: the tokenizer's chat template (instruct models); False: raw text."
+        ),
+    )
+    generate: bool = field(
+        default=True,
+        metadata=_help("False: only log-prob measures where a task has both (sycophancy), much faster."),
+    )
+    synthetic_answer: str = field(
+        default="option",
+        metadata=_help("The synthetic task's answer format: option or letter (as trained)."),
+    )
+    prompts_path: str | None = field(
+        default=None,
+        metadata=_help("Toxicity: prompts file used whole; None: the eval split of the challenging prompts."),
+    )
+    pairs_path: str | None = field(
+        default=None,
+        metadata=_help(
+            "Toxicity: held-out pairs of the pairs/ measures; None: the hh-rlhf harmless test pairs."
+        ),
+    )
+    progress: bool = field(default=True, metadata=_help("Show progress bars."))
+
+    def __post_init__(self) -> None:
+        get_task(self.task)  # EvalError for an unknown task, suggesting the closest name
+        if self.limit is not None and self.limit < 1:
+            raise EvalError(f"limit must be >= 1, got {self.limit}")
+        if self.batch_size < 1:
+            raise EvalError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise EvalError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.beta <= 0:
+            raise EvalError(f"beta must be > 0, got {self.beta}")
+        if self.chat_template == "auto":
+            self.chat_template = None
+        if not (self.chat_template is None or isinstance(self.chat_template, bool)):
+            raise EvalError(f"chat_template must be true, false or 'auto', got {self.chat_template!r}")
+
+    @property
+    def new_tokens(self) -> int:
+        """Tokens generated per output: ``max_new_tokens``, else the task's own."""
+        return self.max_new_tokens or get_task(self.task).max_new_tokens
