@@ -46,13 +46,3 @@ def hub_unreachable(endpoint: str, timeout_s: float = 3.0) -> str | None:
             return None
     except OSError as e:
         return f"cannot connect to {url.hostname}:{port} ({e})"
-
-
-def hub_offline_reason() -> str | None:
-    """None when the Hub may be asked, else why not: HF_HUB_OFFLINE is set, or the endpoint is unreachable
-    (one TCP connection attempt of at most 3 s, its answer cached per endpoint)."""
-    if hub_offline_mode():
-        return "HF_HUB_OFFLINE is set"
-    endpoint = hub_endpoint()
-    problem = hub_unreachable(endpoint)
-    return None if problem is None else f"the Hub ({endpoint}) is unreachable: {problem}"
