@@ -240,7 +240,9 @@ def test_build_trainer_trains_a_quantized_model_through_lora_only(tmp_path, monk
     smoke = str(REPO / "configs" / "smoke.yaml")
     monkeypatch.setattr("decpo.models.load_model", _quantized_tiny)
     with pytest.raises(ConfigError, match="4-bit or 8-bit model trains through LoRA only"):
-        build_trainer(load_config(smoke, ["lora.enabled=false"]), tmp_path / "a", PAIRS, [])
+        build_trainer(
+            load_config(smoke, ["lora.enabled=false", "train.eval_steps=0"]), tmp_path / "a", PAIRS, []
+        )
 
     prepared = []
 
