@@ -379,10 +379,8 @@ def _load_hub_dataset(repo_id: str, split: str | None) -> tuple[str, list[RawIte
 
     try:
         data = datasets.load_dataset(repo_id, split=split)
-    except (
-        ConnectionError,
-        FileNotFoundError,
-    ) as exc:  # datasets' DatasetNotFoundError is a FileNotFoundError
+    # offline: a ConnectionError; not on the Hub: DatasetNotFoundError, a FileNotFoundError
+    except (ConnectionError, FileNotFoundError) as exc:
         if offline:
             raise DataError(
                 "not a local path, and the Hugging Face Hub is unreachable (offline: HF_HUB_OFFLINE is set, the "
@@ -439,8 +437,8 @@ def load_pairs(
               directory written by ``datasets.Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``;
             - a Hugging Face Hub dataset id ``org/name``, when no such local path exists, loaded with
               ``datasets.load_dataset`` (needs the Hub, or HF_HUB_OFFLINE=1 and a copy in the datasets cache).
-            A folder or a Hub id may end in ``:split`` (``org/name:test``); without one, the only split or
-            ``train``.
+            A folder or a Hub id may end in ``:split`` (``org/name:test``); without one, a folder's only split
+            or else ``train``, a Hub dataset's ``train``.
         on_error: ``"raise"`` or ``"skip"``, see :func:`collect_pairs`.
         split: the split, as ``:split`` would name it (not both, unless the same).
 
