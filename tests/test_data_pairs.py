@@ -101,10 +101,10 @@ def test_empty_json_list(tmp_path: Path) -> None:
 
 
 def test_unsupported_extension_lists_supported(tmp_path: Path) -> None:
-    path = tmp_path / "data.parquet"
+    path = tmp_path / "data.tsv"  # (.parquet is supported since issue 14)
     path.write_bytes(b"x")
     with pytest.raises(
-        DataError, match=r"data\.parquet: unsupported file type; supported: \.jsonl, \.json, \.csv"
+        DataError, match=r"data\.tsv: unsupported file type; supported: \.jsonl, \.json, \.csv.*\.parquet"
     ):
         load_pairs(path)
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 class DataError(ValueError):
     """Bad or missing data.
 
-    The message always says where the problem is: the file, the position inside it (``line N`` for JSONL,
-    1-based; ``row N (line L)`` for CSV, rows 1-based after the header, lines counting the header as line 1;
-    ``item N`` for a JSON list or a saved dataset, 0-based) and, where one is involved, the field.
+    The message always says where the problem is: the file (or the Hub dataset and split,
+    ``org/name:train``), the position inside it (``line N`` for JSONL, 1-based; ``row N (line L)`` for CSV,
+    rows 1-based after the header, lines counting the header as line 1; ``item N`` for a JSON list, a Parquet
+    file, a saved dataset or a Hub split, 0-based) and, where one is involved, the field.
 
     Args:
         message: what is wrong.

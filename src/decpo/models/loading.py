@@ -9,19 +9,18 @@ model that still has the GGUF one).
 from __future__ import annotations
 
 import copy
-import functools
 import importlib.metadata
 import logging
 import os
+import re
 import shutil
-import socket
 import tempfile
-import urllib.parse
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from decpo.hub import hub_endpoint, hub_offline_mode, hub_unreachable, looks_like_path
 from decpo.models.errors import ModelError
 from decpo.models.tiny import TINY_NAME, build_tiny_llama, build_tiny_tokenizer
 
@@ -105,17 +104,6 @@ def resolve_model_path(name: str, gguf_file: str | None = None) -> str:
     return name
 
 
-def looks_like_path(name: str) -> bool:
-    """A spec meant as a folder, never a Hub id: it starts with /, ./, ../ or ~, or holds more than one /
-    (a Hub id is ``name`` or ``org/name``) or a backslash on Windows."""
-    return (
-        name.startswith(("/", "./", "../", "~"))
-        or name in (".", "..")
-        or name.count("/") > 1
-        or (os.sep != "/" and os.sep in name)
-    )
-
-
 def _hub_kwargs(name: str, path: str, revision: str | None) -> dict[str, bool]:
     """``from_pretrained`` options for a Hub id: ``local_files_only`` when the Hub cannot be reached but the
     model is in the local cache; a ModelError at once when it is in neither (instead of retrying for a minute)."""
@@ -132,37 +120,24 @@ def _hub_kwargs(name: str, path: str, revision: str | None) -> dict[str, bool]:
             "a .gguf file, 'default', 'tiny-random-llama' or a Hub id such as HuggingFaceTB/SmolLM2-135M-Instruct"
         ) from e
     where = f"in the local Hugging Face cache ({constants.HF_HUB_CACHE})"
-    if constants.is_offline_mode():
+    if hub_offline_mode():
         if cached:
             return {}
         raise ModelError(
             f"model {name!r} was not found {where}, and the Hub is not asked because HF_HUB_OFFLINE is set; "
             "download it on a machine with network access or pass a local folder"
         )
-    problem = hub_unreachable(constants.ENDPOINT)
+    endpoint = hub_endpoint()
+    problem = hub_unreachable(endpoint)
     if problem is None:
         return {}
     if cached:
-        logger.warning(
-            "the Hub (%s) is unreachable (%s): using the cached %s", constants.ENDPOINT, problem, name
-        )
+        logger.warning("the Hub (%s) is unreachable (%s): using the cached %s", endpoint, problem, name)
         return {"local_files_only": True}
     raise ModelError(
-        f"model {name!r} was not found {where}, and the Hub ({constants.ENDPOINT}) is unreachable: {problem}; "
+        f"model {name!r} was not found {where}, and the Hub ({endpoint}) is unreachable: {problem}; "
         "check the network (or HF_ENDPOINT), or pass a local folder"
     )
-
-
-@functools.lru_cache(maxsize=8)
-def hub_unreachable(endpoint: str, timeout_s: float = 3.0) -> str | None:
-    """None when a TCP connection to the Hub endpoint opens within ``timeout_s``, else why not."""
-    url = urllib.parse.urlsplit(endpoint)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname or "", port), timeout=timeout_s):
-            return None
-    except OSError as e:
-        return f"cannot connect to {url.hostname}:{port} ({e})"
 
 
 def load_tokenizer(
@@ -184,6 +159,153 @@ def load_tokenizer(
     return tokenizer
 
 
+BNB_4BIT_QUANT_TYPES = ("nf4", "fp4")
+_QUANT_NEEDS = "a CUDA GPU and bitsandbytes (pip install bitsandbytes)"
+
+
+def attn_implementations() -> list[str]:
+    """The names transformers' own check (``PreTrainedModel.get_correct_attn_implementation``) accepts:
+    ``"eager"`` and the keys of its attention registry (sdpa, flash_attention_2/3/4, flex_attention, ...)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    return ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
+
+
+def check_attn_implementation(attn_implementation: str | None) -> str | None:
+    """``attn_implementation`` unchanged when transformers knows it (`attn_implementations`, or a kernels-hub
+    repo such as ``kernels-community/flash-attn2``, by transformers' ``is_kernel``); None is the default
+    (transformers picks sdpa where it can, else eager). Else a ModelError listing the valid names. Whether
+    the model and the machine support it (flash-attn installed, a GPU) is checked by transformers on load."""
+    if attn_implementation is None:
+        return None
+    from transformers.integrations.hub_kernels import is_kernel
+
+    valid = attn_implementations()
+    if attn_implementation in valid or is_kernel(attn_implementation):
+        return attn_implementation
+    raise ModelError(
+        f"model.attn_implementation={attn_implementation!r} is not an attention implementation transformers "
+        f"knows; expected one of {valid}, or a kernels-hub repo such as 'kernels-community/flash-attn2'"
+    )
+
+
+def quantization_config(
+    *,
+    load_in_4bit: bool = False,
+    load_in_8bit: bool = False,
+    bnb_4bit_quant_type: str = "nf4",
+    use_bnb_nested_quant: bool = False,
+    bnb_4bit_compute_dtype: str | None = None,
+    bnb_4bit_quant_storage: str | None = None,
+    dtype: str = "float32",
+):
+    """The ``transformers.BitsAndBytesConfig`` of these options (TRL's ``get_quantization_config`` on a
+    ``trl.ModelConfig`` holding them), or None when neither ``load_in_4bit`` nor ``load_in_8bit`` is set.
+
+    The 4-bit compute dtype is ``bnb_4bit_compute_dtype``, else ``dtype`` (TRL's choice: the dtype of the
+    other weights). Builds the config only: nothing is loaded and no GPU is needed (see `check_quantizable`).
+    """
+    if load_in_4bit and load_in_8bit:
+        raise ModelError("model.load_in_4bit and model.load_in_8bit are exclusive: set one of them")
+    if not (load_in_4bit or load_in_8bit):
+        return None
+    if bnb_4bit_quant_type not in BNB_4BIT_QUANT_TYPES:
+        raise ModelError(
+            f"model.bnb_4bit_quant_type={bnb_4bit_quant_type!r}; expected one of {list(BNB_4BIT_QUANT_TYPES)}"
+        )
+    compute_dtype = bnb_4bit_compute_dtype or dtype
+    if compute_dtype not in _DTYPES:
+        raise ModelError(f"model.bnb_4bit_compute_dtype={compute_dtype!r}; expected one of {sorted(_DTYPES)}")
+    storage = [*sorted(_DTYPES), "uint8"]
+    if bnb_4bit_quant_storage is not None and bnb_4bit_quant_storage not in storage:
+        raise ModelError(
+            f"model.bnb_4bit_quant_storage={bnb_4bit_quant_storage!r}; expected one of {storage}"
+        )
+    from trl import ModelConfig
+    from trl.trainer.utils import get_quantization_config
+
+    return get_quantization_config(
+        ModelConfig(
+            dtype=compute_dtype,
+            load_in_4bit=load_in_4bit,
+            load_in_8bit=load_in_8bit,
+            bnb_4bit_quant_type=bnb_4bit_quant_type,
+            use_bnb_nested_quant=use_bnb_nested_quant,
+            bnb_4bit_quant_storage=bnb_4bit_quant_storage,
+        )
+    )
+
+
+def check_quantizable(name: str, *, gguf_file: str | None = None, option: str = "load_in_4bit") -> None:
+    """Raise a ModelError at once, before anything is converted or downloaded, unless ``name`` can be loaded
+    with bitsandbytes quantization (``option`` names the setting in the message): the model must be a Hub id
+    or a folder of full-precision weights, and the machine needs CUDA and the bitsandbytes package."""
+    import importlib.util
+
+    setting = f"model.{option}"
+    if name == TINY_NAME:
+        raise ModelError(
+            f"{setting}: {TINY_NAME!r} is built in-process, not loaded from weights, so it cannot be quantized "
+            "on load; save it (model.save_pretrained(folder), with its tokenizer) and pass the folder"
+        )
+    if name == DEFAULT_NAME or name.endswith(".gguf") or gguf_file:
+        raise ModelError(
+            f"{setting}: {name!r} is a GGUF model (already quantized; decpo dequantizes it on load), and "
+            "bitsandbytes quantizes full-precision weights only: pass a Hub id or a folder of safetensors weights"
+        )
+    if Path(name, "adapter_config.json").is_file():
+        raise ModelError(
+            f"{setting}: {name!r} holds a peft adapter, merged into its base model on load; a merged model is not "
+            "loaded quantized: quantize the base model and load the adapter onto it with peft"
+        )
+    if not torch.cuda.is_available():
+        raise ModelError(f"{setting} needs {_QUANT_NEEDS}; this machine has no CUDA")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError(f"{setting} needs {_QUANT_NEEDS}; the bitsandbytes package is not installed")
+
+
+def kbit_device_map(device: str | None = None) -> dict[str, int | str]:
+    """Where a quantized model's weights go: ``device`` when given, else this process's GPU (the local process
+    index; what TRL's former ``get_kbit_device_map`` returned), the whole model on it."""
+    if device:
+        return {"": device}
+    from accelerate import PartialState
+
+    return {"": PartialState().local_process_index}
+
+
+def is_quantized(model) -> bool:
+    """Loaded in 4 or 8 bits by bitsandbytes (also through a peft wrapper, which forwards the attributes)."""
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def prepare_for_kbit(model, gradient_checkpointing: bool):
+    """A 4-/8-bit model made ready for LoRA training (peft's ``prepare_model_for_kbit_training``: every
+    weight frozen, the non-quantized ones upcast to float32, input gradients on under checkpointing); a model
+    that is not quantized is returned as it is. Checkpointing, when on, is non-reentrant (the regularizer's
+    hooks need it, see `decpo.models.hooks`), as `decpo.training.run.trainer_args` asks the Trainer."""
+    if not is_quantized(model):
+        return model
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(
+        model,
+        use_gradient_checkpointing=gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
+    )
+
+
+def _raise_attn_error(attn_implementation: str | None, name: str, error: Exception) -> None:
+    """A ModelError naming the setting when ``error`` is transformers refusing the attention implementation
+    (flash-attn not installed, no GPU, a model without support); else nothing (the caller re-raises)."""
+    if attn_implementation is not None and re.search(
+        r"attn|attention|flash|kernel", str(error), re.IGNORECASE
+    ):
+        raise ModelError(
+            f"model.attn_implementation={attn_implementation!r} cannot be used with {name!r}: {error}"
+        ) from error
+
+
 def load_model(
     name: str = DEFAULT_NAME,
     *,
@@ -193,28 +315,83 @@ def load_model(
     trust_remote_code: bool = False,
     revision: str | None = None,
     seed: int = 0,
+    attn_implementation: str | None = None,
+    load_in_4bit: bool = False,
+    load_in_8bit: bool = False,
+    bnb_4bit_quant_type: str = "nf4",
+    use_bnb_nested_quant: bool = False,
+    bnb_4bit_compute_dtype: str | None = None,
+    bnb_4bit_quant_storage: str | None = None,
 ) -> PreTrainedModel:
-    """A causal LM from a spec (see module docstring); a folder holding a peft adapter is merged on load."""
+    """A causal LM from a spec (see module docstring); a folder holding a peft adapter is merged on load.
+
+    Args:
+        attn_implementation: passed to ``from_pretrained`` (see `check_attn_implementation`); None: the
+            transformers default.
+        load_in_4bit, load_in_8bit, bnb_4bit_quant_type, use_bnb_nested_quant, bnb_4bit_compute_dtype,
+            bnb_4bit_quant_storage: bitsandbytes quantization (`quantization_config`, the fields of
+            ``trl.ModelConfig``); needs CUDA and bitsandbytes, checked first (`check_quantizable`). A quantized
+            model is placed on ``device`` or this process's GPU (`kbit_device_map`) and trains through LoRA
+            only, after `prepare_for_kbit`.
+    """
     if dtype not in _DTYPES:
         raise ModelError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)}")
+    attn_implementation = check_attn_implementation(attn_implementation)
+    quantization = quantization_config(
+        load_in_4bit=load_in_4bit,
+        load_in_8bit=load_in_8bit,
+        bnb_4bit_quant_type=bnb_4bit_quant_type,
+        use_bnb_nested_quant=use_bnb_nested_quant,
+        bnb_4bit_compute_dtype=bnb_4bit_compute_dtype,
+        bnb_4bit_quant_storage=bnb_4bit_quant_storage,
+        dtype=dtype,
+    )
+    if quantization is not None:
+        check_quantizable(
+            name, gguf_file=gguf_file, option="load_in_4bit" if load_in_4bit else "load_in_8bit"
+        )
     if name == TINY_NAME:
         model = build_tiny_llama(vocab_size=len(build_tiny_tokenizer()), seed=seed).to(_DTYPES[dtype])
+        if attn_implementation is not None:
+            try:
+                model.set_attn_implementation(attn_implementation)
+            except (ImportError, ValueError) as e:
+                _raise_attn_error(attn_implementation, name, e)
+                raise
     elif Path(name, "adapter_config.json").is_file():
         return load_adapter_merged(
-            name, dtype=dtype, device=device, trust_remote_code=trust_remote_code, seed=seed
+            name,
+            dtype=dtype,
+            device=device,
+            trust_remote_code=trust_remote_code,
+            seed=seed,
+            attn_implementation=attn_implementation,
         )
     else:
         path = resolve_model_path(name, gguf_file)
         hub = _hub_kwargs(name, path, revision)
+        extra: dict = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+        if quantization is not None:
+            extra.update(quantization_config=quantization, device_map=kbit_device_map(device))
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                path, dtype=_DTYPES[dtype], trust_remote_code=trust_remote_code, revision=revision, **hub
+                path,
+                dtype=_DTYPES[dtype],
+                trust_remote_code=trust_remote_code,
+                revision=revision,
+                **hub,
+                **extra,
             )
         except OSError as e:
             raise ModelError(
                 f"cannot load model {name!r}: {e}. Pass a local folder, a .gguf file, 'default' or a Hub id "
                 "(the Hub needs network access)."
             ) from e
+        except (ImportError, ValueError) as e:  # ImportError is not an OSError
+            _raise_attn_error(attn_implementation, name, e)
+            raise
+        if quantization is not None:
+            return model  # placed by its device map; bitsandbytes models refuse .to()
     return model.to(device) if device else model
 
 
@@ -225,6 +402,7 @@ def load_adapter_merged(
     device: str | None = None,
     trust_remote_code: bool = False,
     seed: int = 0,
+    attn_implementation: str | None = None,
 ) -> PreTrainedModel:
     """Load the base model named in a peft adapter folder (any spec above) and merge the adapter into it."""
     import json
@@ -232,7 +410,13 @@ def load_adapter_merged(
     from peft import PeftModel
 
     base_name = json.loads(Path(adapter_dir, "adapter_config.json").read_text())["base_model_name_or_path"]
-    base = load_model(base_name, dtype=dtype, trust_remote_code=trust_remote_code, seed=seed)
+    base = load_model(
+        base_name,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        seed=seed,
+        attn_implementation=attn_implementation,
+    )
     model = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     return model.to(device) if device else model
 

@@ -279,6 +279,7 @@ def build_trainer(cfg: RunConfig, output_dir: Path, train_records: list[dict], e
     from trl import get_peft_config
 
     from decpo.models import frozen_copy, load_model, load_tokenizer, resolve_layers
+    from decpo.models.loading import is_quantized, prepare_for_kbit  # issue 14
     from decpo.training.callbacks import (
         LogLineCallback,
         MetricsJsonlCallback,
@@ -299,6 +300,12 @@ def build_trainer(cfg: RunConfig, output_dir: Path, train_records: list[dict], e
         revision=m.model_revision,
         seed=cfg.train.seed,
     )
+    # --- issue 14 (quantized loading): a 4-/8-bit model trains through LoRA only, prepared for it by peft
+    if is_quantized(model):
+        if not cfg.lora.enabled:
+            raise ConfigError("a 4-bit or 8-bit model trains through LoRA only: set lora.enabled=true")
+        model = prepare_for_kbit(model, gradient_checkpointing=cfg.train.gradient_checkpointing)
+    # --- end issue 14
     if cfg.objective.regularizer:
         resolve_layers(model, cfg.train.reg_layers)  # a clear error before anything slow
     check_prompt_lengths(tokenizer, train_records, cfg.train.max_length, "train")
