@@ -161,6 +161,9 @@ def test_types_convert_only_between_forms_of_the_same_value():
     assert cfg.train.learning_rate == 1e-3  # YAML 1.1 reads 1e-3 as a string
     assert cfg.train.warmup_steps == 10 and isinstance(cfg.train.warmup_steps, int)  # a count, not a ratio
     assert load_config(None, ["train.report_to=tensorboard"]).train.report_to == ["tensorboard"]
+    assert load_config(None, ["train.eval_strategy=no"]).train.eval_strategy == "no"  # YAML 1.1: false
+    with pytest.raises(ConfigError, match="quote the word"):
+        load_config(None, ["train.hub_strategy=off"])
     with pytest.raises(ConfigError, match="expects a list of an integer"):
         load_config(None, ["train.reg_layers=[1, two]"])
 

@@ -241,7 +241,7 @@ def test_build_trainer_trains_a_quantized_model_through_lora_only(tmp_path, monk
     monkeypatch.setattr("decpo.models.load_model", _quantized_tiny)
     with pytest.raises(ConfigError, match="4-bit or 8-bit model trains through LoRA only"):
         build_trainer(
-            load_config(smoke, ["lora.enabled=false", "train.eval_steps=0"]), tmp_path / "a", PAIRS, []
+            load_config(smoke, ["model.use_peft=false", "train.eval_strategy=no"]), tmp_path / "a", PAIRS, []
         )
 
     prepared = []
@@ -251,7 +251,7 @@ def test_build_trainer_trains_a_quantized_model_through_lora_only(tmp_path, monk
         return model
 
     monkeypatch.setattr(loading, "prepare_for_kbit", spy)
-    trainer = build_trainer(load_config(smoke, ["train.eval_steps=0"]), tmp_path / "b", PAIRS, [])
+    trainer = build_trainer(load_config(smoke, ["train.eval_strategy=no"]), tmp_path / "b", PAIRS, [])
     assert prepared == [False] and hasattr(trainer.model, "peft_config")
 
 
@@ -331,3 +331,23 @@ def test_8bit_lora_decpo_step_on_cuda(tmp_path, tiny_folder):
     assert getattr(trainer.model, "is_loaded_in_8bit", False)
     result = trainer.train()
     assert torch.isfinite(torch.tensor(result.training_loss))
+
+
+def test_decpo_train_checks_the_model_options_before_any_data_or_model(tmp_path, monkeypatch, capsys):
+    from decpo.cli import main
+
+    def nothing(*args, **kwargs):
+        raise AssertionError("data or a model was loaded before the model options were checked")
+
+    monkeypatch.setattr("decpo.training.run.load_records", nothing)
+    monkeypatch.setattr("decpo.models.load_model", nothing)
+    smoke = str(REPO / "configs" / "smoke.yaml")
+    run = tmp_path / "run"
+    assert main(["train", "--config", smoke, "--output-dir", str(run), "model.load_in_4bit=true"]) == 2
+    assert "model.load_in_4bit: 'tiny-random-llama' is built in-process" in capsys.readouterr().err
+    assert main(["train", "--config", smoke, "--output-dir", str(run), "model.attn_implementation=fast"]) == 2
+    assert "fast" in capsys.readouterr().err and not run.exists()
+    with pytest.raises(Exception, match="trains through LoRA only: set model.use_peft=true"):
+        from decpo.config import load_config
+
+        load_config(smoke, ["model.load_in_4bit=true", "model.use_peft=false"])

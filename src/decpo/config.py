@@ -279,6 +279,8 @@ def _validate_model(self) -> None:
         self.to_trl()  # TRL's own checks (4-bit and 8-bit at once, ...)
     except ValueError as e:
         raise ConfigError(f"model: {e}") from e
+    if (self.load_in_4bit or self.load_in_8bit) and not self.use_peft:
+        raise ConfigError("a 4-bit or 8-bit model trains through LoRA only: set model.use_peft=true (QLoRA)")
 
 
 def _model_to_trl(self) -> DecPOModelConfig:
@@ -701,7 +703,10 @@ def check_value(key: str, value: Any, hint: Any, f: dataclasses.Field | None = N
         try:
             value = _conform(value, hint, wrap=True)
         except _Mismatch:
-            raise ConfigError(f"config key {key!r} expects {_describe(hint)}, got {value!r}") from None
+            quote = (
+                " (YAML reads yes/no/on/off as true/false: quote the word)" if isinstance(value, bool) else ""
+            )
+            raise ConfigError(f"config key {key!r} expects {_describe(hint)}, got {value!r}{quote}") from None
     choices = (f.metadata.get("choices") if f is not None else None) or ()
     if choices and value is not None and value not in choices:
         raise ConfigError(f"config key {key!r} expects one of {list(choices)}, got {value!r}")
@@ -723,7 +728,10 @@ def _conform(value: Any, hint: Any, wrap: bool) -> Any:
             if value is None and type(None) in arms:
                 return None
             for e in enums:
-                if isinstance(value, e) or value in {m.value for m in e}:
+                names = {m.value for m in e}
+                if value is False and "no" in names:  # YAML 1.1 reads `eval_strategy: no` as false
+                    return "no"
+                if isinstance(value, e) or (isinstance(value, str) and value in names):
                     return value.value if isinstance(value, e) else value
             raise _Mismatch
         for arm in arms:

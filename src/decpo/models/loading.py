@@ -31,6 +31,11 @@ DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def _torch_dtype(dtype: str) -> torch.dtype:
+    """A torch dtype; ``"auto"`` (the checkpoint's own) is float32 for a model built in-process."""
+    return _DTYPES.get(dtype, torch.float32)
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("DECPO_CACHE", Path.home() / ".cache" / "decpo"))
 
@@ -214,6 +219,10 @@ def quantization_config(
             f"model.bnb_4bit_quant_type={bnb_4bit_quant_type!r}; expected one of {list(BNB_4BIT_QUANT_TYPES)}"
         )
     compute_dtype = bnb_4bit_compute_dtype or dtype
+    if compute_dtype == "auto":
+        raise ModelError(
+            "model.dtype=auto does not say the 4-bit compute dtype: set model.dtype (e.g. bfloat16)"
+        )
     if compute_dtype not in _DTYPES:
         raise ModelError(f"model.bnb_4bit_compute_dtype={compute_dtype!r}; expected one of {sorted(_DTYPES)}")
     storage = [*sorted(_DTYPES), "uint8"]
@@ -334,8 +343,8 @@ def load_model(
             model is placed on ``device`` or this process's GPU (`kbit_device_map`) and trains through LoRA
             only, after `prepare_for_kbit`.
     """
-    if dtype not in _DTYPES:
-        raise ModelError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)}")
+    if dtype not in (*_DTYPES, "auto"):
+        raise ModelError(f"unknown dtype {dtype!r}; expected one of {[*sorted(_DTYPES), 'auto']}")
     attn_implementation = check_attn_implementation(attn_implementation)
     quantization = quantization_config(
         load_in_4bit=load_in_4bit,
@@ -351,7 +360,7 @@ def load_model(
             name, gguf_file=gguf_file, option="load_in_4bit" if load_in_4bit else "load_in_8bit"
         )
     if name == TINY_NAME:
-        model = build_tiny_llama(vocab_size=len(build_tiny_tokenizer()), seed=seed).to(_DTYPES[dtype])
+        model = build_tiny_llama(vocab_size=len(build_tiny_tokenizer()), seed=seed).to(_torch_dtype(dtype))
         if attn_implementation is not None:
             try:
                 model.set_attn_implementation(attn_implementation)
@@ -376,7 +385,7 @@ def load_model(
         try:
             model = AutoModelForCausalLM.from_pretrained(
                 path,
-                dtype=_DTYPES[dtype],
+                dtype=_DTYPES.get(dtype, "auto"),  # "auto": the dtype of the checkpoint's weights
                 trust_remote_code=trust_remote_code,
                 revision=revision,
                 **hub,

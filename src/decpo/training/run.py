@@ -216,6 +216,46 @@ def trainer_args(cfg: RunConfig, output_dir: Path):
         raise ConfigError(f"train: {e}") from e
 
 
+def model_load_kwargs(m) -> dict[str, Any]:
+    """`decpo.models.load_model`'s options from the ``model`` section (TRL's `ModelConfig` fields)."""
+    return dict(
+        gguf_file=m.gguf_file,
+        dtype=m.dtype,
+        trust_remote_code=m.trust_remote_code,
+        revision=m.model_revision,
+        attn_implementation=m.attn_implementation,
+        load_in_4bit=m.load_in_4bit,
+        load_in_8bit=m.load_in_8bit,
+        bnb_4bit_quant_type=m.bnb_4bit_quant_type,
+        use_bnb_nested_quant=m.use_bnb_nested_quant,
+        bnb_4bit_quant_storage=m.bnb_4bit_quant_storage,
+    )
+
+
+def check_model_options(m) -> None:
+    """The ``model`` section's loading options checked before any data or model work: a valid
+    ``attn_implementation``, and bitsandbytes quantization where it can run (CUDA, bitsandbytes, a model of
+    full-precision weights); a `ConfigError` naming the key otherwise."""
+    from decpo.models import ModelError
+    from decpo.models.loading import check_attn_implementation, check_quantizable, quantization_config
+
+    kwargs = model_load_kwargs(m)
+    try:
+        check_attn_implementation(m.attn_implementation)
+        q = {
+            k: kwargs[k]
+            for k in ("load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type", "use_bnb_nested_quant")
+        }
+        if (
+            quantization_config(**q, bnb_4bit_quant_storage=m.bnb_4bit_quant_storage, dtype=m.dtype)
+            is not None
+        ):
+            option = "load_in_4bit" if m.load_in_4bit else "load_in_8bit"
+            check_quantizable(m.model_name_or_path, gguf_file=m.gguf_file, option=option)
+    except ModelError as e:
+        raise ConfigError(str(e)) from e
+
+
 def check_hub_upload(args) -> None:
     """With ``train.push_to_hub``: a `ConfigError` at once, before any training, when the Hub cannot take the
     upload (offline mode, an unreachable endpoint, no token); the run would otherwise train and then fail (or
@@ -279,7 +319,7 @@ def build_trainer(cfg: RunConfig, output_dir: Path, train_records: list[dict], e
     from trl import get_peft_config
 
     from decpo.models import frozen_copy, load_model, load_tokenizer, resolve_layers
-    from decpo.models.loading import is_quantized, prepare_for_kbit  # issue 14
+    from decpo.models.loading import is_quantized, prepare_for_kbit
     from decpo.training.callbacks import (
         LogLineCallback,
         MetricsJsonlCallback,
@@ -292,20 +332,13 @@ def build_trainer(cfg: RunConfig, output_dir: Path, train_records: list[dict], e
     trackers = tracker_callbacks(cfg.train, output_dir)
     m = cfg.model
     tokenizer = load_tokenizer(m.model_name_or_path, m.gguf_file, m.trust_remote_code, m.model_revision)
-    model = load_model(
-        m.model_name_or_path,
-        gguf_file=m.gguf_file,
-        dtype=m.dtype,
-        trust_remote_code=m.trust_remote_code,
-        revision=m.model_revision,
-        seed=cfg.train.seed,
-    )
-    # --- issue 14 (quantized loading): a 4-/8-bit model trains through LoRA only, prepared for it by peft
-    if is_quantized(model):
-        if not cfg.lora.enabled:
-            raise ConfigError("a 4-bit or 8-bit model trains through LoRA only: set lora.enabled=true")
+    model = load_model(m.model_name_or_path, **model_load_kwargs(m), seed=cfg.train.seed)
+    if is_quantized(model):  # load_in_4bit/8bit, or a checkpoint saved quantized: LoRA only, prepared by peft
+        if not m.use_peft:
+            raise ConfigError(
+                "a 4-bit or 8-bit model trains through LoRA only: set model.use_peft=true (QLoRA)"
+            )
         model = prepare_for_kbit(model, gradient_checkpointing=cfg.train.gradient_checkpointing)
-    # --- end issue 14
     if cfg.objective.regularizer:
         resolve_layers(model, cfg.train.reg_layers)  # a clear error before anything slow
     check_prompt_lengths(tokenizer, train_records, cfg.train.max_length, "train")
@@ -531,6 +564,7 @@ def train(cfg: RunConfig, output_dir: str | Path, *, allow_config_change: bool =
     output_dir = Path(output_dir)
     check_writable(output_dir)
     check_hub_upload(trainer_args(cfg, output_dir))  # TRL's own checks, then the Hub's: before data and model
+    check_model_options(cfg.model)
     resume = resume_checkpoint(cfg, output_dir)
     if resume:
         check_resume_config(cfg, output_dir, resume, allow_config_change)
