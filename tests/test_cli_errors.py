@@ -141,6 +141,18 @@ def test_a_failed_start_of_decpo_run_leaves_no_output_folder(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_an_unknown_eval_task_stops_decpo_run_before_any_training(tmp_path, capsys, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("a training started")
+
+    monkeypatch.setattr("decpo.training.run.train", no_training)
+    out = tmp_path / "exp"
+    assert main(["run", "--config", SMOKE, "--output-dir", str(out), "experiment.eval_tasks=[toxicty]"]) == 2
+    err = capsys.readouterr().err
+    assert "experiment.eval_tasks: unknown task 'toxicty'; did you mean 'toxicity'?" in err
+    assert not out.exists()
+
+
 def test_a_folder_with_content_is_kept_after_a_failed_start(tmp_path):
     from decpo.io import removed_if_start_fails
 

@@ -200,9 +200,15 @@ def _real_data_available(cfg: RunConfig) -> bool:
 
 def eval_tasks(cfg: RunConfig) -> list[str]:
     """``experiment.eval_tasks``, or the training task plus sycophancy when real data is found."""
-    from decpo.evaluation.registry import task_names
+    from decpo.config import ConfigError
+    from decpo.evaluation.registry import EvalError, get_task, task_names
 
     if cfg.experiment.eval_tasks:
+        for name in cfg.experiment.eval_tasks:  # a typo stops the run now, not at its first evaluation
+            try:
+                get_task(name)
+            except EvalError as e:
+                raise ConfigError(f"experiment.eval_tasks: {e}") from e
         return list(cfg.experiment.eval_tasks)
     tasks = [cfg.data.task] if cfg.data.task in task_names() and not cfg.data.path else []
     if "sycophancy" not in tasks and _real_data_available(cfg):
