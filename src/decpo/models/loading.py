@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from decpo.env import warm_up_cpu_math
 from decpo.models.errors import ModelError
 from decpo.models.tiny import TINY_NAME, build_tiny_llama, build_tiny_tokenizer
 
@@ -195,6 +196,7 @@ def load_model(
     seed: int = 0,
 ) -> PreTrainedModel:
     """A causal LM from a spec (see module docstring); a folder holding a peft adapter is merged on load."""
+    warm_up_cpu_math()  # before the model's first forward: its results must not depend on the process's past
     if dtype not in _DTYPES:
         raise ModelError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)}")
     if name == TINY_NAME:
