@@ -8,6 +8,30 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+_CPU_MATH_READY = False
+
+
+def warm_up_cpu_math() -> None:
+    """Initialise oneMKL's vector math in this thread, once per process, before any parallel computation.
+
+    torch's CPU ``cos``, ``sin``, ``exp``, ``tanh``... call oneMKL's vector math (VML), which sets itself up on
+    first use, and that set-up is not safe when the first use is in two threads at once: in a fresh process
+    whose first such call is parallel (more than 32768 elements, e.g. the rotary embedding's cos of an
+    evaluation batch), the second OpenMP thread computes its half with another kernel about one time in
+    five, one ulp off, and every log-prob after it moves in its last digits. A process that had already
+    called one (the driver of a sequential run, after its first stage) never does, so a stage's results
+    depended on what had run before it in its process (issue 13). One tiny call here, in one thread, sets
+    VML up before any parallel one. Idempotent; cheap (microseconds)."""
+    global _CPU_MATH_READY
+    if _CPU_MATH_READY:
+        return
+    import torch
+
+    with torch.no_grad():
+        x = torch.zeros(8)  # 8 elements: one thread
+        x.cos(), x.sin(), x.exp(), x.tanh()
+    _CPU_MATH_READY = True
+
 
 def environment() -> dict[str, Any]:
     """Versions, git hash, device, threads and data-parallel world size."""

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from decpo.env import warm_up_cpu_math
 from decpo.hub import hub_endpoint, hub_offline_mode, hub_unreachable, looks_like_path
 from decpo.models.errors import ModelError
 from decpo.models.tiny import TINY_NAME, build_tiny_llama, build_tiny_tokenizer
@@ -343,6 +344,7 @@ def load_model(
             model is placed on ``device`` or this process's GPU (`kbit_device_map`) and trains through LoRA
             only, after `prepare_for_kbit`.
     """
+    warm_up_cpu_math()  # before the model's first forward: its results must not depend on the process's past
     if dtype not in (*_DTYPES, "auto"):
         raise ModelError(f"unknown dtype {dtype!r}; expected one of {[*sorted(_DTYPES), 'auto']}")
     attn_implementation = check_attn_implementation(attn_implementation)

@@ -38,6 +38,7 @@ from transformers.trainer_utils import has_length
 from trl import DPOConfig, DPOTrainer
 from trl.experimental.cpo import CPOConfig, CPOTrainer
 
+from decpo.env import warm_up_cpu_math
 from decpo.functional import (
     DECORRELATION_FORMS,
     TOKEN_SELECTIONS,
@@ -484,6 +485,7 @@ class DecPOTrainer(
     """`DPOTrainer` whose loss adds ``reg_weight * R`` on hooked activations (see module docstring)."""
 
     def __init__(self, *args, **kwargs):
+        warm_up_cpu_math()  # before TRL's first forward (the reference pass), for a model not from load_model
         super().__init__(*args, **kwargs)
         self._init_regularizer()
 
@@ -502,6 +504,7 @@ class SimPOTrainer(ActivationRegularizerMixin, CPOTrainer):
     """TRL's `CPOTrainer` with `SimPOConfig` (SimPO), plus the same activation regularizer."""
 
     def __init__(self, *args, **kwargs):
+        warm_up_cpu_math()  # before TRL's first forward (the reference pass), for a model not from load_model
         super().__init__(*args, **kwargs)
         self._init_regularizer()
 
