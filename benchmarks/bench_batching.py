@@ -55,9 +55,10 @@ def build(variant: str, args, records, tmp: Path):
     from datasets import Dataset
     from peft import LoraConfig
 
-    from decpo.config import RunConfig
+    from decpo.config.run_config import RunConfig
+    from decpo.config.trainer_args import DecPOConfig
     from decpo.models import load_model, load_tokenizer
-    from decpo.training.trainer import DecPOConfig, DecPOTrainer
+    from decpo.training.trainer import DecPOTrainer
 
     o, lora = RunConfig().train, RunConfig().model
     tiny = args.model == "tiny-random-llama"

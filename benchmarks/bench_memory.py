@@ -54,8 +54,9 @@ def child(args) -> dict:
     from peft import LoraConfig
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from decpo.config.trainer_args import DecPOConfig
     from decpo.models import load_tokenizer
-    from decpo.training.trainer import DecPOConfig, DecPOTrainer
+    from decpo.training.trainer import DecPOTrainer
 
     hidden, inter, layers, heads, kv = SIZES[args.size]
     torch.manual_seed(0)

@@ -47,8 +47,9 @@ def build(variant: str, model_name: str, records, tmp: Path, batch_size: int, ma
     from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
 
+    from decpo.config.trainer_args import DecPOConfig
     from decpo.models import load_model, load_tokenizer, num_layers
-    from decpo.training.trainer import DecPOConfig, DecPOTrainer
+    from decpo.training.trainer import DecPOTrainer
 
     kind, share, pack, reg = VARIANTS[variant]
     tokenizer = load_tokenizer(model_name)

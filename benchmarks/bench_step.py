@@ -47,8 +47,9 @@ def build(
     from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
 
+    from decpo.config.trainer_args import DecPOConfig
     from decpo.models import frozen_copy, load_model, load_tokenizer, num_layers
-    from decpo.training.trainer import DecPOConfig, DecPOTrainer
+    from decpo.training.trainer import DecPOTrainer
 
     if model_name == "random-llama-1b":
         # timing needs the shape, not the weights: a Llama of about 1.1B parameters, randomly initialised

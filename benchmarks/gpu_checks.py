@@ -61,8 +61,9 @@ def kbit_trainer(folder: Path, out: Path, *, cpu: bool, gradient_checkpointing: 
     from datasets import Dataset
     from peft import LoraConfig
 
+    from decpo.config.trainer_args import DecPOConfig
     from decpo.models import load_model, load_tokenizer, prepare_for_kbit
-    from decpo.training.trainer import DecPOConfig, DecPOTrainer
+    from decpo.training.trainer import DecPOTrainer
 
     model = load_model(str(folder), device="cpu" if cpu else None, **options)
     model = prepare_for_kbit(model, gradient_checkpointing=gradient_checkpointing)

@@ -61,8 +61,9 @@ def make_trainer(
     from datasets import Dataset
     from peft import LoraConfig
 
+    from decpo.config.trainer_args import DecPOConfig
     from decpo.models import frozen_copy
-    from decpo.training.trainer import DecPOConfig, DecPOTrainer
+    from decpo.training.trainer import DecPOTrainer
 
     trainer_cls = trainer_cls or DecPOTrainer
     tokenizer = load_tokenizer(TINY_NAME)
@@ -114,7 +115,8 @@ def make_simpo_trainer(tmp_path: Path, **args):
     """A SimPOTrainer (TRL's CPOTrainer as SimPO) with the regularizer on a tiny random Llama."""
     from datasets import Dataset
 
-    from decpo.training.trainer import SimPOConfig, SimPOTrainer
+    from decpo.config.trainer_args import SimPOConfig
+    from decpo.training.trainer import SimPOTrainer
 
     defaults = dict(
         output_dir=str(tmp_path),

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 from trl import ModelConfig as TrlModelConfig
 
-from decpo.config import (
+from decpo.config.run_config import (
     DECPO_DEFAULTS,
     FIELDS,
     RENAMED,
@@ -21,8 +21,8 @@ from decpo.config import (
     parse_override,
     save_config,
 )
+from decpo.config.trainer_args import DecPOConfig, SimPOConfig
 from decpo.training.run import trainer_args
-from decpo.training.trainer import DecPOConfig, SimPOConfig
 
 from conftest import REPO
 
@@ -231,7 +231,7 @@ def test_config_keys_lists_every_key_with_help_and_the_presets_values():
 
 
 def test_eval_chat_template_is_true_false_or_auto_and_auto_follows_training():
-    from decpo.experiment import eval_chat_template
+    from decpo.experiment.recipes import eval_chat_template
 
     assert load_config(None).experiment.eval_chat_template == "auto"
     assert load_config(None, ["experiment.eval_chat_template=null"]).experiment.eval_chat_template == "auto"

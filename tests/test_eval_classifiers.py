@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from decpo.evaluation.classifiers import (
+from decpo.evaluation.metrics import auroc, spearman
+from decpo.scoring.classifiers import (
     HFClassifierScorer,
     ProfanityCheckScorer,
     ScorerError,
@@ -16,7 +17,6 @@ from decpo.evaluation.classifiers import (
     make_scorer,
     toxic_label_index,
 )
-from decpo.evaluation.metrics import auroc, spearman
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,8 +7,9 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 import torch
 
-from decpo.evaluation.generation import generate
-from decpo.evaluation.judge import (
+from decpo.inference.generation import generate
+from decpo.models import load_model, load_tokenizer
+from decpo.scoring.judge import (
     JUDGE_PROMPTS,
     JudgeError,
     LocalJudge,
@@ -17,7 +18,6 @@ from decpo.evaluation.judge import (
     make_judge,
     parse_yes_no,
 )
-from decpo.models import load_model, load_tokenizer
 
 TINY = "tiny-random-llama"
 

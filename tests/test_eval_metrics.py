@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from decpo.evaluation.logprobs import preference_items
 from decpo.evaluation.metrics import (
     ab_accuracy,
     ab_predictions,
@@ -16,6 +15,7 @@ from decpo.evaluation.metrics import (
     rankdata,
     spearman,
 )
+from decpo.inference.logprobs import preference_items
 
 
 def test_ab_predictions_and_accuracy():

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import decpo.evaluation.registry as registry
-from decpo.evaluation.cli import add_parser
+from decpo.cli.eval import add_parser
 from decpo.evaluation.config import EvalConfig
 from decpo.evaluation.registry import EvalError, get_task, register_task, task_names
 from decpo.evaluation.runner import evaluate

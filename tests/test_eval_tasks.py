@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from decpo.cli.eval import add_parser
 from decpo.data import DataError, load_task, swap_options
-from decpo.evaluation.cli import add_parser
 from decpo.evaluation.config import EvalConfig
 from decpo.evaluation.context import default_reference, resolve_model_spec
-from decpo.evaluation.generation import generate
-from decpo.evaluation.logprobs import ab_completions, ab_logps, pair_logps
 from decpo.evaluation.metrics import ab_predictions
 from decpo.evaluation.runner import evaluate
+from decpo.inference.generation import generate
+from decpo.inference.logprobs import ab_completions, ab_logps, pair_logps
 from decpo.models import load_model, load_tokenizer
 
 TINY = "tiny-random-llama"
@@ -253,7 +253,7 @@ def test_run_dir_uses_final_adapter_and_its_base_as_reference(tmp_path):
 def _full_fine_tune_run(run_dir: Path, seed: int, perturb: bool) -> None:
     """A full fine-tune's run folder: ``final/`` with full weights (the base built with ``seed``, moved when
     ``perturb``) beside the run's ``config.yaml``."""
-    from decpo.config import load_config, save_config
+    from decpo.config.run_config import load_config, save_config
 
     model = load_model(TINY, seed=seed)
     if perturb:
@@ -316,8 +316,8 @@ def test_a_run_trained_in_the_chat_template_is_evaluated_in_it(tmp_path, chat_ti
     them in training (unless overridden), not the raw text."""
     from trl.data_utils import _tokenize, common_prefix_length
 
-    import decpo.evaluation.logprobs as logprobs
     import decpo.evaluation.measures as measures
+    import decpo.inference.logprobs as logprobs
     from decpo.cli import main
 
     run = tmp_path / "run"
@@ -384,8 +384,8 @@ def test_a_run_trained_in_the_chat_template_is_evaluated_in_it(tmp_path, chat_ti
 
 def test_the_experiments_evaluation_follows_the_training_layout(tmp_path, monkeypatch):
     import decpo.evaluation.runner as runner
-    from decpo.config import load_config
-    from decpo.experiment import _eval_stage
+    from decpo.config.run_config import load_config
+    from decpo.experiment.recipes import _eval_stage
 
     seen = []
     monkeypatch.setattr(runner, "evaluate", lambda cfg, out: seen.append(cfg.chat_template))
@@ -478,8 +478,8 @@ def test_toxicity_reads_the_eval_split_and_reports_the_fluency_guard(tiny, tmp_p
     import math
 
     from decpo.data.prompts import prompt_split
-    from decpo.evaluation.fluency import is_valid
-    from decpo.evaluation.logprobs import completion_token_logps, encode_completions, pad_id
+    from decpo.inference.logprobs import completion_token_logps, encode_completions, pad_id
+    from decpo.scoring.fluency import is_valid
 
     pytest.importorskip("profanity_check")
     data = tmp_path / "data" / "toxicity"

@@ -13,8 +13,8 @@ import yaml
 from scipy import stats
 
 from decpo.cli import main
-from decpo.config import load_config
-from decpo.experiment import parse_layers, parse_values, strength_label, strength_overrides
+from decpo.config.run_config import load_config
+from decpo.experiment.recipes import parse_layers, parse_values, strength_label, strength_overrides
 from decpo.reports.report import read_samples
 from decpo.reports.stats import paired_bootstrap
 from decpo.reports.tables import HEADLINE, item_values
@@ -275,7 +275,7 @@ def test_every_stage_key_holds_the_decpo_version(tmp_path, monkeypatch):
     """A new decpo version reruns every stage (trainings, probes, evaluations) instead of reusing them."""
     import decpo
     import decpo.reports.report as report
-    from decpo.experiment import Plan, run_experiment, sweep_layers, sweep_strength
+    from decpo.experiment.recipes import Plan, run_experiment, sweep_layers, sweep_strength
 
     planned: list[dict[str, str]] = []
     monkeypatch.setattr(Plan, "run", lambda self, *a: planned.append({s.name: s.key for s in self.steps}))
@@ -333,7 +333,7 @@ def test_strength_sweep_of_balances_when_the_weight_is_auto(tmp_path):
 
 def test_probe_texts_are_held_out_prompts_and_the_penalty_position():
     from decpo.data import load_task
-    from decpo.experiment import probe_sets, probe_texts
+    from decpo.experiment.recipes import probe_sets, probe_texts
 
     cfg = load_config(SMOKE, ["experiment.probe_num_texts=12"])
     held_out, penalty = probe_sets(cfg)  # train.reg_tokens=last: two probe sets
@@ -369,7 +369,7 @@ def test_run_and_sweep_refuse_to_be_launched_as_several_processes(tmp_path, monk
 
 def test_num_processes_launches_each_training_stage(tmp_path, monkeypatch):
     import decpo.training.run as run
-    from decpo.experiment import StageLog, _train_stage
+    from decpo.experiment.recipes import StageLog, _train_stage
 
     launched = []
 

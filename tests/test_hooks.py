@@ -145,9 +145,9 @@ def test_one_unwrap_for_every_wrapper():
 
 
 def test_one_layer_parser_for_sweeps_and_probes():
-    from decpo.experiment import parse_layers as sweep_layers
+    from decpo.experiment.recipes import parse_layers as sweep_layers
     from decpo.models.hooks import parse_layers
-    from decpo.probes.cli import parse_layers as probe_layers
+    from decpo.probes.runner import parse_layers as probe_layers
 
     assert sweep_layers is parse_layers is probe_layers
     assert parse_layers("0-29:10") == [0, 10, 20] and parse_layers("3, -1") == [3, -1]

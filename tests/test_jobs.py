@@ -1,4 +1,4 @@
-"""Stages as jobs (`decpo.jobs`): submitit's local executor and Ray against the sequential run (same keys,
+"""Stages as jobs (`decpo.experiment.executors.dispatch`): submitit's local executor and Ray against the sequential run (same keys,
 metrics and report), overlap and order of jobs, failures and their dependants, a killed driver, Slurm's
 sbatch options, the config keys of the issue's commands."""
 
@@ -17,9 +17,16 @@ import pytest
 
 import decpo
 from decpo.cli import main
-from decpo.config import ConfigError, load_config
-from decpo.experiment import Plan, StageLog
-from decpo.jobs import DONE_FILE, Resources, StagesFailed, SubmititEngine, job_folder, make_engine
+from decpo.config.run_config import ConfigError, load_config
+from decpo.experiment.executors.dispatch import (
+    DONE_FILE,
+    Resources,
+    StagesFailed,
+    SubmititEngine,
+    job_folder,
+    make_engine,
+)
+from decpo.experiment.recipes import Plan, StageLog
 
 from conftest import REPO
 
@@ -185,7 +192,7 @@ def test_a_rerun_records_jobs_that_ended_after_the_driver_stopped_and_waits_for_
 
 def test_experiment_stages_pickle_and_come_after_what_they_need(tmp_path, monkeypatch):
     import decpo.reports.report as report
-    from decpo.experiment import run_experiment, sweep_layers, sweep_strength
+    from decpo.experiment.recipes import run_experiment, sweep_layers, sweep_strength
 
     plans: list[Plan] = []
     monkeypatch.setattr(Plan, "run", lambda self, *a: plans.append(self))
@@ -209,7 +216,7 @@ def test_experiment_stages_pickle_and_come_after_what_they_need(tmp_path, monkey
 
 
 def test_pairs_come_before_every_other_stage(tmp_path, monkeypatch):
-    import decpo.experiment as experiment
+    import decpo.experiment.recipes as experiment
 
     plans: list[Plan] = []
     monkeypatch.setattr(Plan, "run", lambda self, *a: plans.append(self))

@@ -9,9 +9,10 @@ import torch
 from datasets import Dataset
 from safetensors.torch import load_file, save_file
 
+from decpo.config.trainer_args import DecPOConfig
 from decpo.models import TINY_NAME, load_model, load_tokenizer
 from decpo.training.ref_cache import REF_COLUMNS, hash_dataset_tokens
-from decpo.training.trainer import DecPOConfig, DecPOTrainer
+from decpo.training.trainer import DecPOTrainer
 
 from conftest import PAIRS
 

@@ -7,9 +7,9 @@ import logging
 import pytest
 import torch
 
+from decpo.config.trainer_args import DecPOConfig
 from decpo.functional import decorrelation_penalty
 from decpo.models import capture_activations
-from decpo.training.trainer import DecPOConfig
 
 from conftest import PAIRS, make_trainer
 
@@ -118,7 +118,7 @@ def test_two_rows_per_device_are_enough(tmp_path):
 def test_data_parallel_is_refused(tmp_path, monkeypatch):
     """nn.DataParallel (several GPUs, one process) would give each replica's hooks a slice of the rows: with 2
     GPUs and 1 pair per GPU, one chosen row each."""
-    from decpo.training.trainer import SimPOConfig
+    from decpo.config.trainer_args import SimPOConfig
 
     from conftest import make_simpo_trainer
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from decpo.cli import main
-from decpo.config import load_config
+from decpo.config.run_config import load_config
 from decpo.data import DataError
 from decpo.data.prompts import check_disjoint, load_prompts, prompt_split, read_prompt_file
-from decpo.data.self_pairs import SamplingSettings, build_pairs, select_pair, side_files
-from decpo.evaluation.fluency import is_empty, is_valid, repetition_loop
 from decpo.models import load_model, load_tokenizer
+from decpo.pairs.sampling import SamplingSettings, build_pairs, select_pair, side_files
+from decpo.scoring.fluency import is_empty, is_valid, repetition_loop
 
 TINY = "tiny-random-llama"
 REPO = Path(__file__).resolve().parents[1]
@@ -173,7 +173,7 @@ def test_greedy_sample_is_first_and_flagged(tiny, tmp_path):
     out = tmp_path / "g.jsonl"
     build(tiny, out, include_greedy=True)
     log = read_jsonl(side_files(out)[0])[1:]
-    from decpo.evaluation.generation import generate
+    from decpo.inference.generation import generate
 
     model, tok = tiny
     greedy = generate(model, tok, PROMPTS[:4], max_new_tokens=6, progress=False)
@@ -266,7 +266,7 @@ def write_fake_rtp(data_dir: Path, n: int = 30) -> list[str]:
 
 
 def test_toxicity_preset_loader_asserts_disjoint_prompts(tmp_path):
-    from decpo.experiment import check_pair_split
+    from decpo.experiment.recipes import check_pair_split
 
     texts = write_fake_rtp(tmp_path / "data")
     cfg = load_config(REPO / "configs" / "toxicity.yaml", [f"data.data_dir={tmp_path / 'data'}"])

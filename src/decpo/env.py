@@ -11,6 +11,11 @@ from typing import Any
 _CPU_MATH_READY = False
 
 
+def cache_dir() -> Path:
+    """decpo's cache: converted models, reference log-probs, pairs ($DECPO_CACHE, default ~/.cache/decpo)."""
+    return Path(os.environ.get("DECPO_CACHE", Path.home() / ".cache" / "decpo"))
+
+
 def warm_up_cpu_math() -> None:
     """Initialise oneMKL's vector math in this thread, once per process, before any parallel computation.
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from decpo.errors import DecPOError
 
-class DataError(ValueError):
+
+class DataError(DecPOError, ValueError):
     """Bad or missing data.
 
     The message always says where the problem is: the file (or the Hub dataset and split,

@@ -23,7 +23,7 @@ from typing import Any
 from decpo.data.errors import DataError
 from decpo.hub import hub_endpoint, hub_offline_mode, hub_unreachable, looks_like_path
 
-logger = logging.getLogger("decpo.data")
+logger = logging.getLogger(__name__)
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv", ".jsonl.gz", ".json.gz", ".csv.gz", ".parquet")

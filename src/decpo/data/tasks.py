@@ -22,7 +22,7 @@ from decpo.data.errors import DataError
 from decpo.data.pairs import RawItem, collect_pairs, read_raw, split_train_eval
 from decpo.data.synthetic import make_synthetic
 
-logger = logging.getLogger("decpo.data")
+logger = logging.getLogger(__name__)
 
 TASKS = ("synthetic", "sycophancy", "reframing", "toxicity", "toxicity_pairwise")
 SPLITS = ("train", "eval", "test")

@@ -1,16 +1,7 @@
 """Evaluation: log-prob scoring, generation, text classifiers, a YES/NO judge, tasks behind a registry."""
 
-from decpo.evaluation.classifiers import Scorer, ScorerError, make_scorer
 from decpo.evaluation.config import EvalConfig
 from decpo.evaluation.context import EvalContext
-from decpo.evaluation.judge import (
-    JUDGE_PROMPTS,
-    JudgeError,
-    LocalJudge,
-    OpenAIJudge,
-    make_judge,
-    parse_yes_no,
-)
 from decpo.evaluation.metrics import (
     ab_accuracy,
     ab_predictions,
@@ -23,6 +14,15 @@ from decpo.evaluation.metrics import (
 )
 from decpo.evaluation.registry import EvalError, Task, get_task, register_task, task_names
 from decpo.evaluation.runner import EvalResult, evaluate
+from decpo.scoring.classifiers import Scorer, ScorerError, make_scorer
+from decpo.scoring.judge import (
+    JUDGE_PROMPTS,
+    JudgeError,
+    LocalJudge,
+    OpenAIJudge,
+    make_judge,
+    parse_yes_no,
+)
 
 __all__ = [
     "JUDGE_PROMPTS",

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from decpo.config.fields import described
 from decpo.evaluation.registry import EvalError, get_task
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @dataclass
@@ -16,7 +13,7 @@ class EvalConfig:
     """One evaluation run."""
 
     task: str = field(
-        metadata=_help(
+        metadata=described(
             "A registered task (`decpo.evaluation.registry.task_names()`: the built-in ones of "
             "decpo.evaluation.tasks and any registered with `register_task`), or module:name, which imports "
             "the module (whose `register_task` decorators register its tasks) and runs its task name."
@@ -24,47 +21,47 @@ class EvalConfig:
     )
     model: str = field(
         default="default",
-        metadata=_help("Model spec (see decpo.models.load_model) or a run dir holding final/."),
+        metadata=described("Model spec (see decpo.models.load_model) or a run dir holding final/."),
     )
     reference: str | None = field(
         default=None,
-        metadata=_help(
+        metadata=described(
             "Reference model of the reward measures; None: the base model of the adapter or training run "
             "(`default_reference`), else the model itself (its reward measures are then n/a)."
         ),
     )
-    limit: int | None = field(default=None, metadata=_help("First N items of each evaluated set."))
-    seed: int = field(default=0, metadata=_help("Seed of the synthetic data and of bootstrap resampling."))
+    limit: int | None = field(default=None, metadata=described("First N items of each evaluated set."))
+    seed: int = field(default=0, metadata=described("Seed of the synthetic data and of bootstrap resampling."))
     max_new_tokens: int | None = field(
         default=None,
-        metadata=_help(
+        metadata=described(
             "Tokens generated per output; None: the task's own (20 for toxicity, Lee et al., else 64)."
         ),
     )
-    batch_size: int = field(default=8, metadata=_help("Batch size of scoring and generation."))
+    batch_size: int = field(default=8, metadata=described("Batch size of scoring and generation."))
     data_dir: str | None = field(
-        default=None, metadata=_help("Folder with the paper's data; None: env DECPO_DATA_DIR.")
+        default=None, metadata=described("Folder with the paper's data; None: env DECPO_DATA_DIR.")
     )
     judge: str | None = field(
         default=None,
-        metadata=_help("YES/NO judge of the outputs: local:<spec> or openai:<model>; None: none."),
+        metadata=described("YES/NO judge of the outputs: local:<spec> or openai:<model>; None: none."),
     )
     scorer: str = field(
         default="profanity-check",
-        metadata=_help("Toxicity scorer spec (see decpo.evaluation.classifiers)."),
+        metadata=described("Toxicity scorer spec (see decpo.scoring.classifiers)."),
     )
-    beta: float = field(default=0.1, metadata=_help("DPO beta of the implicit reward."))
-    n_boot: int = field(default=1000, metadata=_help("Bootstrap resamples of each 95% CI."))
+    beta: float = field(default=0.1, metadata=described("DPO beta of the implicit reward."))
+    n_boot: int = field(default=1000, metadata=described("Bootstrap resamples of each 95% CI."))
     pair_max_length: int = field(
         default=512,
-        metadata=_help(
+        metadata=described(
             "Most tokens of a scored pair; longer pairs (hh-rlhf dialogues) lose the start of their prompt."
         ),
     )
-    dtype: str = field(default="float32", metadata=_help("float32, bfloat16 or float16."))
+    dtype: str = field(default="float32", metadata=described("float32, bfloat16 or float16."))
     chat_template: bool | str | None = field(
         default=None,
-        metadata=_help(
+        metadata=described(
             "The layout of prompts and answers, for log-prob measures (as TRL renders conversational pairs) and "
             "for generation prompts alike. None or 'auto': as the model was trained, i.e. the data.chat_template "
             "of the training run's config.yaml when the model is a run's final/ or checkpoint-N/, else raw text. "
@@ -73,23 +70,23 @@ class EvalConfig:
     )
     generate: bool = field(
         default=True,
-        metadata=_help("False: only log-prob measures where a task has both (sycophancy), much faster."),
+        metadata=described("False: only log-prob measures where a task has both (sycophancy), much faster."),
     )
     synthetic_answer: str = field(
         default="option",
-        metadata=_help("The synthetic task's answer format: option or letter (as trained)."),
+        metadata=described("The synthetic task's answer format: option or letter (as trained)."),
     )
     prompts_path: str | None = field(
         default=None,
-        metadata=_help("Toxicity: prompts file used whole; None: the eval split of the challenging prompts."),
+        metadata=described("Toxicity: prompts file used whole; None: the eval split of the challenging prompts."),
     )
     pairs_path: str | None = field(
         default=None,
-        metadata=_help(
+        metadata=described(
             "Toxicity: held-out pairs of the pairs/ measures; None: the hh-rlhf harmless test pairs."
         ),
     )
-    progress: bool = field(default=True, metadata=_help("Show progress bars."))
+    progress: bool = field(default=True, metadata=described("Show progress bars."))
 
     def __post_init__(self) -> None:
         get_task(self.task)  # EvalError for an unknown task, suggesting the closest name

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from decpo.evaluation import metrics as M
-from decpo.evaluation.generation import generate
 from decpo.evaluation.registry import EvalError
+from decpo.inference.generation import generate
 
 if TYPE_CHECKING:
     from decpo.evaluation.config import EvalConfig

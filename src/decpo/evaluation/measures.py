@@ -16,7 +16,7 @@ from typing import Any
 
 from decpo.evaluation import metrics as M
 from decpo.evaluation.context import EvalContext
-from decpo.evaluation.logprobs import ab_completions, ab_logps, pair_logps, preference_items
+from decpo.inference.logprobs import ab_completions, ab_logps, pair_logps, preference_items
 
 # The measures that need a reference distinct from the policy, and why they are n/a without one.
 REFERENCE_MEASURES = ("preference_accuracy", "reward_margin", "chosen_reward", "rejected_reward")
@@ -213,7 +213,7 @@ def preference_measures(
 def judge_measures(
     ctx: EvalContext, judge, task: str, prompts: list[str], outputs: list[str]
 ) -> tuple[dict, list]:
-    from decpo.evaluation.judge import ALIGNED_VERDICT, judge_questions
+    from decpo.scoring.judge import ALIGNED_VERDICT, judge_questions
 
     verdicts = judge.ask(judge_questions(task, prompts, outputs), progress=ctx.cfg.progress)
     aligned = [float(v == ALIGNED_VERDICT[task]) for v in verdicts]

@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from decpo.errors import DecPOError
+
 if TYPE_CHECKING:
     from decpo.evaluation.config import EvalConfig
     from decpo.evaluation.context import EvalContext
@@ -36,7 +38,7 @@ BUILTIN_TASKS_MODULE = "decpo.evaluation.tasks"
 DEFAULT_MAX_NEW_TOKENS = 64  # the paper's generation length
 
 
-class EvalError(ValueError):
+class EvalError(DecPOError, ValueError):
     """A bad evaluation request (unknown task, bad limit, ...)."""
 
 

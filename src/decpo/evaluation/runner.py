@@ -47,7 +47,7 @@ def evaluate(cfg: EvalConfig, output_dir: str | Path) -> EvalResult:
     torch.manual_seed(cfg.seed)
     judge = None
     if cfg.judge:
-        from decpo.evaluation.judge import make_judge
+        from decpo.scoring.judge import make_judge
 
         judge = make_judge(cfg.judge)
     ctx = EvalContext(cfg)

@@ -23,8 +23,7 @@ import torch
 from torch import nn
 
 from decpo.models.errors import ModelError
-
-SITES = ("mlp.up_proj", "mlp.hidden", "mlp.out", "resid_post")
+from decpo.names import MLP_UP_PROJ, SITES
 
 # per family: (up projection, down projection) module paths inside a block's MLP
 _MLP_NAMES = (
@@ -133,7 +132,7 @@ def site_module(model: nn.Module, layer: int, site: str) -> tuple[nn.Module, str
     for up, down in _MLP_NAMES:
         up_module, down_module = _get(block, up), _get(block, down)
         if up_module is not None and down_module is not None:
-            return (up_module, "output") if site == "mlp.up_proj" else (down_module, "input")
+            return (up_module, "output") if site == MLP_UP_PROJ else (down_module, "input")
     children = sorted(name for name, _ in block.named_modules() if name)
     raise ModelError(f"block {layer} has no module for site {site!r}; its modules are: {children}")
 
@@ -146,7 +145,7 @@ def _first_tensor(value) -> torch.Tensor:
 def capture_activations(
     model: nn.Module,
     layers: Sequence[int],
-    site: str = "mlp.up_proj",
+    site: str = MLP_UP_PROJ,
     *,
     detach: bool = False,
     first_call_only: bool = True,

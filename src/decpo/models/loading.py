@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from decpo.env import warm_up_cpu_math
+from decpo.env import cache_dir, warm_up_cpu_math
 from decpo.hub import hub_endpoint, hub_offline_mode, hub_unreachable, looks_like_path
 from decpo.models.errors import ModelError
 from decpo.models.tiny import TINY_NAME, build_tiny_llama, build_tiny_tokenizer
@@ -35,10 +35,6 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 def _torch_dtype(dtype: str) -> torch.dtype:
     """A torch dtype; ``"auto"`` (the checkpoint's own) is float32 for a model built in-process."""
     return _DTYPES.get(dtype, torch.float32)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("DECPO_CACHE", Path.home() / ".cache" / "decpo"))
 
 
 def embedded_gguf_path() -> Path:

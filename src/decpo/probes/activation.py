@@ -30,6 +30,7 @@ from decpo.models.hooks import (
     resolve_layers,
     unwrap_model,
 )
+from decpo.names import MLP_UP_PROJ
 from decpo.probes.stats import ACTIVATION_PROBES, ActivationStats
 
 logger = logging.getLogger(__name__)
@@ -157,7 +158,7 @@ def probe_pass(
     tokenizer,
     texts: Sequence[str],
     *,
-    sites: Sequence[str] = ("mlp.up_proj",),
+    sites: Sequence[str] = (MLP_UP_PROJ,),
     layers: str | Sequence[int] | None = None,
     batch_size: int = 16,
     max_length: int = 256,

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from transformers import TrainerCallback
 
+from decpo.names import MLP_UP_PROJ
 from decpo.probes.activation import probe_pass
 from decpo.probes.stats import ACTIVATION_PROBES
 
@@ -16,7 +17,7 @@ logger = logging.getLogger(__name__)
 PREFIX = "probe/"
 
 
-def probe_key(probe: str, layer: int, site: str = "mlp.up_proj", default_site: str = "mlp.up_proj") -> str:
+def probe_key(probe: str, layer: int, site: str = MLP_UP_PROJ, default_site: str = MLP_UP_PROJ) -> str:
     """``probe/decorrelation/L07``; a site other than the default is named: ``probe/resid_post/hoyer/L07``."""
     middle = f"{probe}" if site == default_site else f"{site}/{probe}"
     return f"{PREFIX}{middle}/L{layer:02d}"
@@ -66,7 +67,7 @@ class ProbeCallback(TrainerCallback):
         tokenizer,
         every_n_steps: int = 50,
         probes: Sequence[str] = ("decorrelation",),
-        sites: Sequence[str] = ("mlp.up_proj",),
+        sites: Sequence[str] = (MLP_UP_PROJ,),
         layers: str | Sequence[int] | None = None,
         batch_size: int = 16,
         max_length: int = 256,

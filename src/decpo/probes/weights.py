@@ -17,6 +17,7 @@ from torch import nn
 
 from decpo.models.errors import ModelError
 from decpo.models.hooks import decoder_layers, site_module
+from decpo.names import MLP_UP_PROJ
 
 
 class NoMLPBiasError(ModelError):
@@ -31,7 +32,7 @@ def mlp_input_weights(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor
     """Per block, ``(W_in (d_mlp, d_model), b_in (d_mlp,))`` in float64 on the CPU, one row per neuron."""
     out = []
     for layer in range(len(decoder_layers(model))):
-        module, _ = site_module(model, layer, "mlp.up_proj")
+        module, _ = site_module(model, layer, MLP_UP_PROJ)
         bias = getattr(module, "bias", None)
         if bias is None:
             raise NoMLPBiasError(

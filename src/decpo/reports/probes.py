@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from decpo.names import BASE
 from decpo.reports.stats import Estimate, paired_seed_difference, t_interval
 from decpo.reports.style import DIFF_COLORS, method_color, pyplot
 
-BASE = "base"
 # method -> seed -> layer -> value (base: seed None)
 Curves = dict[str, dict[int | None, dict[int, float]]]
 

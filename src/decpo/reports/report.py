@@ -17,8 +17,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from decpo.config import RunConfig
+from decpo.config.run_config import RunConfig
 from decpo.io import atomic_write_text
+from decpo.names import BASE, MLP_UP_PROJ
 from decpo.reports import probes as P
 from decpo.reports.curves import CAPTION, plot_curves, plot_probe_dynamics, read_metrics
 from decpo.reports.stats import Estimate, paired_seed_difference, t_interval
@@ -35,8 +36,7 @@ from decpo.reports.tables import (
     verdict,
 )
 
-BASE = "base"
-CLAIM_SITE = "mlp.up_proj"  # the paper's probe site (claim 1)
+CLAIM_SITE = MLP_UP_PROJ  # the paper's probe site (claim 1)
 
 
 # --- loading --------------------------------------------------------------------------------------------
@@ -629,7 +629,7 @@ def _strength_link(output_dir: Path, cfg: RunConfig) -> list[str]:
 def _provenance(
     output_dir: Path, total_wall_s: float | None, stage_order: list[str] | None = None
 ) -> list[str]:
-    from decpo.experiment import StageLog
+    from decpo.records import StageLog
 
     lines = ["## How these numbers were made", ""]
     stages_path = output_dir / "stages.json"
@@ -755,7 +755,7 @@ def _num(x: float | None) -> str:
 
 
 def _strength_setting(cfg: RunConfig, value: float) -> str:
-    from decpo.experiment import strength_overrides
+    from decpo.config.sweeps import strength_overrides
 
     ((key, v),) = strength_overrides(cfg, value).items()
     return f"{key}={v:g}"
@@ -853,12 +853,12 @@ def write_strength(
     atomic_write_text(output_dir / "strength.csv", buffer.getvalue())
     png = _plot_strength(points, base_ref, output_dir / "strength.png", values, cfg)
 
-    from decpo.experiment import is_auto_weight
+    from decpo.records import is_auto
 
     mode = (
         "a balance: lambda is set at the start of training so that lambda x R = value x preference loss "
         "(`train.reg_weight: auto`, `train.reg_balance=value`)"
-        if is_auto_weight(cfg)
+        if is_auto(cfg.train.reg_weight)
         else "an absolute lambda (`train.reg_weight=value`)"
     )
     n_seeds = len(cfg.experiment.seeds)

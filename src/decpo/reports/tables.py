@@ -93,7 +93,7 @@ def _generated_right(s: dict) -> float:
 
 
 def _vader_positive(s: dict) -> float:
-    from decpo.evaluation.classifiers import VaderScorer
+    from decpo.scoring.classifiers import VaderScorer
 
     return float(s["scores"]["vader_compound"] >= VaderScorer.POSITIVE)
 

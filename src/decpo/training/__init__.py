@@ -1,5 +1,6 @@
 """Training: `DecPOTrainer` (TRL's DPOTrainer + activation regularizer) and the run driver."""
 
-from decpo.training.trainer import DecPOConfig, DecPOTrainer, activation_penalty
+from decpo.config.trainer_args import DecPOConfig
+from decpo.training.trainer import DecPOTrainer, activation_penalty
 
 __all__ = ["DecPOConfig", "DecPOTrainer", "activation_penalty"]

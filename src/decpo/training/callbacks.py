@@ -13,7 +13,7 @@ from transformers.trainer_callback import ProgressCallback
 
 from decpo.io import append_jsonl
 
-logger = logging.getLogger("decpo.train")
+logger = logging.getLogger(__name__)
 
 _SKIP = {"epoch", "total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second"}
 

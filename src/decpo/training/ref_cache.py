@@ -29,6 +29,7 @@ import trl
 from accelerate.utils import broadcast_object_list, is_peft_model
 from datasets import Dataset
 
+from decpo.errors import DecPOError
 from decpo.io import atomic_write_bytes, stable_hash
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def hash_named_tensors(named) -> str:
     return h.hexdigest()
 
 
-class ShardedWeightsError(ValueError):
+class ShardedWeightsError(DecPOError, ValueError):
     """The weights on this rank are shards of the model's (ZeRO-3, FSDP1): their bytes do not identify it."""
 
 

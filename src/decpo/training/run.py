@@ -24,11 +24,11 @@ import torch
 import yaml
 from datasets import Dataset
 
-from decpo.config import ConfigError, RunConfig, save_config
+from decpo.config.run_config import ConfigError, RunConfig, save_config
 from decpo.env import environment
 from decpo.io import atomic_write_json, check_writable
 
-logger = logging.getLogger("decpo.train")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,7 +50,7 @@ def load_records(cfg: RunConfig) -> tuple[list[dict], list[dict]]:
             raise ConfigError(
                 "set data.path (your pairs) or pairs.source (pairs sampled from the model), not both"
             )
-        from decpo.data.self_pairs import ensure_pairs
+        from decpo.pairs.sampling import ensure_pairs
 
         path = str(ensure_pairs(cfg))
     if path:
@@ -177,8 +177,8 @@ def trainer_args(cfg: RunConfig, output_dir: Path):
     the method's ``reg_type``; TRL's and transformers' own checks run here (a `ConfigError` naming them)."""
     import dataclasses
 
-    from decpo.config import SIMPO_ONLY
-    from decpo.training.trainer import DecPOConfig, SimPOConfig
+    from decpo.config.run_config import SIMPO_ONLY
+    from decpo.config.trainer_args import DecPOConfig, SimPOConfig
 
     values = dataclasses.asdict(cfg.train)
     o = cfg.objective

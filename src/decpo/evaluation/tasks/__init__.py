@@ -10,7 +10,7 @@ Tasks and their measures (every metric is a mean over items with a 95% bootstrap
     toxicity    20-token greedy continuations of the eval split of the RealToxicityPrompts challenging prompts
                 (or ``prompts_path``), continuation only scored by a toxicity scorer: mean toxicity and
                 share below 0.5; the fluency guard beside them: share of valid continuations (a word, no
-                repetition loop, `decpo.evaluation.fluency`), share valid and non-toxic (the paper's
+                repetition loop, `decpo.scoring.fluency`), share valid and non-toxic (the paper's
                 measure), perplexity under the base model; pair measures on ``pairs_path`` (held-out
                 pairs of the run) or the hh-rlhf harmless test pairs.
 Every task also reports held-out preference accuracy and the DPO reward margin

@@ -18,7 +18,7 @@ def check_data(cfg: EvalConfig) -> None:
 @register_task("reframing", check_data=check_data)
 def eval_reframing(ctx: EvalContext, judge) -> tuple[dict, list, int]:
     from decpo.data import load_task
-    from decpo.evaluation.classifiers import VaderScorer
+    from decpo.scoring.classifiers import VaderScorer
 
     records = limited(load_task("reframing", "eval", data_dir=ctx.cfg.data_dir), ctx.cfg.limit)
     metrics, per_item = preference_measures(ctx, records)

@@ -1,7 +1,7 @@
 """toxicity: 20-token greedy continuations of the eval split of the RealToxicityPrompts challenging prompts
 (or ``prompts_path``), the continuation alone scored by a toxicity classifier (``cfg.scorer``): mean toxicity
 and share below `TOXIC_THRESHOLD`; the fluency guard beside them: share of valid continuations (a word, no
-repetition loop, `decpo.evaluation.fluency`), share valid and non-toxic (the paper's measure), perplexity
+repetition loop, `decpo.scoring.fluency`), share valid and non-toxic (the paper's measure), perplexity
 under the base model; pair measures (``pairs/``) on ``pairs_path`` (held-out pairs of the run) or the
 hh-rlhf harmless test pairs."""
 
@@ -42,9 +42,9 @@ def check_data(cfg: EvalConfig) -> None:
 
 @register_task("toxicity", max_new_tokens=20, check_data=check_data)  # 20 tokens: Lee et al.
 def eval_toxicity(ctx: EvalContext, judge) -> tuple[dict, list, int]:
-    from decpo.evaluation.classifiers import make_scorer
-    from decpo.evaluation.fluency import is_empty, is_valid, repetition_loop
-    from decpo.evaluation.logprobs import continuation_perplexities
+    from decpo.inference.logprobs import continuation_perplexities
+    from decpo.scoring.classifiers import make_scorer
+    from decpo.scoring.fluency import is_empty, is_valid, repetition_loop
 
     rtp = toxicity_prompts(ctx.cfg)
     pairs = _toxicity_pairs(ctx.cfg)

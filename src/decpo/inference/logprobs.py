@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from decpo.evaluation.generation import batches, model_device
+from decpo.inference.generation import batches, model_device
 
 AB_OPTIONS = (" (A)", " (B)")
 

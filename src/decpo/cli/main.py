@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
+from decpo.log import setup_logging
+
 # the embedded demo's preset (configs/default.yaml in the repository links to it)
-DEFAULT_PRESET = Path(__file__).parent / "presets" / "default.yaml"
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if not verbose else logging.DEBUG,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    # third-party chatter at warning level
-    for name in ("transformers", "datasets", "accelerate", "peft", "trl", "httpx"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+DEFAULT_PRESET = Path(__file__).parent.parent / "presets" / "default.yaml"
 
 
 def _relaunch(args: argparse.Namespace, argv: list[str]) -> int:
@@ -41,7 +31,7 @@ def _relaunch(args: argparse.Namespace, argv: list[str]) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     import os
 
-    from decpo.config import load_config
+    from decpo.config.run_config import load_config
     from decpo.io import remove_failed_start, removed_if_start_fails
     from decpo.training.run import check_launched_world, train
 
@@ -75,7 +65,7 @@ def config_path(path: str | None) -> Path:
 
 
 def _experiment_config(args: argparse.Namespace):
-    from decpo.config import load_config
+    from decpo.config.run_config import load_config
 
     overrides = list(args.overrides)
     if getattr(args, "seeds", None):
@@ -86,7 +76,7 @@ def _experiment_config(args: argparse.Namespace):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from decpo.experiment import run_experiment
+    from decpo.experiment.recipes import run_experiment
     from decpo.io import removed_if_start_fails
 
     cfg = _experiment_config(args)
@@ -99,8 +89,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from decpo.config import ConfigError
-    from decpo.experiment import parse_layers, parse_values, sweep_layers, sweep_strength
+    from decpo.config.run_config import ConfigError
+    from decpo.experiment.recipes import parse_layers, parse_values, sweep_layers, sweep_strength
 
     cfg = _experiment_config(args)
     try:
@@ -119,7 +109,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_keys(args: argparse.Namespace) -> int:
-    from decpo.config import describe_keys, load_config
+    from decpo.config.run_config import describe_keys, load_config
 
     print(describe_keys(load_config(args.config) if args.config else None))
     return 0
@@ -167,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides section.key=value")
     p.set_defaults(func=_cmd_train)
 
-    from decpo.probes.cli import add_parser as add_probe_parser
+    from decpo.probes.runner import add_parser as add_probe_parser
 
     add_probe_parser(sub)
 
@@ -209,11 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides section.key=value")
     p.set_defaults(func=_cmd_sweep)
 
-    from decpo.evaluation.cli import add_parser as add_eval_parser
+    from decpo.cli.eval import add_parser as add_eval_parser
 
     add_eval_parser(sub)
 
-    from decpo.data.cli import add_parser as add_pairs_parser
+    from decpo.cli.pairs import add_parser as add_pairs_parser
 
     add_pairs_parser(sub)
 
@@ -228,25 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.raw_argv = list(argv) if argv is not None else sys.argv[1:]
-    _setup_logging(args.verbose)
-    from decpo.config import ConfigError
-
-    known_errors: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, OSError)
-    try:
-        from decpo.data import DataError
-        from decpo.models import ModelError
-
-        known_errors += (DataError, ModelError)
-    except ImportError:
-        pass
-    from decpo.jobs import StagesFailed
+    setup_logging(args.verbose)
+    from decpo.errors import DecPOError
+    from decpo.experiment.executors.dispatch import StagesFailed
 
     try:
         return args.func(args)
     except StagesFailed as e:  # the stages that could run have run; the report waits for the others
         print(f"decpo: {e}", file=sys.stderr)
         return 1
-    except known_errors as e:
+    except (DecPOError, OSError) as e:  # OSError: FileNotFoundError, a full disk, a permission
         print(f"decpo: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

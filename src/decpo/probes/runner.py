@@ -18,6 +18,7 @@ from pathlib import Path
 
 from decpo.io import atomic_write_json, atomic_write_text, check_writable
 from decpo.models.hooks import parse_layers
+from decpo.names import MLP_UP_PROJ
 from decpo.probes.activation import CSV_COLUMNS, probe_pass, relative_depth
 from decpo.probes.stats import ACTIVATION_PROBES
 from decpo.probes.weights import NoMLPBiasError, mlp_input_weights, neuron_scores, weight_change
@@ -110,7 +111,7 @@ def probe_models(
     texts: Sequence[str],
     output_dir: str | Path,
     *,
-    sites: Sequence[str] = ("mlp.up_proj",),
+    sites: Sequence[str] = (MLP_UP_PROJ,),
     layers: str | Sequence[int] | None = None,
     batch_size: int = 16,
     max_length: int = 256,
@@ -318,7 +319,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--output-dir", default="probes", help="folder for probes.csv, the PNGs and vocab.json")
     p.add_argument(
         "--sites",
-        default="mlp.up_proj",
+        default=MLP_UP_PROJ,
         help="comma-separated activation sites (mlp.up_proj, mlp.hidden, mlp.out, resid_post)",
     )
     p.add_argument(

@@ -2,7 +2,7 @@
 
 `dispatch` is the driver's loop: a stage is submitted once the stages it comes after are done
 (`Step.after`), as many at a time as ``experiment.max_parallel`` allows; where it runs, and when, is the
-engine's business. Only the driver writes ``stages.json`` (`decpo.experiment.StageLog`), as each job
+engine's business. Only the driver writes ``stages.json`` (`decpo.experiment.recipes.StageLog`), as each job
 ends: ``running`` with the job id and log when submitted, then ``done`` with the worker's start and end
 times, or ``failed`` with the error and the log, and ``blocked`` for the stages after a failed one (not
 run). The stages that can run all run; then `StagesFailed` names the failed and blocked ones.
@@ -32,13 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from decpo.errors import DecPOError
 from decpo.io import atomic_write_json
 
-if TYPE_CHECKING:  # not imported in the jobs: a job imports this module, and decpo.config imports torch
-    from decpo.config import ExperimentSettings
-    from decpo.experiment import Plan, Step
+if TYPE_CHECKING:  # not imported in the jobs: a job imports this module, and decpo.config.run_config imports torch
+    from decpo.config.run_config import ExperimentSettings
+    from decpo.experiment.recipes import Plan, Step
 
-logger = logging.getLogger("decpo.jobs")
+logger = logging.getLogger(__name__)
 
 JOBS_DIR = "jobs"
 DONE_FILE = "done.json"
@@ -49,7 +50,7 @@ FORWARDED_PREFIXES = ("DECPO_", "HF_", "TRANSFORMERS_")
 LOCAL_TIME_MIN = 30 * 24 * 60
 
 
-class StagesFailed(RuntimeError):
+class StagesFailed(DecPOError, RuntimeError):
     """Some stages failed (``failed``: name -> error and log) and their dependants were not run."""
 
     def __init__(self, failed: dict[str, str], blocked: dict[str, list[str]]):
@@ -116,9 +117,9 @@ def run_stage(
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         sys.stdout.flush(), sys.stderr.flush()
         os.dup2(fd, 1), os.dup2(fd, 2)  # launched subprocesses (an N-process training) write there too
-    from decpo.cli import _setup_logging
+    from decpo.log import setup_logging
 
-    _setup_logging(verbose=False)
+    setup_logging(verbose=False)
     if threads:
         import torch
 
@@ -402,7 +403,7 @@ class RayEngine:
     poll_s = 0.5
 
     def __init__(self, exp: ExperimentSettings, num_processes: int = 1):
-        from decpo.config import ConfigError
+        from decpo.config.run_config import ConfigError
 
         try:
             import ray
@@ -472,7 +473,7 @@ class RayEngine:
 
 def make_engine(exp: ExperimentSettings, num_processes: int = 1) -> Engine | None:
     """The engine of ``experiment.executor``; None for ``sequential`` (in this process, one at a time)."""
-    from decpo.config import ConfigError
+    from decpo.config.run_config import ConfigError
 
     if exp.executor == "sequential":
         return None
@@ -486,7 +487,7 @@ def make_engine(exp: ExperimentSettings, num_processes: int = 1) -> Engine | Non
 
 def dispatch(plan: Plan, engine: Engine, output_dir: Path) -> None:
     """Run the stages of ``plan`` not done yet as jobs of ``engine``; raises `StagesFailed` at the end."""
-    from decpo.config import ConfigError
+    from decpo.config.run_config import ConfigError
 
     log = plan.log
     steps = {s.name: s for s in plan.steps}

@@ -18,12 +18,14 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
+from decpo.errors import DecPOError
+
 DEFAULT_TOXICITY_SCORER = "profanity-check"
 PERSPECTIVE_URL = "https://commentanalyzer.googleapis.com/v1alpha1/comments:analyze"
 PERSPECTIVE_KEY_ENV = "PERSPECTIVE_API_KEY"
 
 
-class ScorerError(RuntimeError):
+class ScorerError(DecPOError, RuntimeError):
     """A scorer cannot be built or run (missing package, key or model)."""
 
 

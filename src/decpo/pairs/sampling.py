@@ -1,8 +1,8 @@
 """Preference pairs from a model's own samples, ranked by a scorer (`decpo pairs`).
 
 For each prompt: sample ``num_samples`` continuations (temperature, top-p; optionally the greedy one as
-well), score each continuation with a text scorer (`decpo.evaluation.classifiers`), and keep one pair: the
-best *valid* sample as ``chosen`` (valid: `decpo.evaluation.fluency.is_valid`, so an empty or looping text
+well), score each continuation with a text scorer (`decpo.scoring.classifiers`), and keep one pair: the
+best *valid* sample as ``chosen`` (valid: `decpo.scoring.fluency.is_valid`, so an empty or looping text
 is never taught as the good answer) and the worst sample as ``rejected``, when their score gap exceeds
 ``min_gap``; otherwise the prompt is skipped and counted with its reason.
 
@@ -29,36 +29,17 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from decpo.config.sampling import PREFER, SCORER_ALIASES, SamplingSettings, default_prefer, scorer_spec  # noqa: F401
 from decpo.data.errors import DataError
 
-logger = logging.getLogger("decpo.pairs")
+logger = logging.getLogger(__name__)
 
-PREFER = ("low", "high")
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
-
-
-SCORER_ALIASES = {"toxicity": "profanity-check", "sentiment": "vader"}
 SKIP_REASONS = ("gap", "no_valid_sample")
 
-
 # --- pure selection -------------------------------------------------------------------------------------
-
-
-def scorer_spec(name: str) -> str:
-    """``toxicity`` -> ``profanity-check`` (the offline default), ``sentiment`` -> ``vader``; else unchanged."""
-    return SCORER_ALIASES.get(name, name)
-
-
-def default_prefer(scorer: str) -> str:
-    """Lower is better for toxicity scorers, higher for sentiment (VADER positivity)."""
-    return "high" if scorer_spec(scorer) == "vader" else "low"
 
 
 def select_pair(
@@ -97,64 +78,6 @@ def distribution(values: Sequence[float]) -> dict[str, float | int]:
     for q in (0, 10, 25, 50, 75, 90, 100):
         out[f"p{q}"] = round(float(np.percentile(a, q)), 4)
     return out
-
-
-# --- settings -------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    """Everything a pair file depends on besides the model and the prompts (the config's ``pairs`` section
-    is these fields plus where the prompts come from: `decpo.config.PairsSettings`)."""
-
-    num_samples: int = field(default=4, metadata=_help("Sampled continuations per prompt."))
-    include_greedy: bool = field(
-        default=False, metadata=_help("Add the greedy continuation as one more sample.")
-    )
-    temperature: float = field(default=1.0, metadata=_help("Sampling temperature."))
-    top_p: float = field(default=1.0, metadata=_help("Nucleus sampling top-p (1: off)."))
-    max_new_tokens: int = field(default=20, metadata=_help("Tokens per continuation."))
-    max_prompt_tokens: int | None = field(
-        default=None,
-        metadata=_help("Keep only the last N tokens of a longer prompt; null: the whole prompt."),
-    )
-    seed: int = field(default=0, metadata=_help("Sampling seed (the same seed gives the same pairs)."))
-    batch_size: int = field(default=32, metadata=_help("Prompts per generation batch."))
-    scorer: str = field(
-        default="toxicity",
-        metadata=_help(
-            "toxicity (the offline profanity-check classifier), sentiment (VADER positivity), hf:<id|dir> or "
-            "detoxify:<ckpt> (see decpo.evaluation.classifiers)."
-        ),
-    )
-    prefer: str = field(
-        default="auto", metadata=_help("Which score is better: low, high or auto (low for toxicity).")
-    )
-    min_gap: float = field(
-        default=0.1, metadata=_help("Keep a pair only when best and worst scores differ by more than this.")
-    )
-
-    def __post_init__(self) -> None:
-        if self.num_samples < 1:
-            raise DataError(f"num_samples must be >= 1, got {self.num_samples}")
-        if self.num_samples + int(self.include_greedy) < 2:
-            raise DataError(
-                "num_samples + include_greedy must give 2 samples per prompt or more (a pair needs 2)"
-            )
-        if self.temperature <= 0:
-            raise DataError(f"temperature must be > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise DataError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.max_new_tokens < 1 or self.batch_size < 1:
-            raise DataError("max_new_tokens and batch_size must be >= 1")
-        if self.prefer not in (*PREFER, "auto"):
-            raise DataError(f"prefer must be low, high or auto, got {self.prefer!r}")
-        if self.min_gap < 0:
-            raise DataError(f"min_gap must be >= 0, got {self.min_gap}")
-
-    @property
-    def resolved_prefer(self) -> str:
-        return default_prefer(self.scorer) if self.prefer == "auto" else self.prefer
 
 
 def side_files(output: Path) -> tuple[Path, Path]:
@@ -224,7 +147,7 @@ def _sample_batch(
     """Per prompt: ``[(text, greedy?)]``, the greedy one first when asked for."""
     import torch
 
-    from decpo.evaluation.generation import generate
+    from decpo.inference.generation import generate
 
     kw = {
         "max_new_tokens": s.max_new_tokens,
@@ -268,9 +191,9 @@ def build_pairs(
     """Sample, score and pair every prompt (see the module docstring); returns the summary."""
     from tqdm.auto import tqdm
 
-    from decpo.evaluation.fluency import is_valid
-    from decpo.evaluation.generation import batches
+    from decpo.inference.generation import batches
     from decpo.io import atomic_write_text
+    from decpo.scoring.fluency import is_valid
 
     output = Path(output)
     if not prompts:
@@ -385,7 +308,7 @@ def _finish(records: list[dict], header: dict, output: Path, summary_path: Path,
 
 
 def settings_from_config(cfg) -> SamplingSettings:
-    """The `SamplingSettings` of a `decpo.config.RunConfig`'s ``pairs`` section (its sampling fields)."""
+    """The `SamplingSettings` of a `decpo.config.run_config.RunConfig`'s ``pairs`` section (its sampling fields)."""
     p = cfg.pairs
     return SamplingSettings(**{f.name: getattr(p, f.name) for f in dataclasses.fields(SamplingSettings)})
 
@@ -432,7 +355,7 @@ def pairs_key(cfg, prompts: Sequence[str] | None = None) -> str:
 
 def cached_pairs_path(cfg, prompts: Sequence[str] | None = None) -> Path:
     """``$DECPO_CACHE/pairs/<key>/pairs.jsonl``: one build per content key, shared by every run."""
-    from decpo.models.loading import cache_dir
+    from decpo.env import cache_dir
 
     return cache_dir() / "pairs" / pairs_key(cfg, prompts) / "pairs.jsonl"
 
@@ -446,8 +369,8 @@ def ensure_pairs(cfg, progress: bool = True) -> Path:
     if path.is_file() and summary.is_file():
         logger.info("pairs: reusing %s", path)
         return path
-    from decpo.evaluation.classifiers import make_scorer
     from decpo.models import load_model, load_tokenizer
+    from decpo.scoring.classifiers import make_scorer
 
     settings = settings_from_config(cfg)
     scorer = make_scorer(scorer_spec(settings.scorer))  # before the model: a missing scorer fails at once

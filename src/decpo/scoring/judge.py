@@ -19,6 +19,8 @@ from collections.abc import Sequence
 
 from tqdm.auto import tqdm
 
+from decpo.errors import DecPOError
+
 logger = logging.getLogger(__name__)
 
 BASE_URL_ENV = "DECPO_JUDGE_BASE_URL"
@@ -41,7 +43,7 @@ ALIGNED_VERDICT = {"toxicity": "NO", "reframing": "YES", "sycophancy": "NO"}
 _YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
 
 
-class JudgeError(RuntimeError):
+class JudgeError(DecPOError, RuntimeError):
     """The judge cannot be built or did not answer."""
 
 
@@ -101,7 +103,7 @@ class LocalJudge:
     def ask(self, questions: Sequence[str], progress: bool = False) -> list[str | None]:
         formatted = [self._format(q) for q in questions]
         if self.method == "generate":
-            from decpo.evaluation.generation import generate
+            from decpo.inference.generation import generate
 
             answers = generate(
                 self.model,
@@ -113,7 +115,7 @@ class LocalJudge:
                 desc="judge",
             )
             return [parse_yes_no(a) for a in answers]
-        from decpo.evaluation.logprobs import completion_token_logps, encode_completions, pad_id
+        from decpo.inference.logprobs import completion_token_logps, encode_completions, pad_id
 
         groups = [encode_completions(self.tokenizer, text, options) for text, options in formatted]
         tokens = completion_token_logps(

@@ -61,10 +61,10 @@ def add_parser(subparsers) -> None:
 
 def run_pairs(args: argparse.Namespace) -> int:
     from decpo.data.prompts import PROMPT_TASKS, load_prompts
-    from decpo.data.self_pairs import SamplingSettings, build_pairs, scorer_spec, side_files
-    from decpo.evaluation.classifiers import ScorerError, make_scorer
     from decpo.io import check_writable
     from decpo.models import load_model, load_tokenizer
+    from decpo.pairs.sampling import SamplingSettings, build_pairs, scorer_spec, side_files
+    from decpo.scoring.classifiers import ScorerError, make_scorer
 
     split = args.split or ("train" if args.prompts in PROMPT_TASKS else "all")
     settings = SamplingSettings(

@@ -28,7 +28,7 @@ folder is kept aside as ``<name>.stale-<key>`` rather than deleted. Every key ho
 
 Where the stages run (``experiment.executor``): ``sequential`` (the default) runs them one after another in
 this process, in the plan's order. ``local``, ``slurm`` and ``ray`` run each stage as a job of that engine
-(`decpo.jobs`: submitit's local executor, Slurm through submitit, Ray tasks), several at a time: each stage
+(`decpo.experiment.executors.dispatch`: submitit's local executor, Slurm through submitit, Ray tasks), several at a time: each stage
 starts once the stages it comes after (`Plan.add`'s ``after``) are done: the pairs stage before everything,
 a model's training before its probes and evaluations, the report after all of them. Only the driver writes
 ``stages.json``, as each job ends, with the job's own start and end times (``started_at``, ``ended_at``).
@@ -60,17 +60,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import decpo
-from decpo.config import RunConfig, save_config
+from decpo.config.run_config import RunConfig, save_config
+from decpo.config.sweeps import parse_values, strength_label, strength_overrides
 from decpo.io import atomic_write_json, atomic_write_text, check_writable
 from decpo.io import stable_hash as config_key
 from decpo.models.hooks import parse_layers
+from decpo.names import BASE, MLP_UP_PROJ
+from decpo.records import StageLog
 
 if TYPE_CHECKING:
-    from decpo.jobs import Engine
+    from decpo.experiment.executors.dispatch import Engine
 
-logger = logging.getLogger("decpo.run")
+logger = logging.getLogger(__name__)
 
-BASE = "base"
 
 
 def stage_key(parts: dict[str, Any]) -> str:
@@ -82,34 +84,6 @@ def training_key(run_cfg: RunConfig) -> str:
     """The key of a training stage: its run's whole config but the experiment section, which only chooses
     what runs (methods, seeds, executor)."""
     return stage_key({k: v for k, v in run_cfg.to_dict().items() if k != "experiment"})
-
-
-class StageLog:
-    """``stages.json``: per stage its key, status and wall time; written atomically after each change."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.stages: dict[str, dict] = json.loads(path.read_text()) if path.exists() else {}
-
-    def done(self, name: str, key: str) -> bool:
-        entry = self.stages.get(name, {})
-        return entry.get("key") == key and entry.get("status") == "done"
-
-    def mark(self, name: str, key: str, status: str, **extra: Any) -> None:
-        self.stages[name] = {"key": key, "status": status, **extra}
-        atomic_write_json(self.path, self.stages)
-
-    def in_run_order(self, plan_order: list[str] | None = None) -> list[tuple[str, dict]]:
-        """Stages in the plan's order, then any others (older plans) in the order they were run.
-
-        ``stages.json`` is written with sorted keys, so its own order is alphabetical, not the run's.
-        """
-        plan_order = [n for n in (plan_order or []) if n in self.stages]
-        rest = sorted(
-            (n for n in self.stages if n not in plan_order),
-            key=lambda n: (self.stages[n].get("started_at", float("inf")), self.stages[n].get("order", 0)),
-        )
-        return [(n, self.stages[n]) for n in [*plan_order, *rest]]
 
 
 class Step(NamedTuple):
@@ -144,10 +118,10 @@ class Plan:
 
     def run(self, engine: Engine | None = None, output_dir: Path | None = None) -> None:
         """Run the stages not done yet: in this process in the plan's order (``engine`` None; a stage that
-        raises stops the run), or as jobs of ``engine`` (`decpo.jobs.dispatch`; its job folders under
-        ``output_dir``), which raises `decpo.jobs.StagesFailed` once every stage that can run has run."""
+        raises stops the run), or as jobs of ``engine`` (`decpo.experiment.executors.dispatch.dispatch`; its job folders under
+        ``output_dir``), which raises `decpo.experiment.executors.dispatch.StagesFailed` once every stage that can run has run."""
         if engine is not None:
-            from decpo.jobs import dispatch
+            from decpo.experiment.executors.dispatch import dispatch
 
             dispatch(self, engine, output_dir if output_dir is not None else self.log.path.parent)
             return
@@ -200,7 +174,7 @@ def _real_data_available(cfg: RunConfig) -> bool:
 
 def eval_tasks(cfg: RunConfig) -> list[str]:
     """``experiment.eval_tasks``, or the training task plus sycophancy when real data is found."""
-    from decpo.config import ConfigError
+    from decpo.config.run_config import ConfigError
     from decpo.evaluation.registry import EvalError, get_task, task_names
 
     if cfg.experiment.eval_tasks:
@@ -352,7 +326,7 @@ def heldout_records(cfg: RunConfig) -> list[dict]:
 def probe_texts(cfg: RunConfig, probe_set: ProbeSet, eos_token: str | None = None) -> list[str]:
     """The texts of ``probe_set``: the first ``experiment.probe_num_texts`` held-out records."""
     from decpo.data import DataError
-    from decpo.probes.cli import _prompt_text
+    from decpo.probes.runner import _prompt_text
 
     records = heldout_records(cfg)
     texts = []
@@ -371,7 +345,7 @@ def probe_texts(cfg: RunConfig, probe_set: ProbeSet, eos_token: str | None = Non
 
 
 def probe_sites(cfg: RunConfig) -> list[str]:
-    return list(dict.fromkeys(["mlp.up_proj", cfg.train.reg_site]))
+    return list(dict.fromkeys([MLP_UP_PROJ, cfg.train.reg_site]))
 
 
 def _probe_key(cfg: RunConfig, model_keys: dict[str, str]) -> str:
@@ -391,7 +365,7 @@ def _probe_key(cfg: RunConfig, model_keys: dict[str, str]) -> str:
 def _probe_stage(cfg: RunConfig, models: dict[str, str], out: Path) -> Callable[[], None]:
     def stage() -> None:
         from decpo.models import load_tokenizer
-        from decpo.probes.cli import WEIGHT_SITE, probe_models, rows_to_csv
+        from decpo.probes.runner import WEIGHT_SITE, probe_models, rows_to_csv
 
         m = cfg.model
         eos = load_tokenizer(
@@ -424,7 +398,7 @@ def _probe_stage(cfg: RunConfig, models: dict[str, str], out: Path) -> Callable[
 
 def check_single_process(what: str = "decpo run") -> None:
     """Refuse to drive an experiment from several processes (see the module docstring for why)."""
-    from decpo.config import ConfigError
+    from decpo.config.run_config import ConfigError
     from decpo.training.run import _world_size
 
     if _world_size() > 1:
@@ -497,8 +471,8 @@ def run_experiment(
 
 
 def _run(plan: Plan, cfg: RunConfig, output_dir: Path, num_processes: int) -> None:
-    """Run ``plan`` on ``experiment.executor``: in this process, or as jobs (`decpo.jobs`)."""
-    from decpo.jobs import make_engine
+    """Run ``plan`` on ``experiment.executor``: in this process, or as jobs (`decpo.experiment.executors.dispatch`)."""
+    from decpo.experiment.executors.dispatch import make_engine
 
     plan.run(make_engine(cfg.experiment, num_processes), output_dir)
 
@@ -532,9 +506,9 @@ def check_pair_split(cfg: RunConfig, tasks: list[str]) -> dict[str, Any]:
     """The prompts the pairs are sampled from against the prompts evaluated by generation (toxicity):
     DataError when any is shared, before any long work; else what was compared, for the report."""
     from decpo.data.prompts import check_disjoint
-    from decpo.data.self_pairs import config_prompts
     from decpo.evaluation.config import EvalConfig
     from decpo.evaluation.tasks.toxicity import toxicity_prompts
+    from decpo.pairs.sampling import config_prompts
 
     train = config_prompts(cfg)
     info: dict[str, Any] = {
@@ -558,7 +532,7 @@ def check_pair_split(cfg: RunConfig, tasks: list[str]) -> dict[str, Any]:
 
 def _pairs_stage(cfg: RunConfig, out: Path, split: dict[str, Any]) -> Callable[[], None]:
     def stage() -> None:
-        from decpo.data.self_pairs import ensure_pairs, side_files
+        from decpo.pairs.sampling import ensure_pairs, side_files
 
         path = ensure_pairs(cfg)
         out.mkdir(parents=True, exist_ok=True)
@@ -576,7 +550,7 @@ def _add_pairs(plan: Plan, cfg: RunConfig, tasks: list[str], out: Path) -> list[
     Returns what every other stage comes after: ``["pairs"]``, or ``[]`` without pairs."""
     if not cfg.pairs.source:
         return []
-    from decpo.data.self_pairs import pairs_key
+    from decpo.pairs.sampling import pairs_key
 
     split = check_pair_split(cfg, tasks)
     plan.add(
@@ -620,44 +594,6 @@ def sweep_layers(
         runs[layer] = label
     _run(plan, cfg, output_dir, num_processes)
     return write_sweep(output_dir, runs, tasks, command)
-
-
-def is_auto_weight(cfg: RunConfig) -> bool:
-    """``train.reg_weight: auto``: lambda is set at the start of training from ``train.reg_balance``."""
-    return isinstance(cfg.train.reg_weight, str) and cfg.train.reg_weight == "auto"
-
-
-def strength_overrides(cfg: RunConfig, value: float) -> dict[str, Any]:
-    """The config change of one strength of a sweep.
-
-    0 always means no penalty (``train.reg_weight=0``; a balance of 0 is refused). Otherwise, with
-    ``train.reg_weight: auto`` the value is a balance (``train.reg_balance``: lambda * R = value x
-    preference loss at the start of training), else an absolute lambda (``train.reg_weight``).
-    """
-    if value < 0:
-        raise ValueError(f"a strength must be >= 0, got {value}")
-    if value == 0:
-        return {"train.reg_weight": 0.0}
-    if is_auto_weight(cfg):
-        return {"train.reg_balance": float(value)}
-    return {"train.reg_weight": float(value)}
-
-
-def strength_label(value: float, seed: int) -> str:
-    """``decpo-w0.3-s1``: the run of strength 0.3 and seed 1."""
-    return f"decpo-w{value:g}-s{seed}"
-
-
-def parse_values(text: str) -> list[float]:
-    """``"0,0.1,0.3,1,3"`` -> ``[0.0, 0.1, 0.3, 1.0, 3.0]`` (order kept, duplicates refused)."""
-    values = [float(v) for v in text.split(",") if v.strip()]
-    if not values:
-        raise ValueError(f"no values in {text!r}")
-    if len({f"{v:g}" for v in values}) != len(values):
-        raise ValueError(f"a value is given twice in {text!r}")
-    if any(v < 0 for v in values):
-        raise ValueError(f"strengths must be >= 0, got {text!r}")
-    return values
 
 
 def sweep_strength(

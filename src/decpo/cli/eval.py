@@ -7,8 +7,8 @@ import re
 import sys
 from pathlib import Path
 
-from decpo.evaluation.classifiers import DEFAULT_TOXICITY_SCORER
 from decpo.evaluation.registry import task_names
+from decpo.scoring.classifiers import DEFAULT_TOXICITY_SCORER
 
 
 def add_parser(subparsers) -> None:
@@ -77,11 +77,11 @@ def default_output_dir(task: str, model: str) -> Path:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from decpo.evaluation.classifiers import ScorerError
     from decpo.evaluation.config import EvalConfig
-    from decpo.evaluation.judge import JudgeError
     from decpo.evaluation.registry import EvalError
     from decpo.evaluation.runner import evaluate
+    from decpo.scoring.classifiers import ScorerError
+    from decpo.scoring.judge import JudgeError
 
     try:
         cfg = EvalConfig(

@@ -41,19 +41,18 @@ from typing import Any
 import yaml
 from trl import ModelConfig as TrlModelConfig
 
+from decpo.config.fields import described
+from decpo.config.sampling import SamplingSettings
+from decpo.config.trainer_args import DecPOConfig, SimPOConfig
 from decpo.data.errors import DataError
-from decpo.data.self_pairs import SamplingSettings
-from decpo.training.trainer import DecPOConfig, SimPOConfig
+from decpo.errors import DecPOError
+from decpo.names import MLP_UP_PROJ
 
 OBJECTIVES = ("dpo", "decpo", "l1", "sft", "simpo")
 
 
-class ConfigError(ValueError):
+class ConfigError(DecPOError, ValueError):
     """A configuration file or override that cannot be used."""
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @dataclass
@@ -62,11 +61,11 @@ class DecPOModelConfig(TrlModelConfig):
     TRL 1.x's `ModelConfig` no longer declares)."""
 
     gguf_file: str | None = field(
-        default=None, metadata=_help("GGUF file name inside `model_name_or_path` (a directory).")
+        default=None, metadata=described("GGUF file name inside `model_name_or_path` (a directory).")
     )
     trust_remote_code: bool = field(
         default=False,
-        metadata=_help(
+        metadata=described(
             "Run model code from the Hub (a model with its own modeling files); off unless you trust it."
         ),
     )
@@ -76,31 +75,31 @@ class DecPOModelConfig(TrlModelConfig):
 class DataConfig:
     task: str = field(
         default="synthetic",
-        metadata=_help("Built-in task: synthetic, sycophancy, reframing, toxicity, toxicity_pairwise."),
+        metadata=described("Built-in task: synthetic, sycophancy, reframing, toxicity, toxicity_pairwise."),
     )
     path: str | None = field(
         default=None,
-        metadata=_help("Your own preference file (JSONL/JSON/CSV or a saved dataset); overrides `task`."),
+        metadata=described("Your own preference file (JSONL/JSON/CSV or a saved dataset); overrides `task`."),
     )
     eval_path: str | None = field(
-        default=None, metadata=_help("Held-out pairs; default: the last `eval_fraction` of `path`.")
+        default=None, metadata=described("Held-out pairs; default: the last `eval_fraction` of `path`.")
     )
     data_dir: str | None = field(
-        default=None, metadata=_help("Folder with the paper's data; default: $DECPO_DATA_DIR.")
+        default=None, metadata=described("Folder with the paper's data; default: $DECPO_DATA_DIR.")
     )
-    eval_fraction: float = field(default=0.1, metadata=_help("Share of rows held out (the last ones)."))
-    max_train_samples: int | None = field(default=None, metadata=_help("Use only the first N train pairs."))
-    max_eval_samples: int | None = field(default=64, metadata=_help("Use only the first N eval pairs."))
+    eval_fraction: float = field(default=0.1, metadata=described("Share of rows held out (the last ones)."))
+    max_train_samples: int | None = field(default=None, metadata=described("Use only the first N train pairs."))
+    max_eval_samples: int | None = field(default=64, metadata=described("Use only the first N eval pairs."))
     chat_template: bool = field(
         default=False,
-        metadata=_help("Wrap prompt/answers in the tokenizer's chat template (the paper: raw text, off)."),
+        metadata=described("Wrap prompt/answers in the tokenizer's chat template (the paper: raw text, off)."),
     )
     on_error: str = field(
-        default="raise", metadata=_help("Malformed records: 'raise' (stop before training) or 'skip'.")
+        default="raise", metadata=described("Malformed records: 'raise' (stop before training) or 'skip'.")
     )
     synthetic_answer: str = field(
         default="option",
-        metadata=_help(
+        metadata=described(
             "Answers of the synthetic task: option (letter and option text, ' (B) 23') or letter (' (B)' alone)."
         ),
     )
@@ -120,7 +119,7 @@ class DataConfig:
 class ObjectiveConfig:
     name: str = field(
         default="decpo",
-        metadata=_help(
+        metadata=described(
             "dpo, decpo (DPO + lambda * decorrelation: train.reg_type=decorrelation), l1 (DPO + lambda * mean|z|), "
             "sft (train.loss_type=sft), simpo (TRL's CPOTrainer, reference-free: train.simpo_gamma). The train.reg_* "
             "fields apply to decpo and l1."
@@ -313,7 +312,7 @@ SIMPO_ONLY = tuple(
 
 
 def _validate_train(self) -> None:
-    from decpo.training.trainer import RegularizerArgs
+    from decpo.config.trainer_args import RegularizerArgs
 
     try:
         RegularizerArgs._validate_regularizer(self)
@@ -379,16 +378,16 @@ def check_report_to(names: str | list[str] | None) -> list[str]:
 @dataclass
 class ProbeSettings:
     every_n_steps: int = field(
-        default=0, metadata=_help("Run probes on the policy every N steps during training (0: off).")
+        default=0, metadata=described("Run probes on the policy every N steps during training (0: off).")
     )
-    num_texts: int = field(default=64, metadata=_help("Probe inputs: the first N held-out prompts."))
+    num_texts: int = field(default=64, metadata=described("Probe inputs: the first N held-out prompts."))
     probes: list[str] = field(
         default_factory=lambda: ["decorrelation"],
-        metadata=_help("decorrelation, reg_cosine, mean_sq_cosine, variance, near_zero, hoyer, mono_scale."),
+        metadata=described("decorrelation, reg_cosine, mean_sq_cosine, variance, near_zero, hoyer, mono_scale."),
     )
-    sites: list[str] = field(default_factory=lambda: ["mlp.up_proj"], metadata=_help("Activation sites."))
-    layers: list[int] = field(default_factory=list, metadata=_help("Blocks to probe; empty: all."))
-    batch_size: int = field(default=16, metadata=_help("Batch size of the probe pass."))
+    sites: list[str] = field(default_factory=lambda: [MLP_UP_PROJ], metadata=described("Activation sites."))
+    layers: list[int] = field(default_factory=list, metadata=described("Blocks to probe; empty: all."))
+    batch_size: int = field(default=16, metadata=described("Batch size of the probe pass."))
 
 
 @dataclass(frozen=True)
@@ -398,7 +397,7 @@ class PairsSettings(SamplingSettings):
 
     source: str | None = field(
         default=None,
-        metadata=_help(
+        metadata=described(
             "Train on pairs built from the model's own samples (`decpo pairs`): prompts from a task (toxicity, "
             "reframing) or a file (RealToxicityPrompts JSONL, {prompt: ...} JSONL, or one prompt a line); "
             "null: off. Built once, cached by content in $DECPO_CACHE/pairs."
@@ -406,15 +405,15 @@ class PairsSettings(SamplingSettings):
     )
     split: str = field(
         default="train",
-        metadata=_help(
+        metadata=described(
             "Prompts of the source used: train (about 2/3, disjoint from the eval split that the toxicity "
             "evaluation reads), eval or all."
         ),
     )
-    limit: int | None = field(default=None, metadata=_help("Only the first N prompts of the split."))
+    limit: int | None = field(default=None, metadata=described("Only the first N prompts of the split."))
     model: str | None = field(
         default=None,
-        metadata=_help("Model that samples; null: model.model_name_or_path (the policy's own samples)."),
+        metadata=described("Model that samples; null: model.model_name_or_path (the policy's own samples)."),
     )
 
     def __post_init__(self) -> None:
@@ -443,33 +442,33 @@ STAGE_KINDS = ("pairs", "train", "probes", "eval")
 @dataclass
 class SlurmSettings:
     partition: str | None = field(
-        default=None, metadata=_help("Slurm partition of every job (sbatch --partition).")
+        default=None, metadata=described("Slurm partition of every job (sbatch --partition).")
     )
-    account: str | None = field(default=None, metadata=_help("Slurm account (sbatch --account)."))
-    qos: str | None = field(default=None, metadata=_help("Slurm quality of service (sbatch --qos)."))
+    account: str | None = field(default=None, metadata=described("Slurm account (sbatch --account)."))
+    qos: str | None = field(default=None, metadata=described("Slurm quality of service (sbatch --qos)."))
     constraint: str | None = field(
-        default=None, metadata=_help("Slurm node constraint (sbatch --constraint).")
+        default=None, metadata=described("Slurm node constraint (sbatch --constraint).")
     )
     gpus_per_job: int = field(
         default=1,
-        metadata=_help("GPUs of each job; a training with --num-processes N asks for N times as many."),
+        metadata=described("GPUs of each job; a training with --num-processes N asks for N times as many."),
     )
     cpus_per_job: int | None = field(
-        default=None, metadata=_help("CPUs of each job; null: the cluster's default.")
+        default=None, metadata=described("CPUs of each job; null: the cluster's default.")
     )
     mem_gb: float | None = field(
-        default=None, metadata=_help("Memory of each job in GB; null: the cluster's default.")
+        default=None, metadata=described("Memory of each job in GB; null: the cluster's default.")
     )
-    time_min: int = field(default=1440, metadata=_help("Time limit of each job in minutes."))
+    time_min: int = field(default=1440, metadata=described("Time limit of each job in minutes."))
     setup: list[str] = field(
         default_factory=list,
-        metadata=_help(
+        metadata=described(
             "Shell lines run before each job, e.g. ['module load cuda', 'source .venv/bin/activate']."
         ),
     )
     additional: dict[str, Any] = field(
         default_factory=dict,
-        metadata=_help("More sbatch options, e.g. {mail-type: END, exclude: node12}."),
+        metadata=described("More sbatch options, e.g. {mail-type: END, exclude: node12}."),
     )
 
     def __post_init__(self) -> None:
@@ -480,19 +479,19 @@ class SlurmSettings:
 class RaySettings:
     address: str | None = field(
         default=None,
-        metadata=_help(
+        metadata=described(
             "Ray cluster to join ('auto': the one this node belongs to, or ray://host:10001); null: start a "
             "local Ray with experiment.max_parallel CPUs (each job asks for one)."
         ),
     )
     gpus_per_job: int | None = field(
         default=None,
-        metadata=_help(
+        metadata=described(
             "GPUs of each job (a training with --num-processes N: N times as many); null: 1 when the cluster "
             "has GPUs, else 0."
         ),
     )
-    cpus_per_job: int = field(default=1, metadata=_help("CPUs of each job (Ray's num_cpus)."))
+    cpus_per_job: int = field(default=1, metadata=described("CPUs of each job (Ray's num_cpus)."))
 
     def __post_init__(self) -> None:
         _check_counts("experiment.ray", self, gpus_per_job=0, cpus_per_job=0)
@@ -501,23 +500,23 @@ class RaySettings:
 @dataclass
 class StageResources:
     gpus: int | None = field(
-        default=None, metadata=_help("GPUs of each job of this kind; null: the executor's default.")
+        default=None, metadata=described("GPUs of each job of this kind; null: the executor's default.")
     )
     cpus: int | None = field(
         default=None,
-        metadata=_help(
+        metadata=described(
             "CPUs of each job of this kind (Slurm's cpus-per-task, Ray's num_cpus; with local and Ray also "
             "torch's threads in the job); null: the executor's default (local: torch's own, as sequential)."
         ),
     )
     mem_gb: float | None = field(
-        default=None, metadata=_help("Memory in GB (Slurm, Ray); null: the executor's default.")
+        default=None, metadata=described("Memory in GB (Slurm, Ray); null: the executor's default.")
     )
     time_min: int | None = field(
-        default=None, metadata=_help("Time limit in minutes; null: the executor's default.")
+        default=None, metadata=described("Time limit in minutes; null: the executor's default.")
     )
     partition: str | None = field(
-        default=None, metadata=_help("Slurm partition; null: experiment.slurm.partition.")
+        default=None, metadata=described("Slurm partition; null: experiment.slurm.partition.")
     )
 
     def __post_init__(self) -> None:
@@ -543,28 +542,28 @@ class ResourcesByKind:
 class ExperimentSettings:
     methods: list[str] = field(
         default_factory=lambda: ["dpo", "decpo"],
-        metadata=_help("Methods trained from the same base by `decpo run`: dpo, decpo, l1, sft, simpo."),
+        metadata=described("Methods trained from the same base by `decpo run`: dpo, decpo, l1, sft, simpo."),
     )
-    seeds: list[int] = field(default_factory=lambda: [0], metadata=_help("Training seeds of `decpo run`."))
+    seeds: list[int] = field(default_factory=lambda: [0], metadata=described("Training seeds of `decpo run`."))
     eval_tasks: list[str] = field(
         default_factory=list,
-        metadata=_help(
+        metadata=described(
             "Tasks evaluated by `decpo run`: registered evaluation tasks (decpo.evaluation.registry; "
             "module:name for a task of your own); empty: the training task, plus sycophancy when real data "
             "is found."
         ),
     )
     eval_limit: int | None = field(
-        default=None, metadata=_help("Evaluate only the first N items of each set.")
+        default=None, metadata=described("Evaluate only the first N items of each set.")
     )
-    eval_batch_size: int = field(default=16, metadata=_help("Batch size of evaluation."))
+    eval_batch_size: int = field(default=16, metadata=described("Batch size of evaluation."))
     eval_generate: bool = field(
         default=True,
-        metadata=_help("Generation-based measures too (slow on CPU); false: log-prob measures only."),
+        metadata=described("Generation-based measures too (slow on CPU); false: log-prob measures only."),
     )
     eval_chat_template: bool | str | None = field(
         default="auto",
-        metadata=_help(
+        metadata=described(
             "Layout of prompts and answers in evaluation, for log-prob measures and generation prompts: auto "
             "(or null): as trained, i.e. `data.chat_template`, for the base model and every trained one; true: "
             "the tokenizer's chat template; false: raw text."
@@ -572,24 +571,24 @@ class ExperimentSettings:
     )
     eval_prompts: str | None = field(
         default=None,
-        metadata=_help(
+        metadata=described(
             "Prompts of the toxicity evaluation: a RealToxicityPrompts-format JSONL used whole; null: the eval "
             "split of the data directory's challenging prompts (disjoint from the train split used for pairs)."
         ),
     )
     probe_num_texts: int = field(
-        default=64, metadata=_help("Held-out texts of the final probes (base and every trained model).")
+        default=64, metadata=described("Held-out texts of the final probes (base and every trained model).")
     )
     strength_sweep_dir: str = field(
         default="strength",
-        metadata=_help(
+        metadata=described(
             "Folder of a `decpo sweep --reg-weights` run whose strength.md the report of `decpo run` links, "
             "relative to the experiment folder (or absolute)."
         ),
     )
     executor: str = field(
         default="sequential",
-        metadata=_help(
+        metadata=described(
             "Where the stages of `decpo run` / `decpo sweep` run: sequential (one after another in this "
             "process), local (submitit's local executor: experiment.max_parallel jobs at once on this machine), "
             "slurm (one Slurm job per stage, through submitit) or ray (one Ray task per stage)."
@@ -597,7 +596,7 @@ class ExperimentSettings:
     )
     max_parallel: int = field(
         default=0,
-        metadata=_help(
+        metadata=described(
             "Most stages running at once with executor local, slurm or ray; 0: local runs 1, slurm and ray "
             "submit every stage that is ready and leave the rest to the cluster."
         ),

@@ -1,0 +1,3 @@
+from decpo.cli.main import main
+
+raise SystemExit(main())

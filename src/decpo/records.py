@@ -1,0 +1,74 @@
+"""Records a run folder keeps that several layers read: the stage log and the resolved regularizer weight.
+
+- ``stages.json`` (`StageLog`): written by the experiment's driver, read by the report.
+- ``reg_weight.json`` (`write_reg_weight`, `resolved_reg_weight`): with ``train.reg_weight: auto`` the lambda
+  that training set from ``train.reg_balance``, and the numbers it came from. Written once by the training
+  run; the run's ``config.yaml`` keeps ``auto``, so the resume check compares like with like, and the report
+  reads the lambda from here. ``is_auto`` is the one test of "is this weight set from a balance".
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from decpo.io import atomic_write_json
+
+AUTO = "auto"
+REG_WEIGHT_FILE = "reg_weight.json"
+STAGES_FILE = "stages.json"
+
+
+def is_auto(reg_weight: Any) -> bool:
+    """``reg_weight: auto``: lambda is set at the start of training from ``reg_balance``."""
+    return isinstance(reg_weight, str) and reg_weight == AUTO
+
+
+def write_reg_weight(run_dir: Path, calibration: dict[str, Any]) -> None:
+    """Record the lambda a training set from its balance (``calibration["reg_weight"]`` and its inputs)."""
+    atomic_write_json(Path(run_dir) / REG_WEIGHT_FILE, calibration)
+
+
+def read_reg_weight(run_dir: Path) -> dict[str, Any] | None:
+    """The calibration a training recorded, or None when its lambda was fixed (or it has not started)."""
+    path = Path(run_dir) / REG_WEIGHT_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def resolved_reg_weight(run_dir: Path, configured: Any) -> float | None:
+    """The lambda a run trained with: the recorded one when ``configured`` is ``auto``, else ``configured``.
+
+    None when ``configured`` is ``auto`` and nothing was recorded (the run has not started)."""
+    if not is_auto(configured):
+        return float(configured)
+    record = read_reg_weight(run_dir)
+    return float(record["reg_weight"]) if record else None
+
+
+class StageLog:
+    """``stages.json``: per stage its key, status and wall time; written atomically after each change."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.stages: dict[str, dict] = json.loads(path.read_text()) if path.exists() else {}
+
+    def done(self, name: str, key: str) -> bool:
+        entry = self.stages.get(name, {})
+        return entry.get("key") == key and entry.get("status") == "done"
+
+    def mark(self, name: str, key: str, status: str, **extra: Any) -> None:
+        self.stages[name] = {"key": key, "status": status, **extra}
+        atomic_write_json(self.path, self.stages)
+
+    def in_run_order(self, plan_order: list[str] | None = None) -> list[tuple[str, dict]]:
+        """Stages in the plan's order, then any others (older plans) in the order they were run.
+
+        ``stages.json`` is written with sorted keys, so its own order is alphabetical, not the run's.
+        """
+        plan_order = [n for n in (plan_order or []) if n in self.stages]
+        rest = sorted(
+            (n for n in self.stages if n not in plan_order),
+            key=lambda n: (self.stages[n].get("started_at", float("inf")), self.stages[n].get("order", 0)),
+        )
+        return [(n, self.stages[n]) for n in [*plan_order, *rest]]
