@@ -1,0 +1,1 @@
+"""report.md and the sweep reports: tables, paired statistics, probe and curve figures from a run folder."""
