@@ -55,7 +55,7 @@ def build(variant: str, args, records, tmp: Path):
     from datasets import Dataset
     from peft import LoraConfig
 
-    from decpo.config.run_config import RunConfig
+    from decpo.config import RunConfig
     from decpo.config.trainer_args import DecPOConfig
     from decpo.models import load_model, load_tokenizer
     from decpo.training.trainer import DecPOTrainer

@@ -65,7 +65,7 @@ def curve(metrics_path: Path, key: str) -> str:
 
 
 def main(argv: list[str]) -> None:
-    from decpo.config.run_config import load_config
+    from decpo.config import load_config
     from decpo.evaluation.config import EvalConfig
     from decpo.evaluation.runner import evaluate
     from decpo.probes.runner import load_texts, probe_models

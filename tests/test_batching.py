@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import SequentialSampler
 
-from decpo.config.run_config import ConfigError, RunConfig
+from decpo.config import ConfigError, RunConfig
 from decpo.training.batching import SeededLengthGroupedSampler, pair_length
 from decpo.training.run import trainer_args
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from decpo.cli import main
-from decpo.config.run_config import ConfigError, parse_override
+from decpo.config import ConfigError, parse_override
 from decpo.data import DataError
 from decpo.data.tasks import resolve_data_dir
 from decpo.models import ModelError, load_model, load_tokenizer

@@ -81,7 +81,7 @@ def test_resuming_under_a_changed_config_is_refused_naming_the_keys(tmp_path, ca
 
 
 def test_resume_check_matches_a_resolved_auto_weight_and_ignores_the_experiment(tmp_path):
-    from decpo.config.run_config import ConfigError, load_config, save_config
+    from decpo.config import ConfigError, load_config, save_config
     from decpo.training.run import check_resume_config
 
     cfg = load_config(SMOKE, ["train.reg_weight=auto"])
@@ -166,7 +166,7 @@ def test_prompts_longer_than_max_length_are_counted_or_refused(tmp_path, capsys,
 def test_without_config_the_commands_use_the_shipped_demo_preset():
     """`decpo run` / `train` / `sweep` without --config run the README's preset, not the dataclass defaults."""
     from decpo.cli import DEFAULT_PRESET, config_path
-    from decpo.config.run_config import load_config
+    from decpo.config import load_config
 
     from conftest import REPO
 

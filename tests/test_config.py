@@ -8,12 +8,10 @@ import dataclasses
 import pytest
 from trl import ModelConfig as TrlModelConfig
 
-from decpo.config.run_config import (
+from decpo.config import (
     DECPO_DEFAULTS,
     FIELDS,
     RENAMED,
-    SIMPO_ONLY,
-    TRAIN_NOT_KEYS,
     ConfigError,
     RunConfig,
     describe_keys,
@@ -22,6 +20,7 @@ from decpo.config.run_config import (
     save_config,
 )
 from decpo.config.trainer_args import DecPOConfig, SimPOConfig
+from decpo.config.trl_sections import SIMPO_ONLY, TRAIN_NOT_KEYS
 from decpo.training.run import trainer_args
 
 from conftest import REPO

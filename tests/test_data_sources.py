@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from decpo.data import DataError, load_pairs
-from decpo.data import pairs as pairs_module
-from decpo.data.pairs import is_hub_dataset_id
+from decpo.data import readers as readers_module
+from decpo.data.readers import is_hub_dataset_id
 
 datasets = pytest.importorskip("datasets")
 
@@ -223,9 +223,9 @@ def test_a_hub_id_with_the_hub_unreachable_fails_before_datasets_is_asked(monkey
     def load_dataset(*args, **kwargs):
         raise AssertionError("datasets.load_dataset was called")
 
-    monkeypatch.setattr(pairs_module, "hub_offline_mode", lambda: False)
-    monkeypatch.setattr(pairs_module, "hub_endpoint", lambda: "https://hub.example")
-    monkeypatch.setattr(pairs_module, "hub_unreachable", lambda endpoint: f"cannot connect to {endpoint}")
+    monkeypatch.setattr(readers_module, "hub_offline_mode", lambda: False)
+    monkeypatch.setattr(readers_module, "hub_endpoint", lambda: "https://hub.example")
+    monkeypatch.setattr(readers_module, "hub_unreachable", lambda endpoint: f"cannot connect to {endpoint}")
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     with pytest.raises(DataError) as e:
         load_pairs("decpo-tests/no-such-dataset")
@@ -244,8 +244,8 @@ def test_a_hub_dataset_is_validated_as_a_file_is(monkeypatch, no_network):
         asked.append((repo_id, split))
         return datasets.Dataset.from_list(rows[split])
 
-    monkeypatch.setattr(pairs_module, "hub_offline_mode", lambda: False)
-    monkeypatch.setattr(pairs_module, "hub_unreachable", lambda endpoint: None)
+    monkeypatch.setattr(readers_module, "hub_offline_mode", lambda: False)
+    monkeypatch.setattr(readers_module, "hub_unreachable", lambda endpoint: None)
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     with pytest.raises(DataError) as e:
         load_pairs("org/prefs")

@@ -253,7 +253,7 @@ def test_run_dir_uses_final_adapter_and_its_base_as_reference(tmp_path):
 def _full_fine_tune_run(run_dir: Path, seed: int, perturb: bool) -> None:
     """A full fine-tune's run folder: ``final/`` with full weights (the base built with ``seed``, moved when
     ``perturb``) beside the run's ``config.yaml``."""
-    from decpo.config.run_config import load_config, save_config
+    from decpo.config import load_config, save_config
 
     model = load_model(TINY, seed=seed)
     if perturb:
@@ -384,7 +384,7 @@ def test_a_run_trained_in_the_chat_template_is_evaluated_in_it(tmp_path, chat_ti
 
 def test_the_experiments_evaluation_follows_the_training_layout(tmp_path, monkeypatch):
     import decpo.evaluation.runner as runner
-    from decpo.config.run_config import load_config
+    from decpo.config import load_config
     from decpo.experiment.recipes import _eval_stage
 
     seen = []

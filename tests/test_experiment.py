@@ -13,7 +13,7 @@ import yaml
 from scipy import stats
 
 from decpo.cli import main
-from decpo.config.run_config import load_config
+from decpo.config import load_config
 from decpo.experiment.recipes import parse_layers, parse_values, strength_label, strength_overrides
 from decpo.reports.report import read_samples
 from decpo.reports.stats import paired_bootstrap

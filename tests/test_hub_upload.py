@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from decpo.cli import main
-from decpo.config.run_config import ConfigError, load_config
+from decpo.config import ConfigError, load_config
 from decpo.training import run as run_mod
 
 from conftest import REPO

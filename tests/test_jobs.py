@@ -17,7 +17,7 @@ import pytest
 
 import decpo
 from decpo.cli import main
-from decpo.config.run_config import ConfigError, load_config
+from decpo.config import ConfigError, load_config
 from decpo.experiment.executors.dispatch import (
     DONE_FILE,
     Resources,

@@ -234,7 +234,7 @@ def _quantized_tiny(*args, **kwargs):
 
 
 def test_build_trainer_trains_a_quantized_model_through_lora_only(tmp_path, monkeypatch):
-    from decpo.config.run_config import ConfigError, load_config
+    from decpo.config import ConfigError, load_config
     from decpo.training.run import build_trainer
 
     smoke = str(REPO / "configs" / "smoke.yaml")
@@ -349,6 +349,6 @@ def test_decpo_train_checks_the_model_options_before_any_data_or_model(tmp_path,
     assert main(["train", "--config", smoke, "--output-dir", str(run), "model.attn_implementation=fast"]) == 2
     assert "fast" in capsys.readouterr().err and not run.exists()
     with pytest.raises(Exception, match="trains through LoRA only: set model.use_peft=true"):
-        from decpo.config.run_config import load_config
+        from decpo.config import load_config
 
         load_config(smoke, ["model.load_in_4bit=true", "model.use_peft=false"])

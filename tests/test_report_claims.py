@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from decpo.config.run_config import load_config
+from decpo.config import load_config
 from decpo.experiment.recipes import StageLog
 from decpo.io import atomic_write_json
 from decpo.probes.runner import rows_to_csv

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from decpo.cli import main
-from decpo.config.run_config import load_config
+from decpo.config import load_config
 from decpo.data import DataError
 from decpo.data.prompts import check_disjoint, load_prompts, prompt_split, read_prompt_file
 from decpo.models import load_model, load_tokenizer

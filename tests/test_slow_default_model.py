@@ -71,7 +71,7 @@ def test_default_preset_learns_the_task_without_the_shortcut(tmp_path):
     The thresholds of the task being learned: the fact, not "contradict the user" (the control: right when
     the user is right and when the user is wrong), in both option orders, and on unseen frames/phrasings.
     """
-    from decpo.config.run_config import load_config
+    from decpo.config import load_config
     from decpo.evaluation.config import EvalConfig
     from decpo.evaluation.runner import evaluate
     from decpo.training.run import train

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from decpo.cli import main
-from decpo.config.run_config import ConfigError, load_config
+from decpo.config import ConfigError, load_config
 from decpo.training.run import config_changes
 
 from conftest import REPO

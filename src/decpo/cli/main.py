@@ -31,7 +31,7 @@ def _relaunch(args: argparse.Namespace, argv: list[str]) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     import os
 
-    from decpo.config.run_config import load_config
+    from decpo.config import load_config
     from decpo.io import remove_failed_start, removed_if_start_fails
     from decpo.training.run import check_launched_world, train
 
@@ -65,7 +65,7 @@ def config_path(path: str | None) -> Path:
 
 
 def _experiment_config(args: argparse.Namespace):
-    from decpo.config.run_config import load_config
+    from decpo.config import load_config
 
     overrides = list(args.overrides)
     if getattr(args, "seeds", None):
@@ -89,7 +89,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from decpo.config.run_config import ConfigError
+    from decpo.config import ConfigError
     from decpo.experiment.recipes import parse_layers, parse_values, sweep_layers, sweep_strength
 
     cfg = _experiment_config(args)
@@ -109,7 +109,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_keys(args: argparse.Namespace) -> int:
-    from decpo.config.run_config import describe_keys, load_config
+    from decpo.config import describe_keys, load_config
 
     print(describe_keys(load_config(args.config) if args.config else None))
     return 0

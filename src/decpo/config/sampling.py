@@ -26,7 +26,7 @@ def default_prefer(scorer: str) -> str:
 @dataclass(frozen=True)
 class SamplingSettings:
     """Everything a pair file depends on besides the model and the prompts (the config's ``pairs`` section
-    is these fields plus where the prompts come from: `decpo.config.run_config.PairsSettings`)."""
+    is these fields plus where the prompts come from: `decpo.config.sections.PairsSettings`)."""
 
     num_samples: int = field(default=4, metadata=described("Sampled continuations per prompt."))
     include_greedy: bool = field(

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from decpo.config.run_config import RunConfig
 from decpo.records import is_auto
-
-if TYPE_CHECKING:
-    from decpo.config.run_config import RunConfig
 
 
 def strength_overrides(cfg: RunConfig, value: float) -> dict[str, Any]:

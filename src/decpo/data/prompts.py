@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from decpo.data.errors import DataError
+from decpo.data.tasks import load_rtp_prompts, load_task
 
 PROMPT_TASKS = ("toxicity", "reframing")
 PROMPT_SPLITS = ("train", "eval", "all")
@@ -93,8 +94,6 @@ def load_prompts(
     if limit is not None and limit < 1:
         raise DataError(f"prompt limit must be >= 1, got {limit}")
     if source == "reframing":
-        from decpo.data.tasks import load_task
-
         splits = ("train", "eval") if split == "all" else (split,)
         seen: dict[str, None] = {}
         for s in splits:
@@ -103,8 +102,6 @@ def load_prompts(
         records = [{"prompt": p, "where": "reframing situations"} for p in seen]
     else:
         if source == "toxicity":
-            from decpo.data.tasks import load_rtp_prompts
-
             records = load_rtp_prompts(data_dir)
         elif Path(source).suffix or Path(source).exists():
             records = read_prompt_file(source)

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from decpo.data.errors import DataError
-from decpo.data.pairs import RawItem, collect_pairs, read_raw, split_train_eval
+from decpo.data.pairs import collect_pairs, split_train_eval
+from decpo.data.readers import RawItem, read_raw
 from decpo.data.synthetic import make_synthetic
 
 logger = logging.getLogger(__name__)

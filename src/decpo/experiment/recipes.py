@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import decpo
-from decpo.config.run_config import RunConfig, save_config
+from decpo.config import RunConfig, save_config
 from decpo.config.sweeps import parse_values, strength_label, strength_overrides
 from decpo.io import atomic_write_json, atomic_write_text, check_writable
 from decpo.io import stable_hash as config_key
@@ -174,7 +174,7 @@ def _real_data_available(cfg: RunConfig) -> bool:
 
 def eval_tasks(cfg: RunConfig) -> list[str]:
     """``experiment.eval_tasks``, or the training task plus sycophancy when real data is found."""
-    from decpo.config.run_config import ConfigError
+    from decpo.config import ConfigError
     from decpo.evaluation.registry import EvalError, get_task, task_names
 
     if cfg.experiment.eval_tasks:
@@ -398,7 +398,7 @@ def _probe_stage(cfg: RunConfig, models: dict[str, str], out: Path) -> Callable[
 
 def check_single_process(what: str = "decpo run") -> None:
     """Refuse to drive an experiment from several processes (see the module docstring for why)."""
-    from decpo.config.run_config import ConfigError
+    from decpo.config import ConfigError
     from decpo.training.run import _world_size
 
     if _world_size() > 1:

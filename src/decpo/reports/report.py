@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from decpo.config.run_config import RunConfig
+from decpo.config import RunConfig
 from decpo.io import atomic_write_text
 from decpo.names import BASE, MLP_UP_PROJ
 from decpo.reports import probes as P

@@ -24,7 +24,7 @@ import torch
 import yaml
 from datasets import Dataset
 
-from decpo.config.run_config import ConfigError, RunConfig, save_config
+from decpo.config import ConfigError, RunConfig, save_config
 from decpo.env import environment
 from decpo.io import atomic_write_json, check_writable
 
@@ -177,8 +177,8 @@ def trainer_args(cfg: RunConfig, output_dir: Path):
     the method's ``reg_type``; TRL's and transformers' own checks run here (a `ConfigError` naming them)."""
     import dataclasses
 
-    from decpo.config.run_config import SIMPO_ONLY
     from decpo.config.trainer_args import DecPOConfig, SimPOConfig
+    from decpo.config.trl_sections import SIMPO_ONLY
 
     values = dataclasses.asdict(cfg.train)
     o = cfg.objective

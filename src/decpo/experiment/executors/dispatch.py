@@ -36,7 +36,7 @@ from decpo.errors import DecPOError
 from decpo.io import atomic_write_json
 
 if TYPE_CHECKING:  # not imported in the jobs: a job imports this module, and decpo.config.run_config imports torch
-    from decpo.config.run_config import ExperimentSettings
+    from decpo.config.experiment_settings import ExperimentSettings
     from decpo.experiment.recipes import Plan, Step
 
 logger = logging.getLogger(__name__)
@@ -403,7 +403,7 @@ class RayEngine:
     poll_s = 0.5
 
     def __init__(self, exp: ExperimentSettings, num_processes: int = 1):
-        from decpo.config.run_config import ConfigError
+        from decpo.config import ConfigError
 
         try:
             import ray
@@ -473,7 +473,7 @@ class RayEngine:
 
 def make_engine(exp: ExperimentSettings, num_processes: int = 1) -> Engine | None:
     """The engine of ``experiment.executor``; None for ``sequential`` (in this process, one at a time)."""
-    from decpo.config.run_config import ConfigError
+    from decpo.config import ConfigError
 
     if exp.executor == "sequential":
         return None
@@ -487,7 +487,7 @@ def make_engine(exp: ExperimentSettings, num_processes: int = 1) -> Engine | Non
 
 def dispatch(plan: Plan, engine: Engine, output_dir: Path) -> None:
     """Run the stages of ``plan`` not done yet as jobs of ``engine``; raises `StagesFailed` at the end."""
-    from decpo.config.run_config import ConfigError
+    from decpo.config import ConfigError
 
     log = plan.log
     steps = {s.name: s for s in plan.steps}
