@@ -20,7 +20,7 @@ DEFAULT_PRESET = Path(__file__).parent.parent / "presets" / "default.yaml"
 
 def _relaunch(args: argparse.Namespace, argv: list[str]) -> int:
     """``decpo train --num-processes N``: run the same command as N data-parallel processes."""
-    from decpo.training.run import launch
+    from decpo.training.run import launch  # lazy: pulls in the trainer (torch, trl)
 
     rest = []
     skip = False
