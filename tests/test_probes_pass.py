@@ -10,11 +10,11 @@ import math
 import pytest
 import torch
 
+from decpo.cli.probe import add_parser
 from decpo.functional import select_tokens
 from decpo.models import TINY_NAME, capture_activations, load_model, load_tokenizer, site_module
 from decpo.probes.activation import CSV_COLUMNS, probe_pass
 from decpo.probes.callback import ProbeCallback
-from decpo.probes.runner import add_parser
 from decpo.probes.stats import ACTIVATION_PROBES, activation_probes
 from decpo.probes.vocab import vocab_view
 

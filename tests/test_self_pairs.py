@@ -8,10 +8,11 @@ import pytest
 
 from decpo.cli import main
 from decpo.config import load_config
+from decpo.config.sampling import SamplingSettings
 from decpo.data import DataError
 from decpo.data.prompts import check_disjoint, load_prompts, prompt_split, read_prompt_file
 from decpo.models import load_model, load_tokenizer
-from decpo.pairs.sampling import SamplingSettings, build_pairs, select_pair, side_files
+from decpo.pairs.sampling import build_pairs, select_pair, side_files
 from decpo.scoring.fluency import is_empty, is_valid, repetition_loop
 
 TINY = "tiny-random-llama"

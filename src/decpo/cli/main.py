@@ -6,6 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from decpo.cli import eval as eval_command
+from decpo.cli import pairs as pairs_command
+from decpo.cli import probe as probe_command
+from decpo.config import ConfigError, describe_keys, load_config
+from decpo.errors import DecPOError
+from decpo.io import removed_if_start_fails
 from decpo.log import setup_logging
 
 # the embedded demo's preset (configs/default.yaml in the repository links to it)
@@ -14,7 +20,7 @@ DEFAULT_PRESET = Path(__file__).parent.parent / "presets" / "default.yaml"
 
 def _relaunch(args: argparse.Namespace, argv: list[str]) -> int:
     """``decpo train --num-processes N``: run the same command as N data-parallel processes."""
-    from decpo.training.run import launch
+    from decpo.training.run import launch  # lazy: pulls in the trainer (torch, trl)
 
     rest = []
     skip = False
@@ -65,8 +71,6 @@ def config_path(path: str | None) -> Path:
 
 
 def _experiment_config(args: argparse.Namespace):
-    from decpo.config import load_config
-
     overrides = list(args.overrides)
     if getattr(args, "seeds", None):
         overrides.append(f"experiment.seeds=[{args.seeds}]")
@@ -76,8 +80,7 @@ def _experiment_config(args: argparse.Namespace):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from decpo.experiment.recipes import run_experiment
-    from decpo.io import removed_if_start_fails
+    from decpo.experiment.recipes import run_experiment  # lazy: pulls in the trainer (torch, trl)
 
     cfg = _experiment_config(args)
     with removed_if_start_fails(args.output_dir):
@@ -89,7 +92,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from decpo.config import ConfigError
+    # lazy: pulls in the trainer (torch, trl)
     from decpo.experiment.recipes import parse_layers, parse_values, sweep_layers, sweep_strength
 
     cfg = _experiment_config(args)
@@ -109,8 +112,6 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_keys(args: argparse.Namespace) -> int:
-    from decpo.config import describe_keys, load_config
-
     print(describe_keys(load_config(args.config) if args.config else None))
     return 0
 
@@ -125,13 +126,7 @@ def _add_stage_processes(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="decpo", description="Preference alignment with feature decorrelation (DecPO)."
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_train(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train DPO / DecPO / L1-Reg / SFT",
@@ -157,10 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides section.key=value")
     p.set_defaults(func=_cmd_train)
 
-    from decpo.probes.runner import add_parser as add_probe_parser
 
-    add_probe_parser(sub)
-
+def _add_run(sub) -> None:
     p = sub.add_parser(
         "run",
         help="the paper's experiment: train DPO and DecPO, probe, evaluate, report",
@@ -177,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides section.key=value")
     p.set_defaults(func=_cmd_run)
 
+
+def _add_sweep(sub) -> None:
     p = sub.add_parser(
         "sweep",
         help="DecPO once per regularized layer (--layers) or per regularizer strength (--reg-weights)",
@@ -199,14 +194,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides section.key=value")
     p.set_defaults(func=_cmd_sweep)
 
-    from decpo.cli.eval import add_parser as add_eval_parser
 
-    add_eval_parser(sub)
-
-    from decpo.cli.pairs import add_parser as add_pairs_parser
-
-    add_pairs_parser(sub)
-
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="decpo", description="Preference alignment with feature decorrelation (DecPO)."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    probe_command.add_parser(sub)
+    _add_run(sub)
+    _add_sweep(sub)
+    eval_command.add_parser(sub)
+    pairs_command.add_parser(sub)
     p = sub.add_parser(
         "config-keys", help="list every config key with its default (or a preset's value) and help"
     )
@@ -219,8 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.raw_argv = list(argv) if argv is not None else sys.argv[1:]
     setup_logging(args.verbose)
-    from decpo.errors import DecPOError
-    from decpo.experiment.executors.dispatch import StagesFailed
+    from decpo.experiment.executors.dispatch import StagesFailed  # lazy: decpo.experiment pulls in torch, trl
 
     try:
         return args.func(args)

@@ -1,10 +1,19 @@
-"""The ``decpo pairs`` subcommand: preference pairs from a model's own samples, ranked by a scorer."""
+"""The ``decpo pairs`` subcommand: preference pairs from a model's own samples, ranked by a scorer; the
+sampling flags are generated from `SamplingSettings`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+
+from decpo.cli.flags import add_dataclass_flags, dataclass_values
+from decpo.config.sampling import PREFER, SamplingSettings, scorer_spec
+from decpo.data.prompts import PROMPT_TASKS, load_prompts
+from decpo.io import check_writable
+from decpo.models import load_model, load_tokenizer
+from decpo.pairs.sampling import build_pairs, side_files
+from decpo.scoring.classifiers import ScorerError, make_scorer
 
 
 def add_parser(subparsers) -> None:
@@ -32,22 +41,13 @@ def add_parser(subparsers) -> None:
         help="prompts used (default: train for a task, so that its eval split stays for evaluation; all for a file)",
     )
     p.add_argument("--limit", type=int, default=None, help="only the first N prompts")
-    p.add_argument("--num-samples", type=int, default=4, help="sampled continuations per prompt (default 4)")
-    p.add_argument("--greedy", action="store_true", help="add the greedy continuation as one more sample")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (the same seed gives the same file)")
-    p.add_argument("--batch-size", type=int, default=32, help="prompts per generation batch")
-    p.add_argument(
-        "--scorer",
-        default="toxicity",
-        help="toxicity (offline profanity-check), sentiment (VADER), hf:<id|dir>, detoxify:<ckpt>, perspective",
+    settings = add_dataclass_flags(
+        p,
+        SamplingSettings,
+        exclude=("max_prompt_tokens",),  # a run config's setting (pairs.max_prompt_tokens), no flag
+        flags={"include_greedy": "greedy"},
+        choices={"prefer": (*PREFER, "auto")},
     )
-    p.add_argument(
-        "--prefer", default="auto", choices=("low", "high", "auto"), help="better score (auto: by scorer)"
-    )
-    p.add_argument("--min-gap", type=float, default=0.1, help="skip prompts whose best-worst gap is <= this")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument(
         "--data-dir", default=None, help="data folder for task prompts (default: env DECPO_DATA_DIR)"
@@ -56,29 +56,12 @@ def add_parser(subparsers) -> None:
         "--output", required=True, help="pairs JSONL to write (its .samples.jsonl and .summary.json beside)"
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(func=run_pairs)
+    p.set_defaults(func=run_pairs, settings_fields=settings)
 
 
 def run_pairs(args: argparse.Namespace) -> int:
-    from decpo.data.prompts import PROMPT_TASKS, load_prompts
-    from decpo.io import check_writable
-    from decpo.models import load_model, load_tokenizer
-    from decpo.pairs.sampling import SamplingSettings, build_pairs, scorer_spec, side_files
-    from decpo.scoring.classifiers import ScorerError, make_scorer
-
     split = args.split or ("train" if args.prompts in PROMPT_TASKS else "all")
-    settings = SamplingSettings(
-        num_samples=args.num_samples,
-        include_greedy=args.greedy,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        scorer=args.scorer,
-        prefer=args.prefer,
-        min_gap=args.min_gap,
-    )
+    settings = SamplingSettings(**dataclass_values(args, args.settings_fields))
     prompts = [
         r["prompt"] for r in load_prompts(args.prompts, split=split, data_dir=args.data_dir, limit=args.limit)
     ]

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from decpo.config.fields import described
 from decpo.evaluation.registry import EvalError, get_task
+from decpo.scoring.classifiers import DEFAULT_TOXICITY_SCORER
 
 
 @dataclass
@@ -21,7 +22,10 @@ class EvalConfig:
     )
     model: str = field(
         default="default",
-        metadata=described("Model spec (see decpo.models.load_model) or a run dir holding final/."),
+        metadata=described(
+            "'default', a Hub id, a folder, a .gguf file (see decpo.models.load_model) or a training run dir "
+            "(its final/)."
+        ),
     )
     reference: str | None = field(
         default=None,
@@ -47,8 +51,11 @@ class EvalConfig:
         metadata=described("YES/NO judge of the outputs: local:<spec> or openai:<model>; None: none."),
     )
     scorer: str = field(
-        default="profanity-check",
-        metadata=described("Toxicity scorer spec (see decpo.scoring.classifiers)."),
+        default=DEFAULT_TOXICITY_SCORER,
+        metadata=described(
+            "Toxicity scorer: profanity-check, hf:<id|dir>, detoxify:<ckpt> or perspective "
+            "(see decpo.scoring.classifiers)."
+        ),
     )
     beta: float = field(default=0.1, metadata=described("DPO beta of the implicit reward."))
     n_boot: int = field(default=1000, metadata=described("Bootstrap resamples of each 95% CI."))
@@ -78,12 +85,15 @@ class EvalConfig:
     )
     prompts_path: str | None = field(
         default=None,
-        metadata=described("Toxicity: prompts file used whole; None: the eval split of the challenging prompts."),
+        metadata=described(
+            "Toxicity: a RealToxicityPrompts-format (or {prompt: ...}) JSONL, used whole; None: the eval split "
+            "of the data directory's challenging prompts."
+        ),
     )
     pairs_path: str | None = field(
         default=None,
         metadata=described(
-            "Toxicity: held-out pairs of the pairs/ measures; None: the hh-rlhf harmless test pairs."
+            "Toxicity: held-out pairs (TRL JSONL) of the pairs/ measures; None: the hh-rlhf harmless test pairs."
         ),
     )
     progress: bool = field(default=True, metadata=described("Show progress bars."))

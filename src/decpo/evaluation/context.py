@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
+from decpo.data import chat_messages
 from decpo.evaluation import metrics as M
+from decpo.evaluation.config import EvalConfig
 from decpo.evaluation.registry import EvalError
 from decpo.inference.generation import generate
-
-if TYPE_CHECKING:
-    from decpo.evaluation.config import EvalConfig
+from decpo.models import load_model, load_tokenizer
 
 
 def resolve_model_spec(spec: str) -> str:
@@ -74,8 +74,6 @@ class EvalContext:
     """The loaded policy, its tokenizer and a lazily loaded reference for one run: what a task gets."""
 
     def __init__(self, cfg: EvalConfig) -> None:
-        from decpo.models import load_model, load_tokenizer
-
         self.cfg = cfg
         self.model_spec = resolve_model_spec(cfg.model)
         self.run = training_config(self.model_spec)  # None unless the model is a training run's output
@@ -110,8 +108,6 @@ class EvalContext:
         return same_model(self.reference_spec, self.model_spec)
 
     def reference(self):
-        from decpo.models import load_model
-
         if self._reference is None:
             self._reference = load_model(
                 self.reference_spec, dtype=self.cfg.dtype, **self.reference_kwargs
@@ -123,8 +119,6 @@ class EvalContext:
 
     def generate(self, prompts: list[str], desc: str) -> list[str]:
         """Greedy outputs, the prompts in the chat template when ``self.chat_template`` (as log-prob measures)."""
-        from decpo.data import chat_messages
-
         if self.chat_template:
             prompts = [
                 self.tokenizer.apply_chat_template(

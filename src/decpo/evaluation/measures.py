@@ -14,9 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from decpo.data import swap_options
 from decpo.evaluation import metrics as M
 from decpo.evaluation.context import EvalContext
 from decpo.inference.logprobs import ab_completions, ab_logps, pair_logps, preference_items
+from decpo.io import stable_hash
+from decpo.models.tiny import TINY_NAME
+from decpo.scoring.judge import ALIGNED_VERDICT, judge_questions
 
 # The measures that need a reference distinct from the policy, and why they are n/a without one.
 REFERENCE_MEASURES = ("preference_accuracy", "reward_margin", "chosen_reward", "rejected_reward")
@@ -34,8 +38,6 @@ def ab_measures(
     ctx: EvalContext, records: list[dict[str, Any]], prefix: str
 ) -> tuple[dict, list[dict], tuple]:
     """A/B accuracy in both option orders, the "(A)" rate and, where known, the user-correct control."""
-    from decpo.data import swap_options
-
     swapped = [swap_options(r) for r in records]
     both = records + swapped
     la, lb, la_eos, lb_eos = ab_logps(
@@ -121,9 +123,6 @@ _REFERENCE_SCORES: dict[str, tuple[list[float], list[float]]] = {}
 
 def _reference_key(ctx: EvalContext, records: list[dict[str, Any]], ab: bool) -> str:
     """What the reference's scores depend on: its weights (files, sizes, times), dtype, tokenizer, the items."""
-    from decpo.io import stable_hash
-    from decpo.models.tiny import TINY_NAME
-
     spec = Path(ctx.reference_spec)
     files = (
         sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in spec.iterdir() if f.is_file())
@@ -213,8 +212,6 @@ def preference_measures(
 def judge_measures(
     ctx: EvalContext, judge, task: str, prompts: list[str], outputs: list[str]
 ) -> tuple[dict, list]:
-    from decpo.scoring.judge import ALIGNED_VERDICT, judge_questions
-
     verdicts = judge.ask(judge_questions(task, prompts, outputs), progress=ctx.cfg.progress)
     aligned = [float(v == ALIGNED_VERDICT[task]) for v in verdicts]
     out = {

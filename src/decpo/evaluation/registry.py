@@ -23,16 +23,15 @@ import difflib
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from decpo.errors import DecPOError
 
-if TYPE_CHECKING:
-    from decpo.evaluation.config import EvalConfig
-    from decpo.evaluation.context import EvalContext
-
+# The registry is the bottom of the evaluation package: the config checks task names against it and the
+# tasks register into it, so it names neither `EvalConfig` nor `EvalContext` (the ``Any`` below).
 TaskOutput = tuple[dict[str, dict[str, Any]], list[dict[str, Any]], int]
-TaskFn = Callable[["EvalContext", Any], TaskOutput]
+TaskFn = Callable[[Any, Any], TaskOutput]  # (EvalContext, judge or None) -> (metrics, samples, n)
+DataCheck = Callable[[Any], None]  # EvalConfig -> None, raising on missing data
 
 BUILTIN_TASKS_MODULE = "decpo.evaluation.tasks"
 DEFAULT_MAX_NEW_TOKENS = 64  # the paper's generation length
@@ -50,7 +49,7 @@ class Task:
     run: TaskFn
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS  # when ``EvalConfig.max_new_tokens`` is None
     # fails on missing data before any model is loaded (a clear DataError naming the expected files)
-    check_data: Callable[[EvalConfig], None] | None = None
+    check_data: DataCheck | None = None
 
 
 TASKS: dict[str, Task] = {}  # name -> task, in the order of registration
@@ -77,7 +76,7 @@ def register_task(
     name: str,
     *,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    check_data: Callable[[EvalConfig], None] | None = None,
+    check_data: DataCheck | None = None,
     replace: bool = False,
 ) -> Callable[[TaskFn], TaskFn]:
     """Decorator: register ``fn(ctx, judge) -> (metrics, samples, n)`` as the evaluation task ``name``.

@@ -16,7 +16,8 @@ from decpo.env import environment
 from decpo.evaluation.config import EvalConfig
 from decpo.evaluation.context import EvalContext
 from decpo.evaluation.registry import get_task
-from decpo.io import atomic_write_json, atomic_write_text
+from decpo.io import atomic_write_json, atomic_write_text, check_writable
+from decpo.scoring.judge import make_judge
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +37,6 @@ def evaluate(cfg: EvalConfig, output_dir: str | Path) -> EvalResult:
     ``results.json`` holds only what the inputs determine (no time stamps), so the same config gives the
     same file; the wall time and versions go to ``run.json``.
     """
-    from decpo.io import check_writable
-
     output_dir = Path(output_dir)
     t0 = time.perf_counter()
     task = get_task(cfg.task)
@@ -45,11 +44,7 @@ def evaluate(cfg: EvalConfig, output_dir: str | Path) -> EvalResult:
         task.check_data(cfg)
     check_writable(output_dir)
     torch.manual_seed(cfg.seed)
-    judge = None
-    if cfg.judge:
-        from decpo.scoring.judge import make_judge
-
-        judge = make_judge(cfg.judge)
+    judge = make_judge(cfg.judge) if cfg.judge else None
     ctx = EvalContext(cfg)
     logger.info(
         "evaluating %s on %s (reference %s)",

@@ -508,7 +508,7 @@ def check_pair_split(cfg: RunConfig, tasks: list[str]) -> dict[str, Any]:
     from decpo.data.prompts import check_disjoint
     from decpo.evaluation.config import EvalConfig
     from decpo.evaluation.tasks.toxicity import toxicity_prompts
-    from decpo.pairs.sampling import config_prompts
+    from decpo.pairs.cache import config_prompts
 
     train = config_prompts(cfg)
     info: dict[str, Any] = {
@@ -532,7 +532,8 @@ def check_pair_split(cfg: RunConfig, tasks: list[str]) -> dict[str, Any]:
 
 def _pairs_stage(cfg: RunConfig, out: Path, split: dict[str, Any]) -> Callable[[], None]:
     def stage() -> None:
-        from decpo.pairs.sampling import ensure_pairs, side_files
+        from decpo.pairs.cache import ensure_pairs
+        from decpo.pairs.sampling import side_files
 
         path = ensure_pairs(cfg)
         out.mkdir(parents=True, exist_ok=True)
@@ -550,7 +551,7 @@ def _add_pairs(plan: Plan, cfg: RunConfig, tasks: list[str], out: Path) -> list[
     Returns what every other stage comes after: ``["pairs"]``, or ``[]`` without pairs."""
     if not cfg.pairs.source:
         return []
-    from decpo.pairs.sampling import pairs_key
+    from decpo.pairs.cache import pairs_key
 
     split = check_pair_split(cfg, tasks)
     plan.add(

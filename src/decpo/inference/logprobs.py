@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from decpo.data import chat_messages
 from decpo.inference.generation import batches, model_device
 
 AB_OPTIONS = (" (A)", " (B)")
@@ -96,8 +97,6 @@ def encode_chat_completions(
     tokens are those after the assistant's turn rendered open (``continue_final_message``): the answer alone
     is the completion without them. ``max_length`` truncates as `encode_completions` does.
     """
-    from decpo.data import chat_messages
-
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("chat_template: the tokenizer has no chat template")
     prompt_ids = _chat_ids(tokenizer, chat_messages(prompt), add_generation_prompt=True)

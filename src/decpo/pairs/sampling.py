@@ -32,8 +32,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from decpo.config.sampling import PREFER, SCORER_ALIASES, SamplingSettings, default_prefer, scorer_spec  # noqa: F401
+import numpy as np
+from tqdm.auto import tqdm
+
+from decpo import __version__
+from decpo.config.sampling import PREFER, SamplingSettings
 from decpo.data.errors import DataError
+from decpo.io import atomic_write_json, atomic_write_text, stable_hash
+from decpo.scoring.fluency import is_valid
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +75,6 @@ def select_pair(
 
 def distribution(values: Sequence[float]) -> dict[str, float | int]:
     """n, mean and quantiles (0, 10, 25, 50, 75, 90, 100 %) of ``values``."""
-    import numpy as np
-
     if not values:
         return {"n": 0}
     a = np.asarray(values, dtype=float)
@@ -86,9 +90,8 @@ def side_files(output: Path) -> tuple[Path, Path]:
     return output.with_name(f"{stem}.samples.jsonl"), output.with_name(f"{stem}.summary.json")
 
 
-def _prompts_digest(prompts: Sequence[str]) -> str:
-    from decpo.io import stable_hash
-
+def prompts_digest(prompts: Sequence[str]) -> str:
+    """The content hash of a prompt list (a pair log's header, a run's pair-file key)."""
     return stable_hash(list(prompts))
 
 
@@ -145,9 +148,9 @@ def _sample_batch(
     model, tokenizer, prompts: list[str], s: SamplingSettings, batch_seed: int
 ) -> list[list[tuple[str, bool]]]:
     """Per prompt: ``[(text, greedy?)]``, the greedy one first when asked for."""
-    import torch
+    import torch  # lazy: loads slowly; the rest of this module (and pairs.cache, for stage keys) is light
 
-    from decpo.inference.generation import generate
+    from decpo.inference.generation import generate  # lazy: pulls in torch
 
     kw = {
         "max_new_tokens": s.max_new_tokens,
@@ -189,11 +192,7 @@ def build_pairs(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Sample, score and pair every prompt (see the module docstring); returns the summary."""
-    from tqdm.auto import tqdm
-
-    from decpo.inference.generation import batches
-    from decpo.io import atomic_write_text
-    from decpo.scoring.fluency import is_valid
+    from decpo.inference.generation import batches  # lazy: pulls in torch
 
     output = Path(output)
     if not prompts:
@@ -207,7 +206,7 @@ def build_pairs(
         "model": model_name,
         "source": source,
         "n_prompts": len(prompts),
-        "prompts_sha": _prompts_digest(prompts),
+        "prompts_sha": prompts_digest(prompts),
     }
     done = _read_log(log_path, header)
     if not done:
@@ -245,9 +244,6 @@ def build_pairs(
 
 def _finish(records: list[dict], header: dict, output: Path, summary_path: Path, *, wall_s: float) -> dict:
     """Pairs and summary from the complete log, both written atomically."""
-    from decpo import __version__
-    from decpo.io import atomic_write_json, atomic_write_text
-
     pairs, skipped = [], dict.fromkeys(SKIP_REASONS, 0)
     all_scores, chosen_s, rejected_s, gaps, valid = [], [], [], [], []
     for r in records:
@@ -304,111 +300,10 @@ def _finish(records: list[dict], header: dict, output: Path, summary_path: Path,
     return summary
 
 
-# --- from a run config (`decpo run` / `decpo train` with a `pairs` section) ---------------------------------
-
-
-def settings_from_config(cfg) -> SamplingSettings:
-    """The `SamplingSettings` of a `decpo.config.run_config.RunConfig`'s ``pairs`` section (its sampling fields)."""
-    p = cfg.pairs
-    return SamplingSettings(**{f.name: getattr(p, f.name) for f in dataclasses.fields(SamplingSettings)})
-
-
-def config_prompts(cfg) -> list[str]:
-    """The prompts a run config's ``pairs`` section samples from."""
-    from decpo.data.prompts import load_prompts
-
-    p = cfg.pairs
-    return [
-        r["prompt"] for r in load_prompts(p.source, split=p.split, data_dir=cfg.data.data_dir, limit=p.limit)
-    ]
-
-
-def sampler_model(cfg) -> dict[str, Any]:
-    """Which model samples: ``pairs.model``, else the run's own model (name, GGUF file, revision, dtype)."""
-    m = cfg.model
-    if cfg.pairs.model:
-        return {"name": cfg.pairs.model, "gguf_file": None, "revision": None, "dtype": m.dtype}
-    return {
-        "name": m.model_name_or_path,
-        "gguf_file": m.gguf_file,
-        "revision": m.model_revision,
-        "dtype": m.dtype,
-    }
-
-
-def pairs_key(cfg, prompts: Sequence[str] | None = None) -> str:
-    """Content key of a run's pair file: sampler model, settings, prompt texts, decpo version."""
-    from decpo import __version__
-    from decpo.io import stable_hash
-
-    prompts = config_prompts(cfg) if prompts is None else prompts
-    return stable_hash(
-        {
-            "model": sampler_model(cfg),
-            "settings": dataclasses.asdict(settings_from_config(cfg)),
-            "source": cfg.pairs.source,
-            "prompts": _prompts_digest(prompts),
-            "decpo": __version__,
-        }
-    )
-
-
-def cached_pairs_path(cfg, prompts: Sequence[str] | None = None) -> Path:
-    """``$DECPO_CACHE/pairs/<key>/pairs.jsonl``: one build per content key, shared by every run."""
-    from decpo.env import cache_dir
-
-    return cache_dir() / "pairs" / pairs_key(cfg, prompts) / "pairs.jsonl"
-
-
-def ensure_pairs(cfg, progress: bool = True) -> Path:
-    """The run's pair file: reused when a complete build with the same content key exists, else built
-    (resuming an interrupted build of the same key)."""
-    prompts = config_prompts(cfg)
-    path = cached_pairs_path(cfg, prompts)
-    _, summary = side_files(path)
-    if path.is_file() and summary.is_file():
-        logger.info("pairs: reusing %s", path)
-        return path
-    from decpo.models import load_model, load_tokenizer
-    from decpo.scoring.classifiers import make_scorer
-
-    settings = settings_from_config(cfg)
-    scorer = make_scorer(scorer_spec(settings.scorer))  # before the model: a missing scorer fails at once
-    m = sampler_model(cfg)
-    tokenizer = load_tokenizer(m["name"], m["gguf_file"], cfg.model.trust_remote_code, m["revision"])
-    model = load_model(
-        m["name"],
-        gguf_file=m["gguf_file"],
-        dtype=m["dtype"],
-        trust_remote_code=cfg.model.trust_remote_code,
-        revision=m["revision"],
-    )
-    build_pairs(
-        model,
-        tokenizer,
-        prompts,
-        scorer,
-        settings,
-        path,
-        model_name=m["name"],
-        source=str(cfg.pairs.source),
-        progress=progress,
-    )
-    return path
-
-
 __all__ = [
-    "PREFER",
-    "SamplingSettings",
     "build_pairs",
-    "cached_pairs_path",
-    "config_prompts",
-    "default_prefer",
-    "ensure_pairs",
-    "pairs_key",
     "distribution",
-    "scorer_spec",
+    "prompts_digest",
     "select_pair",
-    "settings_from_config",
     "side_files",
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -153,6 +154,69 @@ def _accepts(module: nn.Module, name: str) -> bool:
         return False
 
 
+def _check_inputs(tokenizer, texts: Sequence[str], sites: Sequence[str], extra_pairs) -> None:
+    """ValueError for no texts, a blank text, an unknown site or a tokenizer without a pad token."""
+    if not texts:
+        raise ValueError("no texts to probe")
+    empty = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+    if empty:
+        raise ValueError(f"{len(empty)} empty or non-string text(s), e.g. at index {empty[0]}")
+    for site in {*sites, *(site for site, _ in extra_pairs)}:
+        if site not in SITES:
+            raise ValueError(f"unknown activation site {site!r}; available: {SITES}")
+    if tokenizer.pad_token is None:
+        raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token = tokenizer.eos_token")
+
+
+def _measured_pairs(model: nn.Module, sites, layers, extra_pairs) -> list[tuple[str, int]]:
+    """Every requested ``(site, layer)``, then the extra pairs not among them (their layers resolved)."""
+    layer_list = parse_layers(layers, model)
+    pairs = [(site, layer) for site in sites for layer in layer_list]
+    extra = [(site, resolve_layers(model, [layer])[0]) for site, layer in extra_pairs]
+    return pairs + [pair for pair in extra if pair not in pairs]
+
+
+def _accumulate(
+    model: nn.Module,
+    tokenizer,
+    texts: Sequence[str],
+    pairs: list[tuple[str, int]],
+    *,
+    batch_size: int,
+    max_length: int,
+    bar,
+    stats_kwargs: dict,
+) -> dict[tuple[str, int], ActivationStats]:
+    """One forward per batch of ``texts``, each captured last-token row streamed into its statistics."""
+    inner = backbone(model)
+    # the backbone alone (no LM head: the probes need no logits), but a sharded model through its root
+    net = model if is_fsdp_sharded(model) else inner
+    device = next(model.parameters()).device
+    # the keyword arguments the transformers model takes (wrappers pass them on through **kwargs)
+    extra_kwargs = {k: v for k, v in (("use_cache", False),) if _accepts(inner, k)}
+    with_positions = _accepts(inner, "position_ids")
+    stats: dict[tuple[str, int], ActivationStats] = {}
+    batch: dict[str, torch.Tensor] = {}
+    with torch.no_grad(), capture_last_tokens(model, pairs, batch) as captures:
+        for start in range(0, len(texts), batch_size):
+            chunk = list(texts[start : start + batch_size])
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+            batch["attention_mask"] = enc["attention_mask"].to(device)
+            kwargs = {"input_ids": enc["input_ids"].to(device), "attention_mask": batch["attention_mask"]}
+            if with_positions:
+                kwargs["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+            for captured in captures.values():
+                captured.clear()
+            net(**kwargs, **extra_kwargs)
+            for site, captured in captures.items():
+                for layer, z in captured.items():  # z: (B, D)
+                    if (site, layer) not in stats:
+                        stats[(site, layer)] = ActivationStats(z.size(1), **stats_kwargs)
+                    stats[(site, layer)].update(z)
+            bar.update(len(chunk))
+    return stats
+
+
 def probe_pass(
     model: nn.Module,
     tokenizer,
@@ -180,31 +244,8 @@ def probe_pass(
         extra_pairs: more ``(site, layer)`` pairs to measure in the same forward (e.g. the vocabulary view's).
         stats_kwargs: passed to `ActivationStats` (``eps_zero``, ``gram_dim_limit``, ``max_gram_rows``, ...).
     """
-    import time
-
-    if not texts:
-        raise ValueError("no texts to probe")
-    empty = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
-    if empty:
-        raise ValueError(f"{len(empty)} empty or non-string text(s), e.g. at index {empty[0]}")
-    for site in {*sites, *(site for site, _ in extra_pairs)}:
-        if site not in SITES:
-            raise ValueError(f"unknown activation site {site!r}; available: {SITES}")
-    if tokenizer.pad_token is None:
-        raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token = tokenizer.eos_token")
-    layer_list = parse_layers(layers, model)
-    pairs = [(site, layer) for site in sites for layer in layer_list]
-    extra = [(site, resolve_layers(model, [layer])[0]) for site, layer in extra_pairs]
-    pairs += [pair for pair in extra if pair not in pairs]
-    inner = backbone(model)
-    # the backbone alone (no LM head: the probes need no logits), but a sharded model through its root
-    net = model if is_fsdp_sharded(model) else inner
-    device = next(model.parameters()).device
-    # the keyword arguments the transformers model takes (wrappers pass them on through **kwargs)
-    extra_kwargs = {k: v for k, v in (("use_cache", False),) if _accepts(inner, k)}
-    with_positions = _accepts(inner, "position_ids")
-    stats: dict[tuple[str, int], ActivationStats] = {}
-    batch: dict[str, torch.Tensor] = {}
+    _check_inputs(tokenizer, texts, sites, extra_pairs)
+    pairs = _measured_pairs(model, sites, layers, extra_pairs)
     was_training = model.training
     saved_sides = (tokenizer.padding_side, tokenizer.truncation_side)
     t0 = time.perf_counter()
@@ -212,25 +253,16 @@ def probe_pass(
         model.eval()
         tokenizer.padding_side, tokenizer.truncation_side = padding_side, "left"
         bar = tqdm(total=len(texts), desc=desc, unit="text", disable=not progress, leave=False)
-        with torch.no_grad(), capture_last_tokens(model, pairs, batch) as captures:
-            for start in range(0, len(texts), batch_size):
-                chunk = list(texts[start : start + batch_size])
-                enc = tokenizer(
-                    chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_length
-                )
-                batch["attention_mask"] = enc["attention_mask"].to(device)
-                kwargs = {"input_ids": enc["input_ids"].to(device), "attention_mask": batch["attention_mask"]}
-                if with_positions:
-                    kwargs["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-                for captured in captures.values():
-                    captured.clear()
-                net(**kwargs, **extra_kwargs)
-                for site, captured in captures.items():
-                    for layer, z in captured.items():  # z: (B, D)
-                        if (site, layer) not in stats:
-                            stats[(site, layer)] = ActivationStats(z.size(1), **stats_kwargs)
-                        stats[(site, layer)].update(z)
-                bar.update(len(chunk))
+        stats = _accumulate(
+            model,
+            tokenizer,
+            texts,
+            pairs,
+            batch_size=batch_size,
+            max_length=max_length,
+            bar=bar,
+            stats_kwargs=stats_kwargs,
+        )
         bar.close()
     finally:
         tokenizer.padding_side, tokenizer.truncation_side = saved_sides

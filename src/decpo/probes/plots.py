@@ -37,7 +37,7 @@ def plot_probes(rows: Sequence[dict], output_dir: str | Path) -> list[Path]:
 
     Rows need ``model, probe, site, depth, value``. Returns the written paths.
     """
-    import matplotlib
+    import matplotlib  # lazy: matplotlib loads slowly and only the plots need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -1,31 +1,91 @@
-"""``decpo probe``: probes of several models over the same texts -> probes.csv, PNGs, vocab.json.
+"""Probes of several models over the same texts -> probes.csv, PNGs, vocab.json (`decpo probe`).
 
-``probe_models`` does the work (no printing); ``add_parser`` registers the subcommand, whose function
-prints a short summary and returns the exit code.
+``probe_models`` does the work (no printing), as `ProbeOptions` say; the command line (`decpo.cli.probe`)
+generates its flags from `ProbeOptions` and prints a short summary.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
+import dataclasses
 import gc
 import io
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
+from decpo.config.fields import described
+from decpo.data import TASKS, DataError, load_pairs, load_task
 from decpo.io import atomic_write_json, atomic_write_text, check_writable
+from decpo.models import load_model, load_tokenizer
 from decpo.models.hooks import parse_layers
 from decpo.names import MLP_UP_PROJ
 from decpo.probes.activation import CSV_COLUMNS, probe_pass, relative_depth
+from decpo.probes.plots import plot_probes
 from decpo.probes.stats import ACTIVATION_PROBES
-from decpo.probes.weights import NoMLPBiasError, mlp_input_weights, neuron_scores, weight_change
+from decpo.probes.vocab import vocab_view
+from decpo.probes.weights import NoMLPBiasError, median, mlp_input_weights, neuron_scores, weight_change
 
 logger = logging.getLogger(__name__)
 
 WEIGHT_SITE = "mlp.in_weights"
+DTYPES = ("float32", "bfloat16", "float16")
+VOCAB_SITE = "mlp.hidden"  # the vocabulary view reads the MLP's hidden units (the paper's Table 1)
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    """How `probe_models` probes: where, which probes, in what batches, and what else it writes."""
+
+    sites: tuple[str, ...] = field(
+        default=(MLP_UP_PROJ,),
+        metadata=described(
+            "Comma-separated activation sites (mlp.up_proj, mlp.hidden, mlp.out, resid_post)."
+        ),
+    )
+    layers: str | tuple[int, ...] = field(
+        default="all",
+        metadata=described(
+            "'all', or comma-separated blocks and ranges, e.g. 3,-1 or 0-29:4 (negative from the end)."
+        ),
+    )
+    probes: tuple[str, ...] = field(
+        default=ACTIVATION_PROBES, metadata=described("Comma-separated activation probes.")
+    )
+    batch_size: int = field(default=16, metadata=described("Texts per forward pass."))
+    max_length: int = field(
+        default=256, metadata=described("Texts longer than this many tokens keep their end.")
+    )
+    vocab_layer: int | None = field(
+        default=None,
+        metadata=described(
+            "Write vocab.json: top MLP dims of this block projected through the unembedding (the paper's Table 1)."
+        ),
+    )
+    vocab_top_dims: int = field(default=10, metadata=described("Dims of the vocabulary view."))
+    vocab_top_tokens: int = field(default=10, metadata=described("Tokens per dim of the vocabulary view."))
+    eps_zero: float = field(default=1e-2, metadata=described("|z| below this counts as near zero."))
+    max_gram_rows: int = field(
+        default=512,
+        metadata=described(
+            "Texts behind the squared-cosine probes of wide layers (memory: 2 * width * this bytes per layer)."
+        ),
+    )
+    weights: bool = field(
+        default=True,
+        metadata=described("Add the weight-based proxy's rows (read from the MLP input weights)."),
+    )
+    dtype: str = field(
+        default="float32",
+        metadata={**described("Model dtype: float32, bfloat16 or float16."), "choices": DTYPES},
+    )
+    device: str | None = field(
+        default=None, metadata=described("cpu, cuda, ... (default: cuda when available).")
+    )
+    progress: bool = field(default=True, metadata=described("Show progress bars."))
 
 
 def parse_model_specs(specs: Sequence[str]) -> dict[str, str]:
@@ -69,8 +129,6 @@ def load_texts(
     ``with_answer``: pairs and tasks give ``prompt + chosen`` (the last token is then the answer's last token,
     where a ``tokens=last`` penalty reads) instead of the prompt alone (the paper's probe: its last token).
     """
-    from decpo.data import TASKS, DataError, load_pairs, load_task
-
     path = Path(source)
     if path.is_file() and path.suffix == ".txt":
         texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -110,73 +168,27 @@ def probe_models(
     models: dict[str, str],
     texts: Sequence[str],
     output_dir: str | Path,
-    *,
-    sites: Sequence[str] = (MLP_UP_PROJ,),
-    layers: str | Sequence[int] | None = None,
-    batch_size: int = 16,
-    max_length: int = 256,
-    probes: Sequence[str] = ACTIVATION_PROBES,
-    vocab_layer: int | None = None,
-    vocab_top_dims: int = 10,
-    vocab_top_tokens: int = 10,
-    weights: bool = True,
-    dtype: str = "float32",
-    device: str | None = None,
-    progress: bool = True,
-    **stats_kwargs,
+    options: ProbeOptions | None = None,
+    **overrides,
 ) -> ProbeReport:
-    """Probe each model (one loaded at a time); write probes.csv, a PNG per (probe, site), vocab.json."""
-    import torch
+    """Probe each model (one loaded at a time); write probes.csv, a PNG per (probe, site), vocab.json.
 
-    from decpo.models import load_model, load_tokenizer
-    from decpo.probes.plots import plot_probes
-    from decpo.probes.vocab import vocab_view
-
+    ``overrides``: `ProbeOptions` fields by keyword (``batch_size=4``), over ``options`` (default: the defaults).
+    """
+    opts = dataclasses.replace(options or ProbeOptions(), **overrides)
     output_dir = Path(output_dir)
     check_writable(output_dir)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
     report = ProbeReport()
     tokenizer = None
     reference_weights = None  # the first model's MLP input weights, for the weight-change proxy
     first_name = next(iter(models))
     for name, spec in models.items():
         logger.info("probing %s (%s) on %d texts", name, spec, len(texts))
-        model = load_model(spec, dtype=dtype, device=device)
-        try:
-            tokenizer = load_tokenizer(spec)
-        except (OSError, ValueError) as e:
-            if tokenizer is None:
-                raise
-            logger.warning("%s: no tokenizer of its own (%s); using the previous model's", name, e)
-        layer_list = parse_layers(layers, model)
-        extra = [("mlp.hidden", vocab_layer)] if vocab_layer is not None else []
-        result = probe_pass(
-            model,
-            tokenizer,
-            texts,
-            sites=sites,
-            layers=layer_list,
-            batch_size=batch_size,
-            max_length=max_length,
-            progress=progress,
-            desc=name,
-            extra_pairs=extra,
-            **stats_kwargs,
-        )
-        requested = [(site, layer) for site in sites for layer in layer_list]
-        report.rows += result.rows(name, probes, pairs=requested)
-        if vocab_layer is not None:
-            layer = parse_layers([vocab_layer], model)[0]
-            mean_hidden = result.stats[("mlp.hidden", layer)].mean_activation()
-            report.vocab[name] = {
-                "layer": layer,
-                "site": "mlp.hidden",
-                "n_texts": result.n_texts,
-                "dims": vocab_view(
-                    model, tokenizer, layer, mean_hidden, top_dims=vocab_top_dims, top_tokens=vocab_top_tokens
-                ),
-            }
-        if weights:
+        model = load_model(spec, dtype=opts.dtype, device=device)
+        tokenizer = _tokenizer(name, spec, tokenizer)
+        _activation_rows(name, model, tokenizer, texts, opts, report)
+        if opts.weights:
             rows, pairs = _weight_rows(name, model, report, first_name, reference_weights)
             report.rows += rows
             if name == first_name:
@@ -185,14 +197,67 @@ def probe_models(
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    _write(report, output_dir)
+    return report
 
+
+def _tokenizer(name: str, spec: str, previous):
+    """The model's own tokenizer, else (a model folder without one) the previous model's."""
+    try:
+        return load_tokenizer(spec)
+    except (OSError, ValueError) as e:
+        if previous is None:
+            raise
+        logger.warning("%s: no tokenizer of its own (%s); using the previous model's", name, e)
+        return previous
+
+
+def _activation_rows(name: str, model, tokenizer, texts: Sequence[str], opts: ProbeOptions, report) -> None:
+    """One probe pass of ``model``: its rows (and its vocabulary view) into ``report``."""
+    layer_list = parse_layers(opts.layers, model)
+    extra = [(VOCAB_SITE, opts.vocab_layer)] if opts.vocab_layer is not None else []
+    result = probe_pass(
+        model,
+        tokenizer,
+        texts,
+        sites=opts.sites,
+        layers=layer_list,
+        batch_size=opts.batch_size,
+        max_length=opts.max_length,
+        progress=opts.progress,
+        desc=name,
+        extra_pairs=extra,
+        eps_zero=opts.eps_zero,
+        max_gram_rows=opts.max_gram_rows,
+    )
+    requested = [(site, layer) for site in opts.sites for layer in layer_list]
+    report.rows += result.rows(name, opts.probes, pairs=requested)
+    if opts.vocab_layer is not None:
+        layer = parse_layers([opts.vocab_layer], model)[0]
+        mean_hidden = result.stats[(VOCAB_SITE, layer)].mean_activation()
+        report.vocab[name] = {
+            "layer": layer,
+            "site": VOCAB_SITE,
+            "n_texts": result.n_texts,
+            "dims": vocab_view(
+                model,
+                tokenizer,
+                layer,
+                mean_hidden,
+                top_dims=opts.vocab_top_dims,
+                top_tokens=opts.vocab_top_tokens,
+            ),
+        }
+
+
+def _write(report: ProbeReport, output_dir: Path) -> None:
+    """probes.csv, the plots and vocab.json (when any), each listed in ``report.files``."""
     atomic_write_text(output_dir / "probes.csv", rows_to_csv(report.rows))
     report.files.append(output_dir / "probes.csv")
     report.files += plot_probes(report.rows, output_dir)
     if report.vocab:
         atomic_write_json(output_dir / "vocab.json", report.vocab)
         report.files.append(output_dir / "vocab.json")
-    return report
 
 
 def _weight_rows(
@@ -202,8 +267,6 @@ def _weight_rows(
 
     A model without MLP bias gives no rows and one note in ``report`` (not an error).
     """
-    from decpo.probes.weights import median
-
     try:
         pairs = mlp_input_weights(model)
     except NoMLPBiasError as e:
@@ -244,113 +307,3 @@ def _weight_rows(
             for layer, c in enumerate(changes)
         ]
     return rows, pairs
-
-
-def _cmd_probe(args: argparse.Namespace) -> int:
-    models = parse_model_specs(args.model or ["default"])
-    texts = load_texts(args.texts, args.num_texts, args.data_dir)
-    sites = [s.strip() for s in args.sites.split(",") if s.strip()]
-    probes = [p.strip() for p in args.probes.split(",") if p.strip()]
-    unknown = [p for p in probes if p not in ACTIVATION_PROBES]
-    if unknown:
-        raise ValueError(f"unknown probe(s) {unknown}; available: {', '.join(ACTIVATION_PROBES)}")
-    report = probe_models(
-        models,
-        texts,
-        args.output_dir,
-        sites=sites,
-        layers=args.layers,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        probes=probes,
-        vocab_layer=args.vocab_layer,
-        vocab_top_dims=args.vocab_top_dims,
-        vocab_top_tokens=args.vocab_top_tokens,
-        weights=not args.no_weights,
-        dtype=args.dtype,
-        device=args.device,
-        eps_zero=args.eps_zero,
-        max_gram_rows=args.max_gram_rows,
-    )
-    for note in report.notes:
-        print(f"note: {note}")
-    for name in models:
-        values = [
-            r["value"]
-            for r in report.rows
-            if r["model"] == name
-            and r["probe"] == "decorrelation"
-            and r["site"] == sites[0]
-            and math.isfinite(r["value"])
-        ]
-        if values:
-            print(
-                f"{name}: decorrelation ({sites[0]}) mean over {len(values)} layers "
-                f"{sum(values) / len(values):.4f}"
-            )
-    print(f"{len(report.rows)} rows, {len(texts)} texts -> {report.files[0]}")
-    print(f"{len(report.files) - 1} other file(s) in {Path(args.output_dir)}")
-    return 0
-
-
-def add_parser(subparsers) -> None:
-    """Register ``decpo probe`` on an argparse subparsers object; its ``func`` returns an exit code."""
-    p = subparsers.add_parser(
-        "probe",
-        help="monosemanticity probes of one or more models, per layer",
-        description="Feature decorrelation, sparsity, monosemantic scale (activations) and the weight-based "
-        "proxy of several models over the same texts; writes probes.csv and one PNG per probe.",
-    )
-    p.add_argument(
-        "--model",
-        action="append",
-        metavar="NAME=SPEC",
-        help="a model to probe (repeatable): 'default', 'tiny-random-llama', a folder, a run's final/ "
-        "adapter, a .gguf file or a Hub id; the difference plot is the last minus the one named dpo "
-        "(else the first)",
-    )
-    p.add_argument(
-        "--texts",
-        default="synthetic",
-        help="a task name (its train prompts), a .txt file (one text a "
-        "line) or a preference-pairs file (its prompts)",
-    )
-    p.add_argument("--num-texts", type=int, default=1000, help="use the first N texts (the paper used 1000)")
-    p.add_argument("--output-dir", default="probes", help="folder for probes.csv, the PNGs and vocab.json")
-    p.add_argument(
-        "--sites",
-        default=MLP_UP_PROJ,
-        help="comma-separated activation sites (mlp.up_proj, mlp.hidden, mlp.out, resid_post)",
-    )
-    p.add_argument(
-        "--layers",
-        default="all",
-        help="'all', or comma-separated blocks and ranges, e.g. 3,-1 or 0-29:4 (negative from the end)",
-    )
-    p.add_argument("--probes", default=",".join(ACTIVATION_PROBES), help="comma-separated activation probes")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument(
-        "--max-length", type=int, default=256, help="texts longer than this many tokens keep their end"
-    )
-    p.add_argument("--data-dir", default=None, help="data directory of the tasks (else env DECPO_DATA_DIR)")
-    p.add_argument(
-        "--vocab-layer",
-        type=int,
-        default=None,
-        help="write vocab.json: top MLP dims of this block "
-        "projected through the unembedding (the paper's Table 1)",
-    )
-    p.add_argument("--vocab-top-dims", type=int, default=10)
-    p.add_argument("--vocab-top-tokens", type=int, default=10)
-    p.add_argument("--eps-zero", type=float, default=1e-2, help="|z| below this counts as near zero")
-    p.add_argument(
-        "--max-gram-rows",
-        type=int,
-        default=512,
-        help="texts behind the squared-cosine probes of wide "
-        "layers (memory: 2 * width * this bytes per layer)",
-    )
-    p.add_argument("--no-weights", action="store_true", help="skip the weight-based proxy")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
-    p.set_defaults(func=_cmd_probe)

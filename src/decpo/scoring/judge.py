@@ -84,6 +84,7 @@ class LocalJudge:
         if model is None or tokenizer is None:
             if spec is None:
                 raise JudgeError("LocalJudge needs a model spec or a model and a tokenizer")
+            # lazy: pulls in torch, which an OpenAI judge never needs
             from decpo.models import load_model, load_tokenizer
 
             model, tokenizer = load_model(spec), load_tokenizer(spec)
@@ -103,7 +104,7 @@ class LocalJudge:
     def ask(self, questions: Sequence[str], progress: bool = False) -> list[str | None]:
         formatted = [self._format(q) for q in questions]
         if self.method == "generate":
-            from decpo.inference.generation import generate
+            from decpo.inference.generation import generate  # lazy: pulls in torch
 
             answers = generate(
                 self.model,
@@ -115,6 +116,7 @@ class LocalJudge:
                 desc="judge",
             )
             return [parse_yes_no(a) for a in answers]
+        # lazy: pulls in torch
         from decpo.inference.logprobs import completion_token_logps, encode_completions, pad_id
 
         groups = [encode_completions(self.tokenizer, text, options) for text, options in formatted]

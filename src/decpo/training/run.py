@@ -50,7 +50,7 @@ def load_records(cfg: RunConfig) -> tuple[list[dict], list[dict]]:
             raise ConfigError(
                 "set data.path (your pairs) or pairs.source (pairs sampled from the model), not both"
             )
-        from decpo.pairs.sampling import ensure_pairs
+        from decpo.pairs.cache import ensure_pairs
 
         path = str(ensure_pairs(cfg))
     if path:

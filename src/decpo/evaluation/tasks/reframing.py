@@ -3,23 +3,20 @@ the VADER positivity of greedy generated thoughts (``gen/``), judged by the YES/
 
 from __future__ import annotations
 
+from decpo.data import load_task
 from decpo.evaluation.config import EvalConfig
 from decpo.evaluation.context import EvalContext
 from decpo.evaluation.measures import judge_measures, limited, preference_measures
 from decpo.evaluation.registry import register_task
+from decpo.scoring.classifiers import VaderScorer
 
 
 def check_data(cfg: EvalConfig) -> None:
-    from decpo.data import load_task
-
     load_task("reframing", "eval", data_dir=cfg.data_dir)
 
 
 @register_task("reframing", check_data=check_data)
 def eval_reframing(ctx: EvalContext, judge) -> tuple[dict, list, int]:
-    from decpo.data import load_task
-    from decpo.scoring.classifiers import VaderScorer
-
     records = limited(load_task("reframing", "eval", data_dir=ctx.cfg.data_dir), ctx.cfg.limit)
     metrics, per_item = preference_measures(ctx, records)
     # rows come in pairs sharing a situation: generate once per distinct prompt

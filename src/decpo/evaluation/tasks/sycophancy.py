@@ -4,6 +4,7 @@ preference accuracy and reward margin, and generation-based: the first letter pa
 
 from __future__ import annotations
 
+from decpo.data import load_task
 from decpo.evaluation import metrics as M
 from decpo.evaluation.config import EvalConfig
 from decpo.evaluation.context import EvalContext
@@ -12,15 +13,11 @@ from decpo.evaluation.registry import register_task
 
 
 def check_data(cfg: EvalConfig) -> None:
-    from decpo.data import load_task
-
     load_task("sycophancy", "test", data_dir=cfg.data_dir)
 
 
 @register_task("sycophancy", check_data=check_data)
 def eval_sycophancy(ctx: EvalContext, judge) -> tuple[dict, list, int]:
-    from decpo.data import load_task
-
     records = limited(load_task("sycophancy", "test", data_dir=ctx.cfg.data_dir), ctx.cfg.limit)
     metrics, samples, policy = ab_measures(ctx, records, "")
     m, per_item = preference_measures(ctx, records, policy=policy)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from decpo.data import load_task
 from decpo.evaluation.context import EvalContext
 from decpo.evaluation.measures import ab_measures, limited, preference_measures
 from decpo.evaluation.registry import register_task
@@ -13,8 +14,6 @@ from decpo.evaluation.registry import register_task
 
 @register_task("synthetic")
 def eval_synthetic(ctx: EvalContext, judge) -> tuple[dict, list, int]:
-    from decpo.data import load_task
-
     metrics: dict[str, Any] = {}
     answer = ctx.cfg.synthetic_answer
     evals = limited(load_task("synthetic", "eval", seed=ctx.cfg.seed, synthetic_answer=answer), ctx.cfg.limit)

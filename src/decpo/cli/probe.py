@@ -1,0 +1,74 @@
+"""The ``decpo probe`` subcommand: the models and texts to probe, the flags of `ProbeOptions` (generated),
+and the printed summary."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from decpo.cli.flags import add_dataclass_flags, dataclass_values
+from decpo.probes.runner import ProbeOptions, ProbeReport, load_texts, parse_model_specs, probe_models
+from decpo.probes.stats import ACTIVATION_PROBES
+
+
+def add_parser(subparsers) -> None:
+    """Register ``decpo probe`` on an argparse subparsers object; its ``func`` returns an exit code."""
+    p = subparsers.add_parser(
+        "probe",
+        help="monosemanticity probes of one or more models, per layer",
+        description="Feature decorrelation, sparsity, monosemantic scale (activations) and the weight-based "
+        "proxy of several models over the same texts; writes probes.csv and one PNG per probe.",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME=SPEC",
+        help="a model to probe (repeatable): 'default', 'tiny-random-llama', a folder, a run's final/ "
+        "adapter, a .gguf file or a Hub id; the difference plot is the last minus the one named dpo "
+        "(else the first)",
+    )
+    p.add_argument(
+        "--texts",
+        default="synthetic",
+        help="a task name (its train prompts), a .txt file (one text a "
+        "line) or a preference-pairs file (its prompts)",
+    )
+    p.add_argument("--num-texts", type=int, default=1000, help="use the first N texts (the paper used 1000)")
+    p.add_argument("--output-dir", default="probes", help="folder for probes.csv, the PNGs and vocab.json")
+    p.add_argument("--data-dir", default=None, help="data directory of the tasks (else env DECPO_DATA_DIR)")
+    options = add_dataclass_flags(p, ProbeOptions, exclude=("progress",))  # progress bars: always shown
+    p.set_defaults(func=_cmd_probe, option_fields=options)
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    models = parse_model_specs(args.model or ["default"])
+    texts = load_texts(args.texts, args.num_texts, args.data_dir)
+    options = ProbeOptions(**dataclass_values(args, args.option_fields))
+    unknown = [p for p in options.probes if p not in ACTIVATION_PROBES]
+    if unknown:
+        raise ValueError(f"unknown probe(s) {unknown}; available: {', '.join(ACTIVATION_PROBES)}")
+    report = probe_models(models, texts, args.output_dir, options)
+    _print_summary(report, models, options.sites[0], len(texts), Path(args.output_dir))
+    return 0
+
+
+def _print_summary(report: ProbeReport, models: dict[str, str], site: str, n_texts: int, out: Path) -> None:
+    """The notes, each model's mean decorrelation at the first site, and what was written."""
+    for note in report.notes:
+        print(f"note: {note}")
+    for name in models:
+        values = [
+            r["value"]
+            for r in report.rows
+            if r["model"] == name
+            and r["probe"] == "decorrelation"
+            and r["site"] == site
+            and math.isfinite(r["value"])
+        ]
+        if values:
+            print(
+                f"{name}: decorrelation ({site}) mean over {len(values)} layers {sum(values) / len(values):.4f}"
+            )
+    print(f"{len(report.rows)} rows, {n_texts} texts -> {report.files[0]}")
+    print(f"{len(report.files) - 1} other file(s) in {out}")
