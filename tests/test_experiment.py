@@ -15,7 +15,7 @@ from scipy import stats
 from decpo.cli import main
 from decpo.config import load_config
 from decpo.experiment.recipes import parse_layers, parse_values, strength_label, strength_overrides
-from decpo.reports.report import read_samples
+from decpo.reports.results import read_samples
 from decpo.reports.stats import paired_bootstrap
 from decpo.reports.tables import HEADLINE, item_values
 
@@ -274,13 +274,18 @@ def test_full_fine_tuning_is_scored_against_the_base_and_the_base_row_is_na(tmp_
 def test_every_stage_key_holds_the_decpo_version(tmp_path, monkeypatch):
     """A new decpo version reruns every stage (trainings, probes, evaluations) instead of reusing them."""
     import decpo
-    import decpo.reports.report as report
+    import decpo.reports.experiment_report as experiment_report
+    import decpo.reports.sweeps as sweeps
     from decpo.experiment.recipes import Plan, run_experiment, sweep_layers, sweep_strength
 
     planned: list[dict[str, str]] = []
     monkeypatch.setattr(Plan, "run", lambda self, *a: planned.append({s.name: s.key for s in self.steps}))
-    for name in ("write_report", "write_sweep", "write_strength"):
-        monkeypatch.setattr(report, name, lambda *a, **k: None)
+    for module, name in (
+        (experiment_report, "write_report"),
+        (sweeps, "write_sweep"),
+        (sweeps, "write_strength"),
+    ):
+        monkeypatch.setattr(module, name, lambda *a, **k: None)
     cfg = load_config(SMOKE, ARGS)
     for version in ("0.1.0", "0.1.1"):
         monkeypatch.setattr(decpo, "__version__", version)

@@ -191,13 +191,18 @@ def test_a_rerun_records_jobs_that_ended_after_the_driver_stopped_and_waits_for_
 
 
 def test_experiment_stages_pickle_and_come_after_what_they_need(tmp_path, monkeypatch):
-    import decpo.reports.report as report
+    import decpo.reports.experiment_report as experiment_report
+    import decpo.reports.sweeps as sweeps
     from decpo.experiment.recipes import run_experiment, sweep_layers, sweep_strength
 
     plans: list[Plan] = []
     monkeypatch.setattr(Plan, "run", lambda self, *a: plans.append(self))
-    for name in ("write_report", "write_sweep", "write_strength"):
-        monkeypatch.setattr(report, name, lambda *a, **k: None)
+    for module, name in (
+        (experiment_report, "write_report"),
+        (sweeps, "write_sweep"),
+        (sweeps, "write_strength"),
+    ):
+        monkeypatch.setattr(module, name, lambda *a, **k: None)
     cfg = load_config(SMOKE, [*ARGS, *LOCAL2])
     run_experiment(cfg, tmp_path / "run", argv=[])
     sweep_layers(cfg, tmp_path / "layers", [0, 1], argv=[])
@@ -221,7 +226,7 @@ def test_pairs_come_before_every_other_stage(tmp_path, monkeypatch):
     plans: list[Plan] = []
     monkeypatch.setattr(Plan, "run", lambda self, *a: plans.append(self))
     monkeypatch.setattr(experiment, "check_pair_split", lambda cfg, tasks: {})
-    monkeypatch.setattr("decpo.reports.report.write_report", lambda *a, **k: None)
+    monkeypatch.setattr("decpo.reports.experiment_report.write_report", lambda *a, **k: None)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("The weather today\nMy neighbour said\n")
     cfg = load_config(SMOKE, [*ARGS, f"pairs.source={prompts}"])

@@ -16,7 +16,7 @@ from decpo.experiment.recipes import StageLog
 from decpo.io import atomic_write_json
 from decpo.probes.runner import rows_to_csv
 from decpo.reports.curves import CURVES, method_series, plot_curves
-from decpo.reports.report import write_report
+from decpo.reports.experiment_report import write_report
 from decpo.reports.style import METHOD_COLORS
 
 from conftest import REPO

@@ -456,7 +456,7 @@ def run_experiment(
 
     t0 = time.perf_counter()
     _run(plan, cfg, output_dir, num_processes)
-    from decpo.reports.report import write_report
+    from decpo.reports.experiment_report import write_report
 
     report = write_report(
         output_dir,
@@ -570,7 +570,7 @@ def sweep_layers(
     num_processes: int = 1,
 ) -> Path:
     """DecPO once per regularized layer; the task's headline measure against the layer (the paper's Fig. 7)."""
-    from decpo.reports.report import write_sweep
+    from decpo.reports.sweeps import write_sweep
 
     output_dir, command, log, plan = _begin(cfg, output_dir, argv)
     tasks = eval_tasks(cfg)
@@ -614,7 +614,7 @@ def sweep_strength(
     each strength minus strength 0 paired by seed (one seed: paired bootstrap over items). Resumable as
     `run_experiment` is.
     """
-    from decpo.reports.report import write_strength
+    from decpo.reports.sweeps import write_strength
 
     output_dir, command, log, plan = _begin(cfg, output_dir, argv)
     tasks = eval_tasks(cfg)

@@ -156,7 +156,7 @@ def plot_decorrelation(
     if BASE not in c or not any(m != BASE for m in c):
         return None
     plt = pyplot()
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # lazy: matplotlib loads slowly
 
     base = c[BASE][None] if None in c[BASE] else next(iter(c[BASE].values()))
     fig, (ax, dx) = plt.subplots(1, 2, figsize=(11.5, 4))
@@ -165,7 +165,7 @@ def plot_decorrelation(
         est = (
             method_mean(c[method])
             if method != BASE
-            else {L: Estimate(v, v, v, 1, "base") for L, v in base.items()}
+            else {L: Estimate(v, v, v, 1, BASE) for L, v in base.items()}
         )
         _band(ax, est, method_color(method), method)
     diffs = []

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from decpo.names import BASE
+
 METHOD_COLORS = {
-    "base": "#555555",
+    BASE: "#555555",
     "dpo": "#1f77b4",
     "decpo": "#d62728",
     "l1": "#2ca02c",
@@ -26,9 +28,9 @@ def method_color(method: str) -> str:
 
 def pyplot():
     """matplotlib.pyplot on the Agg backend (no display)."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib loads slowly, and only figures need it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: as above
 
     return plt

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from decpo.reports.stats import Estimate, paired_bootstrap, paired_seed_difference, t_interval
+from decpo.scoring.classifiers import VaderScorer
 
 # method -> task -> seed -> results.json
 Results = dict[str, dict[str, dict[int, dict]]]
@@ -93,12 +94,11 @@ def _generated_right(s: dict) -> float:
 
 
 def _vader_positive(s: dict) -> float:
-    from decpo.scoring.classifiers import VaderScorer
-
     return float(s["scores"]["vader_compound"] >= VaderScorer.POSITIVE)
 
 
 def _non_toxic(s: dict) -> float:
+    # lazy: decpo.evaluation pulls in torch and transformers, which reading the tables does not need
     from decpo.evaluation.tasks.toxicity import TOXIC_THRESHOLD
 
     return float(s["scores"]["toxicity"] < TOXIC_THRESHOLD)

@@ -1,0 +1,128 @@
+"""The paper's two questions, answered in words at the top of ``report.md``.
+
+Claim 1: does DPO raise feature decorrelation over the base model (probes at `CLAIM_SITE`)? Claim 2: does
+DecPO beat DPO (the paired task measures, and decorrelation at the regularized layers)? Each answer reads
+the 95% interval: a side only when the interval excludes 0, "direction only" with one seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from decpo.reports.probe_section import ProbeSetView
+from decpo.reports.results import Difference
+from decpo.reports.stats import Estimate
+
+
+def _layer_est(layer: int, est: Estimate) -> str:
+    return f"layer {layer} ({est.fmt(4, sign=True)})"
+
+
+def _interval_words(est: Estimate) -> str:
+    if est.how == "seeds":
+        return f"95% t-interval over {est.n_seeds} seeds"
+    if est.how == "paired items":
+        return f"paired bootstrap over {est.n_items} items"
+    return "one seed: no interval over seeds"
+
+
+def _claim1_answer(view: ProbeSetView) -> tuple[str, str]:
+    """The answer to claim 1 and how many layers go each way."""
+    c = view.claim1
+    o = c.overall
+    n = len(c.per_layer)
+    if o.has_interval:
+        answer = {
+            1: "Yes, on average over layers.",
+            -1: "No: DPO lowered it on average over layers.",
+            0: "Not clearly: the interval of the mean change includes 0.",
+        }[o.side()]
+        counts = f"the per-layer interval is above 0 in {c.n_above} and below 0 in {c.n_below} of {n} layers"
+        return answer, counts
+    answer = "Direction only (one seed, so no interval over seeds): " + (
+        "higher on average." if o.mean > 0 else "lower on average." if o.mean < 0 else "unchanged on average."
+    )
+    higher = sum(e.mean > 0 for e in c.per_layer.values())
+    lower = sum(e.mean < 0 for e in c.per_layer.values())
+    counts = f"DPO is higher in {higher} and lower in {lower} of {n} layers (no per-layer interval)"
+    return answer, counts
+
+
+def claim1_lines(view: ProbeSetView | None, site: str) -> list[str]:
+    head = "**Claim 1: does DPO raise feature decorrelation over the base model?**"
+    if view is None or view.claim1 is None:
+        return [f"{head} Not measured: no probes of base and DPO were found."]
+    c = view.claim1
+    o = c.overall
+    answer, counts = _claim1_answer(view)
+    fall_word = "the largest fall" if c.fall[1].mean < 0 else "no layer fell; the smallest change"
+    rise_word = "the largest rise" if c.rise[1].mean > 0 else "no layer rose; the largest change"
+    return [
+        f"{head} {answer} Decorrelation of DPO minus base ({site}, {view.info.get('position', 'last token')}, "
+        f"{view.info.get('n_texts', '?')} texts), mean over {len(c.per_layer)} layers: {o.fmt(4, sign=True)} "
+        f"({_interval_words(o)}); {counts}; {rise_word} is at {_layer_est(*c.rise)} and {fall_word} at "
+        f"{_layer_est(*c.fall)}."
+    ]
+
+
+def better_side(direction: str) -> str:
+    """``"higher is better"``, ``"lower is better"`` or ``"no better side"``."""
+    return f"{direction} is better" if direction in ("higher", "lower") else "no better side"
+
+
+def _diff_sentence(d: Difference) -> str:
+    if d.estimate is None:
+        return f"- {d.label}: {d.how}."
+    return f"- {d.label} ({better_side(d.direction)}): DecPO - DPO = {d.estimate.fmt(3, sign=True)}, {d.how}: {d.verdict}."
+
+
+def _decorr_verdict(est: Estimate) -> str:
+    if not est.has_interval:
+        side = "DecPO higher" if est.mean > 0 else "DecPO lower" if est.mean < 0 else "no difference"
+        return f"direction only, {side}"
+    return {1: "DecPO higher", -1: "DecPO lower", 0: "no clear difference (interval includes 0)"}[est.side()]
+
+
+def _task_summary(diffs: list[Difference]) -> str:
+    """How many sided task measures DecPO is better, worse or not clearly different on."""
+    sided = [d for d in diffs if d.direction in ("higher", "lower") and d.estimate is not None]
+    if not sided:
+        return "No task measure was evaluated for both DecPO and DPO."
+    counts = {k: sum(d.verdict == k for d in sided) for k in ("DecPO better", "DecPO worse")}
+    unclear = len(sided) - counts["DecPO better"] - counts["DecPO worse"]
+    return (
+        f"On the task measures, DecPO is better on {counts['DecPO better']}, worse on "
+        f"{counts['DecPO worse']} and not clearly different on {unclear} of {len(sided)} measures "
+        "(intervals of the paired difference DecPO - DPO)."
+    )
+
+
+def _reg_layer_lines(views: list[ProbeSetView], regularized: list[int]) -> list[str]:
+    """DecPO - DPO of decorrelation at each regularized layer, per probe set."""
+    lines = []
+    for view in views:
+        for layer, est in sorted(view.reg_layer.items()):
+            where = view.info.get("position", "")
+            also = (
+                "; this is also the penalty's position"
+                if view.info.get("penalty_position") and view.name == "heldout_prompts"
+                else ""
+            )
+            lines.append(
+                f"- Decorrelation at the regularized layer {layer} ({view.site}, {where}{also}): DecPO - DPO = "
+                f"{est.fmt(4, sign=True)}, {_interval_words(est)}: {_decorr_verdict(est)}."
+            )
+    if views and not any(v.reg_layer for v in views):
+        lines.append(f"- Decorrelation at the regularized layer(s) {regularized}: not in the probes.")
+    return lines
+
+
+def claim2_lines(
+    diffs: list[Difference], views: list[ProbeSetView], regularized: list[int], methods: Sequence[str]
+) -> list[str]:
+    head = "**Claim 2: does DecPO beat DPO?**"
+    if not ("dpo" in methods and "decpo" in methods):
+        return [f"{head} Not measured: the methods do not include both dpo and decpo."]
+    lines = [f"{head} {_task_summary(diffs)}", ""]
+    lines += [_diff_sentence(d) for d in diffs]
+    return lines + _reg_layer_lines(views, regularized)
