@@ -22,7 +22,7 @@ from decpo.config.run_config import (
     save_config,
 )
 from decpo.config.trainer_args import DecPOConfig, SimPOConfig
-from decpo.training.run import trainer_args
+from decpo.training.args import trainer_args
 
 from conftest import REPO
 
