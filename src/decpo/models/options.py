@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 
 import torch
+from transformers.integrations.hub_kernels import is_kernel
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from decpo.models.errors import ModelError
 
@@ -26,9 +28,6 @@ def torch_dtype(dtype: str) -> torch.dtype:
 def attn_implementations() -> list[str]:
     """The names transformers' own check (``PreTrainedModel.get_correct_attn_implementation``) accepts:
     ``"eager"`` and the keys of its attention registry (sdpa, flash_attention_2/3/4, flex_attention, ...)."""
-    # lazy: transformers.modeling_utils pulls in the whole modeling stack
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
     return ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
 
 
@@ -39,9 +38,6 @@ def check_attn_implementation(attn_implementation: str | None) -> str | None:
     the model and the machine support it (flash-attn installed, a GPU) is checked by transformers on load."""
     if attn_implementation is None:
         return None
-    # lazy: the kernels-hub integration of transformers loads only when a name is checked
-    from transformers.integrations.hub_kernels import is_kernel
-
     valid = attn_implementations()
     if attn_implementation in valid or is_kernel(attn_implementation):
         return attn_implementation
