@@ -10,9 +10,13 @@ from typing import Any
 import torch
 
 from decpo.config import ConfigError, RunConfig
-from decpo.config.run_config import SIMPO_ONLY
 from decpo.config.trainer_args import DecPOConfig, SimPOConfig
 from decpo.training.trackers import report_to
+
+
+def _init_fields(cls) -> set[str]:
+    """The arguments ``cls(...)`` takes."""
+    return {f.name for f in dataclasses.fields(cls) if f.init}
 
 
 def _simpo_kwargs(values: dict[str, Any]) -> dict[str, Any]:
@@ -24,15 +28,16 @@ def _simpo_kwargs(values: dict[str, Any]) -> dict[str, Any]:
         )
     if values["share_prompt"]:
         raise ConfigError("train.share_prompt is not supported with objective.name=simpo (TRL's CPOTrainer)")
-    names = {f.name for f in dataclasses.fields(SimPOConfig) if f.init}
+    names = _init_fields(SimPOConfig)
     kwargs = {k: v for k, v in values.items() if k in names}
     kwargs.update(loss_type="simpo", remove_unused_columns=False)
     return kwargs
 
 
 def _decpo_kwargs(values: dict[str, Any], objective: str) -> dict[str, Any]:
-    """The `DecPOConfig` arguments among ``values`` (DPO, DecPO, L1-Reg, SFT)."""
-    kwargs = {k: v for k, v in values.items() if k not in SIMPO_ONLY}
+    """The `DecPOConfig` arguments among ``values`` (DPO, DecPO, L1-Reg, SFT): all but SimPO's own."""
+    names = _init_fields(DecPOConfig)
+    kwargs = {k: v for k, v in values.items() if k in names}
     if objective == "sft":
         kwargs["loss_type"] = ["sft"]
     if not kwargs["precompute_ref_log_probs"]:
