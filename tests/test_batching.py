@@ -10,8 +10,8 @@ import torch
 from torch.utils.data import SequentialSampler
 
 from decpo.config import ConfigError, RunConfig
+from decpo.training.args import trainer_args
 from decpo.training.batching import SeededLengthGroupedSampler, pair_length
-from decpo.training.run import trainer_args
 
 from conftest import make_trainer
 

@@ -82,19 +82,67 @@ def test_resuming_under_a_changed_config_is_refused_naming_the_keys(tmp_path, ca
 
 def test_resume_check_matches_a_resolved_auto_weight_and_ignores_the_experiment(tmp_path):
     from decpo.config import ConfigError, load_config, save_config
-    from decpo.training.run import check_resume_config
+    from decpo.training.checkpoints import check_resume_config
 
     cfg = load_config(SMOKE, ["train.reg_weight=auto"])
-    save_config(cfg.replace(**{"train.reg_weight": 0.0123}), tmp_path / "config.yaml")
+    save_config(cfg, tmp_path / "config.yaml")  # config.yaml keeps `auto`; reg_weight.json holds the lambda
     (tmp_path / "reg_weight.json").write_text(json.dumps({"reg_weight": 0.0123, "reg_balance": 0.3}))
     ckpt = tmp_path / "checkpoint-2"
-    check_resume_config(cfg, tmp_path, ckpt)  # auto resolved to the saved lambda: the same run
-    check_resume_config(cfg.replace(**{"train.reg_weight": 0.0123}), tmp_path, ckpt)
+    check_resume_config(cfg, tmp_path, ckpt)  # auto, resolved to the recorded lambda: the same run
     check_resume_config(cfg.replace(**{"experiment.eval_limit": 3, "probe.every_n_steps": 2}), tmp_path, ckpt)
     with pytest.raises(ConfigError, match=r"train.reg_balance: 0.3 -> 0.5"):
         check_resume_config(cfg.replace(**{"train.reg_balance": 0.5}), tmp_path, ckpt)
-    with pytest.raises(ConfigError, match=r"train.reg_weight: 0.0123 -> 0.02"):
-        check_resume_config(cfg.replace(**{"train.reg_weight": 0.02}), tmp_path, ckpt)
+    with pytest.raises(ConfigError, match=r"train.reg_weight: 'auto' -> 0.0123"):
+        check_resume_config(cfg.replace(**{"train.reg_weight": 0.0123}), tmp_path, ckpt)
+
+
+def test_an_auto_weight_is_recorded_once_and_the_config_keeps_auto(tmp_path):
+    run = tmp_path / "run"
+    base = ["train", "--config", SMOKE, "--output-dir", str(run), "train.reg_weight=auto"]
+    assert main([*base, "train.max_steps=2"]) == 0
+    calibration = json.loads((run / "reg_weight.json").read_text())
+    assert calibration["reg_weight"] > 0 and calibration["reg_balance"] == 0.3
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["reg_weight"] == "auto"
+    # the same command resumes (config.yaml is the config as given) and recalibrates to the same lambda
+    assert main([*base, "train.max_steps=2"]) == 0
+    assert json.loads((run / "reg_weight.json").read_text()) == calibration
+    assert [r["step"] for r in read_metrics(run) if "train/loss" in r] == [1, 2]
+
+
+def test_pairs_sampled_from_the_model_are_built_by_the_pairs_step_and_handed_to_training(
+    tmp_path, monkeypatch
+):
+    from decpo.config import ConfigError, load_config
+    from decpo.training.data import load_records
+
+    pairs = tmp_path / "pairs.jsonl"
+    row = '{"prompt": "Q: 1 + 1?", "chosen": " 2", "rejected": " 3"}\n'
+    pairs.write_text(row * 10)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("The weather today\n")
+    cfg = load_config(SMOKE, [f"pairs.source={prompts}"])
+    with pytest.raises(ConfigError, match="decpo pairs"):
+        load_records(cfg)  # training never builds pairs
+    train, evals = load_records(cfg, pairs)
+    assert len(train) + len(evals) == 10
+    built = []
+    monkeypatch.setattr("decpo.pairs.sampling.ensure_pairs", lambda c: built.append(c) or pairs)
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                SMOKE,
+                "--output-dir",
+                str(run),
+                f"pairs.source={prompts}",
+                "train.max_steps=1",
+            ]
+        )
+        == 0
+    )
+    assert len(built) == 1 and (run / "final").is_dir()
 
 
 def test_dpo_objective_has_no_penalty_terms(tmp_path):

@@ -21,7 +21,7 @@ from decpo.config import (
 )
 from decpo.config.trainer_args import DecPOConfig, SimPOConfig
 from decpo.config.trl_sections import SIMPO_ONLY, TRAIN_NOT_KEYS
-from decpo.training.run import trainer_args
+from decpo.training.args import trainer_args
 
 from conftest import REPO
 

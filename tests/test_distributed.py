@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 import decpo.training.run as run
 from decpo.cli import main
-from decpo.training.run import NUM_PROCESSES_ENV
+from decpo.training.launch import NUM_PROCESSES_ENV
 
 from conftest import REPO
 from distributed_jobs import sequential_trainer_args

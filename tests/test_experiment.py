@@ -373,7 +373,7 @@ def test_run_and_sweep_refuse_to_be_launched_as_several_processes(tmp_path, monk
 
 
 def test_num_processes_launches_each_training_stage(tmp_path, monkeypatch):
-    import decpo.training.run as run
+    import decpo.training.launch as run
     from decpo.experiment.recipes import StageLog, _train_stage
 
     launched = []

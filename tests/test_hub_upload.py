@@ -7,7 +7,8 @@ import pytest
 
 from decpo.cli import main
 from decpo.config import ConfigError, load_config
-from decpo.training import run as run_mod
+from decpo.training.args import trainer_args
+from decpo.training.checks import check_hub_upload
 
 from conftest import REPO
 
@@ -21,8 +22,8 @@ def _no_model(*args, **kwargs):
 
 def test_offline_mode_is_a_clear_error_before_the_model_loads(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
-    monkeypatch.setattr("decpo.models.load_model", _no_model)
-    monkeypatch.setattr("decpo.models.loading.hub_unreachable", _no_model)  # offline: no connection tried
+    monkeypatch.setattr("decpo.models.loading.load_model", _no_model)
+    monkeypatch.setattr("decpo.training.checks.hub_unreachable", _no_model)  # offline: no connection tried
     assert main(["train", "--config", SMOKE, "--output-dir", str(tmp_path / "run"), *PUSH]) == 2
     err = capsys.readouterr().err
     assert "train.push_to_hub=true (hub_model_id 'me/decpo-smoke'), but HF_HUB_OFFLINE is set" in err
@@ -33,25 +34,25 @@ def test_an_unreachable_hub_is_named_with_the_reason(tmp_path, monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
     calls = []
     monkeypatch.setattr(
-        "decpo.models.loading.hub_unreachable",
+        "decpo.training.checks.hub_unreachable",
         lambda endpoint: calls.append(endpoint) or "cannot connect to huggingface.co:443 (no route)",
     )
-    args = run_mod.trainer_args(load_config(SMOKE, PUSH), tmp_path)
+    args = trainer_args(load_config(SMOKE, PUSH), tmp_path)
     with pytest.raises(
         ConfigError, match=r"the Hub \(https://huggingface.co\) is unreachable: cannot connect"
     ):
-        run_mod.check_hub_upload(args)
+        check_hub_upload(args)
     assert calls == ["https://huggingface.co"]
 
 
 def test_no_token_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
-    monkeypatch.setattr("decpo.models.loading.hub_unreachable", lambda endpoint: None)
+    monkeypatch.setattr("decpo.training.checks.hub_unreachable", lambda endpoint: None)
     monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
-    args = run_mod.trainer_args(load_config(SMOKE, PUSH), tmp_path)
+    args = trainer_args(load_config(SMOKE, PUSH), tmp_path)
     with pytest.raises(ConfigError, match="needs a Hugging Face token"):
-        run_mod.check_hub_upload(args)
-    run_mod.check_hub_upload(run_mod.trainer_args(load_config(SMOKE), tmp_path))  # no upload: no check
+        check_hub_upload(args)
+    check_hub_upload(trainer_args(load_config(SMOKE), tmp_path))  # no upload: no check
 
 
 def test_the_hub_arguments_reach_the_trainer_which_uploads_at_the_end(tmp_path, monkeypatch):
@@ -60,7 +61,7 @@ def test_the_hub_arguments_reach_the_trainer_which_uploads_at_the_end(tmp_path, 
     from transformers import Trainer
 
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
-    monkeypatch.setattr("decpo.models.loading.hub_unreachable", lambda endpoint: None)
+    monkeypatch.setattr("decpo.training.checks.hub_unreachable", lambda endpoint: None)
     monkeypatch.setattr("huggingface_hub.get_token", lambda: "hf_fake")
     seen = []
     monkeypatch.setattr(

@@ -235,10 +235,10 @@ def _quantized_tiny(*args, **kwargs):
 
 def test_build_trainer_trains_a_quantized_model_through_lora_only(tmp_path, monkeypatch):
     from decpo.config import ConfigError, load_config
-    from decpo.training.run import build_trainer
+    from decpo.training.build import build_trainer
 
     smoke = str(REPO / "configs" / "smoke.yaml")
-    monkeypatch.setattr("decpo.models.load_model", _quantized_tiny)
+    monkeypatch.setattr("decpo.models.loading.load_model", _quantized_tiny)
     with pytest.raises(ConfigError, match="4-bit or 8-bit model trains through LoRA only"):
         build_trainer(
             load_config(smoke, ["model.use_peft=false", "train.eval_strategy=no"]), tmp_path / "a", PAIRS, []
@@ -250,7 +250,7 @@ def test_build_trainer_trains_a_quantized_model_through_lora_only(tmp_path, monk
         prepared.append(gradient_checkpointing)
         return model
 
-    monkeypatch.setattr(loading, "prepare_for_kbit", spy)
+    monkeypatch.setattr("decpo.training.build.prepare_for_kbit", spy)
     trainer = build_trainer(load_config(smoke, ["train.eval_strategy=no"]), tmp_path / "b", PAIRS, [])
     assert prepared == [False] and hasattr(trainer.model, "peft_config")
 
@@ -341,7 +341,7 @@ def test_decpo_train_checks_the_model_options_before_any_data_or_model(tmp_path,
         raise AssertionError("data or a model was loaded before the model options were checked")
 
     monkeypatch.setattr("decpo.training.run.load_records", nothing)
-    monkeypatch.setattr("decpo.models.load_model", nothing)
+    monkeypatch.setattr("decpo.models.loading.load_model", nothing)
     smoke = str(REPO / "configs" / "smoke.yaml")
     run = tmp_path / "run"
     assert main(["train", "--config", smoke, "--output-dir", str(run), "model.load_in_4bit=true"]) == 2

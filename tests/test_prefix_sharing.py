@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from decpo.training.prefix_sharing import SharedPromptCollator, _pack, shared_attention_mask
+from decpo.training.packing import SharedPromptCollator, _pack, shared_attention_mask
 
 from conftest import PAIRS, make_trainer
 

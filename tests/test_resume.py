@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from decpo.cli import main
-from decpo.training.run import latest_checkpoint
+from decpo.training.checkpoints import latest_checkpoint
 
 from conftest import REPO
 

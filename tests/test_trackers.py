@@ -13,7 +13,7 @@ import pytest
 
 from decpo.cli import main
 from decpo.config import ConfigError, load_config
-from decpo.training.run import config_changes
+from decpo.training.checkpoints import config_changes
 
 from conftest import REPO
 
@@ -50,7 +50,7 @@ def test_a_tracker_that_is_not_installed_stops_the_run_before_the_model_loads(tm
         raise AssertionError("the model was loaded")
 
     monkeypatch.setattr(integration_utils, "is_tensorboard_available", lambda: False)
-    monkeypatch.setattr("decpo.models.load_model", no_model)
+    monkeypatch.setattr("decpo.models.loading.load_model", no_model)
     run = tmp_path / "run"
     assert main(["train", "--config", SMOKE, "--output-dir", str(run), "train.report_to=tensorboard"]) == 2
     err = capsys.readouterr().err

@@ -166,6 +166,26 @@ def l1_penalty(z: torch.Tensor) -> torch.Tensor:
     return z.abs().mean()
 
 
+def activation_penalty(
+    z: torch.Tensor, *, reg_type: str, form: str = "cosine", rows: str = "both", tokens: str = "last"
+) -> torch.Tensor:
+    """Penalty of one block from its selected rows ``z``: ``(2B, D)``, chosen sequences first (TRL's layout).
+
+    With ``tokens="prompt_last"`` a pair's two rows are the same token of the same prompt (equal activations),
+    so only the chosen half is used: one row per pair, whatever ``rows`` says.
+    """
+    half = z.size(0) // 2
+    if tokens == "prompt_last":
+        rows = "chosen"
+    z = {"both": z, "chosen": z[:half], "rejected": z[half:]}[rows]
+    if reg_type == "decorrelation" and z.size(0) < 2:
+        # a lone remainder batch: no pair of rows to decorrelate (the configured batch is checked at start)
+        return z.float().sum() * 0.0
+    # float32 for the Gram matrix: bf16 squares of large activations lose too much
+    z = z.float()
+    return decorrelation_penalty(z, form) if reg_type == "decorrelation" else l1_penalty(z)
+
+
 def pairwise_cosine(z: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """``(N, D)`` -> ``(N, N)`` cosine similarities between rows (zero rows give 0)."""
     z_hat = z / z.norm(dim=1, keepdim=True).clamp(min=eps)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from decpo.cli import pairs as pairs_command
 from decpo.cli import probe as probe_command
 from decpo.config import ConfigError, describe_keys, load_config
 from decpo.errors import DecPOError
-from decpo.io import removed_if_start_fails
+from decpo.io import remove_failed_start, removed_if_start_fails
 from decpo.log import setup_logging
 
 # the embedded demo's preset (configs/default.yaml in the repository links to it)
@@ -20,7 +21,7 @@ DEFAULT_PRESET = Path(__file__).parent.parent / "presets" / "default.yaml"
 
 def _relaunch(args: argparse.Namespace, argv: list[str]) -> int:
     """``decpo train --num-processes N``: run the same command as N data-parallel processes."""
-    from decpo.training.run import launch  # lazy: pulls in the trainer (torch, trl)
+    from decpo.training.launch import launch  # lazy: pulls in the trainer (torch, trl)
 
     rest = []
     skip = False
@@ -35,14 +36,15 @@ def _relaunch(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    import os
-
-    from decpo.config import load_config
-    from decpo.io import remove_failed_start, removed_if_start_fails
-    from decpo.training.run import check_launched_world, train
+    # lazy: training pulls in torch, transformers and trl
+    from decpo.training.launch import check_launched_world
+    from decpo.training.run import train
 
     cfg = load_config(config_path(args.config), args.overrides)  # a bad config fails here, before any launch
     output_dir = Path(args.output_dir or f"runs/{cfg.objective.name}")
+    # the pairs step first (pairs.source): built once, here, before any launch; a launched process finds
+    # them in the cache
+    pairs_path = _built_pairs(cfg)
     if args.num_processes > 1 and "WORLD_SIZE" not in os.environ:
         existed = output_dir.exists()
         rc = _relaunch(args, args.raw_argv)
@@ -51,11 +53,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return rc
     check_launched_world()
 
+    options = {"allow_config_change": args.allow_config_change, "pairs_path": pairs_path}
     if "WORLD_SIZE" in os.environ:  # a launched process: the launcher cleans up after a failed start
-        result = train(cfg, output_dir, allow_config_change=args.allow_config_change)
+        result = train(cfg, output_dir, **options)
     else:
         with removed_if_start_fails(output_dir):
-            result = train(cfg, output_dir, allow_config_change=args.allow_config_change)
+            result = train(cfg, output_dir, **options)
     print(f"run directory: {result.output_dir}")
     print(f"final weights: {result.final_dir}")
     for key in ("eval/rewards/accuracies", "eval/rewards/margins", "eval/loss"):
@@ -63,6 +66,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
             print(f"{key}: {result.metrics[key]:.4f}")
     print(f"wall time: {result.wall_time_s:.0f} s")
     return 0
+
+
+def _built_pairs(cfg) -> Path | None:
+    """With a ``pairs`` section (``pairs.source``): the pairs step of `decpo train`, the file training reads
+    (built from the model's own samples, or reused from the cache); None without one."""
+    if not cfg.pairs.source or cfg.data.path:  # both set: training names the conflict, before any sampling
+        return None
+    from decpo.pairs.cache import ensure_pairs  # lazy: sampling pulls in torch and the scorers
+
+    return ensure_pairs(cfg)
 
 
 def config_path(path: str | None) -> Path:

@@ -196,7 +196,8 @@ def _train_stage(
     previous = log.stages.get(name, {}).get("key")  # read now: the plan marks the stage with the new key
 
     def stage() -> None:
-        from decpo.training.run import launch, train
+        from decpo.training.launch import launch
+        from decpo.training.run import train
 
         if previous is not None and previous != key and folder.exists():
             aside = folder.with_name(f"{folder.name}.stale-{previous}")
@@ -318,7 +319,7 @@ def heldout_records(cfg: RunConfig) -> list[dict]:
     """The held-out pairs of the training data, as training holds them out (`decpo.training.run.load_records`:
     ``data.eval_path``, the last ``eval_fraction`` of ``data.path``, or the task's eval split), with the data
     seed 0 (the same texts for every model and seed) and no ``data.max_eval_samples`` cap."""
-    from decpo.training.run import load_records
+    from decpo.training.data import load_records
 
     return load_records(cfg.replace(**{"train.seed": 0, "data.max_eval_samples": None}))[1]
 
@@ -399,7 +400,7 @@ def _probe_stage(cfg: RunConfig, models: dict[str, str], out: Path) -> Callable[
 def check_single_process(what: str = "decpo run") -> None:
     """Refuse to drive an experiment from several processes (see the module docstring for why)."""
     from decpo.config import ConfigError
-    from decpo.training.run import _world_size
+    from decpo.training.launch import world_size as _world_size
 
     if _world_size() > 1:
         raise ConfigError(

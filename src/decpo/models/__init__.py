@@ -1,5 +1,7 @@
-"""Model loading and activation hooks."""
+"""Models: loading (specs, GGUF, options, bitsandbytes quantization) and activation hooks."""
 
+from decpo.models.errors import ModelError
+from decpo.models.gguf import DEFAULT_NAME
 from decpo.models.hooks import (
     SITES,
     capture_activations,
@@ -9,19 +11,21 @@ from decpo.models.hooks import (
     site_module,
 )
 from decpo.models.loading import (
-    DEFAULT_NAME,
-    ModelError,
-    attn_implementations,
-    check_attn_implementation,
-    check_quantizable,
+    check_model_config,
     frozen_copy,
+    load_model,
+    load_model_from_config,
+    load_tokenizer,
+    load_tokenizer_from_config,
+    resolve_model_path,
+)
+from decpo.models.options import attn_implementations, check_attn_implementation
+from decpo.models.quantization import (
+    check_quantizable,
     is_quantized,
     kbit_device_map,
-    load_model,
-    load_tokenizer,
     prepare_for_kbit,
     quantization_config,
-    resolve_model_path,
 )
 from decpo.models.tiny import TINY_NAME
 
@@ -33,13 +37,16 @@ __all__ = [
     "attn_implementations",
     "capture_activations",
     "check_attn_implementation",
+    "check_model_config",
     "check_quantizable",
     "decoder_layers",
     "frozen_copy",
     "is_quantized",
     "kbit_device_map",
     "load_model",
+    "load_model_from_config",
     "load_tokenizer",
+    "load_tokenizer_from_config",
     "num_layers",
     "prepare_for_kbit",
     "quantization_config",

@@ -39,6 +39,7 @@ _LAYER_LISTS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decod
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The plain transformers model inside DDP / DeepSpeed / FSDP / torch.compile wrappers (accelerate's
     ``extract_model_from_parallel``) and a peft wrapper (its adapters stay active)."""
+    # lazy: accelerate's utils load slowly, and the probes on a plain model never need them
     from accelerate.utils import extract_model_from_parallel
 
     model = extract_model_from_parallel(model, keep_torch_compile=False)

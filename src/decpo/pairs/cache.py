@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from decpo import __version__
-from decpo.config.run_config import RunConfig
+from decpo.config import RunConfig
 from decpo.config.sampling import SamplingSettings, scorer_spec
 from decpo.data.prompts import load_prompts
 from decpo.env import cache_dir

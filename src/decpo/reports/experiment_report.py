@@ -13,7 +13,7 @@ import datetime
 from collections.abc import Sequence
 from pathlib import Path
 
-from decpo.config.run_config import RunConfig
+from decpo.config import RunConfig
 from decpo.io import atomic_write_text
 from decpo.names import BASE
 from decpo.reports.claims import better_side, claim1_lines, claim2_lines

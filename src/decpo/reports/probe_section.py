@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from decpo.config.run_config import RunConfig
+from decpo.config import RunConfig
 from decpo.names import BASE, MLP_UP_PROJ
 from decpo.reports import probes as P
 from decpo.reports.stats import Estimate, t_interval

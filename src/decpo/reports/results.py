@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from decpo.config.run_config import RunConfig
+from decpo.config import RunConfig
 from decpo.names import BASE
 from decpo.reports.probes import split_label
 from decpo.reports.stats import Estimate, paired_bootstrap

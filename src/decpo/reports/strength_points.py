@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from decpo.config.run_config import RunConfig
+from decpo.config import RunConfig
 from decpo.config.sweeps import strength_overrides
 from decpo.names import BASE
 from decpo.records import is_auto

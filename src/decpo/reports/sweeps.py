@@ -8,7 +8,7 @@ import datetime
 import json
 from pathlib import Path
 
-from decpo.config.run_config import RunConfig
+from decpo.config import RunConfig
 from decpo.config.sweeps import strength_overrides
 from decpo.io import atomic_write_text
 from decpo.names import BASE

