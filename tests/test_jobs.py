@@ -18,14 +18,9 @@ import pytest
 import decpo
 from decpo.cli import main
 from decpo.config.run_config import ConfigError, load_config
-from decpo.experiment.executors.dispatch import (
-    DONE_FILE,
-    Resources,
-    StagesFailed,
-    SubmititEngine,
-    job_folder,
-    make_engine,
-)
+from decpo.experiment.executors.base import DONE_FILE, Resources, StagesFailed, job_folder
+from decpo.experiment.executors.dispatch import make_engine
+from decpo.experiment.executors.submitit import SubmititEngine
 from decpo.experiment.recipes import Plan, StageLog
 
 from conftest import REPO

@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     args.raw_argv = list(argv) if argv is not None else sys.argv[1:]
     setup_logging(args.verbose)
     from decpo.errors import DecPOError
-    from decpo.experiment.executors.dispatch import StagesFailed
+    from decpo.experiment.executors.base import StagesFailed
 
     try:
         return args.func(args)
