@@ -90,7 +90,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from decpo.config.run_config import ConfigError
-    from decpo.experiment.recipes import parse_layers, parse_values, sweep_layers, sweep_strength
+    from decpo.config.sweeps import parse_values
+    from decpo.experiment.recipes import sweep_layers, sweep_strength
+    from decpo.models.hooks import parse_layers
 
     cfg = _experiment_config(args)
     try:
