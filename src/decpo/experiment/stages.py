@@ -186,7 +186,7 @@ def probe_stage(cfg: RunConfig, models: dict[str, str], out: Path) -> Callable[[
                 texts,
                 out / ps.name,
                 sites=probe_sites(cfg),
-                batch_size=16,
+                batch_size=cfg.probe.batch_size,
                 max_length=cfg.train.max_length,
                 dtype=cfg.model.dtype,
                 weights=i == 0,  # the weight proxy does not depend on the texts
