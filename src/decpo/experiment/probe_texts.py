@@ -10,10 +10,12 @@ in probes.csv.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from decpo.config import RunConfig
 from decpo.data import DataError
 from decpo.names import MLP_UP_PROJ
+from decpo.pairs.sampling import cached_pairs_path
 from decpo.probes.runner import _prompt_text
 from decpo.training.run import load_records
 
@@ -60,11 +62,19 @@ def probe_sets(cfg: RunConfig) -> list[ProbeSet]:
     return sets
 
 
+def pairs_file(cfg: RunConfig) -> Path | None:
+    """With ``pairs.source``: the pair file the pairs stage builds (`decpo.pairs.sampling.ensure_pairs`), which
+    training and the held-out texts read; else None (the pairs come from ``data``)."""
+    return cached_pairs_path(cfg) if cfg.pairs.source else None
+
+
 def heldout_records(cfg: RunConfig) -> list[dict]:
     """The held-out pairs of the training data, as training holds them out (`decpo.training.run.load_records`:
-    ``data.eval_path``, the last ``eval_fraction`` of ``data.path``, or the task's eval split), with the data
-    seed 0 (the same texts for every model and seed) and no ``data.max_eval_samples`` cap."""
-    return load_records(cfg.replace(**{"train.seed": 0, "data.max_eval_samples": None}))[1]
+    ``data.eval_path``, the last ``eval_fraction`` of ``data.path`` or of the pairs stage's file, or the
+    task's eval split), with the data seed 0 (the same texts for every model and seed) and no
+    ``data.max_eval_samples`` cap."""
+    heldout_cfg = cfg.replace(**{"train.seed": 0, "data.max_eval_samples": None})
+    return load_records(heldout_cfg, pairs_path=pairs_file(heldout_cfg))[1]
 
 
 def probe_texts(cfg: RunConfig, probe_set: ProbeSet, eos_token: str | None = None) -> list[str]:

@@ -24,7 +24,7 @@ from decpo.evaluation.registry import EvalError, get_task, task_names
 from decpo.evaluation.runner import evaluate
 from decpo.evaluation.tasks.toxicity import toxicity_prompts
 from decpo.experiment.plan import Plan, stage_key
-from decpo.experiment.probe_texts import heldout_records, probe_sets, probe_sites, probe_texts
+from decpo.experiment.probe_texts import heldout_records, pairs_file, probe_sets, probe_sites, probe_texts
 from decpo.io import atomic_write_json, atomic_write_text
 from decpo.models import load_tokenizer
 from decpo.names import BASE
@@ -125,7 +125,7 @@ def train_stage(
     run_cfg: RunConfig, folder: Path, log: StageLog, name: str, key: str, num_processes: int = 1
 ) -> Callable[[], None]:
     """Train ``run_cfg`` into ``folder`` (an old folder of another key kept aside as ``<name>.stale-<key>``),
-    in this process or as ``num_processes`` data-parallel processes."""
+    in this process or as ``num_processes`` data-parallel processes; the pairs are the pairs stage's file."""
     previous = log.stages.get(name, {}).get("key")  # read now: the plan marks the stage with the new key
 
     def stage() -> None:
@@ -134,10 +134,10 @@ def train_stage(
             logger.info("config changed: keeping the old %s as %s", folder, aside)
             os.replace(folder, aside)
         if num_processes <= 1:
-            train(run_cfg, folder)
+            train(run_cfg, folder, pairs_path=pairs_file(run_cfg))
             return
         # `decpo train` on this config in N processes; not config.yaml, which the run writes (and a resumed
-        # run compares with its config)
+        # run compares with its config). With pairs.source it finds the pairs stage's file (same content key)
         launch_config = folder / "launch.yaml"
         save_config(run_cfg, launch_config)
         args = ["train", "--config", str(launch_config), "--output-dir", str(folder)]
