@@ -145,7 +145,7 @@ def test_an_unknown_eval_task_stops_decpo_run_before_any_training(tmp_path, caps
     def no_training(*args, **kwargs):
         raise AssertionError("a training started")
 
-    monkeypatch.setattr("decpo.training.run.train", no_training)
+    monkeypatch.setattr("decpo.experiment.stages.train", no_training)
     out = tmp_path / "exp"
     assert main(["run", "--config", SMOKE, "--output-dir", str(out), "experiment.eval_tasks=[toxicty]"]) == 2
     err = capsys.readouterr().err

@@ -383,12 +383,12 @@ def test_a_run_trained_in_the_chat_template_is_evaluated_in_it(tmp_path, chat_ti
 
 
 def test_the_experiments_evaluation_follows_the_training_layout(tmp_path, monkeypatch):
-    import decpo.evaluation.runner as runner
+    import decpo.experiment.stages as stages
     from decpo.config import load_config
-    from decpo.experiment.recipes import _eval_stage
+    from decpo.experiment.stages import eval_stage as _eval_stage
 
     seen = []
-    monkeypatch.setattr(runner, "evaluate", lambda cfg, out: seen.append(cfg.chat_template))
+    monkeypatch.setattr(stages, "evaluate", lambda cfg, out: seen.append(cfg.chat_template))
     smoke = REPO / "configs" / "smoke.yaml"
     for overrides in (
         ["data.chat_template=true"],

@@ -14,7 +14,8 @@ from scipy import stats
 
 from decpo.cli import main
 from decpo.config import load_config
-from decpo.experiment.recipes import parse_layers, parse_values, strength_label, strength_overrides
+from decpo.config.sweeps import parse_values, strength_label, strength_overrides
+from decpo.models.hooks import parse_layers
 from decpo.reports.results import read_samples
 from decpo.reports.stats import paired_bootstrap
 from decpo.reports.tables import HEADLINE, item_values
@@ -274,18 +275,14 @@ def test_full_fine_tuning_is_scored_against_the_base_and_the_base_row_is_na(tmp_
 def test_every_stage_key_holds_the_decpo_version(tmp_path, monkeypatch):
     """A new decpo version reruns every stage (trainings, probes, evaluations) instead of reusing them."""
     import decpo
-    import decpo.reports.experiment_report as experiment_report
-    import decpo.reports.sweeps as sweeps
-    from decpo.experiment.recipes import Plan, run_experiment, sweep_layers, sweep_strength
+    import decpo.experiment.recipes as recipes
+    from decpo.experiment.plan import Plan
+    from decpo.experiment.recipes import run_experiment, sweep_layers, sweep_strength
 
     planned: list[dict[str, str]] = []
     monkeypatch.setattr(Plan, "run", lambda self, *a: planned.append({s.name: s.key for s in self.steps}))
-    for module, name in (
-        (experiment_report, "write_report"),
-        (sweeps, "write_sweep"),
-        (sweeps, "write_strength"),
-    ):
-        monkeypatch.setattr(module, name, lambda *a, **k: None)
+    for name in ("write_report", "write_sweep", "write_strength"):
+        monkeypatch.setattr(recipes, name, lambda *a, **k: None)
     cfg = load_config(SMOKE, ARGS)
     for version in ("0.1.0", "0.1.1"):
         monkeypatch.setattr(decpo, "__version__", version)
@@ -338,7 +335,7 @@ def test_strength_sweep_of_balances_when_the_weight_is_auto(tmp_path):
 
 def test_probe_texts_are_held_out_prompts_and_the_penalty_position():
     from decpo.data import load_task
-    from decpo.experiment.recipes import probe_sets, probe_texts
+    from decpo.experiment.probe_texts import probe_sets, probe_texts
 
     cfg = load_config(SMOKE, ["experiment.probe_num_texts=12"])
     held_out, penalty = probe_sets(cfg)  # train.reg_tokens=last: two probe sets
@@ -373,8 +370,9 @@ def test_run_and_sweep_refuse_to_be_launched_as_several_processes(tmp_path, monk
 
 
 def test_num_processes_launches_each_training_stage(tmp_path, monkeypatch):
-    import decpo.training.launch as run
-    from decpo.experiment.recipes import StageLog, _train_stage
+    import decpo.experiment.stages as stages
+    from decpo.experiment.stages import train_stage as _train_stage
+    from decpo.records import StageLog
 
     launched = []
 
@@ -382,7 +380,7 @@ def test_num_processes_launches_each_training_stage(tmp_path, monkeypatch):
         launched.append((n, args))
         return 0 if len(launched) == 1 else 1
 
-    monkeypatch.setattr(run, "launch", fake_launch)
+    monkeypatch.setattr(stages, "launch", fake_launch)
     cfg = load_config(SMOKE, ["objective.name=dpo", "train.seed=1"])
     folder = tmp_path / "train" / "dpo-s1"
     stage = _train_stage(

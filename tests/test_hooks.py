@@ -145,8 +145,8 @@ def test_one_unwrap_for_every_wrapper():
 
 
 def test_one_layer_parser_for_sweeps_and_probes():
-    from decpo.experiment.recipes import parse_layers as sweep_layers
     from decpo.models.hooks import parse_layers
+    from decpo.models.hooks import parse_layers as sweep_layers  # what `decpo sweep --layers` parses with
     from decpo.probes.runner import parse_layers as probe_layers
 
     assert sweep_layers is parse_layers is probe_layers

@@ -18,15 +18,11 @@ import pytest
 import decpo
 from decpo.cli import main
 from decpo.config import ConfigError, load_config
-from decpo.experiment.executors.dispatch import (
-    DONE_FILE,
-    Resources,
-    StagesFailed,
-    SubmititEngine,
-    job_folder,
-    make_engine,
-)
-from decpo.experiment.recipes import Plan, StageLog
+from decpo.experiment.executors.base import DONE_FILE, Resources, StagesFailed, job_folder
+from decpo.experiment.executors.dispatch import make_engine
+from decpo.experiment.executors.submitit import SubmititEngine
+from decpo.experiment.plan import Plan
+from decpo.records import StageLog
 
 from conftest import REPO
 
@@ -191,18 +187,13 @@ def test_a_rerun_records_jobs_that_ended_after_the_driver_stopped_and_waits_for_
 
 
 def test_experiment_stages_pickle_and_come_after_what_they_need(tmp_path, monkeypatch):
-    import decpo.reports.experiment_report as experiment_report
-    import decpo.reports.sweeps as sweeps
+    import decpo.experiment.recipes as recipes
     from decpo.experiment.recipes import run_experiment, sweep_layers, sweep_strength
 
     plans: list[Plan] = []
     monkeypatch.setattr(Plan, "run", lambda self, *a: plans.append(self))
-    for module, name in (
-        (experiment_report, "write_report"),
-        (sweeps, "write_sweep"),
-        (sweeps, "write_strength"),
-    ):
-        monkeypatch.setattr(module, name, lambda *a, **k: None)
+    for name in ("write_report", "write_sweep", "write_strength"):
+        monkeypatch.setattr(recipes, name, lambda *a, **k: None)
     cfg = load_config(SMOKE, [*ARGS, *LOCAL2])
     run_experiment(cfg, tmp_path / "run", argv=[])
     sweep_layers(cfg, tmp_path / "layers", [0, 1], argv=[])
@@ -222,11 +213,12 @@ def test_experiment_stages_pickle_and_come_after_what_they_need(tmp_path, monkey
 
 def test_pairs_come_before_every_other_stage(tmp_path, monkeypatch):
     import decpo.experiment.recipes as experiment
+    import decpo.experiment.stages as stages
 
     plans: list[Plan] = []
     monkeypatch.setattr(Plan, "run", lambda self, *a: plans.append(self))
-    monkeypatch.setattr(experiment, "check_pair_split", lambda cfg, tasks: {})
-    monkeypatch.setattr("decpo.reports.experiment_report.write_report", lambda *a, **k: None)
+    monkeypatch.setattr(stages, "check_pair_split", lambda cfg, tasks: {})
+    monkeypatch.setattr("decpo.experiment.recipes.write_report", lambda *a, **k: None)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("The weather today\nMy neighbour said\n")
     cfg = load_config(SMOKE, [*ARGS, f"pairs.source={prompts}"])

@@ -12,9 +12,9 @@ import pytest
 from scipy import stats
 
 from decpo.config import load_config
-from decpo.experiment.recipes import StageLog
 from decpo.io import atomic_write_json
 from decpo.probes.runner import rows_to_csv
+from decpo.records import StageLog
 from decpo.reports.curves import CURVES, method_series, plot_curves
 from decpo.reports.experiment_report import write_report
 from decpo.reports.style import METHOD_COLORS
@@ -212,7 +212,7 @@ def test_one_seed_claims_say_there_is_no_interval(tmp_path, folder):
 
 
 def test_prompt_last_says_the_held_out_prompts_measure_the_penalty(folder):
-    from decpo.experiment.recipes import probe_sets
+    from decpo.experiment.probe_texts import probe_sets
 
     out, models, order = folder
     cfg = _cfg(**{"train.reg_tokens": "prompt_last"})

@@ -267,7 +267,7 @@ def write_fake_rtp(data_dir: Path, n: int = 30) -> list[str]:
 
 
 def test_toxicity_preset_loader_asserts_disjoint_prompts(tmp_path):
-    from decpo.experiment.recipes import check_pair_split
+    from decpo.experiment.stages import check_pair_split
 
     texts = write_fake_rtp(tmp_path / "data")
     cfg = load_config(REPO / "configs" / "toxicity.yaml", [f"data.data_dir={tmp_path / 'data'}"])

@@ -105,8 +105,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    # lazy: pulls in the trainer (torch, trl)
-    from decpo.experiment.recipes import parse_layers, parse_values, sweep_layers, sweep_strength
+    from decpo.config.sweeps import parse_values
+    from decpo.experiment.recipes import sweep_layers, sweep_strength
+    from decpo.models.hooks import parse_layers
 
     cfg = _experiment_config(args)
     try:
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.raw_argv = list(argv) if argv is not None else sys.argv[1:]
     setup_logging(args.verbose)
-    from decpo.experiment.executors.dispatch import StagesFailed  # lazy: decpo.experiment pulls in torch, trl
+    from decpo.experiment.executors.base import StagesFailed
 
     try:
         return args.func(args)

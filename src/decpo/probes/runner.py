@@ -110,7 +110,7 @@ def parse_model_specs(specs: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def _prompt_text(prompt) -> str:
+def prompt_text(prompt) -> str:
     if isinstance(prompt, str):
         return prompt
     # conversational prompt: the messages' contents, one per line
@@ -135,7 +135,7 @@ def load_texts(
     elif path.exists() or source in TASKS:
         records = load_pairs(path) if path.exists() else load_task(source, split, data_dir=data_dir)
         texts = [
-            _prompt_text(r["prompt"]) + (_prompt_text(r["chosen"]) if with_answer else "") for r in records
+            prompt_text(r["prompt"]) + (prompt_text(r["chosen"]) if with_answer else "") for r in records
         ]
     else:
         raise DataError(f"--texts {source!r} is neither a file nor a task name (tasks: {', '.join(TASKS)})")

@@ -1,0 +1,288 @@
+"""The stages of an experiment's plan and their keys: the pairs stage (`add_pairs`), trainings
+(`train_stage`), the probe stage (`probe_stage`, `probe_key`) and evaluations (`add_evals`, `eval_stage`),
+with the evaluation settings they share (`eval_tasks`, `eval_chat_template`, `eval_settings`).
+
+Each builder returns the stage's function, a closure run later: in this process or, pickled by cloudpickle,
+in a job (`decpo.experiment.executors`). Where the stages write is listed in `decpo.experiment.recipes`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from decpo.config import ConfigError, RunConfig, save_config
+from decpo.data import DataError, resolve_data_dir
+from decpo.data.prompts import check_disjoint
+from decpo.evaluation.config import EvalConfig
+from decpo.evaluation.registry import EvalError, get_task, task_names
+from decpo.evaluation.runner import evaluate
+from decpo.evaluation.tasks.toxicity import toxicity_prompts
+from decpo.experiment.plan import Plan, stage_key
+from decpo.experiment.probe_texts import heldout_records, pairs_file, probe_sets, probe_sites, probe_texts
+from decpo.io import atomic_write_json, atomic_write_text
+from decpo.models import load_tokenizer
+from decpo.names import BASE
+from decpo.pairs.cache import config_prompts, ensure_pairs, pairs_key
+from decpo.pairs.sampling import side_files
+from decpo.probes.runner import WEIGHT_SITE, probe_models, rows_to_csv
+from decpo.records import StageLog
+from decpo.training.launch import launch
+from decpo.training.run import train
+
+logger = logging.getLogger(__name__)
+
+PAIRS_DIR = "pairs"
+
+
+def _real_data_available(cfg: RunConfig) -> bool:
+    try:
+        resolve_data_dir(cfg.data.data_dir)
+        return True
+    except DataError:
+        return False
+
+
+def eval_tasks(cfg: RunConfig) -> list[str]:
+    """``experiment.eval_tasks``, or the training task plus sycophancy when real data is found."""
+    if cfg.experiment.eval_tasks:
+        for name in cfg.experiment.eval_tasks:  # a typo stops the run now, not at its first evaluation
+            try:
+                get_task(name)
+            except EvalError as e:
+                raise ConfigError(f"experiment.eval_tasks: {e}") from e
+        return list(cfg.experiment.eval_tasks)
+    tasks = [cfg.data.task] if cfg.data.task in task_names() and not cfg.data.path else []
+    if "sycophancy" not in tasks and _real_data_available(cfg):
+        tasks.append("sycophancy")
+    return tasks
+
+
+# --- pairs ---------------------------------------------------------------------------------------------------
+
+
+def check_pair_split(cfg: RunConfig, tasks: list[str]) -> dict[str, Any]:
+    """The prompts the pairs are sampled from against the prompts evaluated by generation (toxicity):
+    DataError when any is shared, before any long work; else what was compared, for the report."""
+    train_prompts = config_prompts(cfg)
+    info: dict[str, Any] = {
+        "pairs_source": cfg.pairs.source,
+        "pairs_split": cfg.pairs.split,
+        "n_train": len(train_prompts),
+    }
+    if "toxicity" in tasks:
+        ecfg = EvalConfig(
+            task="toxicity",
+            data_dir=cfg.data.data_dir,
+            prompts_path=cfg.experiment.eval_prompts,
+            limit=cfg.experiment.eval_limit,
+        )
+        evals = [r["prompt"] for r in toxicity_prompts(ecfg)]
+        where = cfg.experiment.eval_prompts or "toxicity (split eval)"
+        check_disjoint(
+            train_prompts, evals, f"pairs.source={cfg.pairs.source} (split {cfg.pairs.split})", where
+        )
+        info.update(eval_prompts=where, n_eval=len(evals), shared=0)
+    return info
+
+
+def pairs_stage(cfg: RunConfig, out: Path, split: dict[str, Any]) -> Callable[[], None]:
+    """Build (or reuse) the pair file of ``pairs``; record its summary, the prompt split and the held-out pairs."""
+
+    def stage() -> None:
+        path = ensure_pairs(cfg)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "summary.json", side_files(path)[1].read_text())
+        atomic_write_json(out / "split.json", {**split, "pairs_file": str(path)})
+        held = heldout_records(cfg)
+        atomic_write_text(out / "heldout.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in held))
+
+    return stage
+
+
+def add_pairs(plan: Plan, cfg: RunConfig, tasks: list[str], out: Path) -> list[str]:
+    """With ``pairs.source``: check the train/eval prompt split now, and build the pairs as the first stage.
+
+    Returns what every other stage comes after: ``["pairs"]``, or ``[]`` without pairs."""
+    if not cfg.pairs.source:
+        return []
+    split = check_pair_split(cfg, tasks)
+    plan.add(
+        "pairs",
+        stage_key({"pairs": pairs_key(cfg), "split": split, "data": cfg.to_dict()["data"]}),
+        pairs_stage(cfg, out / PAIRS_DIR, split),
+    )
+    return ["pairs"]
+
+
+# --- training ------------------------------------------------------------------------------------------------
+
+
+def train_stage(
+    run_cfg: RunConfig, folder: Path, log: StageLog, name: str, key: str, num_processes: int = 1
+) -> Callable[[], None]:
+    """Train ``run_cfg`` into ``folder`` (an old folder of another key kept aside as ``<name>.stale-<key>``),
+    in this process or as ``num_processes`` data-parallel processes; the pairs are the pairs stage's file."""
+    previous = log.stages.get(name, {}).get("key")  # read now: the plan marks the stage with the new key
+
+    def stage() -> None:
+        if previous is not None and previous != key and folder.exists():
+            aside = folder.with_name(f"{folder.name}.stale-{previous}")
+            logger.info("config changed: keeping the old %s as %s", folder, aside)
+            os.replace(folder, aside)
+        if num_processes <= 1:
+            train(run_cfg, folder, pairs_path=pairs_file(run_cfg))
+            return
+        # `decpo train` on this config in N processes; not config.yaml, which the run writes (and a resumed
+        # run compares with its config). With pairs.source it finds the pairs stage's file (same content key)
+        launch_config = folder / "launch.yaml"
+        save_config(run_cfg, launch_config)
+        args = ["train", "--config", str(launch_config), "--output-dir", str(folder)]
+        code = launch(num_processes, args)
+        if code != 0:
+            raise RuntimeError(
+                f"{name}: the {num_processes}-process training exited with code {code} (its output is above); "
+                "re-run the same command to resume it"
+            )
+
+    return stage
+
+
+# --- probes --------------------------------------------------------------------------------------------------
+
+
+def probe_key(cfg: RunConfig, model_keys: dict[str, str]) -> str:
+    """The probe stage's key: the models' keys and what the probe texts, sites and pass depend on."""
+    return stage_key(
+        {
+            "models": model_keys,
+            "n": cfg.experiment.probe_num_texts,
+            "texts": {k: v for k, v in cfg.to_dict()["data"].items() if k != "max_train_samples"},
+            "sets": [dataclasses.asdict(s) for s in probe_sets(cfg)],
+            "sites": probe_sites(cfg),
+            "max_length": cfg.train.max_length,
+            "dtype": cfg.model.dtype,
+        }
+    )
+
+
+def probe_stage(cfg: RunConfig, models: dict[str, str], out: Path) -> Callable[[], None]:
+    """Probe every model of ``models`` (label -> spec) on every probe set; ``probes.csv`` merges them."""
+
+    def stage() -> None:
+        m = cfg.model
+        eos = load_tokenizer(
+            m.model_name_or_path, m.gguf_file, m.trust_remote_code, m.model_revision
+        ).eos_token
+        rows: list[dict] = []
+        info: dict[str, dict] = {}
+        for i, ps in enumerate(probe_sets(cfg)):
+            texts = probe_texts(cfg, ps, eos)
+            report = probe_models(
+                models,
+                texts,
+                out / ps.name,
+                sites=probe_sites(cfg),
+                batch_size=cfg.probe.batch_size,
+                max_length=cfg.train.max_length,
+                dtype=cfg.model.dtype,
+                weights=i == 0,  # the weight proxy does not depend on the texts
+            )
+            for r in report.rows:
+                if ps.site_suffix and r["site"] != WEIGHT_SITE:
+                    r = {**r, "site": r["site"] + ps.site_suffix}
+                rows.append(r)
+            info[ps.name] = {**dataclasses.asdict(ps), "n_texts": len(texts), "models": list(models)}
+        atomic_write_text(out / "probes.csv", rows_to_csv(rows))
+        atomic_write_json(out / "probe_sets.json", info)
+
+    return stage
+
+
+# --- evaluation ----------------------------------------------------------------------------------------------
+
+
+def eval_chat_template(cfg: RunConfig) -> bool:
+    """Whether evaluation uses the chat template: ``experiment.eval_chat_template``, or with ``auto`` the
+    layout the models were trained on (``data.chat_template``), for the base model too."""
+    setting = cfg.experiment.eval_chat_template
+    return cfg.data.chat_template if setting == "auto" else bool(setting)
+
+
+def eval_settings(cfg: RunConfig) -> dict:
+    """What an evaluation stage depends on besides the model and the task."""
+    settings = {
+        k: v for k, v in cfg.to_dict()["experiment"].items() if k.startswith("eval_") and k != "eval_tasks"
+    }
+    return {
+        **settings,
+        "chat_template": eval_chat_template(cfg),
+        "beta": cfg.train.beta,
+        "data_dir": cfg.data.data_dir,
+        "synthetic_answer": cfg.data.synthetic_answer,
+        "pairs": cfg.to_dict()["pairs"] if cfg.pairs.source else None,  # the held-out pairs scored
+    }
+
+
+def eval_stage(
+    cfg: RunConfig, task: str, model_spec: str, out: Path, pairs_path: Path | None = None
+) -> Callable[[], None]:
+    """Evaluate ``model_spec`` on ``task`` into ``out`` (toxicity also scores the held-out pairs ``pairs_path``)."""
+
+    def stage() -> None:
+        evaluate(
+            EvalConfig(
+                task=task,
+                model=model_spec,
+                prompts_path=cfg.experiment.eval_prompts,
+                pairs_path=str(pairs_path) if pairs_path is not None and task == "toxicity" else None,
+                limit=cfg.experiment.eval_limit,
+                seed=0,  # the same items for every method and seed
+                batch_size=cfg.experiment.eval_batch_size,
+                data_dir=cfg.data.data_dir,
+                beta=cfg.train.beta,
+                dtype=cfg.model.dtype,
+                generate=cfg.experiment.eval_generate,
+                chat_template=eval_chat_template(cfg),
+                synthetic_answer=cfg.data.synthetic_answer,  # the answers as trained
+                progress=True,
+            ),
+            out,
+        )
+
+    return stage
+
+
+def heldout_path(cfg: RunConfig, out: Path) -> Path | None:
+    """The held-out pairs the pairs stage wrote (``pairs/heldout.jsonl``), or None without ``pairs.source``."""
+    return out / PAIRS_DIR / "heldout.jsonl" if cfg.pairs.source else None
+
+
+def add_eval(
+    plan: Plan, cfg: RunConfig, task: str, label: str, spec: str, model_key: str, out: Path, after: list[str]
+) -> None:
+    """``eval/<task>/<label>``: model ``spec`` (of key ``model_key``) on ``task``, after the stages ``after``."""
+    key = stage_key({"model": model_key, "task": task, "eval": eval_settings(cfg)})
+    stage = eval_stage(cfg, task, spec, out / "eval" / task / label, heldout_path(cfg, out))
+    plan.add(f"eval/{task}/{label}", key, stage, after=after)
+
+
+def add_evals(
+    plan: Plan,
+    cfg: RunConfig,
+    tasks: list[str],
+    models: dict[str, str],
+    keys: dict[str, str],
+    out: Path,
+    first: list[str],
+) -> None:
+    """``eval/<task>/<label>`` of every model, each after the model's training (and ``first``)."""
+    for task in tasks:
+        for label, spec in models.items():
+            after = [*first, *([f"train/{label}"] if label != BASE else [])]
+            add_eval(plan, cfg, task, label, spec, keys[label], out, after)
