@@ -126,7 +126,7 @@ def test_pairs_sampled_from_the_model_are_built_by_the_pairs_step_and_handed_to_
     train, evals = load_records(cfg, pairs)
     assert len(train) + len(evals) == 10
     built = []
-    monkeypatch.setattr("decpo.pairs.sampling.ensure_pairs", lambda c: built.append(c) or pairs)
+    monkeypatch.setattr("decpo.pairs.cache.ensure_pairs", lambda c: built.append(c) or pairs)
     run = tmp_path / "run"
     assert (
         main(
