@@ -175,6 +175,29 @@ def test_report_opens_with_both_claims_and_their_numbers(folder):
     assert "regularized layer 3 (mlp.up_proj@answer_last" in text and "DecPO higher" in text
 
 
+def test_a_measure_at_the_ceiling_is_flagged_and_left_out_of_the_counts(folder):
+    out, models, order = folder
+    ceiling = {"dpo": {0: 0.98, 1: 1.0, 2: 0.99}, "decpo": {0: 1.0, 1: 1.0, 2: 1.0}}
+    for label in models[1:]:
+        method, _, seed = label.partition("-s")
+        atomic_write_json(
+            out / "eval" / "synthetic" / label / "results.json", _results(ceiling[method][int(seed)], n=64)
+        )
+    lines = _demo_report(folder).splitlines()
+    claim2 = next(line for line in lines if line.startswith("**Claim 2"))
+    # the debiased accuracy (both methods >= 0.97) is not counted; the reward margin (not a share) is
+    assert "not clearly different on 1 of 1 measures" in claim2
+    assert (
+        "Left out of these counts, because both methods are at the ceiling (>= 0.97) or the floor" in claim2
+    )
+    assert "synthetic: debiased A/B acc (at the ceiling)" in claim2
+    line = next(x for x in lines if x.startswith("- synthetic: debiased A/B acc (higher is better)"))
+    assert line.endswith(": at the ceiling: cannot show a difference.")
+    # the results table: DecPO's 64/64 in every seed is not shown as certain, but as 64 of 64 shared items
+    row = next(x for x in lines if x.startswith("| decpo |"))
+    assert "1.000 [0.944, 1.000]" in row and "[1.000, 1.000]" not in row
+
+
 def test_results_table_has_the_a_rate_and_stages_are_in_run_order(folder):
     out, models, order = folder
     report = _demo_report(folder)
