@@ -234,6 +234,18 @@ def test_one_seed_claims_say_there_is_no_interval(tmp_path, folder):
     assert "n/a (unpaired: no samples.jsonl)" in report
 
 
+def test_equal_seeds_in_claim_1_are_not_called_one_seed():
+    from types import SimpleNamespace
+
+    from decpo.reports.claims import _claim1_answer
+    from decpo.reports.probes import summarize
+    from decpo.reports.stats import t_interval
+
+    same = t_interval([0.01, 0.01, 0.01])  # three seeds, one value: no interval, and not "one seed"
+    answer, _ = _claim1_answer(SimpleNamespace(claim1=summarize({0: same, 1: same}, same)))
+    assert answer == "Direction only (all 3 seeds gave the same value, so no interval): higher on average."
+
+
 def test_prompt_last_says_the_held_out_prompts_measure_the_penalty(folder):
     from decpo.experiment.recipes import probe_sets
 

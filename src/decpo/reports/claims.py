@@ -43,7 +43,12 @@ def _claim1_answer(view: ProbeSetView) -> tuple[str, str]:
         }[o.side()]
         counts = f"the per-layer interval is above 0 in {c.n_above} and below 0 in {c.n_below} of {n} layers"
         return answer, counts
-    answer = "Direction only (one seed, so no interval over seeds): " + (
+    why = (
+        f"all {o.n_seeds} seeds gave the same value, so no interval"
+        if o.how == "seeds, all equal"
+        else "one seed, so no interval over seeds"
+    )
+    answer = f"Direction only ({why}): " + (
         "higher on average." if o.mean > 0 else "lower on average." if o.mean < 0 else "unchanged on average."
     )
     higher = sum(e.mean > 0 for e in c.per_layer.values())
