@@ -175,6 +175,29 @@ def test_report_opens_with_both_claims_and_their_numbers(folder):
     assert "regularized layer 3 (mlp.up_proj@answer_last" in text and "DecPO higher" in text
 
 
+def test_a_measure_at_the_ceiling_is_flagged_and_left_out_of_the_counts(folder):
+    out, models, order = folder
+    ceiling = {"dpo": {0: 0.98, 1: 1.0, 2: 0.99}, "decpo": {0: 1.0, 1: 1.0, 2: 1.0}}
+    for label in models[1:]:
+        method, _, seed = label.partition("-s")
+        atomic_write_json(
+            out / "eval" / "synthetic" / label / "results.json", _results(ceiling[method][int(seed)], n=64)
+        )
+    lines = _demo_report(folder).splitlines()
+    claim2 = next(line for line in lines if line.startswith("**Claim 2"))
+    # the debiased accuracy (both methods >= 0.97) is not counted; the reward margin (not a share) is
+    assert "not clearly different on 1 of 1 measures" in claim2
+    assert (
+        "Left out of these counts, because both methods are at the ceiling (>= 0.97) or the floor" in claim2
+    )
+    assert "synthetic: debiased A/B acc (at the ceiling)" in claim2
+    line = next(x for x in lines if x.startswith("- synthetic: debiased A/B acc (higher is better)"))
+    assert line.endswith(": at the ceiling: cannot show a difference.")
+    # the results table: DecPO's 64/64 in every seed is not shown as certain, but as 64 of 64 shared items
+    row = next(x for x in lines if x.startswith("| decpo |"))
+    assert "1.000 [0.944, 1.000]" in row and "[1.000, 1.000]" not in row
+
+
 def test_results_table_has_the_a_rate_and_stages_are_in_run_order(folder):
     out, models, order = folder
     report = _demo_report(folder)
@@ -209,6 +232,18 @@ def test_one_seed_claims_say_there_is_no_interval(tmp_path, folder):
     assert "largest rise is at layer 1 (+0.0198) and the largest fall at layer 2 (-0.0497)" in claim1
     # task measures of one seed without samples.jsonl: not paired, said so
     assert "n/a (unpaired: no samples.jsonl)" in report
+
+
+def test_equal_seeds_in_claim_1_are_not_called_one_seed():
+    from types import SimpleNamespace
+
+    from decpo.reports.claims import _claim1_answer
+    from decpo.reports.probes import summarize
+    from decpo.reports.stats import t_interval
+
+    same = t_interval([0.01, 0.01, 0.01])  # three seeds, one value: no interval, and not "one seed"
+    answer, _ = _claim1_answer(SimpleNamespace(claim1=summarize({0: same, 1: same}, same)))
+    assert answer == "Direction only (all 3 seeds gave the same value, so no interval): higher on average."
 
 
 def test_prompt_last_says_the_held_out_prompts_measure_the_penalty(folder):

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from decpo.reports.probe_section import ProbeSetView
 from decpo.reports.results import Difference
-from decpo.reports.stats import Estimate
+from decpo.reports.stats import CEILING, FLOOR, Estimate, count_verdicts
 
 
 def _layer_est(layer: int, est: Estimate) -> str:
@@ -23,6 +23,10 @@ def _interval_words(est: Estimate) -> str:
         return f"95% t-interval over {est.n_seeds} seeds"
     if est.how == "paired items":
         return f"paired bootstrap over {est.n_items} items"
+    if est.how == "seeds x items":
+        return f"bootstrap over {est.n_seeds} seeds x {est.n_items} items"
+    if est.how == "seeds, all equal":
+        return f"{est.n_seeds} seeds, all equal: no interval"
     return "one seed: no interval over seeds"
 
 
@@ -39,7 +43,12 @@ def _claim1_answer(view: ProbeSetView) -> tuple[str, str]:
         }[o.side()]
         counts = f"the per-layer interval is above 0 in {c.n_above} and below 0 in {c.n_below} of {n} layers"
         return answer, counts
-    answer = "Direction only (one seed, so no interval over seeds): " + (
+    why = (
+        f"all {o.n_seeds} seeds gave the same value, so no interval"
+        if o.how == "seeds, all equal"
+        else "one seed, so no interval over seeds"
+    )
+    answer = f"Direction only ({why}): " + (
         "higher on average." if o.mean > 0 else "lower on average." if o.mean < 0 else "unchanged on average."
     )
     higher = sum(e.mean > 0 for e in c.per_layer.values())
@@ -84,17 +93,29 @@ def _decorr_verdict(est: Estimate) -> str:
 
 
 def _task_summary(diffs: list[Difference]) -> str:
-    """How many sided task measures DecPO is better, worse or not clearly different on."""
+    """How many sided task measures DecPO is better, worse or not clearly different on; a measure where both
+    methods are at the ceiling or floor is named apart and not counted (`decpo.reports.stats.count_verdicts`)."""
     sided = [d for d in diffs if d.direction in ("higher", "lower") and d.estimate is not None]
     if not sided:
         return "No task measure was evaluated for both DecPO and DPO."
-    counts = {k: sum(d.verdict == k for d in sided) for k in ("DecPO better", "DecPO worse")}
-    unclear = len(sided) - counts["DecPO better"] - counts["DecPO worse"]
-    return (
-        f"On the task measures, DecPO is better on {counts['DecPO better']}, worse on "
-        f"{counts['DecPO worse']} and not clearly different on {unclear} of {len(sided)} measures "
-        "(intervals of the paired difference DecPO - DPO)."
+    tally = count_verdicts([(d.label, d.verdict, d.flag) for d in sided])
+    better, worse = tally.counts.get("DecPO better", 0), tally.counts.get("DecPO worse", 0)
+    flagged = "; ".join(f"{name} (at the {flag})" for name, flag in tally.flagged)
+    if not tally.n:
+        return (
+            "No task measure can show a difference: on every one both methods are at the ceiling "
+            f"(>= {CEILING}) or the floor (<= {FLOOR}): {flagged}."
+        )
+    text = (
+        f"On the task measures, DecPO is better on {better}, worse on {worse} and not clearly different on "
+        f"{tally.n - better - worse} of {tally.n} measures (intervals of the paired difference DecPO - DPO)."
     )
+    if flagged:
+        text += (
+            f" Left out of these counts, because both methods are at the ceiling (>= {CEILING}) or the floor "
+            f"(<= {FLOOR}), where a measure cannot show a difference: {flagged}."
+        )
+    return text
 
 
 def _reg_layer_lines(views: list[ProbeSetView], regularized: list[int]) -> list[str]:

@@ -144,7 +144,7 @@ def plot_task_measures(
             per_seed = seed_entries(results.get(method, {}).get(task, {}), metric)
             if not per_seed:
                 continue
-            est = over_seeds([per_seed[k] for k in sorted(per_seed, key=lambda x: (x is None, x))])
+            est = over_seeds([per_seed[k] for k in sorted(per_seed, key=lambda x: (x is None, x))], metric)
             err = [[est.mean - est.low], [est.high - est.mean]] if est.has_interval else None
             ax.bar(i, est.mean, color=method_color(method), yerr=err, capsize=3)
         ax.set_xticks(range(len(methods)), methods, rotation=30, fontsize=8)

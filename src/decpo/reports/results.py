@@ -16,7 +16,7 @@ from pathlib import Path
 from decpo.config import RunConfig
 from decpo.names import BASE
 from decpo.reports.probes import split_label
-from decpo.reports.stats import Estimate, paired_bootstrap
+from decpo.reports.stats import Estimate, at_ceiling_or_floor, flag_words, paired_bootstrap, share_measure
 from decpo.reports.tables import Results, align_items, item_values, paired_difference, seed_entries, verdict
 
 
@@ -55,11 +55,28 @@ class Difference:
     estimate: Estimate | None
     how: str
     verdict: str
+    flag: str | None = None  # "ceiling" / "floor": both methods there, the measure cannot show a difference
+
+
+def _mean_value(entries: dict) -> float | None:
+    return math.fsum(float(e["value"]) for e in entries.values()) / len(entries) if entries else None
+
+
+def ceiling_flag(metric: str, a: dict, b: dict) -> str | None:
+    """`decpo.reports.stats.at_ceiling_or_floor` of a share measure (accuracy, rate): both methods' means
+    over their seeds (``seed -> metric entry``) at or above 0.97, or at or below 0.03; None otherwise."""
+    ma, mb = _mean_value(a), _mean_value(b)
+    if not share_measure(metric) or ma is None or mb is None:
+        return None
+    return at_ceiling_or_floor(ma, mb)
 
 
 def decpo_minus_dpo(
     output_dir: Path, results: Results, columns, a: str = "decpo", b: str = "dpo"
 ) -> list[Difference]:
+    """``a - b`` of each measure, paired (`decpo.reports.tables.paired_difference`). A sided share measure
+    where both methods are at the ceiling or floor (`ceiling_flag`) gets the verdict "at the ceiling: cannot
+    show a difference" and its ``flag``, which leaves it out of the report's counts."""
     out = []
     for task, metric, label in columns:
         ra, rb = results.get(a, {}).get(task, {}), results.get(b, {}).get(task, {})
@@ -68,7 +85,11 @@ def decpo_minus_dpo(
             continue
         direction = next(iter(entries.values())).get("direction", "higher")
         est, how = paired_difference(task, metric, ra, rb, samples_reader(output_dir, task, a, b))
-        out.append(Difference(label, direction, est, how, verdict(est, direction)))
+        flag = None
+        if est is not None and direction in ("higher", "lower"):
+            flag = ceiling_flag(metric, seed_entries(ra, metric), seed_entries(rb, metric))
+        said = flag_words(flag) if flag else verdict(est, direction)
+        out.append(Difference(label, direction, est, how, said, flag))
     return out
 
 

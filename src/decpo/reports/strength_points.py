@@ -96,7 +96,7 @@ def task_points(
             per_seed = seed_entries(results.get(method_of[v], {}).get(task, {}), metric)
             if not per_seed:
                 continue
-            est = over_seeds([per_seed[s] for s in sorted(per_seed)])
+            est = over_seeds([per_seed[s] for s in sorted(per_seed)], metric)
             vs0, how = None, ""
             if zero is not None and v != zero:
                 vs0, how = paired_difference(

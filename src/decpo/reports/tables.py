@@ -7,7 +7,12 @@ seed (``decpo-s1`` minus ``dpo-s1``), never by position in a list.
 
 With one seed, ``DecPO - DPO`` is a paired bootstrap over the evaluated items, from the per-item scores
 of ``samples.jsonl``; ``ITEM_SCORES`` says explicitly which per-item score makes which measure. A measure
-without one is reported as "n/a (unpaired)" rather than approximated.
+without one is reported as "n/a (unpaired)" rather than approximated. With several seeds that all give the
+same difference, the t-interval has no width to offer, so the difference falls back to the two-level
+bootstrap over seeds and items (`decpo.reports.hierarchical`) from the same per-item scores.
+
+A share of items scored 0 or 1 (an accuracy, a rate; `binary_items`) that is 0 or 1 gets the exact
+binomial interval, never the zero-width one of a bootstrap or of equal seeds.
 """
 
 from __future__ import annotations
@@ -16,7 +21,15 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from decpo.reports.stats import Estimate, paired_bootstrap, paired_seed_difference, t_interval
+from decpo.reports.hierarchical import hierarchical_paired_bootstrap
+from decpo.reports.stats import (
+    Estimate,
+    binary_items,
+    exact_binomial,
+    paired_bootstrap,
+    paired_seed_difference,
+    t_interval,
+)
 from decpo.scoring.classifiers import VaderScorer
 
 # method -> task -> seed -> results.json
@@ -202,13 +215,22 @@ def item_values(task: str, metric: str, samples: Sequence[dict], entry: dict | N
 # --- estimates ------------------------------------------------------------------------------------------
 
 
-def over_seeds(entries: Sequence[dict]) -> Estimate:
-    """Mean and 95% CI of one measure over seeds (t-interval); a single seed keeps the items' bootstrap CI."""
+def over_seeds(entries: Sequence[dict], metric: str | None = None) -> Estimate:
+    """Mean and 95% CI of one measure over seeds (t-interval); a single seed keeps the items' bootstrap CI.
+
+    ``metric`` a share of 0/1 items (`binary_items`) scored on the same ``n`` items by every seed: a value
+    of 0 or 1 (one seed), or the same value in every seed, gets the exact binomial interval over the
+    ``n`` items (`decpo.reports.stats.t_interval`), not a zero-width one.
+    """
     values = [float(e["value"]) for e in entries]
+    sizes = {e.get("n") for e in entries}
+    n_items = sizes.pop() if metric and len(sizes) == 1 and binary_items(metric, values) else None
     if len(values) == 1:
+        if n_items and values[0] in (0.0, 1.0):
+            return exact_binomial(int(values[0]) * n_items, n_items)
         low, high = entries[0].get("ci", [math.nan, math.nan])
         return Estimate(values[0], float(low), float(high), 1, "items")
-    return t_interval(values)
+    return t_interval(values, n_items=n_items)
 
 
 def seed_entries(per_seed: Mapping[int, dict], metric: str) -> dict[int, dict]:
@@ -226,7 +248,9 @@ def paired_difference(
     """``a - b`` of one measure, paired; returns ``(estimate, how)`` or ``(None, reason)``.
 
     ``a``, ``b``: ``seed -> results.json`` of two methods. Several common seeds: t-interval of the per-seed
-    differences. One seed: paired bootstrap over the items both models were scored on, read through
+    differences; when they are all equal (no width), the seeds x items bootstrap of the per-item scores
+    instead (`decpo.reports.hierarchical.hierarchical_paired_bootstrap`), or no interval without them.
+    One seed: paired bootstrap over the items both models were scored on, read through
     ``samples(side, seed)`` (``side`` is ``"a"`` or ``"b"``), which returns the ``samples.jsonl`` records.
     """
     ea, eb = seed_entries(a, metric), seed_entries(b, metric)
@@ -237,6 +261,9 @@ def paired_difference(
         est = paired_seed_difference(
             {s: float(ea[s]["value"]) for s in seeds}, {s: float(eb[s]["value"]) for s in seeds}
         )
+        fallback = _seeds_x_items(task, metric, ea, eb, samples) if est.how == "seeds, all equal" else None
+        if fallback is not None:  # the t-interval has no width to offer: every seed's items do
+            return fallback
         return est, f"paired over {len(seeds)} seeds (t)"
     seed = seeds[0]
     if samples is None:
@@ -255,6 +282,37 @@ def paired_difference(
     return est, f"paired bootstrap over {len(pairs[0])} items"
 
 
+def _seeds_x_items(
+    task: str, metric: str, ea: Mapping[int, dict], eb: Mapping[int, dict], samples: Callable | None
+) -> tuple[Estimate, str] | None:
+    """``a - b`` paired by seed and by item from ``samples.jsonl`` (`hierarchical_paired_bootstrap`);
+    None unless every common seed of both sides has per-item scores on the same items."""
+    if samples is None:
+        return None
+    order: list | None = None
+    per_a: dict[int, list[float]] = {}
+    per_b: dict[int, list[float]] = {}
+    for seed in sorted(set(ea) & set(eb)):
+        sa, sb = samples("a", seed), samples("b", seed)
+        if sa is None or sb is None:
+            return None
+        ka, va = item_values(task, metric, sa, ea[seed])
+        kb, vb = item_values(task, metric, sb, eb[seed])
+        if ka is None or kb is None:
+            return None
+        order = order or list(ka)
+        blank = [0.0] * len(order)  # align_items orders each side by the first seed's item keys
+        xa, xb = align_items(order, blank, ka, va), align_items(order, blank, kb, vb)
+        if xa is None or xb is None:
+            return None
+        per_a[seed], per_b[seed] = xa[1], xb[1]
+    est = hierarchical_paired_bootstrap(per_a, per_b)
+    return est, (
+        f"paired over {len(per_a)} seeds x {est.n_items} items (bootstrap over seeds and items: every seed "
+        "gave the same difference)"
+    )
+
+
 def align_items(ka: Sequence, va: Sequence[float], kb: Sequence, vb: Sequence[float]):
     """``(a, b)`` with ``a[i]``, ``b[i]`` the scores of the same item (matched by item key, in ``ka``'s order);
     None when the two sides do not hold exactly the same items, each once."""
@@ -271,7 +329,7 @@ def verdict(est: Estimate | None, direction: str) -> str:
     if direction not in ("higher", "lower"):
         return "diagnostic (no better side)"
     if not est.has_interval:
-        return "no interval (one seed)"
+        return "no interval (all seeds equal)" if est.how == "seeds, all equal" else "no interval (one seed)"
     side = est.side() if direction == "higher" else -est.side()
     return {1: "DecPO better", -1: "DecPO worse", 0: "no clear difference (interval includes 0)"}[side]
 
@@ -286,7 +344,7 @@ def results_table(
         for task, metric, _ in columns:
             per_seed = seed_entries(results.get(method, {}).get(task, {}), metric)
             entries = [per_seed[s] for s in sorted(per_seed)]
-            row.append(over_seeds(entries).fmt() if entries else "n/a")
+            row.append(over_seeds(entries, metric).fmt() if entries else "n/a")
         rows.append(row)
     return rows
 
