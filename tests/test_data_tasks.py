@@ -136,11 +136,11 @@ def test_env_var_is_used(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
 
 
 def test_unknown_task_and_split() -> None:
-    with pytest.raises(DataError, match="unknown task 'nope'.*toxicity_pairwise"):
+    with pytest.raises(DataError, match="unknown task 'nope'.*toxicity_pairwise.*reading"):
         load_task("nope")
     with pytest.raises(DataError, match="unknown split 'transfer'"):
         load_task("sycophancy", "transfer", data_dir=".")
-    assert TASKS == ("synthetic", "sycophancy", "reframing", "toxicity", "toxicity_pairwise")
+    assert TASKS == ("synthetic", "sycophancy", "reframing", "toxicity", "toxicity_pairwise", "reading")
 
 
 def _write_pairwise(path: Path, n: int) -> Path:

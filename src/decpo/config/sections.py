@@ -17,7 +17,10 @@ OBJECTIVES = ("dpo", "decpo", "l1", "sft", "simpo")
 class DataConfig:
     task: str = field(
         default="synthetic",
-        metadata=described("Built-in task: synthetic, sycophancy, reframing, toxicity, toxicity_pairwise."),
+        metadata=described(
+            "Built-in task: synthetic, reading (two facts: answered by reading the question, not by copying; "
+            "held out during training: its dev split), sycophancy, reframing, toxicity, toxicity_pairwise."
+        ),
     )
     path: str | None = field(
         default=None,
@@ -46,7 +49,8 @@ class DataConfig:
     synthetic_answer: str = field(
         default="option",
         metadata=described(
-            "Answers of the synthetic task: option (letter and option text, ' (B) 23') or letter (' (B)' alone)."
+            "Answers of the synthetic and reading tasks: option (letter and option text, ' (B) 23') or letter "
+            "(' (B)' alone)."
         ),
     )
 

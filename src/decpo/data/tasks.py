@@ -21,11 +21,12 @@ from typing import Any
 from decpo.data.errors import DataError
 from decpo.data.pairs import collect_pairs, split_train_eval
 from decpo.data.readers import RawItem, read_raw
+from decpo.data.reading import HELD_OUT_SPLIT, make_reading
 from decpo.data.synthetic import make_synthetic
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("synthetic", "sycophancy", "reframing", "toxicity", "toxicity_pairwise")
+TASKS = ("synthetic", "sycophancy", "reframing", "toxicity", "toxicity_pairwise", "reading")
 SPLITS = ("train", "eval", "test")
 DATA_DIR_ENV = "DECPO_DATA_DIR"
 EVAL_FRACTION = 0.1
@@ -195,18 +196,23 @@ def load_task(
         name: one of :data:`TASKS`.
         split: ``"train"``, ``"eval"`` or ``"test"`` (``"transfer"`` too for ``synthetic``). Except for
             sycophancy's own test file, train is the first 90% of the file and eval = test the last 10%.
-        data_dir: the data directory (see :func:`resolve_data_dir`); not needed for ``synthetic``.
+            ``reading`` has ``"train"``, ``"dev"``, ``"test"`` and ``"transfer"``; its ``"eval"`` (the
+            held-out set of training, its probes and pairs) is ``"dev"``, never ``"test"``.
+        data_dir: the data directory (see :func:`resolve_data_dir`); not needed for ``synthetic`` and
+            ``reading``.
         path: a file read instead of the default one for this split (required for ``toxicity_pairwise``
             unless ``<data_dir>/toxicity/toxicity_pairwise.jsonl`` exists).
-        seed: seed of the synthetic task (the file-based tasks are deterministic and ignore it).
+        seed: seed of the synthetic and reading tasks (the file-based tasks are deterministic and ignore it).
         on_error: ``"raise"`` or ``"skip"`` bad records, see :func:`decpo.data.pairs.collect_pairs`.
-        synthetic_answer: the synthetic task's answer format, ``"option"`` or ``"letter"``
-            (see :func:`decpo.data.synthetic.make_synthetic`).
+        synthetic_answer: the synthetic and reading tasks' answer format, ``"option"`` or ``"letter"``
+            (see :func:`decpo.data.synthetic.make_synthetic`, :func:`decpo.data.reading.make_reading`).
     """
     if name not in TASKS:
         raise DataError(f"unknown task {name!r}; expected one of {TASKS}")
     if name == "synthetic":
         return make_synthetic(split, seed=seed, answer=synthetic_answer)
+    if name == "reading":
+        return make_reading(HELD_OUT_SPLIT if split == "eval" else split, seed=seed, answer=synthetic_answer)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r} for task {name!r}; expected one of {SPLITS}")
 

@@ -4,6 +4,9 @@ Tasks and their measures (every metric is a mean over items with a 95% bootstrap
     synthetic   A/B accuracy from the log-probs of " (A)" / " (B)" (raw, option-swapped, mean of the two
                 orders, debiased = right in both orders), "(A)" rate, accuracy when the user is right vs
                 wrong; on the ``eval`` split and, prefixed ``transfer/``, the ``transfer`` split.
+    reading     the same A/B measures on the ``test`` split of the reading task (two facts, copying fails),
+                beside them prefixed ``letter/`` the letter's log-prob alone, a greedy generated answer parsed
+                (``gen/``); the ``transfer`` split's A/B measures (``transfer/``, ``transfer/letter/``).
     sycophancy  the same A/B measures on the 50 CAA test items (correct = the non-sycophantic letter), and
                 generation-based: the first letter parsed from a greedy answer.
     reframing   held-out pairs (situations unseen in training); generated thoughts' VADER positivity.
@@ -39,4 +42,4 @@ or from the command line, with the module importable: ``decpo eval --task mypkg.
 """
 
 # registration order is the order of `task_names()`
-from decpo.evaluation.tasks import synthetic, sycophancy, reframing, toxicity  # isort: skip  # noqa: F401
+from decpo.evaluation.tasks import synthetic, sycophancy, reframing, toxicity, reading  # isort: skip  # noqa: F401
