@@ -251,6 +251,13 @@ def load_options(m: DecPOModelConfig) -> dict[str, Any]:
         trust_remote_code=m.trust_remote_code,
         revision=m.model_revision,
         attn_implementation=m.attn_implementation,
+        **_bnb_options(m),
+    )
+
+
+def _bnb_options(m: DecPOModelConfig) -> dict[str, Any]:
+    """The bitsandbytes fields of the ``model`` section, as `quantization_config` and `load_model` take them."""
+    return dict(
         load_in_4bit=m.load_in_4bit,
         load_in_8bit=m.load_in_8bit,
         bnb_4bit_quant_type=m.bnb_4bit_quant_type,
@@ -264,14 +271,7 @@ def check_model_config(m: DecPOModelConfig) -> None:
     ``attn_implementation``, and bitsandbytes quantization where it can run (CUDA, bitsandbytes, a model of
     full-precision weights); a ModelError naming the key otherwise."""
     check_attn_implementation(m.attn_implementation)
-    quantization = quantization_config(
-        load_in_4bit=m.load_in_4bit,
-        load_in_8bit=m.load_in_8bit,
-        bnb_4bit_quant_type=m.bnb_4bit_quant_type,
-        use_bnb_nested_quant=m.use_bnb_nested_quant,
-        bnb_4bit_quant_storage=m.bnb_4bit_quant_storage,
-        dtype=m.dtype,
-    )
+    quantization = quantization_config(**_bnb_options(m), dtype=m.dtype)
     if quantization is not None:
         option = "load_in_4bit" if m.load_in_4bit else "load_in_8bit"
         check_quantizable(m.model_name_or_path, gguf_file=m.gguf_file, option=option)
