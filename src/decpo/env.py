@@ -8,6 +8,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import decpo
+
 _CPU_MATH_READY = False
 
 
@@ -40,13 +42,12 @@ def warm_up_cpu_math() -> None:
 
 def environment() -> dict[str, Any]:
     """Versions, git hash, device, threads and data-parallel world size."""
+    # lazy: the versions of heavy libraries, imported only when a run records them
     import accelerate
     import peft
     import torch
     import transformers
     import trl
-
-    import decpo
 
     try:
         git = subprocess.run(

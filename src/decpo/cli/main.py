@@ -11,7 +11,9 @@ from decpo.cli import eval as eval_command
 from decpo.cli import pairs as pairs_command
 from decpo.cli import probe as probe_command
 from decpo.config import ConfigError, describe_keys, load_config
+from decpo.config.sweeps import parse_values
 from decpo.errors import DecPOError
+from decpo.experiment.executors.base import StagesFailed
 from decpo.io import remove_failed_start, removed_if_start_fails
 from decpo.log import setup_logging
 
@@ -105,7 +107,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from decpo.config.sweeps import parse_values
+    # lazy: the experiment and the hooks pull in torch, transformers and trl (slow for `decpo --help`)
     from decpo.experiment.recipes import sweep_layers, sweep_strength
     from decpo.models.hooks import parse_layers
 
@@ -233,7 +235,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.raw_argv = list(argv) if argv is not None else sys.argv[1:]
     setup_logging(args.verbose)
-    from decpo.experiment.executors.base import StagesFailed
 
     try:
         return args.func(args)
