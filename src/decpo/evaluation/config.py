@@ -96,6 +96,13 @@ class EvalConfig:
             "Toxicity: held-out pairs (TRL JSONL) of the pairs/ measures; None: the hh-rlhf harmless test pairs."
         ),
     )
+    split: str = field(
+        default="test",
+        metadata=described(
+            "reading: the split scored beside transfer: test (the reported split) or dev (for tuning; "
+            "benchmarks/tune_reading.py uses it and refuses test)."
+        ),
+    )
     progress: bool = field(default=True, metadata=described("Show progress bars."))
 
     def __post_init__(self) -> None:
@@ -108,6 +115,8 @@ class EvalConfig:
             raise EvalError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.beta <= 0:
             raise EvalError(f"beta must be > 0, got {self.beta}")
+        if self.split not in ("test", "dev"):
+            raise EvalError(f"split must be 'test' or 'dev', got {self.split!r}")
         if self.chat_template == "auto":
             self.chat_template = None
         if not (self.chat_template is None or isinstance(self.chat_template, bool)):

@@ -1,5 +1,5 @@
-"""reading: the built-in reading task (`decpo.data.reading`), scored on its TEST split so that the choice,
-not an echo of the prompt, is what counts.
+"""reading: the built-in reading task (`decpo.data.reading`), scored on its TEST split (``cfg.split``: dev
+for tuning) so that the choice, not an echo of the prompt, is what counts.
 
 Measures (each a mean over items with a 95% bootstrap CI; the test split unless prefixed ``transfer/``):
     ab_*            the A/B measures of `decpo.evaluation.measures.ab_measures` in both option orders (raw,
@@ -129,7 +129,7 @@ def eval_reading(ctx: EvalContext, judge) -> tuple[dict, list, int]:
             load_task("reading", name, seed=cfg.seed, synthetic_answer=cfg.synthetic_answer), cfg.limit
         )
 
-    test, transfer = split("test"), split("transfer")
+    test, transfer = split(cfg.split), split("transfer")
     metrics, samples, policy = ab_measures(ctx, test, "")
     metrics.update(_letter_measures(ctx, test, samples, metrics, ""))
     transfer_metrics, transfer_samples, _ = ab_measures(ctx, transfer, "transfer/")

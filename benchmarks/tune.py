@@ -1,0 +1,159 @@
+"""Choose a preset's settings on the DEV split: train variants of a preset, evaluate each on the dev split of
+the reading task, and print one markdown row per variant (with its held-out curve).
+
+The test split is the report's and is never used for tuning: this script evaluates ``--split dev`` only and
+refuses ``--split test`` (and an override that would evaluate on it). Each variant is a list of dotted
+overrides of the preset (``configs/default.yaml`` unless ``--config``); variants run one after another,
+a minute or two each on 2 CPU cores::
+
+    python benchmarks/tune.py --out /tmp/tune --variant dpo-s40 objective.name=dpo train.max_steps=40 \\
+        --variant dpo-s60 objective.name=dpo train.max_steps=60 --write benchmarks/RESULTS.md
+
+``--variant NAME override ...`` may be repeated; ``--seeds 0 1 2`` trains each variant once per seed and
+prints one row per seed. The evaluation is ``decpo eval --task reading --split dev`` on the first
+``--limit`` dev items (the same items for every variant and seed: a multiple of 16 keeps them balanced) and
+as many transfer items; generation (``gen/accuracy``) unless ``--no-generate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from report import emit
+
+REPO = Path(__file__).resolve().parents[1]
+TUNING_SPLITS = ("dev",)
+MEASURES = (
+    ("ab_accuracy_debiased", "debiased (dev)"),
+    ("ab_accuracy_mean_orders", "mean of orders"),
+    ("letter/ab_accuracy_debiased", "letter-only debiased"),
+    ("gen/accuracy", "gen. accuracy"),
+    ("gen/exact_rate", "says answer"),
+    ("ab_accuracy_user_wrong", "user wrong"),
+    ("transfer/ab_accuracy_debiased", "transfer debiased"),
+    ("preference_accuracy", "pref. acc"),
+)
+
+
+class TestSplitRefused(SystemExit):
+    """Tuning on the test split: refused."""
+
+
+def refuse_test(split: str, overrides: list[str] | None = None) -> None:
+    """Exit with an error when ``split`` (or an override) points the tuning at anything but the dev split."""
+    if split not in TUNING_SPLITS:
+        raise TestSplitRefused(
+            f"tune.py: --split {split!r} refused: tuning uses the dev split only; the test split is the "
+            "report's (decpo run, decpo eval) and is never used to choose settings"
+        )
+    for override in overrides or []:
+        if override.replace(" ", "").lower().endswith(("split=test", "split=eval_test")):
+            raise TestSplitRefused(f"tune.py: override {override!r} refused: tuning never reads the test split")
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, list[str]]]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="folder for the runs")
+    parser.add_argument("--config", default=str(REPO / "configs" / "default.yaml"))
+    parser.add_argument("--split", default="dev", help="the evaluated split: dev (test is refused)")
+    parser.add_argument("--limit", type=int, default=96, help="first N dev (and transfer) items")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--no-generate", action="store_true", help="log-prob measures only")
+    parser.add_argument("--write", default=None, help="append the table to this markdown file")
+    args, rest = parser.parse_known_args(argv)
+    variants: list[tuple[str, list[str]]] = []
+    for token in rest:
+        if token == "--variant":
+            variants.append(("", []))
+        elif variants and not variants[-1][0]:
+            variants[-1] = (token, [])
+        elif variants:
+            variants[-1][1].append(token)
+        else:
+            parser.error(f"unexpected {token!r}: start a variant with --variant NAME")
+    if not variants:
+        parser.error("give at least one --variant NAME override ...")
+    refuse_test(args.split, [o for _, overrides in variants for o in overrides])
+    return args, variants
+
+
+def curve(metrics_path: Path, key: str) -> str:
+    """``step:value`` of ``key`` in a training's metrics.jsonl."""
+    points = []
+    for line in metrics_path.read_text().splitlines():
+        row = json.loads(line)
+        if key in row:
+            points.append(f"{row['step']}:{row[key]:.2f}")
+    return " ".join(points)
+
+
+def penalty_change(metrics_path: Path) -> str:
+    """The penalty R on the held-out (dev) pairs at the first and last evaluation: ``R0 -> Rn`` (DecPO only)."""
+    values = [
+        json.loads(line)["eval/decorrelation/value"]
+        for line in metrics_path.read_text().splitlines()
+        if "eval/decorrelation/value" in line
+    ]
+    return f"{values[0]:.1f} -> {values[-1]:.1f}" if values else "-"
+
+
+def main(argv: list[str]) -> None:
+    from decpo.config import load_config
+    from decpo.evaluation.config import EvalConfig
+    from decpo.evaluation.runner import evaluate
+    from decpo.training.run import train
+
+    args, variants = parse(argv)
+    out = Path(args.out)
+    lines = [
+        f"Tuning on dev (`python benchmarks/tune.py {' '.join(argv)}`), reading task, first {args.limit} dev "
+        "and transfer items, both option orders:",
+        "",
+        "| variant | seed | overrides | "
+        + " | ".join(label for _, label in MEASURES)
+        + " | chosen log-prob change (nats) | penalty R on dev, start -> end | train s "
+        "| held-out reward acc by step |",
+        "|---|---|---|" + "---|" * len(MEASURES) + "---|---|---|---|",
+    ]
+    print("\n".join(lines), flush=True)
+    for name, overrides in variants:
+        for seed in args.seeds:
+            cfg = load_config(args.config, [*overrides, f"train.seed={seed}"])
+            if cfg.data.task != "reading":
+                raise SystemExit(f"tune.py: variant {name}: data.task must be reading, got {cfg.data.task!r}")
+            run_dir = out / f"{name}-s{seed}"
+            t0 = time.perf_counter()
+            result = train(cfg, run_dir)
+            train_s = time.perf_counter() - t0
+            res = evaluate(
+                EvalConfig(
+                    task="reading",
+                    model=str(run_dir),
+                    split=args.split,
+                    limit=args.limit,
+                    beta=cfg.train.beta,
+                    synthetic_answer=cfg.data.synthetic_answer,
+                    generate=not args.no_generate,
+                    progress=False,
+                ),
+                out / f"{name}-s{seed}-eval",
+            ).results["metrics"]
+            chosen_nats = res["chosen_reward"]["value"] / cfg.train.beta
+            metrics = result.output_dir / "metrics.jsonl"
+            cells = [f"{res[m]['value']:.3f}" if m in res else "n/a" for m, _ in MEASURES]
+            lines.append(
+                f"| {name} | {seed} | `{' '.join(overrides)}` | "
+                + " | ".join(cells)
+                + f" | {chosen_nats:+.1f} | {penalty_change(metrics)} | {train_s:.0f} "
+                f"| {curve(metrics, 'eval/rewards/accuracies')} |"
+            )
+            print(lines[-1], flush=True)
+    emit(lines, args.write)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
