@@ -163,6 +163,21 @@ class ExperimentSettings:
             "split of the data directory's challenging prompts (disjoint from the train split used for pairs)."
         ),
     )
+    curve_steps: list[int] = field(
+        default_factory=list,
+        metadata=described(
+            "Training steps at which `decpo run` also evaluates every trained model's checkpoint on the primary "
+            "outcome (a learning curve: base at step 0, these steps, the final model): each a multiple of "
+            "train.save_steps below train.max_steps, in increasing order; empty: no curve."
+        ),
+    )
+    curve_limit: int | None = field(
+        default=None,
+        metadata=described(
+            "Items of each learning-curve point (the first N of the evaluated split, the same for every model); "
+            "null: experiment.eval_limit."
+        ),
+    )
     probe_num_texts: int = field(
         default=64, metadata=described("Held-out texts of the final probes (base and every trained model).")
     )
@@ -200,6 +215,14 @@ class ExperimentSettings:
             raise ConfigError(f"experiment.executor must be one of {EXECUTORS}, got {self.executor!r}")
         if self.max_parallel < 0:
             raise ConfigError(f"experiment.max_parallel must be >= 0, got {self.max_parallel}")
+        _check_counts("experiment", self, curve_limit=1)
+        steps = self.curve_steps
+        if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in steps) or any(
+            b <= a for a, b in zip(steps, steps[1:], strict=False)
+        ):
+            raise ConfigError(
+                f"experiment.curve_steps must be positive whole numbers in strictly increasing order, got {steps!r}"
+            )
         if self.eval_chat_template is None:
             self.eval_chat_template = "auto"
         if not (isinstance(self.eval_chat_template, bool) or self.eval_chat_template == "auto"):

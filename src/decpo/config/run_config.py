@@ -78,6 +78,9 @@ class RunConfig:
     probe: ProbeSettings = field(default_factory=ProbeSettings)
     experiment: ExperimentSettings = field(default_factory=ExperimentSettings)
 
+    def __post_init__(self) -> None:
+        check_curve_steps(self)  # the checks that read more than one section
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -89,6 +92,46 @@ class RunConfig:
                 raise _unknown_key(key, "replace()")
             _set(tree, key, _check_type(key, value))
         return _build(tree)
+
+
+def check_curve_steps(cfg: RunConfig) -> None:
+    """``experiment.curve_steps`` against the ``train`` section: each step's checkpoint must exist when the
+    training ends (``train/<label>/checkpoint-<N>``), so a `ConfigError` naming the fields unless
+
+    - ``train.max_steps`` > 0 and every step is below it (the final model is the curve's last point);
+    - ``train.save_strategy`` is ``steps`` and every step is a multiple of a whole ``train.save_steps``;
+    - ``train.save_total_limit`` keeps them: the trainer saves at every multiple of ``save_steps`` and at the
+      last step, then deletes all but the newest ``save_total_limit`` (transformers' ``rotate_checkpoints``;
+      null or <= 0 deletes none), so it must cover every save from the first curve step on.
+    """
+    steps, train = cfg.experiment.curve_steps, cfg.train
+    if not steps:
+        return
+    where = f"experiment.curve_steps={steps}"
+    if train.max_steps <= 0 or steps[-1] >= train.max_steps:
+        raise ConfigError(
+            f"{where}: each step must be below train.max_steps ({train.max_steps}, must be > 0)"
+        )
+    every = train.save_steps
+    if str(getattr(train.save_strategy, "value", train.save_strategy)) != "steps" or every < 1 or every % 1:
+        raise ConfigError(
+            f"{where} evaluates checkpoints saved every train.save_steps steps: needs train.save_strategy=steps "
+            f"and a whole train.save_steps >= 1 (got {train.save_strategy!r}, {every!r})"
+        )
+    off = [s for s in steps if s % int(every)]
+    if off:
+        raise ConfigError(
+            f"{where}: {off} not a multiple of train.save_steps ({int(every)}): no checkpoint there"
+        )
+    saves = {*range(int(every), train.max_steps + 1, int(every)), train.max_steps}
+    kept = len([s for s in saves if s >= steps[0]])
+    limit = train.save_total_limit
+    if limit is not None and 0 < limit < kept:
+        raise ConfigError(
+            f"{where}: train.save_total_limit={limit} deletes checkpoint-{steps[0]} before it is evaluated "
+            f"({kept} checkpoints are saved from step {steps[0]} on): set train.save_total_limit >= {kept} "
+            "(or null: keep every checkpoint)"
+        )
 
 
 def _set(tree: dict[str, Any], key: str, value: Any) -> None:
