@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from decpo.config.fields import described
-from decpo.evaluation.registry import EvalError, get_task
+from decpo.evaluation.registry import TASKS, EvalError, get_task
 from decpo.scoring.classifiers import DEFAULT_TOXICITY_SCORER
 
 
@@ -35,7 +35,9 @@ class EvalConfig:
         ),
     )
     limit: int | None = field(default=None, metadata=described("First N items of each evaluated set."))
-    seed: int = field(default=0, metadata=described("Seed of the synthetic data and of bootstrap resampling."))
+    seed: int = field(
+        default=0, metadata=described("Seed of the synthetic data and of bootstrap resampling.")
+    )
     max_new_tokens: int | None = field(
         default=None,
         metadata=described(
@@ -103,10 +105,24 @@ class EvalConfig:
             "benchmarks/tune_reading.py uses it and refuses test)."
         ),
     )
+    quick: bool = field(
+        default=False,
+        metadata=described(
+            "Only the A/B measures of the evaluated split, answers as trained (no letter-only, transfer, pair "
+            "measures or generation): for learning curves. Only for tasks registered with "
+            "`register_task(..., quick=True)` (the built-in reading and synthetic); others refuse it."
+        ),
+    )
     progress: bool = field(default=True, metadata=described("Show progress bars."))
 
     def __post_init__(self) -> None:
-        get_task(self.task)  # EvalError for an unknown task, suggesting the closest name
+        task = get_task(self.task)  # EvalError for an unknown task, suggesting the closest name
+        if self.quick and not task.quick:
+            quick = ", ".join(t.name for t in TASKS.values() if t.quick)
+            raise EvalError(
+                f"quick: task {self.task!r} has no quick evaluation (tasks that have one: {quick}); "
+                "evaluate it in full (quick=False)"
+            )
         if self.limit is not None and self.limit < 1:
             raise EvalError(f"limit must be >= 1, got {self.limit}")
         if self.batch_size < 1:

@@ -50,6 +50,7 @@ class Task:
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS  # when ``EvalConfig.max_new_tokens`` is None
     # fails on missing data before any model is loaded (a clear DataError naming the expected files)
     check_data: DataCheck | None = None
+    quick: bool = False  # honours ``EvalConfig.quick`` (the A/B measures of the evaluated split alone)
 
 
 TASKS: dict[str, Task] = {}  # name -> task, in the order of registration
@@ -77,12 +78,14 @@ def register_task(
     *,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     check_data: DataCheck | None = None,
+    quick: bool = False,
     replace: bool = False,
 ) -> Callable[[TaskFn], TaskFn]:
     """Decorator: register ``fn(ctx, judge) -> (metrics, samples, n)`` as the evaluation task ``name``.
 
     ``max_new_tokens``: the task's generation length when the config gives none; ``check_data(cfg)``: raise
-    on missing data before any model is loaded. A name already taken by another function is an EvalError
+    on missing data before any model is loaded; ``quick``: the task honours ``EvalConfig.quick`` (a config
+    asking a task without it for a quick evaluation is an EvalError, not a full one). A name already taken by another function is an EvalError
     unless ``replace`` (registering the same function again, e.g. on a re-import, is fine).
     """
     if not name or ":" in name:
@@ -95,7 +98,7 @@ def register_task(
             raise EvalError(
                 f"task {name!r} is already registered by {_where(old.run)}; pass replace=True to replace it"
             )
-        TASKS[name] = Task(name, fn, max_new_tokens, check_data)
+        TASKS[name] = Task(name, fn, max_new_tokens, check_data, quick)
         return fn
 
     return decorator

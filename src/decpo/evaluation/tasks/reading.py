@@ -12,6 +12,8 @@ Measures (each a mean over items with a 95% bootstrap CI; the test split unless 
                     preferred answer exactly (" (B) 23": is the preferred answer still what the model says?)
     transfer/ab_*, transfer/letter/ab_*   the A/B measures on the transfer split (unseen frames, phrasings)
     preference_accuracy, reward_margin, ...   held-out preference accuracy and DPO reward margin on test
+With ``cfg.quick`` (learning curves): the ``ab_*`` measures of the scored split alone, as trained; no
+``letter/``, ``transfer/``, pair or ``gen/`` measures.
 Per-item values are in ``samples.jsonl`` (one ``kind: "ab"`` sample per item, ``split`` test or transfer):
 ``scores.correct``, ``correct_swapped``, ``correct_both`` (as trained), ``letter_correct``,
 ``letter_correct_swapped``, ``letter_correct_both`` (letter alone), on test the pair scores and, with
@@ -119,7 +121,7 @@ def _generation_measures(ctx: EvalContext, records: list[dict[str, Any]], sample
     }
 
 
-@register_task("reading", max_new_tokens=GEN_TOKENS)
+@register_task("reading", max_new_tokens=GEN_TOKENS, quick=True)
 def eval_reading(ctx: EvalContext, judge) -> tuple[dict, list, int]:
     """The reading task's measures (see the module docstring); ``judge`` is unused (answers are checkable)."""
     cfg = ctx.cfg
@@ -129,8 +131,11 @@ def eval_reading(ctx: EvalContext, judge) -> tuple[dict, list, int]:
             load_task("reading", name, seed=cfg.seed, synthetic_answer=cfg.synthetic_answer), cfg.limit
         )
 
-    test, transfer = split(cfg.split), split("transfer")
+    test = split(cfg.split)
     metrics, samples, policy = ab_measures(ctx, test, "")
+    if cfg.quick:
+        return metrics, samples, len(test)
+    transfer = split("transfer")
     metrics.update(_letter_measures(ctx, test, samples, metrics, ""))
     transfer_metrics, transfer_samples, _ = ab_measures(ctx, transfer, "transfer/")
     metrics.update(transfer_metrics)

@@ -1,6 +1,6 @@
 """synthetic: A/B measures on the built-in synthetic sycophancy task's eval split and, prefixed
 ``transfer/``, its transfer split (unseen fact frames and phrasings); held-out preference accuracy and
-reward margin on the eval split."""
+reward margin on the eval split. With ``cfg.quick`` (learning curves): the eval split's A/B measures alone."""
 
 from __future__ import annotations
 
@@ -12,16 +12,18 @@ from decpo.evaluation.measures import ab_measures, limited, preference_measures
 from decpo.evaluation.registry import register_task
 
 
-@register_task("synthetic")
+@register_task("synthetic", quick=True)
 def eval_synthetic(ctx: EvalContext, judge) -> tuple[dict, list, int]:
     metrics: dict[str, Any] = {}
     answer = ctx.cfg.synthetic_answer
     evals = limited(load_task("synthetic", "eval", seed=ctx.cfg.seed, synthetic_answer=answer), ctx.cfg.limit)
+    m, samples, policy = ab_measures(ctx, evals, "")
+    metrics.update(m)
+    if ctx.cfg.quick:
+        return metrics, samples, len(evals)
     transfer = limited(
         load_task("synthetic", "transfer", seed=ctx.cfg.seed, synthetic_answer=answer), ctx.cfg.limit
     )
-    m, samples, policy = ab_measures(ctx, evals, "")
-    metrics.update(m)
     m, transfer_samples, _ = ab_measures(ctx, transfer, "transfer/")
     metrics.update(m)
     m, per_item = preference_measures(ctx, evals, policy=policy)
