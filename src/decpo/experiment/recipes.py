@@ -7,6 +7,8 @@ Stages and where they write (under the experiment folder), in run order:
                                 ``decpo-s1``, ...): probes.csv (all probe sets), probe_sets.json, and one
                                 subfolder per probe set with its own probes.csv and plots
     eval/<task>/<model>/        results.json, samples.jsonl per model and task
+    eval/<task>@<N>/<model>/    with experiment.curve_steps: the learning curve's points, each trained
+                                model's checkpoint-<N> (quick evaluation, `decpo.reports.learning_curves`)
     report.md, figures/         the report
     stages.json                 each stage's config key, status, start and end time, wall time and position in
                                 the plan (and, run as a job, its job id and log)
@@ -55,6 +57,7 @@ from decpo.config.sweeps import strength_label, strength_overrides
 from decpo.experiment.executors.dispatch import make_engine
 from decpo.experiment.plan import Plan, stage_key, training_key
 from decpo.experiment.stages import (
+    add_curve_evals,
     add_eval,
     add_evals,
     add_pairs,
@@ -141,6 +144,7 @@ def run_experiment(
             models[label], keys[label] = _add_training(plan, run_cfg, label, output_dir, first, num_processes)
     _add_probes(plan, cfg, models, keys, output_dir, first)
     add_evals(plan, cfg, tasks, models, keys, output_dir, first)
+    add_curve_evals(plan, cfg, tasks, models, keys, output_dir, first)
 
     t0 = time.perf_counter()
     _run(plan, cfg, output_dir, num_processes)

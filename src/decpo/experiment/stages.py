@@ -1,5 +1,6 @@
 """The stages of an experiment's plan and their keys: the pairs stage (`add_pairs`), trainings
-(`train_stage`), the probe stage (`probe_stage`, `probe_key`) and evaluations (`add_evals`, `eval_stage`),
+(`train_stage`), the probe stage (`probe_stage`, `probe_key`), evaluations (`add_evals`, `eval_stage`) and the
+learning curve's evaluations of checkpoints (`add_curve_evals`),
 with the evaluation settings they share (`eval_tasks`, `eval_chat_template`, `eval_settings`).
 
 Each builder returns the stage's function, a closure run later: in this process or, pickled by cloudpickle,
@@ -32,6 +33,7 @@ from decpo.pairs.cache import config_prompts, ensure_pairs, pairs_key
 from decpo.pairs.sampling import side_files
 from decpo.probes.runner import WEIGHT_SITE, probe_models, rows_to_csv
 from decpo.records import StageLog
+from decpo.reports.learning_curves import curve_limit, curve_measure, ends_reuse_evals, result_path
 from decpo.training.launch import launch
 from decpo.training.run import train
 
@@ -230,9 +232,10 @@ def eval_settings(cfg: RunConfig) -> dict:
 
 
 def eval_stage(
-    cfg: RunConfig, task: str, model_spec: str, out: Path, pairs_path: Path | None = None
+    cfg: RunConfig, task: str, model_spec: str, out: Path, pairs_path: Path | None = None, quick: bool = False
 ) -> Callable[[], None]:
-    """Evaluate ``model_spec`` on ``task`` into ``out`` (toxicity also scores the held-out pairs ``pairs_path``)."""
+    """Evaluate ``model_spec`` on ``task`` into ``out`` (toxicity also scores the held-out pairs ``pairs_path``);
+    ``quick``: a learning-curve point, the quick evaluation (`EvalConfig.quick`) of `curve_limit` items."""
 
     def stage() -> None:
         evaluate(
@@ -241,7 +244,7 @@ def eval_stage(
                 model=model_spec,
                 prompts_path=cfg.experiment.eval_prompts,
                 pairs_path=str(pairs_path) if pairs_path is not None and task == "toxicity" else None,
-                limit=cfg.experiment.eval_limit,
+                limit=curve_limit(cfg) if quick else cfg.experiment.eval_limit,
                 seed=0,  # the same items for every method and seed
                 batch_size=cfg.experiment.eval_batch_size,
                 data_dir=cfg.data.data_dir,
@@ -250,6 +253,7 @@ def eval_stage(
                 generate=cfg.experiment.eval_generate,
                 chat_template=eval_chat_template(cfg),
                 synthetic_answer=cfg.data.synthetic_answer,  # the answers as trained
+                quick=quick,
                 progress=True,
             ),
             out,
@@ -286,3 +290,56 @@ def add_evals(
         for label, spec in models.items():
             after = [*first, *([f"train/{label}"] if label != BASE else [])]
             add_eval(plan, cfg, task, label, spec, keys[label], out, after)
+
+
+def curve_points(cfg: RunConfig, models: dict[str, str]) -> list[tuple[int, str, str]]:
+    """``(step, label, model spec)`` of every learning-curve point to evaluate: each trained model's
+    ``checkpoint-<N>`` (beside its ``final/``) at each of ``experiment.curve_steps``, and, when the curve's
+    ends are not the ordinary evaluations (`ends_reuse_evals`), base at step 0 and the final models."""
+    points = []
+    reuse = ends_reuse_evals(cfg)
+    for label, spec in models.items():
+        if label == BASE:
+            points += [] if reuse else [(0, label, spec)]
+            continue
+        points += [
+            (n, label, str(Path(spec).with_name(f"checkpoint-{n}"))) for n in cfg.experiment.curve_steps
+        ]
+        points += [] if reuse else [(cfg.train.max_steps, label, spec)]
+    return points
+
+
+def add_curve_evals(
+    plan: Plan,
+    cfg: RunConfig,
+    tasks: list[str],
+    models: dict[str, str],
+    keys: dict[str, str],
+    out: Path,
+    first: list[str],
+) -> None:
+    """``eval/<task>@<N>/<label>``: the learning curve's points (`curve_points`) on the curve's task
+    (`curve_measure`), quick evaluations of `curve_limit` items, each after its model's training."""
+    if not cfg.experiment.curve_steps:
+        return
+    task, _ = curve_measure(cfg, tasks)
+    if not get_task(task).quick:
+        raise ConfigError(
+            f"experiment.curve_steps: the curve follows {task!r} (the first evaluated task), which has no quick "
+            "evaluation (EvalConfig.quick); put a task that has one first in experiment.eval_tasks"
+        )
+    for step, label, spec in curve_points(cfg, models):
+        folder = result_path(out, cfg, task, step, label).parent
+        key = stage_key(
+            {
+                "model": keys[label],
+                "step": step,
+                "task": task,
+                "eval": eval_settings(cfg),
+                "curve": curve_limit(cfg),
+            }
+        )
+        after = [*first, *([f"train/{label}"] if label != BASE else [])]
+        plan.add(
+            folder.relative_to(out).as_posix(), key, eval_stage(cfg, task, spec, folder, quick=True), after
+        )

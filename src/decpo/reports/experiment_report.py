@@ -18,6 +18,7 @@ from decpo.io import atomic_write_text
 from decpo.names import BASE
 from decpo.reports.claims import better_side, claim1_lines, claim2_lines
 from decpo.reports.curves import CAPTION, plot_curves, plot_probe_dynamics, read_metrics
+from decpo.reports.learning_curves import learning_curve_lines
 from decpo.reports.probe_section import CLAIM_SITE, ProbeSetView, probe_section, probe_views
 from decpo.reports.provenance import provenance_lines
 from decpo.reports.results import (
@@ -64,6 +65,7 @@ def write_report(
     lines += claim2_lines(diffs, views, regularized, cfg.experiment.methods)
     lines += _header_lines(cfg, tasks, command)
     lines += _results_lines(results, cfg, methods, columns, tasks, figures)
+    lines += learning_curve_lines(output_dir, cfg, models, tasks, figures)
     lines += _difference_lines(diffs)
     lines += _minus_base_lines(output_dir, results, columns, cfg.experiment.methods)
     lines += data_lines(output_dir, cfg, tasks)
