@@ -7,6 +7,7 @@ Stages and where they write (under the experiment folder), in run order:
                                 ``decpo-s1``, ...): probes.csv (all probe sets), probe_sets.json, and one
                                 subfolder per probe set with its own probes.csv and plots
     eval/<task>/<model>/        results.json, samples.jsonl per model and task
+    primary.json                the primary outcome (task, measure), recorded before any stage runs
     report.md, figures/         the report
     stages.json                 each stage's config key, status, start and end time, wall time and position in
                                 the plan (and, run as a job, its job id and log)
@@ -65,8 +66,9 @@ from decpo.experiment.stages import (
 )
 from decpo.io import check_writable
 from decpo.names import BASE
-from decpo.records import StageLog
+from decpo.records import StageLog, write_primary
 from decpo.reports.experiment_report import write_report
+from decpo.reports.primary import resolve_primary
 from decpo.reports.sweeps import write_strength, write_sweep
 from decpo.training.launch import world_size
 
@@ -129,8 +131,13 @@ def run_experiment(
 
     ``num_processes`` > 1: each training stage runs as that many data-parallel processes.
     """
-    output_dir, command, plan = _begin(cfg, output_dir, argv)
     tasks = eval_tasks(cfg)
+    # the primary outcome, checked against the evaluated tasks before anything is written, and recorded
+    # before any stage runs
+    primary = resolve_primary(cfg.experiment.primary, tasks)
+    output_dir, command, plan = _begin(cfg, output_dir, argv)
+    if primary is not None:
+        write_primary(output_dir, primary.record(), time.time())
     first = add_pairs(plan, cfg, tasks, output_dir)
     models: dict[str, str] = {BASE: cfg.model.model_name_or_path}
     keys: dict[str, str] = {BASE: stage_key(cfg.to_dict()["model"])}
