@@ -294,3 +294,21 @@ def test_reading_item_scores_cover_its_headline_measures():
     reading = [m for t, m, _ in HEADLINE if t == "reading"]
     assert reading[0] == get_task("reading").primary
     assert all(("reading", m) in ITEM_SCORES for m in reading)
+
+
+def test_reading_item_scores_reproduce_a_real_evaluation(tmp_path):
+    from decpo.evaluation import EvalConfig, evaluate
+    from decpo.models.tiny import TINY_NAME
+    from decpo.reports.results import read_samples
+
+    cfg = EvalConfig(task="reading", model=TINY_NAME, limit=8, progress=False, n_boot=20, max_new_tokens=4)
+    evaluate(cfg, tmp_path / "ev")
+    results = json.loads((tmp_path / "ev" / "results.json").read_text())
+    samples = read_samples(tmp_path / "ev" / "samples.jsonl")
+    measures = [m for t, m in ITEM_SCORES if t == "reading"]
+    # the model is its own reference here: the pair measures are n/a, every other one is in results.json
+    assert {m for m in measures if m not in results["metrics"]} == {"preference_accuracy", "reward_margin"}
+    for metric in measures:
+        if metric in results["metrics"]:
+            keys, why = item_values("reading", metric, samples, results["metrics"][metric])
+            assert keys is not None, (metric, why)
