@@ -11,11 +11,11 @@ A task is a function ``fn(ctx, judge) -> (metrics, samples, n)``:
 The shared measures of the built-in tasks (A/B accuracy, held-out preference accuracy and reward margin,
 the judge's aligned rate) are in `decpo.evaluation.measures`.
 
-``@register_task("name", primary="measure")`` registers one, and declares its primary measure (the one a
-``decpo run`` report leads with when ``experiment.primary`` is null); and ``evaluate(EvalConfig(task="name", ...), out)`` runs it; from
-the command line ``decpo eval --task mypkg.mymod:name`` imports ``mypkg.mymod`` (whose decorators register
-its tasks) and runs its task ``name``. The built-in tasks (`decpo.evaluation.tasks`) are registered on the
-first look-up.
+``@register_task("name", primary="measure")`` registers one and declares its primary measure (the one a
+``decpo run`` report leads with when ``experiment.primary`` is null), and ``evaluate(EvalConfig(task="name",
+...), out)`` runs it; from the command line ``decpo eval --task mypkg.mymod:name`` imports ``mypkg.mymod``
+(whose decorators register its tasks) and runs its task ``name``. The built-in tasks
+(`decpo.evaluation.tasks`) are registered on the first look-up.
 """
 
 from __future__ import annotations
@@ -88,8 +88,8 @@ def register_task(
 
     ``max_new_tokens``: the task's generation length when the config gives none; ``check_data(cfg)``: raise
     on missing data before any model is loaded; ``primary``: the metric that is the task's primary outcome
-    (`decpo.reports.primary`). A name already taken by another function is an EvalError
-    unless ``replace`` (registering the same function again, e.g. on a re-import, is fine).
+    (`decpo.reports.primary`). A name already taken by another function is an EvalError unless ``replace``
+    (registering the same function again, e.g. on a re-import, is fine).
     """
     if not name or ":" in name:
         raise EvalError(f"task name {name!r}: must be non-empty and without ':'")
