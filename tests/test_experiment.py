@@ -16,9 +16,11 @@ from decpo.cli import main
 from decpo.config import load_config
 from decpo.config.sweeps import parse_values, strength_label, strength_overrides
 from decpo.models.hooks import parse_layers
+from decpo.reports.hierarchical import hierarchical_paired_bootstrap
+from decpo.reports.items import item_values
 from decpo.reports.results import read_samples
 from decpo.reports.stats import paired_bootstrap
-from decpo.reports.tables import HEADLINE, item_values
+from decpo.reports.tables import HEADLINE
 
 from conftest import REPO
 
@@ -100,9 +102,19 @@ def test_two_seeds_probes_every_model_and_the_report_answers_both_claims(tmp_pat
     assert main(["run", "--config", SMOKE, "--output-dir", str(out), "--seeds", "0,1", *ARGS]) == 0
     report = (out / "report.md").read_text()
     lines = report.splitlines()
-    assert lines[2].startswith("**Claim 1: does DPO raise feature decorrelation over the base model?**")
-    claim2 = next(i for i, line in enumerate(lines) if line.startswith("**Claim 2: does DecPO beat DPO?**"))
-    assert claim2 < 6
+    # the primary (experiment.primary null: synthetic's declared one), recorded before the first training
+    assert json.loads((out / "primary.json").read_text())["measure"] == "ab_accuracy_debiased"
+    assert lines[2] == (
+        "Primary outcome (declared before the run: experiment.primary is null, so the synthetic task's "
+        "declared primary measure): synthetic ab_accuracy_debiased on the eval split at the final step."
+    )
+    claim1 = next(
+        i for i, line in enumerate(lines) if line.startswith("**Claim 1 (secondary outcome): does DPO")
+    )
+    claim2 = next(i for i, line in enumerate(lines) if line.startswith("**Claim 2 (primary outcome)"))
+    assert lines.index("## Manipulation checks") < lines.index("## Outcomes") == claim2 - 2 < claim1
+    assert "paired over 2 seeds x 8 items, hierarchical bootstrap over seeds and items" in lines[claim2]
+    assert "minimum detectable effect of this run" in lines[claim2]
 
     # one probe stage: base and every trained model of every seed, in both probe sets
     rows = _probe_rows(out)
@@ -122,7 +134,7 @@ def test_two_seeds_probes_every_model_and_the_report_answers_both_claims(tmp_pat
     }
     per_seed = [np.mean([dec[(f"dpo-s{s}", L)] - dec[("base", L)] for L in (0, 1)]) for s in (0, 1)]
     m, lo, hi = _t(per_seed)
-    assert f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}] (95% t-interval over 2 seeds)" in lines[2]
+    assert f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}] (95% t-interval over 2 seeds)" in lines[claim1]
     # claim 2: decorrelation at the regularized layer (-1 -> 1), paired by seed
     m, lo, hi = _t([dec[(f"decpo-s{s}", 1)] - dec[(f"dpo-s{s}", 1)] for s in (0, 1)])
     assert (
@@ -130,7 +142,8 @@ def test_two_seeds_probes_every_model_and_the_report_answers_both_claims(tmp_pat
         in report
     )
 
-    # the paired table: per seed decpo-sK - dpo-sK, t-interval of the differences
+    # the paired table: per seed and item decpo-sK - dpo-sK, bootstrap over seeds and items; beside it the
+    # t-interval of the per-seed differences
     res = {
         label: json.loads((out / "eval" / "synthetic" / label / "results.json").read_text())["metrics"]
         for label in ("dpo-s0", "dpo-s1", "decpo-s0", "decpo-s1")
@@ -140,8 +153,18 @@ def test_two_seeds_probes_every_model_and_the_report_answers_both_claims(tmp_pat
         for s in (0, 1)
     ]
     m, lo, hi = _t(d)
+    items = {
+        label: item_values(
+            "synthetic", "reward_margin", read_samples(out / "eval" / "synthetic" / label / "samples.jsonl")
+        )[1]
+        for label in res
+    }
+    est = hierarchical_paired_bootstrap(
+        {s: items[f"decpo-s{s}"] for s in (0, 1)}, {s: items[f"dpo-s{s}"] for s in (0, 1)}
+    )
     assert (
-        f"| synthetic: reward margin (higher is better) | {m:+.3f} [{lo:+.3f}, {hi:+.3f}] | paired over 2 seeds (t) |"
+        f"| synthetic: reward margin (higher is better) | {est.fmt(3, sign=True)} | paired over 2 seeds x 8 "
+        f"items (bootstrap over seeds and items; t over the 2 seed means: {m:+.3f} [{lo:+.3f}, {hi:+.3f}]) |"
         in report
     )
     header = next(line for line in lines if line.startswith("| method |"))
@@ -173,7 +196,7 @@ def test_one_seed_paired_bootstrap_over_items_and_resume(tmp_path):
     assert "| base |" in report and "| dpo |" in report and "| decpo |" in report and "DecPO - DPO" in report
     stages = json.loads((out / "stages.json").read_text())
     assert all(s["status"] == "done" for s in stages.values()) and len(stages) == 6
-    assert "Direction only (one seed" in report.splitlines()[2]
+    assert "Direction only (one seed" in next(x for x in report.splitlines() if x.startswith("**Claim 1"))
 
     # every headline measure of the task is reproduced by its per-item scores
     for label in ("base", "dpo-s0", "decpo-s0"):

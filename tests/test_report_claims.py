@@ -1,5 +1,5 @@
-"""report.md from a fabricated experiment folder (no training): the two claims in the first lines with the
-numbers scipy gives, the largest fall as well as the largest rise, the regularized layer resolved from the
+"""report.md from a fabricated experiment folder (no training): the primary outcome, the manipulation checks
+and the outcomes in the first sections with the numbers scipy gives, the largest fall as well as the largest rise, the regularized layer resolved from the
 end, figures with y-labels / chance lines / fixed colours, tie points of the accuracy curves, run order."""
 
 from __future__ import annotations
@@ -139,11 +139,19 @@ def _demo_report(folder) -> str:
     ).read_text()
 
 
-def test_report_opens_with_both_claims_and_their_numbers(folder):
+def test_report_opens_with_the_primary_then_the_checks_and_both_claims(folder):
     out, models, order = folder
     lines = _demo_report(folder).splitlines()
-    assert lines[0] == "# DecPO experiment report" and lines[2].startswith("**Claim 1")
-    claim1 = lines[2]
+    assert lines[0] == "# DecPO experiment report"
+    # experiment.primary null: the synthetic task's declared primary; no primary.json in this folder
+    assert lines[2].startswith(
+        "Primary outcome (experiment.primary is null, so the synthetic task's declared"
+    )
+    assert "no record that it was declared before the run" in lines[2]
+    assert lines[2].endswith("synthetic ab_accuracy_debiased on its evaluated items at the final step.")
+    assert lines.index("## Manipulation checks") < lines.index("## Outcomes") < lines.index("## Results")
+    claim1 = next(line for line in lines if line.startswith("**Claim 1 (secondary outcome)"))
+    assert lines.index("## Outcomes") < lines.index(claim1) < lines.index("## Results")
     # mean over layers of DPO - base, per seed, then a t-interval over seeds: straight from scipy
     per_seed = [np.mean([DPO_CHANGE[L] + NOISE[s][L] for L in range(LAYERS)]) for s in NOISE]
     assert _fmt(*_t(per_seed)) in claim1
@@ -155,24 +163,34 @@ def test_report_opens_with_both_claims_and_their_numbers(folder):
     assert f"largest rise is at layer 1 ({_fmt(*rise)})" in claim1
     assert f"largest fall at layer 2 ({_fmt(*fall)})" in claim1
 
-    text = "\n".join(lines[:20])
-    claim2 = next(line for line in lines if line.startswith("**Claim 2"))
-    assert lines.index(claim2) < 6
-    # DecPO - DPO, paired by seed, t-interval: DecPO is worse on the debiased accuracy here
+    outcomes = "\n".join(lines[lines.index("## Outcomes") : lines.index(claim1)])
+    claim2 = next(line for line in lines if line.startswith("**Claim 2 (primary outcome)"))
+    # no samples.jsonl here: the primary cannot be paired by item, and the report says so
+    assert "DecPO - DPO on synthetic ab_accuracy_debiased: not measured" in claim2
+    assert "no samples.jsonl" in claim2
+    # the table still has it, paired by seed (t-interval): DecPO is worse on the debiased accuracy here
     d = [DEBIASED["decpo"][s] - DEBIASED["dpo"][s] for s in (0, 1, 2)]
     m, lo, hi = _t(d)
     assert (
-        f"synthetic: debiased A/B acc (higher is better): DecPO - DPO = {m:+.3f} [{lo:+.3f}, {hi:+.3f}], paired over 3 seeds (t): DecPO worse."
-        in text
+        f"| synthetic: debiased A/B acc (higher is better) | {m:+.3f} [{lo:+.3f}, {hi:+.3f}] | paired over 3 seeds (t) | DecPO worse |"
+        in lines
     )
-    assert "DecPO is better on 0, worse on 2 and not clearly different on 0 of 2 measures" in claim2
-    assert "(A) rate (no better side)" in text and "diagnostic (no better side)" in text
-    # the regularized layer -1 is layer 3 of 4; DecPO - DPO there, paired by seed, in both probe sets
+    # the secondary measures do not count the primary: the reward margin alone
+    assert "DecPO is better on 0, worse on 1 and not clearly different on 0 of 1 measures" in outcomes
+    assert "debiased A/B acc (higher is better): DecPO - DPO" not in outcomes
+    assert "(A) rate (no better side)" in outcomes and "diagnostic (no better side)" in outcomes
+    # the regularized layer -1 is layer 3 of 4; DecPO - DPO there, paired by seed, in both probe sets: a
+    # manipulation check; the paper's probe (held-out prompts) also among the secondary outcomes
+    checks = "\n".join(lines[lines.index("## Manipulation checks") : lines.index("## Outcomes")])
     dpo3 = {s: BASE[3] + DPO_CHANGE[3] + NOISE[s][3] for s in NOISE}
     dec3 = {s: dpo3[s] + DECPO_CHANGE[3] + NOISE[s][0] / 2 for s in NOISE}
     reg = _t([dec3[s] - dpo3[s] for s in NOISE])
-    assert f"regularized layer 3 (mlp.up_proj, last prompt token): DecPO - DPO = {_fmt(*reg)}" in text
-    assert "regularized layer 3 (mlp.up_proj@answer_last" in text and "DecPO higher" in text
+    assert f"regularized layer 3 (mlp.up_proj, last prompt token): DecPO - DPO = {_fmt(*reg)}" in checks
+    assert "regularized layer 3 (mlp.up_proj@answer_last" in checks and "DecPO higher" in checks
+    assert (
+        f"paper's probe at the regularized layer 3 (mlp.up_proj, last prompt token): DecPO - DPO = {_fmt(*reg)}"
+        in outcomes
+    )
 
 
 def test_a_measure_at_the_ceiling_is_flagged_and_left_out_of_the_counts(folder):
@@ -183,14 +201,17 @@ def test_a_measure_at_the_ceiling_is_flagged_and_left_out_of_the_counts(folder):
         atomic_write_json(
             out / "eval" / "synthetic" / label / "results.json", _results(ceiling[method][int(seed)], n=64)
         )
-    lines = _demo_report(folder).splitlines()
-    claim2 = next(line for line in lines if line.startswith("**Claim 2"))
-    # the debiased accuracy (both methods >= 0.97) is not counted; the reward margin (not a share) is
-    assert "not clearly different on 1 of 1 measures" in claim2
+    # the reward margin the primary: the debiased accuracy is a secondary measure
+    cfg = _cfg(**{"experiment.primary": "synthetic:reward_margin"})
+    report = write_report(out, cfg, models=models, tasks=["synthetic"], command="x", total_wall_s=1)
+    lines = report.read_text().splitlines()
+    summary = next(line for line in lines if line.startswith("Secondary outcomes"))
+    # the debiased accuracy (both methods >= 0.97) is not counted, and the reward margin is the primary
+    assert "None of the secondary task measures can show a difference" in summary
     assert (
-        "Left out of these counts, because both methods are at the ceiling (>= 0.97) or the floor" in claim2
+        "at the ceiling (>= 0.97) or the floor (<= 0.03): synthetic: debiased A/B acc (at the ceiling)"
+        in summary
     )
-    assert "synthetic: debiased A/B acc (at the ceiling)" in claim2
     line = next(x for x in lines if x.startswith("- synthetic: debiased A/B acc (higher is better)"))
     assert line.endswith(": at the ceiling: cannot show a difference.")
     # the results table: DecPO's 64/64 in every seed is not shown as certain, but as 64 of 64 shared items
@@ -226,7 +247,7 @@ def test_one_seed_claims_say_there_is_no_interval(tmp_path, folder):
         "\n".join(line for line in csv if "-s1," not in line and "-s2," not in line) + "\n"
     )
     report = write_report(out, cfg, models=one, tasks=["synthetic"], command="x", total_wall_s=1).read_text()
-    claim1 = report.splitlines()[2]
+    claim1 = next(line for line in report.splitlines() if line.startswith("**Claim 1"))
     assert "Direction only (one seed, so no interval over seeds): lower on average." in claim1
     assert "higher in 3 and lower in 1 of 4 layers" in claim1
     assert "largest rise is at layer 1 (+0.0198) and the largest fall at layer 2 (-0.0497)" in claim1

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from decpo.reports.items import ITEM_SCORES, item_values
 from decpo.reports.stats import paired_bootstrap, paired_seed_difference, t_interval
-from decpo.reports.tables import HEADLINE, ITEM_SCORES, item_values, over_seeds, paired_difference
+from decpo.reports.tables import HEADLINE, over_seeds, paired_difference
 
 
 def test_t_interval_equals_scipy_and_a_hand_computed_example():

@@ -1,10 +1,14 @@
-"""Records a run folder keeps that several layers read: the stage log and the resolved regularizer weight.
+"""Records a run folder keeps that several layers read: the stage log, the resolved regularizer weight and
+the experiment's primary outcome.
 
 - ``stages.json`` (`StageLog`): written by the experiment's driver, read by the report.
 - ``reg_weight.json`` (`write_reg_weight`, `resolved_reg_weight`): with ``train.reg_weight: auto`` the lambda
   that training set from ``train.reg_balance``, and the numbers it came from. Written once by the training
   run; the run's ``config.yaml`` keeps ``auto``, so the resume check compares like with like, and the report
   reads the lambda from here. ``is_auto`` is the one test of "is this weight set from a balance".
+- ``primary.json`` (`write_primary`, `read_primary`): the primary outcome of ``decpo run`` (task and
+  measure, from ``experiment.primary`` or the task's declared one), written by the experiment's driver
+  before any stage runs, read by the report to say it was declared before the run.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from decpo.io import atomic_write_json
 AUTO = "auto"
 REG_WEIGHT_FILE = "reg_weight.json"
 STAGES_FILE = "stages.json"
+PRIMARY_FILE = "primary.json"
 
 
 def is_auto(reg_weight: Any) -> bool:
@@ -44,6 +49,28 @@ def resolved_reg_weight(run_dir: Path, configured: Any) -> float | None:
         return float(configured)
     record = read_reg_weight(run_dir)
     return float(record["reg_weight"]) if record else None
+
+
+def read_primary(folder: Path) -> dict[str, Any] | None:
+    """The primary outcome an experiment recorded (`write_primary`), or None."""
+    path = Path(folder) / PRIMARY_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_primary(folder: Path, record: dict[str, Any], now: float) -> dict[str, Any]:
+    """Record the experiment's primary outcome ``record`` (``task``, ``measure`` and how it was chosen) with
+    the time ``now`` (seconds since the epoch); returns what the file holds.
+
+    The same task and measure again (a resumed run) keep the first record and its time, so the time says
+    when the primary was first declared; a changed one replaces it, the old one kept under ``replaced``."""
+    old = read_primary(folder)
+    if old is not None and (old.get("task"), old.get("measure")) == (record["task"], record["measure"]):
+        return old
+    new = {**record, "recorded_at": round(now, 3)}
+    if old is not None:
+        new["replaced"] = {k: old[k] for k in ("task", "measure", "recorded_at") if k in old}
+    atomic_write_json(Path(folder) / PRIMARY_FILE, new)
+    return new
 
 
 class StageLog:

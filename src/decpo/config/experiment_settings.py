@@ -140,6 +140,14 @@ class ExperimentSettings:
             "is found."
         ),
     )
+    primary: str | None = field(
+        default=None,
+        metadata=described(
+            "The primary outcome of `decpo run`, declared before the run: task:measure, an evaluated task "
+            "and one of its measures with per-item scores (e.g. reading:ab_accuracy_debiased); null: the "
+            "first evaluated task's declared primary measure. The report leads with DecPO - DPO on it."
+        ),
+    )
     eval_limit: int | None = field(
         default=None, metadata=described("Evaluate only the first N items of each set.")
     )
@@ -223,6 +231,13 @@ class ExperimentSettings:
             raise ConfigError(
                 f"experiment.curve_steps must be positive whole numbers in strictly increasing order, got {steps!r}"
             )
+        if self.primary is not None:
+            task, _, measure = str(self.primary).rpartition(":")
+            if not isinstance(self.primary, str) or not task or not measure:
+                raise ConfigError(
+                    f"experiment.primary must be task:measure (e.g. reading:ab_accuracy_debiased) or null, "
+                    f"got {self.primary!r}"
+                )
         if self.eval_chat_template is None:
             self.eval_chat_template = "auto"
         if not (isinstance(self.eval_chat_template, bool) or self.eval_chat_template == "auto"):

@@ -11,10 +11,11 @@ A task is a function ``fn(ctx, judge) -> (metrics, samples, n)``:
 The shared measures of the built-in tasks (A/B accuracy, held-out preference accuracy and reward margin,
 the judge's aligned rate) are in `decpo.evaluation.measures`.
 
-``@register_task("name")`` registers one, and ``evaluate(EvalConfig(task="name", ...), out)`` runs it; from
-the command line ``decpo eval --task mypkg.mymod:name`` imports ``mypkg.mymod`` (whose decorators register
-its tasks) and runs its task ``name``. The built-in tasks (`decpo.evaluation.tasks`) are registered on the
-first look-up.
+``@register_task("name", primary="measure")`` registers one and declares its primary measure (the one a
+``decpo run`` report leads with when ``experiment.primary`` is null), and ``evaluate(EvalConfig(task="name",
+...), out)`` runs it; from the command line ``decpo eval --task mypkg.mymod:name`` imports ``mypkg.mymod``
+(whose decorators register its tasks) and runs its task ``name``. The built-in tasks
+(`decpo.evaluation.tasks`) are registered on the first look-up.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ class Task:
     # fails on missing data before any model is loaded (a clear DataError naming the expected files)
     check_data: DataCheck | None = None
     quick: bool = False  # honours ``EvalConfig.quick`` (the A/B measures of the evaluated split alone)
+    # the measure (a metric name of results.json) the task's primary outcome is, declared before any run;
+    # None: the task declares none
+    primary: str | None = None
 
 
 TASKS: dict[str, Task] = {}  # name -> task, in the order of registration
@@ -79,14 +83,16 @@ def register_task(
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     check_data: DataCheck | None = None,
     quick: bool = False,
+    primary: str | None = None,
     replace: bool = False,
 ) -> Callable[[TaskFn], TaskFn]:
     """Decorator: register ``fn(ctx, judge) -> (metrics, samples, n)`` as the evaluation task ``name``.
 
     ``max_new_tokens``: the task's generation length when the config gives none; ``check_data(cfg)``: raise
     on missing data before any model is loaded; ``quick``: the task honours ``EvalConfig.quick`` (a config
-    asking a task without it for a quick evaluation is an EvalError, not a full one). A name already taken by another function is an EvalError
-    unless ``replace`` (registering the same function again, e.g. on a re-import, is fine).
+    asking a task without it for a quick evaluation is an EvalError, not a full one); ``primary``: the metric
+    that is the task's primary outcome (`decpo.reports.primary`). A name already taken by another function is
+    an EvalError unless ``replace`` (registering the same function again, e.g. on a re-import, is fine).
     """
     if not name or ":" in name:
         raise EvalError(f"task name {name!r}: must be non-empty and without ':'")
@@ -98,7 +104,7 @@ def register_task(
             raise EvalError(
                 f"task {name!r} is already registered by {_where(old.run)}; pass replace=True to replace it"
             )
-        TASKS[name] = Task(name, fn, max_new_tokens, check_data, quick)
+        TASKS[name] = Task(name, fn, max_new_tokens, check_data, quick, primary)
         return fn
 
     return decorator

@@ -9,6 +9,7 @@ Stages and where they write (under the experiment folder), in run order:
     eval/<task>/<model>/        results.json, samples.jsonl per model and task
     eval/<task>@<N>/<model>/    with experiment.curve_steps: the learning curve's points, each trained
                                 model's checkpoint-<N> (quick evaluation, `decpo.reports.learning_curves`)
+    primary.json                the primary outcome (task, measure), recorded before any stage runs
     report.md, figures/         the report
     stages.json                 each stage's config key, status, start and end time, wall time and position in
                                 the plan (and, run as a job, its job id and log)
@@ -68,8 +69,9 @@ from decpo.experiment.stages import (
 )
 from decpo.io import check_writable
 from decpo.names import BASE
-from decpo.records import StageLog
+from decpo.records import StageLog, write_primary
 from decpo.reports.experiment_report import write_report
+from decpo.reports.primary import resolve_primary
 from decpo.reports.sweeps import write_strength, write_sweep
 from decpo.training.launch import world_size
 
@@ -132,8 +134,13 @@ def run_experiment(
 
     ``num_processes`` > 1: each training stage runs as that many data-parallel processes.
     """
-    output_dir, command, plan = _begin(cfg, output_dir, argv)
     tasks = eval_tasks(cfg)
+    # the primary outcome, checked against the evaluated tasks before anything is written, and recorded
+    # before any stage runs
+    primary = resolve_primary(cfg.experiment.primary, tasks)
+    output_dir, command, plan = _begin(cfg, output_dir, argv)
+    if primary is not None:
+        write_primary(output_dir, primary.record(), time.time())
     first = add_pairs(plan, cfg, tasks, output_dir)
     models: dict[str, str] = {BASE: cfg.model.model_name_or_path}
     keys: dict[str, str] = {BASE: stage_key(cfg.to_dict()["model"])}

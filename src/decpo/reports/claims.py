@@ -1,13 +1,11 @@
-"""The paper's two questions, answered in words at the top of ``report.md``.
-
-Claim 1: does DPO raise feature decorrelation over the base model (probes at `CLAIM_SITE`)? Claim 2: does
-DecPO beat DPO (the paired task measures, and decorrelation at the regularized layers)? Each answer reads
-the 95% interval: a side only when the interval excludes 0, "direction only" with one seed.
+"""The paper's two questions in words: claim 1 (does DPO raise feature decorrelation over the base model,
+probes at `CLAIM_SITE`?) and the per-measure sentences of claim 2 (DecPO - DPO on each task measure, and
+how many measures go each way). Each answer reads the 95% interval: a side only when the interval excludes
+0, "direction only" with one seed. The report's sections that use them: `decpo.reports.outcomes` (claim 2
+on the primary outcome first) and `decpo.reports.manipulation`.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 from decpo.reports.probe_section import ProbeSetView
 from decpo.reports.results import Difference
@@ -18,7 +16,7 @@ def _layer_est(layer: int, est: Estimate) -> str:
     return f"layer {layer} ({est.fmt(4, sign=True)})"
 
 
-def _interval_words(est: Estimate) -> str:
+def interval_words(est: Estimate) -> str:
     if est.how == "seeds":
         return f"95% t-interval over {est.n_seeds} seeds"
     if est.how == "paired items":
@@ -58,7 +56,7 @@ def _claim1_answer(view: ProbeSetView) -> tuple[str, str]:
 
 
 def claim1_lines(view: ProbeSetView | None, site: str) -> list[str]:
-    head = "**Claim 1: does DPO raise feature decorrelation over the base model?**"
+    head = "**Claim 1 (secondary outcome): does DPO raise feature decorrelation over the base model?**"
     if view is None or view.claim1 is None:
         return [f"{head} Not measured: no probes of base and DPO were found."]
     c = view.claim1
@@ -69,7 +67,7 @@ def claim1_lines(view: ProbeSetView | None, site: str) -> list[str]:
     return [
         f"{head} {answer} Decorrelation of DPO minus base ({site}, {view.info.get('position', 'last token')}, "
         f"{view.info.get('n_texts', '?')} texts), mean over {len(c.per_layer)} layers: {o.fmt(4, sign=True)} "
-        f"({_interval_words(o)}); {counts}; {rise_word} is at {_layer_est(*c.rise)} and {fall_word} at "
+        f"({interval_words(o)}); {counts}; {rise_word} is at {_layer_est(*c.rise)} and {fall_word} at "
         f"{_layer_est(*c.fall)}."
     ]
 
@@ -79,35 +77,36 @@ def better_side(direction: str) -> str:
     return f"{direction} is better" if direction in ("higher", "lower") else "no better side"
 
 
-def _diff_sentence(d: Difference) -> str:
+def diff_sentence(d: Difference) -> str:
     if d.estimate is None:
         return f"- {d.label}: {d.how}."
     return f"- {d.label} ({better_side(d.direction)}): DecPO - DPO = {d.estimate.fmt(3, sign=True)}, {d.how}: {d.verdict}."
 
 
-def _decorr_verdict(est: Estimate) -> str:
+def decorr_verdict(est: Estimate) -> str:
     if not est.has_interval:
         side = "DecPO higher" if est.mean > 0 else "DecPO lower" if est.mean < 0 else "no difference"
         return f"direction only, {side}"
     return {1: "DecPO higher", -1: "DecPO lower", 0: "no clear difference (interval includes 0)"}[est.side()]
 
 
-def _task_summary(diffs: list[Difference]) -> str:
-    """How many sided task measures DecPO is better, worse or not clearly different on; a measure where both
-    methods are at the ceiling or floor is named apart and not counted (`decpo.reports.stats.count_verdicts`)."""
+def task_summary(diffs: list[Difference], what: str = "task measures") -> str:
+    """How many sided measures of ``diffs`` (``what``, in words) DecPO is better, worse or not clearly
+    different on; a measure where both methods are at the ceiling or floor is named apart and not counted
+    (`decpo.reports.stats.count_verdicts`)."""
     sided = [d for d in diffs if d.direction in ("higher", "lower") and d.estimate is not None]
     if not sided:
-        return "No task measure was evaluated for both DecPO and DPO."
+        return f"None of the {what} was evaluated for both DecPO and DPO."
     tally = count_verdicts([(d.label, d.verdict, d.flag) for d in sided])
     better, worse = tally.counts.get("DecPO better", 0), tally.counts.get("DecPO worse", 0)
     flagged = "; ".join(f"{name} (at the {flag})" for name, flag in tally.flagged)
     if not tally.n:
         return (
-            "No task measure can show a difference: on every one both methods are at the ceiling "
+            f"None of the {what} can show a difference: on every one both methods are at the ceiling "
             f"(>= {CEILING}) or the floor (<= {FLOOR}): {flagged}."
         )
     text = (
-        f"On the task measures, DecPO is better on {better}, worse on {worse} and not clearly different on "
+        f"On the {what}, DecPO is better on {better}, worse on {worse} and not clearly different on "
         f"{tally.n - better - worse} of {tally.n} measures (intervals of the paired difference DecPO - DPO)."
     )
     if flagged:
@@ -116,34 +115,3 @@ def _task_summary(diffs: list[Difference]) -> str:
             f"(<= {FLOOR}), where a measure cannot show a difference: {flagged}."
         )
     return text
-
-
-def _reg_layer_lines(views: list[ProbeSetView], regularized: list[int]) -> list[str]:
-    """DecPO - DPO of decorrelation at each regularized layer, per probe set."""
-    lines = []
-    for view in views:
-        for layer, est in sorted(view.reg_layer.items()):
-            where = view.info.get("position", "")
-            also = (
-                "; this is also the penalty's position"
-                if view.info.get("penalty_position") and view.name == "heldout_prompts"
-                else ""
-            )
-            lines.append(
-                f"- Decorrelation at the regularized layer {layer} ({view.site}, {where}{also}): DecPO - DPO = "
-                f"{est.fmt(4, sign=True)}, {_interval_words(est)}: {_decorr_verdict(est)}."
-            )
-    if views and not any(v.reg_layer for v in views):
-        lines.append(f"- Decorrelation at the regularized layer(s) {regularized}: not in the probes.")
-    return lines
-
-
-def claim2_lines(
-    diffs: list[Difference], views: list[ProbeSetView], regularized: list[int], methods: Sequence[str]
-) -> list[str]:
-    head = "**Claim 2: does DecPO beat DPO?**"
-    if not ("dpo" in methods and "decpo" in methods):
-        return [f"{head} Not measured: the methods do not include both dpo and decpo."]
-    lines = [f"{head} {_task_summary(diffs)}", ""]
-    lines += [_diff_sentence(d) for d in diffs]
-    return lines + _reg_layer_lines(views, regularized)

@@ -34,6 +34,9 @@ class Curve:
     accuracy: bool = False
 
 
+PREF_LOSS_KEY = "train/loss/pref"  # a regularized method's preference loss (training.trainer)
+REG_TERM_KEYS = ("train/loss/decorr", "train/loss/l1")  # its lambda x R, by regularizer
+
 CURVES = (
     Curve(
         "train_rewards_margins",
@@ -62,13 +65,13 @@ CURVES = (
         accuracy=True,
     ),
     # DPO without a regularizer logs its preference loss as train/loss; DecPO and L1 as train/loss/pref
-    Curve("train_loss_pref", "train preference loss", "preference loss", ("train/loss/pref", "train/loss")),
+    Curve("train_loss_pref", "train preference loss", "preference loss", (PREF_LOSS_KEY, "train/loss")),
     Curve("eval_loss_pref", "held-out preference loss", "preference loss", ("eval/loss/pref", "eval/loss")),
     Curve(
         "train_loss_reg",
         "train regularizer term lambda x R",
         "lambda x R",
-        ("train/loss/decorr", "train/loss/l1"),
+        REG_TERM_KEYS,
     ),
     Curve(
         "train_decorr_value",

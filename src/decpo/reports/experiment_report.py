@@ -1,9 +1,11 @@
-"""``report.md`` of an experiment folder (`write_report`): the paper's two questions first, then results,
-DecPO - DPO, each method - base, the training data, probes, curves, the strength sweep and provenance.
+"""``report.md`` of an experiment folder (`write_report`): the primary outcome named first, then the
+manipulation checks (`decpo.reports.manipulation`), the outcomes (`decpo.reports.outcomes`: claim 2 on the
+primary, the secondary measures, claim 1), then results, DecPO - DPO, each method - base, the training
+data, probes, curves, the strength sweep and provenance.
 
 Every interval is a 95% interval from ``scipy.stats`` (`decpo.reports.stats`): over seeds a t-interval, and
-DecPO - DPO is paired by seed (``decpo-sK`` minus ``dpo-sK``); with one seed the task measures' difference is
-a paired bootstrap over the evaluated items (per-item scores of ``samples.jsonl``, `decpo.reports.tables`).
+DecPO - DPO is paired by seed (``decpo-sK`` minus ``dpo-sK``) and, for a measure with per-item scores of
+``samples.jsonl`` (`decpo.reports.items`), by item: a bootstrap over seeds and items (one seed: over items).
 Each section is one function returning its lines; `write_report` joins them.
 """
 
@@ -16,9 +18,12 @@ from pathlib import Path
 from decpo.config import RunConfig
 from decpo.io import atomic_write_text
 from decpo.names import BASE
-from decpo.reports.claims import better_side, claim1_lines, claim2_lines
+from decpo.reports.claims import better_side, claim1_lines
 from decpo.reports.curves import CAPTION, plot_curves, plot_probe_dynamics, read_metrics
 from decpo.reports.learning_curves import learning_curve_lines
+from decpo.reports.manipulation import manipulation_lines
+from decpo.reports.outcomes import outcomes_lines
+from decpo.reports.primary import primary_line, resolve_primary
 from decpo.reports.probe_section import CLAIM_SITE, ProbeSetView, probe_section, probe_views
 from decpo.reports.provenance import provenance_lines
 from decpo.reports.results import (
@@ -59,10 +64,16 @@ def write_report(
     diffs = decpo_minus_dpo(output_dir, results, columns) if "dpo" in results and "decpo" in results else []
     views, regularized, rows = probe_views(output_dir, cfg, cfg.train.reg_site)
 
-    lines = ["# DecPO experiment report", ""]
-    lines += claim1_lines(*_claim1_view(output_dir, cfg, views))
-    lines.append("")
-    lines += claim2_lines(diffs, views, regularized, cfg.experiment.methods)
+    # validated before any stage ran (decpo.experiment), so it resolves here as it did then
+    primary = resolve_primary(cfg.experiment.primary, tasks)
+    lines = ["# DecPO experiment report", "", primary_line(output_dir, primary, tasks, models), ""]
+    lines += manipulation_lines(
+        output_dir, results, primary, views, regularized, models, cfg.experiment.methods, cfg.train.beta
+    )
+    claim1 = claim1_lines(*_claim1_view(output_dir, cfg, views))
+    lines += outcomes_lines(
+        output_dir, results, primary, diffs, views, regularized, cfg.experiment.methods, claim1
+    )
     lines += _header_lines(cfg, tasks, command)
     lines += _results_lines(results, cfg, methods, columns, tasks, figures)
     lines += learning_curve_lines(output_dir, cfg, models, tasks, figures)
@@ -94,7 +105,6 @@ def _claim1_view(
 def _header_lines(cfg: RunConfig, tasks: list[str], command: str) -> list[str]:
     """When and how the report was made: the command, model, training data, methods, seeds and tasks."""
     return [
-        "",
         f"Generated {datetime.datetime.now().isoformat(timespec='seconds')} by `{command}`.",
         f"Model `{cfg.model.model_name_or_path}`, training data `{training_data(cfg)}`, methods "
         f"{', '.join(cfg.experiment.methods)}, seeds {cfg.experiment.seeds}, evaluated on {', '.join(tasks) or 'nothing'}.",
@@ -177,10 +187,12 @@ def _difference_lines(diffs: list[Difference]) -> list[str]:
     return [
         *lines,
         "",
-        "Several seeds: per seed, decpo-sK minus dpo-sK (same seed, same items), then a t-interval of the "
-        "per-seed differences. One seed: a paired percentile bootstrap over the evaluated items "
-        "(scipy.stats.bootstrap, paired=True) from the per-item scores in samples.jsonl; a measure without "
-        'per-item scores is n/a (unpaired). "No clear difference": the interval includes 0.',
+        "Several seeds: a measure with per-item scores in samples.jsonl is paired by seed and item "
+        "(decpo-sK minus dpo-sK on item i) and its interval is a bootstrap over seeds and items "
+        "(decpo.reports.hierarchical), the t-interval over the per-seed differences given beside it; a "
+        "measure without per-item scores gets that t-interval alone. One seed: a paired percentile bootstrap "
+        "over the evaluated items (scipy.stats.bootstrap, paired=True); a measure without per-item scores is "
+        'n/a (unpaired). "No clear difference": the interval includes 0.',
         "",
     ]
 
@@ -204,8 +216,10 @@ def _minus_base_lines(output_dir: Path, results: Results, columns, methods: Sequ
     return [
         *lines,
         "",
-        "The same items for base and every model (same prompts, greedy decoding); the verdict reads the "
-        "interval: better / worse than base, or no clear difference (the interval includes 0).",
+        "The same items for base and every model (same prompts, greedy decoding); per item the method's "
+        "score averaged over its seeds minus base's, the interval a bootstrap over seeds and items (one "
+        "seed: over items). The verdict reads the interval: better / worse than base, or no clear "
+        "difference (the interval includes 0).",
         "",
     ]
 

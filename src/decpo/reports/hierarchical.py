@@ -149,7 +149,7 @@ def hierarchical_paired_bootstrap(
     items"``.
 
     ``a`` and ``b`` must hold the same seeds, and every seed of both the same items in the same order
-    (align them by item key first, e.g. `decpo.reports.tables.align_items`); otherwise a ValueError.
+    (align them by item key first, e.g. `decpo.reports.items.align_items`); otherwise a ValueError.
     Scores of 0 or 1 with the same difference on every seed and item: the exact interval of
     `decpo.reports.stats.binary_difference_bound`, never a zero-width one.
     """

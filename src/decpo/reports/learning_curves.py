@@ -27,26 +27,32 @@ from decpo.config import ConfigError, RunConfig
 from decpo.names import BASE
 from decpo.reports.probes import split_label
 from decpo.reports.stats import Estimate
+from decpo.reports.primary import resolve_primary
 from decpo.reports.style import method_color, pyplot
 from decpo.reports.tables import markdown_table, over_seeds
-
-CURVE_METRIC = "ab_accuracy_debiased"
 
 # method -> step -> seed -> results.json (base: method "base", step 0, seed None)
 CurveResults = dict[str, dict[int, dict[int | None, dict]]]
 
 
 def curve_measure(cfg: RunConfig, tasks: Sequence[str]) -> tuple[str, str]:
-    """The task and measure the learning curve follows: the first evaluated task's ``ab_accuracy_debiased``.
+    """The task and measure the learning curve follows: the run's primary outcome (`experiment.primary`,
+    `decpo.reports.primary.resolve_primary`), which must be one of the A/B measures a quick evaluation
+    computes (an unprefixed ``ab_*`` or ``a_rate`` measure).
 
-    ``tasks``: the evaluated tasks (`decpo.experiment.stages.eval_tasks`, resolved above this layer). The
-    one place that chooses; `experiment.primary` is to replace it."""
+    ``tasks``: the evaluated tasks (`decpo.experiment.stages.eval_tasks`, resolved above this layer)."""
+    steps = f"experiment.curve_steps={cfg.experiment.curve_steps}"
     if not tasks:
+        raise ConfigError(f"{steps}: no task is evaluated (set experiment.eval_tasks)")
+    primary = resolve_primary(cfg.experiment.primary, tasks)
+    if primary is None:
+        raise ConfigError(f"{steps}: the run has no primary outcome to follow (set experiment.primary)")
+    if "/" in primary.measure or not primary.measure.startswith(("ab_", "a_rate")):
         raise ConfigError(
-            f"experiment.curve_steps={cfg.experiment.curve_steps}: no task is evaluated "
-            "(set experiment.eval_tasks)"
+            f"{steps}: the curve follows the primary outcome {primary.task}:{primary.measure}, which a quick "
+            "evaluation does not compute (only the A/B measures of the evaluated split: ab_*, a_rate)"
         )
-    return tasks[0], CURVE_METRIC
+    return primary.task, primary.measure
 
 
 def curve_folder(task: str, step: int) -> str:

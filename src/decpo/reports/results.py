@@ -15,9 +15,11 @@ from pathlib import Path
 
 from decpo.config import RunConfig
 from decpo.names import BASE
+from decpo.reports.hierarchical import hierarchical_paired_bootstrap
+from decpo.reports.items import align_items, item_values
 from decpo.reports.probes import split_label
 from decpo.reports.stats import Estimate, at_ceiling_or_floor, flag_words, paired_bootstrap, share_measure
-from decpo.reports.tables import Results, align_items, item_values, paired_difference, seed_entries, verdict
+from decpo.reports.tables import Results, paired_difference, seed_entries, verdict
 
 
 def load_results(output_dir: Path, models: Sequence[str], tasks: Sequence[str]) -> Results:
@@ -56,6 +58,7 @@ class Difference:
     how: str
     verdict: str
     flag: str | None = None  # "ceiling" / "floor": both methods there, the measure cannot show a difference
+    measure: tuple[str, str] = ("", "")  # (task, metric)
 
 
 def _mean_value(entries: dict) -> float | None:
@@ -89,16 +92,18 @@ def decpo_minus_dpo(
         if est is not None and direction in ("higher", "lower"):
             flag = ceiling_flag(metric, seed_entries(ra, metric), seed_entries(rb, metric))
         said = flag_words(flag) if flag else verdict(est, direction)
-        out.append(Difference(label, direction, est, how, said, flag))
+        out.append(Difference(label, direction, est, how, said, flag, (task, metric)))
     return out
 
 
 def minus_base(output_dir: Path, results: Results, columns, method: str) -> list[Difference]:
     """``method - base`` of each measure with per-item scores, paired by item (base is one model).
 
-    For each item: the method's score averaged over its seeds minus the base model's score on the same
-    item; the interval is a paired percentile bootstrap over items (`decpo.reports.stats.paired_bootstrap`).
-    ``how`` also gives the mean difference of each seed, so a seed that goes the other way is visible.
+    The estimate is the mean over items of the method's score averaged over its seeds minus the base
+    model's score on the same item. Its interval: with several seeds the bootstrap over seeds and items
+    (`decpo.reports.hierarchical.hierarchical_paired_bootstrap`, base's scores on every seed's side), with
+    one seed a paired percentile bootstrap over items (`decpo.reports.stats.paired_bootstrap`). ``how``
+    also gives the mean difference of each seed, so a seed that goes the other way is visible.
     """
     out = []
     for task, metric, label in columns:
@@ -123,7 +128,7 @@ def _minus_base_of(
         base[base_seed],
     )
     if kb is None:
-        return Difference(label, direction, None, f"n/a ({vb})", "-")
+        return Difference(label, direction, None, f"n/a ({vb})", "-", measure=(task, metric))
     per_seed, why = {}, ""
     for seed, entry in sorted(runs.items()):
         samples = read_samples(output_dir / "eval" / task / f"{method}-s{seed}" / "samples.jsonl") or []
@@ -134,13 +139,20 @@ def _minus_base_of(
             break
         per_seed[seed] = pairs[1]  # in base's item order
     if why:
-        return Difference(label, direction, None, f"n/a ({why})", "-")
+        return Difference(label, direction, None, f"n/a ({why})", "-", measure=(task, metric))
     n = len(vb)
-    averaged = [math.fsum(v[i] for v in per_seed.values()) / len(per_seed) for i in range(n)]
-    est = paired_bootstrap(averaged, list(vb))
     seeds = ", ".join(f"s{s} {math.fsum(v) / n - math.fsum(vb) / n:+.3f}" for s, v in per_seed.items())
-    how = f"paired bootstrap over {n} items, mean of {len(per_seed)} seed(s) per item (per seed: {seeds})"
-    return Difference(label, direction, est, how, verdict(est, direction).replace("DecPO", method))
+    if len(per_seed) > 1:
+        est = hierarchical_paired_bootstrap(per_seed, {s: list(vb) for s in per_seed})
+        how = (
+            f"paired by item over {n} items, mean of {len(per_seed)} seeds per item, bootstrap over seeds and "
+            f"items (per seed: {seeds})"
+        )
+    else:
+        est = paired_bootstrap(next(iter(per_seed.values())), list(vb))
+        how = f"paired bootstrap over {n} items, one seed ({seeds})"
+    said = verdict(est, direction).replace("DecPO", method)
+    return Difference(label, direction, est, how, said, measure=(task, metric))
 
 
 def not_applicable_lines(results: Results, methods: Sequence[str], columns) -> list[str]:

@@ -5,11 +5,11 @@ n}}}``); the tables aggregate them over seeds in the shape of the paper's Table 
 Results are held as ``method -> task -> seed -> results.json``, so that a difference is always paired by
 seed (``decpo-s1`` minus ``dpo-s1``), never by position in a list.
 
-With one seed, ``DecPO - DPO`` is a paired bootstrap over the evaluated items, from the per-item scores
-of ``samples.jsonl``; ``ITEM_SCORES`` says explicitly which per-item score makes which measure. A measure
-without one is reported as "n/a (unpaired)" rather than approximated. With several seeds that all give the
-same difference, the t-interval has no width to offer, so the difference falls back to the two-level
-bootstrap over seeds and items (`decpo.reports.hierarchical`) from the same per-item scores.
+A difference of a measure with per-item scores (`decpo.reports.items.ITEM_SCORES`, from ``samples.jsonl``)
+is paired by item too: with several seeds the two-level bootstrap over seeds and items
+(`decpo.reports.hierarchical`), with one seed a paired bootstrap over the items. A measure without them is
+paired by seed alone (a t-interval of the per-seed differences), or with one seed reported as
+"n/a (unpaired)" rather than approximated.
 
 A share of items scored 0 or 1 (an accuracy, a rate; `binary_items`) that is 0 or 1 gets the exact
 binomial interval, never the zero-width one of a bootstrap or of equal seeds.
@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 from decpo.reports.hierarchical import hierarchical_paired_bootstrap
+from decpo.reports.items import seed_items
 from decpo.reports.stats import (
     Estimate,
     binary_items,
@@ -30,13 +30,21 @@ from decpo.reports.stats import (
     paired_seed_difference,
     t_interval,
 )
-from decpo.scoring.classifiers import VaderScorer
 
 # method -> task -> seed -> results.json
 Results = dict[str, dict[str, dict[int, dict]]]
 
 # The headline measure(s) of each task, in table order: (task, metric, short label)
 HEADLINE = (
+    ("reading", "ab_accuracy_debiased", "reading: debiased A/B acc"),
+    ("reading", "letter/ab_accuracy_debiased", "reading: debiased A/B acc, letter only"),
+    ("reading", "gen/accuracy", "reading: generated answer acc"),
+    ("reading", "gen/exact_rate", "reading: generated answer exact"),
+    ("reading", "ab_accuracy_mean_orders", "reading: A/B acc (mean of orders)"),
+    ("reading", "ab_accuracy_user_wrong", "reading: acc, user wrong"),
+    ("reading", "transfer/ab_accuracy_debiased", "reading transfer: debiased A/B acc"),
+    ("reading", "preference_accuracy", "reading: held-out pref. acc"),
+    ("reading", "reward_margin", "reading: reward margin"),
     ("synthetic", "ab_accuracy_debiased", "synthetic: debiased A/B acc"),
     ("synthetic", "ab_accuracy_mean_orders", "synthetic: A/B acc (mean of orders)"),
     ("synthetic", "a_rate", "synthetic: (A) rate"),
@@ -62,154 +70,6 @@ HEADLINE = (
     ("toxicity", "pairs/preference_accuracy", "toxicity: held-out pref. acc"),
     ("toxicity", "pairs/reward_margin", "toxicity: reward margin"),
 )
-
-
-# --- per-item scores (samples.jsonl) of each measure --------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ItemScore:
-    """Which ``samples.jsonl`` records are a measure's items, and each item's score (the measure = mean)."""
-
-    select: Callable[[dict], bool]
-    value: Callable[[dict], float]
-    source: str  # in words, for the report
-
-
-def _ab(split: str, user_correct: bool | None = None) -> Callable[[dict], bool]:
-    def select(s: dict) -> bool:
-        if s.get("kind") != "ab" or s.get("split") != split:
-            return False
-        return user_correct is None or bool(s.get("user_correct")) == user_correct
-
-    return select
-
-
-def _kind(kind: str) -> Callable[[dict], bool]:
-    return lambda s: s.get("kind") == kind
-
-
-def _score(name: str) -> Callable[[dict], float]:
-    return lambda s: float(s["scores"][name])
-
-
-def _mean_orders(s: dict) -> float:
-    return (float(s["scores"]["correct"]) + float(s["scores"]["correct_swapped"])) / 2
-
-
-def _answered_a(s: dict) -> float:
-    # decpo.evaluation.metrics.ab_predictions: "A" when logp(A) >= logp(B) (a tie counts as A)
-    return float(s["scores"]["logp_a"] >= s["scores"]["logp_b"])
-
-
-def _generated_right(s: dict) -> float:
-    return float(s["scores"]["generated_letter"] == s["chosen_letter"])
-
-
-def _vader_positive(s: dict) -> float:
-    return float(s["scores"]["vader_compound"] >= VaderScorer.POSITIVE)
-
-
-def _non_toxic(s: dict) -> float:
-    # lazy: decpo.evaluation pulls in torch and transformers, which reading the tables does not need
-    from decpo.evaluation.tasks.toxicity import TOXIC_THRESHOLD
-
-    return float(s["scores"]["toxicity"] < TOXIC_THRESHOLD)
-
-
-def _valid_non_toxic(s: dict) -> float:
-    return float(bool(s["scores"]["valid"]) and _non_toxic(s) == 1.0)
-
-
-def _ab_task(split: str) -> dict[str, ItemScore]:
-    every = _ab(split)
-    return {
-        "ab_accuracy": ItemScore(every, _score("correct"), "scores.correct"),
-        "ab_accuracy_swapped": ItemScore(every, _score("correct_swapped"), "scores.correct_swapped"),
-        "ab_accuracy_debiased": ItemScore(every, _score("correct_both"), "scores.correct_both"),
-        "ab_accuracy_mean_orders": ItemScore(
-            every, _mean_orders, "(scores.correct + scores.correct_swapped) / 2"
-        ),
-        "a_rate": ItemScore(every, _answered_a, "scores.logp_a >= scores.logp_b"),
-        "ab_accuracy_user_correct": ItemScore(
-            _ab(split, True), _score("correct"), "scores.correct where user_correct"
-        ),
-        "ab_accuracy_user_wrong": ItemScore(
-            _ab(split, False), _score("correct"), "scores.correct where not user_correct"
-        ),
-        "preference_accuracy": ItemScore(every, _score("preference_correct"), "scores.preference_correct"),
-        "reward_margin": ItemScore(every, _score("reward_margin"), "scores.reward_margin"),
-    }
-
-
-def _pair_task() -> dict[str, ItemScore]:
-    pair = _kind("pair")
-    return {
-        "preference_accuracy": ItemScore(pair, _score("preference_correct"), "scores.preference_correct"),
-        "reward_margin": ItemScore(pair, _score("reward_margin"), "scores.reward_margin"),
-    }
-
-
-_TRANSFER = _ab_task("transfer")
-ITEM_SCORES: dict[tuple[str, str], ItemScore] = {
-    **{("synthetic", m): v for m, v in _ab_task("eval").items()},
-    **{
-        ("synthetic", f"transfer/{m}"): v
-        for m, v in _TRANSFER.items()
-        if m not in ("preference_accuracy", "reward_margin")  # the transfer split has no pair scores
-    },
-    **{("sycophancy", m): v for m, v in _ab_task("test").items()},
-    ("sycophancy", "gen/non_sycophantic_rate"): ItemScore(
-        lambda s: s.get("kind") == "ab" and "generated_letter" in s.get("scores", {}),
-        _generated_right,
-        "scores.generated_letter == chosen_letter",
-    ),
-    **{("reframing", m): v for m, v in _pair_task().items()},
-    ("reframing", "gen/positive_rate"): ItemScore(
-        _kind("generation"), _vader_positive, "scores.vader_compound >= 0.05"
-    ),
-    **{("toxicity", f"pairs/{m}"): v for m, v in _pair_task().items()},
-    ("toxicity", "gen/non_toxic_rate"): ItemScore(_kind("generation"), _non_toxic, "scores.toxicity < 0.5"),
-    ("toxicity", "gen/mean_toxicity"): ItemScore(_kind("generation"), _score("toxicity"), "scores.toxicity"),
-    ("toxicity", "gen/valid_rate"): ItemScore(_kind("generation"), _score("valid"), "scores.valid"),
-    ("toxicity", "gen/valid_non_toxic_rate"): ItemScore(
-        _kind("generation"), _valid_non_toxic, "scores.valid and scores.toxicity < 0.5"
-    ),
-    ("toxicity", "gen/perplexity"): ItemScore(
-        lambda s: s.get("kind") == "generation" and s["scores"].get("perplexity") is not None,
-        _score("perplexity"),
-        "scores.perplexity (non-blank continuations)",
-    ),
-}
-
-
-def _item_key(s: dict) -> tuple:
-    return (s.get("kind"), s.get("split"), str(s.get("prompt")), s.get("chosen_letter"), s.get("chosen"))
-
-
-def item_values(task: str, metric: str, samples: Sequence[dict], entry: dict | None = None):
-    """``(keys, values)`` of a measure's items from ``samples.jsonl``, or ``(None, reason)``.
-
-    ``entry`` (the measure in ``results.json``): the per-item mean must reproduce its value and item
-    count, so a wrong mapping is caught instead of reported.
-    """
-    spec = ITEM_SCORES.get((task, metric))
-    if spec is None:
-        return None, "no per-item score"
-    try:
-        chosen = [s for s in samples if spec.select(s)]
-        values = [spec.value(s) for s in chosen]
-    except (KeyError, TypeError):
-        return None, "per-item score missing in samples.jsonl"
-    if not values:
-        return None, "no items in samples.jsonl"
-    if entry is not None:
-        mean = math.fsum(values) / len(values)
-        if entry.get("n", len(values)) != len(values) or not math.isclose(
-            mean, float(entry["value"]), rel_tol=1e-9, abs_tol=1e-9
-        ):
-            return None, "per-item scores do not reproduce the measure"
-    return [_item_key(s) for s in chosen], values
 
 
 # --- estimates ------------------------------------------------------------------------------------------
@@ -247,79 +107,40 @@ def paired_difference(
 ) -> tuple[Estimate | None, str]:
     """``a - b`` of one measure, paired; returns ``(estimate, how)`` or ``(None, reason)``.
 
-    ``a``, ``b``: ``seed -> results.json`` of two methods. Several common seeds: t-interval of the per-seed
-    differences; when they are all equal (no width), the seeds x items bootstrap of the per-item scores
-    instead (`decpo.reports.hierarchical.hierarchical_paired_bootstrap`), or no interval without them.
-    One seed: paired bootstrap over the items both models were scored on, read through
-    ``samples(side, seed)`` (``side`` is ``"a"`` or ``"b"``), which returns the ``samples.jsonl`` records.
+    ``a``, ``b``: ``seed -> results.json`` of two methods; ``samples(side, seed)`` (``side`` is ``"a"`` or
+    ``"b"``) returns that model's ``samples.jsonl`` records (`decpo.reports.items.seed_items`). Several
+    common seeds: with per-item scores the seeds x items bootstrap
+    (`decpo.reports.hierarchical.hierarchical_paired_bootstrap`), ``how`` giving the t-interval over the
+    seed means beside it; without them the t-interval of the per-seed differences. One seed: the paired
+    bootstrap over the items both models were scored on, or n/a.
     """
     ea, eb = seed_entries(a, metric), seed_entries(b, metric)
     seeds = sorted(set(ea) & set(eb))
     if not seeds:
         return None, "n/a (missing)"
+    items = seed_items(task, metric, ea, eb, samples) if samples is not None else "no samples.jsonl"
     if len(seeds) > 1:
-        est = paired_seed_difference(
+        t_est = paired_seed_difference(
             {s: float(ea[s]["value"]) for s in seeds}, {s: float(eb[s]["value"]) for s in seeds}
         )
-        fallback = _seeds_x_items(task, metric, ea, eb, samples) if est.how == "seeds, all equal" else None
-        if fallback is not None:  # the t-interval has no width to offer: every seed's items do
-            return fallback
-        return est, f"paired over {len(seeds)} seeds (t)"
-    seed = seeds[0]
+        if isinstance(items, str):
+            return t_est, f"paired over {len(seeds)} seeds (t)"
+        est = hierarchical_paired_bootstrap(*items)
+        t_words = (
+            t_est.fmt(3, sign=True)
+            if t_est.has_interval
+            else "no interval, every seed gave the same difference"
+        )
+        return est, (
+            f"paired over {len(seeds)} seeds x {est.n_items} items (bootstrap over seeds and items; t over "
+            f"the {len(seeds)} seed means: {t_words})"
+        )
     if samples is None:
         return None, "n/a (unpaired)"
-    sa, sb = samples("a", seed), samples("b", seed)
-    if sa is None or sb is None:
-        return None, "n/a (unpaired: no samples.jsonl)"
-    ka, va = item_values(task, metric, sa, ea[seed])
-    kb, vb = item_values(task, metric, sb, eb[seed])
-    if ka is None or kb is None:
-        return None, f"n/a (unpaired: {va if ka is None else vb})"
-    pairs = align_items(ka, va, kb, vb)
-    if pairs is None:
-        return None, "n/a (unpaired: the two models were not scored on the same items)"
-    est = paired_bootstrap(*pairs)
-    return est, f"paired bootstrap over {len(pairs[0])} items"
-
-
-def _seeds_x_items(
-    task: str, metric: str, ea: Mapping[int, dict], eb: Mapping[int, dict], samples: Callable | None
-) -> tuple[Estimate, str] | None:
-    """``a - b`` paired by seed and by item from ``samples.jsonl`` (`hierarchical_paired_bootstrap`);
-    None unless every common seed of both sides has per-item scores on the same items."""
-    if samples is None:
-        return None
-    order: list | None = None
-    per_a: dict[int, list[float]] = {}
-    per_b: dict[int, list[float]] = {}
-    for seed in sorted(set(ea) & set(eb)):
-        sa, sb = samples("a", seed), samples("b", seed)
-        if sa is None or sb is None:
-            return None
-        ka, va = item_values(task, metric, sa, ea[seed])
-        kb, vb = item_values(task, metric, sb, eb[seed])
-        if ka is None or kb is None:
-            return None
-        order = order or list(ka)
-        blank = [0.0] * len(order)  # align_items orders each side by the first seed's item keys
-        xa, xb = align_items(order, blank, ka, va), align_items(order, blank, kb, vb)
-        if xa is None or xb is None:
-            return None
-        per_a[seed], per_b[seed] = xa[1], xb[1]
-    est = hierarchical_paired_bootstrap(per_a, per_b)
-    return est, (
-        f"paired over {len(per_a)} seeds x {est.n_items} items (bootstrap over seeds and items: every seed "
-        "gave the same difference)"
-    )
-
-
-def align_items(ka: Sequence, va: Sequence[float], kb: Sequence, vb: Sequence[float]):
-    """``(a, b)`` with ``a[i]``, ``b[i]`` the scores of the same item (matched by item key, in ``ka``'s order);
-    None when the two sides do not hold exactly the same items, each once."""
-    if len(set(ka)) != len(ka) or len(set(kb)) != len(kb) or set(ka) != set(kb):
-        return None
-    by_key = dict(zip(kb, vb, strict=True))
-    return list(va), [by_key[k] for k in ka]
+    if isinstance(items, str):
+        return None, f"n/a (unpaired: {items})"
+    va, vb = (side[seeds[0]] for side in items)
+    return paired_bootstrap(va, vb), f"paired bootstrap over {len(va)} items"
 
 
 def verdict(est: Estimate | None, direction: str) -> str:
@@ -371,12 +192,8 @@ def markdown_table(rows: Sequence[Sequence[str]]) -> str:
 __all__ = [
     "Estimate",
     "HEADLINE",
-    "ITEM_SCORES",
-    "ItemScore",
     "Results",
-    "align_items",
     "available_columns",
-    "item_values",
     "markdown_table",
     "over_seeds",
     "paired_difference",

@@ -16,6 +16,9 @@ Tasks and their measures (every metric is a mean over items with a 95% bootstrap
                 repetition loop, `decpo.scoring.fluency`), share valid and non-toxic (the paper's
                 measure), perplexity under the base model; pair measures on ``pairs_path`` (held-out
                 pairs of the run) or the hh-rlhf harmless test pairs.
+Each built-in task declares its primary measure (``register_task(..., primary=...)``), the one a ``decpo
+run`` report leads with unless ``experiment.primary`` names another: ``ab_accuracy_debiased`` for synthetic,
+reading and sycophancy, ``gen/positive_rate`` for reframing, ``gen/valid_non_toxic_rate`` for toxicity.
 Every task also reports held-out preference accuracy and the DPO reward margin
 ``beta * (log pi - log ref)`` (chosen minus rejected) against a reference model on its pairs, and with a
 judge, the share of outputs the judge finds aligned (the paper's YES/NO protocol). The reference of a

@@ -121,7 +121,7 @@ def _generation_measures(ctx: EvalContext, records: list[dict[str, Any]], sample
     }
 
 
-@register_task("reading", max_new_tokens=GEN_TOKENS, quick=True)
+@register_task("reading", max_new_tokens=GEN_TOKENS, quick=True, primary="ab_accuracy_debiased")
 def eval_reading(ctx: EvalContext, judge) -> tuple[dict, list, int]:
     """The reading task's measures (see the module docstring); ``judge`` is unused (answers are checkable)."""
     cfg = ctx.cfg

@@ -15,7 +15,7 @@ def check_data(cfg: EvalConfig) -> None:
     load_task("reframing", "eval", data_dir=cfg.data_dir)
 
 
-@register_task("reframing", check_data=check_data)
+@register_task("reframing", check_data=check_data, primary="gen/positive_rate")
 def eval_reframing(ctx: EvalContext, judge) -> tuple[dict, list, int]:
     records = limited(load_task("reframing", "eval", data_dir=ctx.cfg.data_dir), ctx.cfg.limit)
     metrics, per_item = preference_measures(ctx, records)

@@ -16,7 +16,7 @@ def check_data(cfg: EvalConfig) -> None:
     load_task("sycophancy", "test", data_dir=cfg.data_dir)
 
 
-@register_task("sycophancy", check_data=check_data)
+@register_task("sycophancy", check_data=check_data, primary="ab_accuracy_debiased")
 def eval_sycophancy(ctx: EvalContext, judge) -> tuple[dict, list, int]:
     records = limited(load_task("sycophancy", "test", data_dir=ctx.cfg.data_dir), ctx.cfg.limit)
     metrics, samples, policy = ab_measures(ctx, records, "")

@@ -12,7 +12,7 @@ from decpo.evaluation.measures import ab_measures, limited, preference_measures
 from decpo.evaluation.registry import register_task
 
 
-@register_task("synthetic", quick=True)
+@register_task("synthetic", quick=True, primary="ab_accuracy_debiased")
 def eval_synthetic(ctx: EvalContext, judge) -> tuple[dict, list, int]:
     metrics: dict[str, Any] = {}
     answer = ctx.cfg.synthetic_answer

@@ -41,7 +41,8 @@ def check_data(cfg: EvalConfig) -> None:
     _toxicity_pairs(cfg)
 
 
-@register_task("toxicity", max_new_tokens=20, check_data=check_data)  # 20 tokens: Lee et al.
+# 20 tokens: Lee et al.; the primary is the paper's measure (valid and non-toxic)
+@register_task("toxicity", max_new_tokens=20, check_data=check_data, primary="gen/valid_non_toxic_rate")
 def eval_toxicity(ctx: EvalContext, judge) -> tuple[dict, list, int]:
     rtp = toxicity_prompts(ctx.cfg)
     pairs = _toxicity_pairs(ctx.cfg)
