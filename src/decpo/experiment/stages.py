@@ -325,7 +325,7 @@ def add_curve_evals(
     task, _ = curve_measure(cfg, tasks)
     if not get_task(task).quick:
         raise ConfigError(
-            f"experiment.curve_steps: the curve follows {task!r} (the first evaluated task), which has no quick "
+            f"experiment.curve_steps: the curve follows {task!r} (the primary outcome's task), which has no quick "
             "evaluation (EvalConfig.quick); put a task that has one first in experiment.eval_tasks"
         )
     for step, label, spec in curve_points(cfg, models):

@@ -25,9 +25,9 @@ from pathlib import Path
 
 from decpo.config import ConfigError, RunConfig
 from decpo.names import BASE
+from decpo.reports.primary import resolve_primary
 from decpo.reports.probes import split_label
 from decpo.reports.stats import Estimate
-from decpo.reports.primary import resolve_primary
 from decpo.reports.style import method_color, pyplot
 from decpo.reports.tables import markdown_table, over_seeds
 
