@@ -30,7 +30,9 @@ def report_tables(run: Path) -> list[str]:
 def main(before: str, after: str) -> int:
     a, b = Path(before), Path(after)
     ka, kb = stage_keys(a), stage_keys(b)
-    print(f"stages.json: same stage names: {sorted(ka) == sorted(kb)} ({len(ka)} stages); same keys: {ka == kb}")
+    print(
+        f"stages.json: same stage names: {sorted(ka) == sorted(kb)} ({len(ka)} stages); same keys: {ka == kb}"
+    )
     for name in sorted(set(ka) | set(kb)):
         if ka.get(name) != kb.get(name):
             print(f"  key differs: {name} {ka.get(name)} {kb.get(name)}")

@@ -52,7 +52,9 @@ def refuse_test(split: str, overrides: list[str] | None = None) -> None:
         )
     for override in overrides or []:
         if override.replace(" ", "").lower().endswith(("split=test", "split=eval_test")):
-            raise TestSplitRefused(f"tune.py: override {override!r} refused: tuning never reads the test split")
+            raise TestSplitRefused(
+                f"tune.py: override {override!r} refused: tuning never reads the test split"
+            )
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, list[str]]]]:

@@ -52,7 +52,8 @@ class SamplingSettings:
         default="auto", metadata=described("Which score is better: low, high or auto (low for toxicity).")
     )
     min_gap: float = field(
-        default=0.1, metadata=described("Keep a pair only when best and worst scores differ by more than this.")
+        default=0.1,
+        metadata=described("Keep a pair only when best and worst scores differ by more than this."),
     )
 
     def __post_init__(self) -> None:

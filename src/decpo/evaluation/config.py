@@ -35,7 +35,9 @@ class EvalConfig:
         ),
     )
     limit: int | None = field(default=None, metadata=described("First N items of each evaluated set."))
-    seed: int = field(default=0, metadata=described("Seed of the synthetic data and of bootstrap resampling."))
+    seed: int = field(
+        default=0, metadata=described("Seed of the synthetic data and of bootstrap resampling.")
+    )
     max_new_tokens: int | None = field(
         default=None,
         metadata=described(
