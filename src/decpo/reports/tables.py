@@ -287,6 +287,21 @@ def _seeds_x_items(
 ) -> tuple[Estimate, str] | None:
     """``a - b`` paired by seed and by item from ``samples.jsonl`` (`hierarchical_paired_bootstrap`);
     None unless every common seed of both sides has per-item scores on the same items."""
+    items = paired_item_scores(task, metric, ea, eb, samples)
+    if items is None:
+        return None
+    est = hierarchical_paired_bootstrap(*items)
+    return est, (
+        f"paired over {len(items[0])} seeds x {est.n_items} items (bootstrap over seeds and items: every seed "
+        "gave the same difference)"
+    )
+
+
+def paired_item_scores(
+    task: str, metric: str, ea: Mapping[int, dict], eb: Mapping[int, dict], samples: Callable | None
+) -> tuple[dict[int, list[float]], dict[int, list[float]]] | None:
+    """``(a, b)``, each ``seed -> per-item scores`` (``samples(side, seed)``, aligned by item key) for every
+    common seed of ``ea`` and ``eb``; None unless every such seed of both sides has them on the same items."""
     if samples is None:
         return None
     order: list | None = None
@@ -306,11 +321,7 @@ def _seeds_x_items(
         if xa is None or xb is None:
             return None
         per_a[seed], per_b[seed] = xa[1], xb[1]
-    est = hierarchical_paired_bootstrap(per_a, per_b)
-    return est, (
-        f"paired over {len(per_a)} seeds x {est.n_items} items (bootstrap over seeds and items: every seed "
-        "gave the same difference)"
-    )
+    return (per_a, per_b) if per_a else None
 
 
 def align_items(ka: Sequence, va: Sequence[float], kb: Sequence, vb: Sequence[float]):
@@ -380,6 +391,7 @@ __all__ = [
     "markdown_table",
     "over_seeds",
     "paired_difference",
+    "paired_item_scores",
     "results_table",
     "seed_entries",
     "verdict",
