@@ -304,7 +304,7 @@ def test_every_stage_key_holds_the_decpo_version(tmp_path, monkeypatch):
 
     planned: list[dict[str, str]] = []
     monkeypatch.setattr(Plan, "run", lambda self, *a: planned.append({s.name: s.key for s in self.steps}))
-    for name in ("write_report", "write_sweep", "write_strength"):
+    for name in ("write_report", "write_layers", "write_strength"):
         monkeypatch.setattr(recipes, name, lambda *a, **k: None)
     cfg = load_config(SMOKE, ARGS)
     for version in ("0.1.0", "0.1.1"):

@@ -192,7 +192,7 @@ def test_experiment_stages_pickle_and_come_after_what_they_need(tmp_path, monkey
 
     plans: list[Plan] = []
     monkeypatch.setattr(Plan, "run", lambda self, *a: plans.append(self))
-    for name in ("write_report", "write_sweep", "write_strength"):
+    for name in ("write_report", "write_layers", "write_strength"):
         monkeypatch.setattr(recipes, name, lambda *a, **k: None)
     cfg = load_config(SMOKE, [*ARGS, *LOCAL2])
     run_experiment(cfg, tmp_path / "run", argv=[])

@@ -190,22 +190,30 @@ def _add_run(sub) -> None:
 def _add_sweep(sub) -> None:
     p = sub.add_parser(
         "sweep",
-        help="DecPO once per regularized layer (--layers) or per regularizer strength (--reg-weights)",
-        description="--layers: DecPO once per regularized layer, the task measure against the layer (Fig. 7). "
-        "--reg-weights: DecPO once per strength and seed (experiment.seeds), probes and evaluations of every "
-        "run, strength.md with decorrelation at the regularized layer and the task measures against the strength. "
+        help="DPO and DecPO per regularized layer (--layers), or DecPO per regularizer strength (--reg-weights)",
+        description="--layers: per seed (experiment.seeds, or --seeds) one DPO run and one DecPO run per layer "
+        "(train.reg_layers=[layer]), probes and evaluations of every run, layers.md with, per layer, the "
+        "manipulation checks (decorrelation at that layer) and the primary outcome, each DecPO(L) - DPO paired "
+        "by seed (the paper's Fig. 7). --reg-weights: DecPO once per strength and seed (experiment.seeds), "
+        "probes and evaluations of every run, strength.md with decorrelation at the regularized layer and the task measures against the strength. "
         "A strength is an absolute lambda (train.reg_weight), or a balance (train.reg_balance) when the "
         "config's train.reg_weight is auto; 0 always means no penalty (train.reg_weight=0). "
         "experiment.executor=local, slurm or ray runs the stages as jobs, as for `decpo run`.",
     )
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--layers", help="e.g. 0-29, 0-29:4 or 3,15,27")
+    which.add_argument(
+        "--layers", help="blocks counted from 0, e.g. 0-29, 0-29:4 or 3,15,27; every seed of experiment.seeds"
+    )
     which.add_argument("--reg-weights", help="comma-separated strengths, e.g. 0,0.1,0.3,1,3")
     p.add_argument("--config", default=None, help="YAML config (default: the embedded demo)")
     p.add_argument(
         "--output-dir", default=None, help="sweep folder (default: runs/layer-sweep or runs/strength)"
     )
-    p.add_argument("--seeds", default=None, help="comma-separated training seeds (--reg-weights), e.g. 0,1,2")
+    p.add_argument(
+        "--seeds",
+        default=None,
+        help="comma-separated training seeds (experiment.seeds) of either sweep, e.g. 0,1,2",
+    )
     _add_stage_processes(p)
     p.add_argument("overrides", nargs="*", help="dotted overrides section.key=value")
     p.set_defaults(func=_cmd_sweep)

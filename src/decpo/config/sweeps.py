@@ -1,9 +1,11 @@
-"""The config changes of a sweep: one strength of the regularizer, its run's label, the values of a flag."""
+"""The config changes of a sweep: one strength of the regularizer or one regularized layer, its run's label, the
+values of a flag."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from decpo.config.errors import ConfigError
 from decpo.config.run_config import RunConfig
 from decpo.records import is_auto
 
@@ -27,6 +29,30 @@ def strength_overrides(cfg: RunConfig, value: float) -> dict[str, Any]:
 def strength_label(value: float, seed: int) -> str:
     """``decpo-w0.3-s1``: the run of strength 0.3 and seed 1."""
     return f"decpo-w{value:g}-s{seed}"
+
+
+def layer_overrides(layer: int) -> dict[str, Any]:
+    """The config change of one layer of a layer sweep: DecPO with the penalty on that block alone."""
+    return {"objective.name": "decpo", "train.reg_layers": [layer]}
+
+
+def layer_label(layer: int, seed: int) -> str:
+    """``decpo-L05-s1``: the run regularizing layer 5, seed 1 (zero-padded, so the labels sort)."""
+    return f"decpo-L{layer:02d}-s{seed}"
+
+
+def sweep_layer_values(layers: list[int]) -> list[int]:
+    """The layers of a layer sweep, sorted, each once; a negative one is refused: a run's label and the
+    report's axis name the block, counted from 0, which a layer counted from the end would leave open."""
+    negative = [layer for layer in layers if layer < 0]
+    if negative:
+        raise ConfigError(
+            f"decpo sweep --layers takes blocks counted from 0, got {negative}: write the block itself (the "
+            "last of 32 blocks is 31)"
+        )
+    if not layers:
+        raise ConfigError("decpo sweep --layers: no layers")
+    return sorted(set(layers))
 
 
 def parse_values(text: str) -> list[float]:

@@ -18,8 +18,10 @@ Stages and where they write (under the experiment folder), in run order:
 Probe sets: see `decpo.experiment.probe_texts`. The stages themselves: `decpo.experiment.stages`.
 
 `sweep_strength` (``decpo sweep --reg-weights``) trains DecPO once per strength and seed and writes
-``strength.md``; the report of ``decpo run`` links it when ``<output_dir>/<experiment.strength_sweep_dir>/
-strength.md`` exists (default ``strength/``; an absolute path is used as is).
+``strength.md``; `sweep_layers` (``decpo sweep --layers``) trains DPO and DecPO at each layer per seed and
+writes ``layers.md``. The report of ``decpo run`` links the strength sweep when
+``<output_dir>/<experiment.strength_sweep_dir>/strength.md`` exists (default ``strength/``; an absolute path is
+used as is).
 
 Re-running the same command skips finished stages (same key) and resumes an interrupted training. A
 changed config changes the keys of the stages that depend on it: those run again, and an old training
@@ -54,12 +56,17 @@ import time
 from pathlib import Path
 
 from decpo.config import ConfigError, RunConfig, save_config
-from decpo.config.sweeps import strength_label, strength_overrides
+from decpo.config.sweeps import (
+    layer_label,
+    layer_overrides,
+    strength_label,
+    strength_overrides,
+    sweep_layer_values,
+)
 from decpo.experiment.executors.dispatch import make_engine
 from decpo.experiment.plan import Plan, stage_key, training_key
 from decpo.experiment.stages import (
     add_curve_evals,
-    add_eval,
     add_evals,
     add_pairs,
     eval_tasks,
@@ -72,7 +79,7 @@ from decpo.names import BASE
 from decpo.records import StageLog, write_primary
 from decpo.reports.experiment_report import write_report
 from decpo.reports.primary import resolve_primary
-from decpo.reports.sweeps import write_strength, write_sweep
+from decpo.reports.sweeps import write_layers, write_strength
 from decpo.training.launch import world_size
 
 
@@ -113,6 +120,11 @@ def _add_training(
     return str(folder / "final"), key
 
 
+def _base_model(cfg: RunConfig) -> tuple[dict[str, str], dict[str, str]]:
+    """``(label -> model spec, label -> stage key)`` holding the base model, the trained ones to be added."""
+    return {BASE: cfg.model.model_name_or_path}, {BASE: stage_key(cfg.to_dict()["model"])}
+
+
 def _add_probes(
     plan: Plan,
     cfg: RunConfig,
@@ -120,11 +132,13 @@ def _add_probes(
     keys: dict[str, str],
     output_dir: Path,
     first: list[str],
+    layers: list[int] | None = None,
 ) -> None:
-    """One probe stage: base and every trained model of ``models``, after all their trainings."""
+    """One probe stage: base and every trained model of ``models`` (at ``layers``, None: every layer), after
+    all their trainings."""
     trainings = [f"train/{label}" for label in models if label != BASE]
-    stage = probe_stage(cfg, models, output_dir / "probes")
-    plan.add("probes", probe_key(cfg, keys), stage, after=[*first, *trainings])
+    stage = probe_stage(cfg, models, output_dir / "probes", layers)
+    plan.add("probes", probe_key(cfg, keys, layers), stage, after=[*first, *trainings])
 
 
 def run_experiment(
@@ -142,8 +156,7 @@ def run_experiment(
     if primary is not None:
         write_primary(output_dir, primary.record(), time.time())
     first = add_pairs(plan, cfg, tasks, output_dir)
-    models: dict[str, str] = {BASE: cfg.model.model_name_or_path}
-    keys: dict[str, str] = {BASE: stage_key(cfg.to_dict()["model"])}
+    models, keys = _base_model(cfg)
     for seed in cfg.experiment.seeds:
         for method in cfg.experiment.methods:
             label = f"{method}-s{seed}"
@@ -173,20 +186,36 @@ def sweep_layers(
     argv: list[str] | None = None,
     num_processes: int = 1,
 ) -> Path:
-    """DecPO once per regularized layer; the task's headline measure against the layer (the paper's Fig. 7)."""
+    """DPO and DecPO at each regularized layer, per seed of ``experiment.seeds``; returns ``layers.md``.
+
+    Stages: per seed ``train/dpo-s<seed>`` (the same training as `run_experiment`'s DPO) and
+    ``train/decpo-L<LL>-s<seed>`` per layer (``train.reg_layers=[layer]``, `decpo.config.sweeps.layer_label`),
+    ``probes`` (base and every run at the swept layers, the probe sets of
+    `decpo.experiment.probe_texts.probe_sets`), ``eval/<task>/<label>`` for base and each run. Writes
+    ``layers.md``, ``layers.csv``, ``layers.png`` and ``layers_summary.txt`` (`decpo.reports.sweeps.write_layers`):
+    per layer the manipulation checks (decorrelation at it, DecPO(L) - DPO paired by seed) and the primary
+    outcome (DecPO(L) - DPO paired by seed and item). Resumable as `run_experiment` is.
+    """
+    layers = sweep_layer_values(layers)
     output_dir, command, plan = _begin(cfg, output_dir, argv)
     tasks = eval_tasks(cfg)
     first = add_pairs(plan, cfg, tasks, output_dir)
-    runs = {}
-    for layer in layers:
-        label = f"decpo-L{layer:02d}-s{cfg.train.seed}"
-        run_cfg = cfg.replace(**{"objective.name": "decpo", "train.reg_layers": [layer]})
-        spec, key = _add_training(plan, run_cfg, label, output_dir, first, num_processes)
-        for task in tasks:
-            add_eval(plan, cfg, task, label, spec, key, output_dir, after=[*first, f"train/{label}"])
-        runs[layer] = label
+    models, keys = _base_model(cfg)
+    runs: dict[int, dict[int, str]] = {}
+    reference: dict[int, str] = {}
+    for seed in cfg.experiment.seeds:
+        reference[seed] = f"dpo-s{seed}"
+        arms = {reference[seed]: {"objective.name": "dpo"}}  # as `run_experiment` trains DPO
+        for layer in layers:
+            runs.setdefault(layer, {})[seed] = layer_label(layer, seed)
+            arms[runs[layer][seed]] = layer_overrides(layer)
+        for label, overrides in arms.items():
+            run_cfg = cfg.replace(**{**overrides, "train.seed": seed})
+            models[label], keys[label] = _add_training(plan, run_cfg, label, output_dir, first, num_processes)
+    _add_probes(plan, cfg, models, keys, output_dir, first, layers=layers)
+    add_evals(plan, cfg, tasks, models, keys, output_dir, first)
     _run(plan, cfg, output_dir, num_processes)
-    return write_sweep(output_dir, runs, tasks, command)
+    return write_layers(output_dir, cfg, runs, reference, tasks, command, stage_order=plan.order)
 
 
 def sweep_strength(
@@ -209,8 +238,7 @@ def sweep_strength(
     output_dir, command, plan = _begin(cfg, output_dir, argv)
     tasks = eval_tasks(cfg)
     first = add_pairs(plan, cfg, tasks, output_dir)
-    models: dict[str, str] = {BASE: cfg.model.model_name_or_path}
-    keys: dict[str, str] = {BASE: stage_key(cfg.to_dict()["model"])}
+    models, keys = _base_model(cfg)
     runs: dict[float, dict[int, str]] = {}
     for value in values:
         overrides = strength_overrides(cfg, value)

@@ -158,10 +158,12 @@ def train_stage(
 # --- probes --------------------------------------------------------------------------------------------------
 
 
-def probe_key(cfg: RunConfig, model_keys: dict[str, str]) -> str:
-    """The probe stage's key: the models' keys and what the probe texts, sites and pass depend on."""
+def probe_key(cfg: RunConfig, model_keys: dict[str, str], layers: list[int] | None = None) -> str:
+    """The probe stage's key: the models' keys and what the probe texts, sites, layers (``layers`` None:
+    every layer, a key without them) and pass depend on."""
     return stage_key(
         {
+            **({"layers": list(layers)} if layers is not None else {}),
             "models": model_keys,
             "n": cfg.experiment.probe_num_texts,
             "texts": {k: v for k, v in cfg.to_dict()["data"].items() if k != "max_train_samples"},
@@ -173,8 +175,11 @@ def probe_key(cfg: RunConfig, model_keys: dict[str, str]) -> str:
     )
 
 
-def probe_stage(cfg: RunConfig, models: dict[str, str], out: Path) -> Callable[[], None]:
-    """Probe every model of ``models`` (label -> spec) on every probe set; ``probes.csv`` merges them."""
+def probe_stage(
+    cfg: RunConfig, models: dict[str, str], out: Path, layers: list[int] | None = None
+) -> Callable[[], None]:
+    """Probe every model of ``models`` (label -> spec) on every probe set, at ``layers`` (None: every layer);
+    ``probes.csv`` merges them."""
 
     def stage() -> None:
         m = cfg.model
@@ -194,6 +199,7 @@ def probe_stage(cfg: RunConfig, models: dict[str, str], out: Path) -> Callable[[
                 max_length=cfg.train.max_length,
                 dtype=cfg.model.dtype,
                 weights=i == 0,  # the weight proxy does not depend on the texts
+                layers="all" if layers is None else tuple(layers),
             )
             for r in report.rows:
                 if ps.site_suffix and r["site"] != WEIGHT_SITE:
