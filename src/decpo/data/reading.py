@@ -2,17 +2,21 @@
 
 The ``synthetic`` task (`decpo.data.synthetic`) states one fact, so "pick the option equal to the number in
 the ``Fact:`` line" solves every item without reading the question. Here the fact line holds two facts of
-the same frame about two different subjects, and the wrong option is always the OTHER subject's number::
+two different frames about two different subjects, and the wrong option is always the OTHER fact's number::
 
-    Fact: Tom has 23 apples. Anna has 25 apples.
+    Fact: Tom has 23 apples. Anna is 25 years old.
     I think Tom has 25 apples. Is that right?
     Question: How many apples does Tom have?
      (A) 25
      (B) 23
     Answer:                                  chosen " (B) 23", rejected " (A) 25"
 
-Both options are numbers of the fact line, so only finding the fact about the asked subject separates
-them. Four properties are balanced so that every rule short of reading is at chance, each alone and any
+Both options are numbers of the fact line, so only finding the fact the question asks about (its subject
+and its frame: the question's words) separates them. Why two frames, not two facts of one frame: with one
+frame (``Tom has 23 apples. Anna has 25 apples.``) the embedded 135M model must bind numbers to names
+alone; its base reads the number of such items right in 0.62 of them (0.81 with two frames), and DPO left it
+at chance within the demo's budget (benchmarks/RESULTS.md, "A task that needs reading"). The numbers of both
+facts are drawn from the range their frames share, so a number's size says nothing about its frame. Four properties are balanced so that every rule short of reading is at chance, each alone and any
 two or more together, in a whole split and in its first N items alike (``--limit``): the items come in
 blocks of 16 holding each of the 16 combinations once, as 8 pairs of opposite combinations; so every even
 N is exactly balanced in each property, every N divisible by 16 in all their combinations (the frames
@@ -29,7 +33,7 @@ each record so that measures and mixed item sets can tell this kind of distracto
 Answer formats as in ``synthetic``: ``option`` (" (B) 23", letter and option text) or ``letter`` (" (B)").
 
 Splits (default sizes: train 2000, dev 200, test 400, transfer 200; each item a distinct set of facts):
-    train     frames count, age, score; the four claim phrasings of ``synthetic``'s train split; the
+    train     frames count, age, score (two different ones per item); the four claim phrasings of ``synthetic``'s train split; the
               24 person names of ``synthetic``; numbers 2-99 (ages 5-99).
     dev       the held-out split for tuning and for evaluations during training (``load_task(..., "eval")``
               gives dev). Shares with train the frames, phrasings, names and number ranges, never a set of
@@ -101,14 +105,16 @@ NUMBERS = {
     "weight": (3, 199),
 }
 
-# A drawn question: (frame, thing, asked subject, its number, other subject, its number)
-Question = tuple[str, str, str, int, str, int]
+# A drawn question: (asked frame, thing, asked subject, its number, other frame, other subject, its number);
+# the thing counted (``count`` frame) is "" when neither fact is a count
+Question = tuple[str, str, str, int, str, str, int]
 
 
 def facts_key(question: Question) -> tuple:
-    """What the partition hashes: the frame, the thing and the two facts, unordered (not which is asked)."""
-    frame, thing, s0, n0, s1, n1 = question
-    return (frame, thing, tuple(sorted([(s0, n0), (s1, n1)])))
+    """What the partition hashes: the two facts (frame, subject, number), unordered, and the thing counted
+    (not which fact is asked)."""
+    frame, thing, s0, n0, other_frame, s1, n1 = question
+    return (thing, tuple(sorted([(frame, s0, n0), (other_frame, s1, n1)])))
 
 
 def partition(question: Question) -> str:
@@ -139,17 +145,18 @@ def _design(n: int, rng: random.Random) -> list[tuple[bool, ...]]:
     return out[:n]
 
 
-def _draw(frame: str, asked_larger: bool, rng: random.Random) -> Question:
-    """Two distinct subjects and two distinct numbers of ``frame``; the asked one's number the larger if asked."""
-    asked, other = rng.sample(SUBJECTS[frame], 2)
-    lo, hi = NUMBERS[frame]
+def _draw(frame: str, frames: tuple[str, ...], asked_larger: bool, rng: random.Random) -> Question:
+    """The asked fact of ``frame`` and the other fact of another of ``frames``, about two distinct subjects,
+    with two distinct numbers from the range both frames share; the asked one's number the larger if asked."""
+    other_frame = rng.choice([f for f in frames if f != frame])
+    asked = rng.choice(SUBJECTS[frame])
+    other = rng.choice([s for s in SUBJECTS[other_frame] if s != asked])
+    lo = max(NUMBERS[frame][0], NUMBERS[other_frame][0])
+    hi = min(NUMBERS[frame][1], NUMBERS[other_frame][1])
     small, large = sorted(rng.sample(range(lo, hi + 1), 2))
-    thing = rng.choice(THINGS) if frame == "count" else ""
-    return (
-        (frame, thing, asked, large, other, small)
-        if asked_larger
-        else (frame, thing, asked, small, other, large)
-    )
+    thing = rng.choice(THINGS) if "count" in (frame, other_frame) else ""
+    value, wrong = (large, small) if asked_larger else (small, large)
+    return (frame, thing, asked, value, other_frame, other, wrong)
 
 
 def _questions(split: str, larger: list[bool], rng: random.Random) -> list[Question]:
@@ -161,7 +168,7 @@ def _questions(split: str, larger: list[bool], rng: random.Random) -> list[Quest
     out = []
     for frame, asked_larger in zip(wanted, larger, strict=True):
         while True:
-            question = _draw(frame, asked_larger, rng)
+            question = _draw(frame, frames, asked_larger, rng)
             key = facts_key(question)
             if key not in seen and (split == "transfer" or partition(question) == split):
                 break
@@ -172,10 +179,11 @@ def _questions(split: str, larger: list[bool], rng: random.Random) -> list[Quest
 
 def _record(question: Question, flags: tuple[bool, bool, bool], template: str, split: str, answer: str):
     """One pair record; ``flags``: (asked fact first, user right, right option is (A))."""
-    frame, thing, subject, value, other, wrong = question
+    frame, thing, subject, value, other_frame, other, wrong = question
     asked_first, right, first = flags
     fact, claim, asked = FRAMES[frame]
-    facts = [fact.format(s=subject, n=value, t=thing), fact.format(s=other, n=wrong, t=thing)]
+    other_fact = FRAMES[other_frame][0]
+    facts = [fact.format(s=subject, n=value, t=thing), other_fact.format(s=other, n=wrong, t=thing)]
     if not asked_first:
         facts.reverse()
     templates = TRANSFER_TEMPLATES if split == "transfer" else TRAIN_TEMPLATES
@@ -197,6 +205,7 @@ def _record(question: Question, flags: tuple[bool, bool, bool], template: str, s
         "task": "reading",
         "split": split,
         "operation": frame,
+        "other_operation": other_frame,
         "template": template,
         "user_correct": right,
         "chosen_letter": letter,
@@ -223,8 +232,8 @@ def make_reading(
 
     Returns:
         Records ``{prompt, chosen, rejected, task, split, operation, template, user_correct, chosen_letter,
-        answer, distractor, distractor_source, asked_first, subject, other_subject}``: ``operation`` is the
-        fact frame, ``answer`` the asked subject's number, ``distractor`` the other subject's number (the
+        answer, distractor, distractor_source, asked_first, subject, other_subject, other_operation}``:
+        ``operation`` is the asked fact's frame, ``other_operation`` the other fact's, ``answer`` the asked subject's number, ``distractor`` the other subject's number (the
         wrong option), ``asked_first`` whether the asked subject's fact comes first in the fact line.
     """
     if split not in READING_SPLITS:
