@@ -66,6 +66,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, list[str
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--no-generate", action="store_true", help="log-prob measures only")
     parser.add_argument("--write", default=None, help="append the table to this markdown file")
+    parser.add_argument("--plot", default=None, help="PNG of the trade-off: dev primary vs penalty removed")
     args, rest = parser.parse_known_args(argv)
     variants: list[tuple[str, list[str]]] = []
     for token in rest:
@@ -93,14 +94,45 @@ def curve(metrics_path: Path, key: str) -> str:
     return " ".join(points)
 
 
-def penalty_change(metrics_path: Path) -> str:
-    """The penalty R on the held-out (dev) pairs at the first and last evaluation: ``R0 -> Rn`` (DecPO only)."""
+def penalty_values(metrics_path: Path) -> tuple[float, float] | None:
+    """The penalty R on the held-out (dev) pairs at the first and the last evaluation (DecPO only; R is
+    computed on the penalty's own tokens, so this is the decorrelation the penalty bought where it acts)."""
     values = [
         json.loads(line)["eval/decorrelation/value"]
         for line in metrics_path.read_text().splitlines()
         if "eval/decorrelation/value" in line
     ]
-    return f"{values[0]:.1f} -> {values[-1]:.1f}" if values else "-"
+    return (values[0], values[-1]) if values else None
+
+
+def plot_tradeoff(rows: list[dict], path: Path) -> None:
+    """Dev primary outcome against the share of the penalty R removed (1 - R_end / R_start), one point per
+    variant (mean over seeds, bars: min to max), DPO variants at 0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name in dict.fromkeys(r["variant"] for r in rows):
+        mine = [r for r in rows if r["variant"] == name]
+        xs = [1 - r["penalty"][1] / r["penalty"][0] if r["penalty"] else 0.0 for r in mine]
+        ys = [r["primary"] for r in mine]
+        x, y = sum(xs) / len(xs), sum(ys) / len(ys)
+        ax.errorbar(
+            x,
+            y,
+            xerr=[[x - min(xs)], [max(xs) - x]],
+            yerr=[[y - min(ys)], [max(ys) - y]],
+            fmt="o",
+            capsize=3,
+            label=f"{name} ({len(mine)} seeds)",
+        )
+    ax.set_xlabel("share of the penalty R removed on dev pairs, 1 - R_end / R_start")
+    ax.set_ylabel("dev debiased A/B accuracy")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main(argv: list[str]) -> None:
@@ -122,6 +154,7 @@ def main(argv: list[str]) -> None:
         "|---|---|---|" + "---|" * len(MEASURES) + "---|---|---|---|",
     ]
     print("\n".join(lines), flush=True)
+    rows: list[dict] = []
     for name, overrides in variants:
         for seed in args.seeds:
             cfg = load_config(args.config, [*overrides, f"train.seed={seed}"])
@@ -147,13 +180,21 @@ def main(argv: list[str]) -> None:
             chosen_nats = res["chosen_reward"]["value"] / cfg.train.beta
             metrics = result.output_dir / "metrics.jsonl"
             cells = [f"{res[m]['value']:.3f}" if m in res else "n/a" for m, _ in MEASURES]
+            penalty = penalty_values(metrics)
+            rows.append(
+                {"variant": name, "seed": seed, "primary": res[MEASURES[0][0]]["value"], "penalty": penalty}
+            )
+            (out / "rows.json").write_text(json.dumps(rows, indent=1))
+            r_words = f"{penalty[0]:.1f} -> {penalty[1]:.1f}" if penalty else "-"
             lines.append(
                 f"| {name} | {seed} | `{' '.join(overrides)}` | "
                 + " | ".join(cells)
-                + f" | {chosen_nats:+.1f} | {penalty_change(metrics)} | {train_s:.0f} "
+                + f" | {chosen_nats:+.1f} | {r_words} | {train_s:.0f} "
                 f"| {curve(metrics, 'eval/rewards/accuracies')} |"
             )
             print(lines[-1], flush=True)
+    if args.plot:
+        plot_tradeoff(rows, Path(args.plot))
     emit(lines, args.write)
 
 
