@@ -12,11 +12,14 @@ two different frames about two different subjects, and the wrong option is alway
     Answer:                                  chosen " (B) 23", rejected " (A) 25"
 
 Both options are numbers of the fact line, so only finding the fact the question asks about (its subject
-and its frame: the question's words) separates them. Why two frames, not two facts of one frame: with one
-frame (``Tom has 23 apples. Anna has 25 apples.``) the embedded 135M model must bind numbers to names
-alone; its base reads the number of such items right in 0.62 of them (0.81 with two frames), and DPO left it
-at chance within the demo's budget (benchmarks/RESULTS.md, "A task that needs reading"). The numbers of both
-facts are drawn from the range their frames share, so a number's size says nothing about its frame. Four properties are balanced so that every rule short of reading is at chance, each alone and any
+and its frame: the question's words) separates them. Why two frames (since commit 4fbb220): DPO did not
+learn the one-frame version (``Tom has 23 apples. Anna has 25 apples.``) within the demo's budget, and two
+frames give the model a second cue; it has not learned this version either so far (benchmarks/RESULTS.md,
+"A task that needs reading"). The base model's number-only answers read 0.69-0.78 of 32 items in each
+layout (`benchmarks/reading_base.py`), so neither layout is beyond it. The numbers of both
+facts are drawn from the range their frames share, so a number's size says nothing about its frame.
+
+Four properties are balanced so that every rule short of reading is at chance, each alone and any
 two or more together, in a whole split and in its first N items alike (``--limit``): the items come in
 blocks of 16 holding each of the 16 combinations once, as 8 pairs of opposite combinations; so every even
 N is exactly balanced in each property, every N divisible by 16 in all their combinations (the frames
