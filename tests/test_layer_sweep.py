@@ -24,7 +24,7 @@ from decpo.reports.results import read_samples
 from decpo.reports.stats import paired_bootstrap
 from decpo.reports.sweep_points import paired_by_items
 from decpo.reports.sweeps import _primary_measure
-from decpo.reports.tables import align_items, item_values
+from decpo.reports.items import align_items, item_values
 
 from conftest import REPO
 

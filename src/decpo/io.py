@@ -71,9 +71,9 @@ def stable_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-# What a start writes before any work (the resolved config, the environment, the stage log): a folder that
-# holds nothing else was left by a start that failed.
-START_FILES = frozenset({"config.yaml", "env.json", "reg_weight.json", "stages.json"})
+# What a start writes before any work (the resolved config, the environment, the declared primary outcome,
+# the stage log): a folder that holds nothing else was left by a start that failed.
+START_FILES = frozenset({"config.yaml", "env.json", "primary.json", "reg_weight.json", "stages.json"})
 
 
 @contextlib.contextmanager
