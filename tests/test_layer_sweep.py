@@ -20,11 +20,11 @@ from decpo.config import ConfigError, load_config
 from decpo.config.sweeps import layer_label, sweep_layer_values
 from decpo.experiment.plan import Plan
 from decpo.reports.hierarchical import hierarchical_paired_bootstrap, mde, mde_paired
+from decpo.reports.items import align_items, item_values
 from decpo.reports.results import read_samples
 from decpo.reports.stats import paired_bootstrap
 from decpo.reports.sweep_points import paired_by_items
 from decpo.reports.sweeps import _primary_measure
-from decpo.reports.items import align_items, item_values
 
 from conftest import REPO
 
