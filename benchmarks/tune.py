@@ -9,7 +9,8 @@ a minute or two each on 2 CPU cores::
     python benchmarks/tune.py --out /tmp/tune --variant dpo-s40 objective.name=dpo train.max_steps=40 \\
         --variant dpo-s60 objective.name=dpo train.max_steps=60 --write benchmarks/RESULTS.md
 
-``--variant NAME override ...`` may be repeated; ``--seeds 0 1 2`` trains each variant once per seed and
+``--variant NAME override ...`` may be repeated; a variant whose NAME starts with ``base`` is not trained:
+its preset's base model is evaluated as the others (its answer format from ``data.synthetic_answer``); ``--seeds 0 1 2`` trains each variant once per seed and
 prints one row per seed. The evaluation is ``decpo eval --task reading --split dev`` on the first
 ``--limit`` dev items (the same items for every variant and seed: a multiple of 16 keeps them balanced) and
 as many transfer items; generation (``gen/accuracy``) unless ``--no-generate``.
@@ -162,12 +163,13 @@ def main(argv: list[str]) -> None:
                 raise SystemExit(f"tune.py: variant {name}: data.task must be reading, got {cfg.data.task!r}")
             run_dir = out / f"{name}-s{seed}"
             t0 = time.perf_counter()
-            result = train(cfg, run_dir)
+            untrained = name.startswith("base")
+            result = None if untrained else train(cfg, run_dir)
             train_s = time.perf_counter() - t0
             res = evaluate(
                 EvalConfig(
                     task="reading",
-                    model=str(run_dir),
+                    model=cfg.model.model_name_or_path if untrained else str(run_dir),
                     split=args.split,
                     limit=args.limit,
                     beta=cfg.train.beta,
@@ -177,10 +179,11 @@ def main(argv: list[str]) -> None:
                 ),
                 out / f"{name}-s{seed}-eval",
             ).results["metrics"]
-            chosen_nats = res["chosen_reward"]["value"] / cfg.train.beta
-            metrics = result.output_dir / "metrics.jsonl"
+            reward = res.get("chosen_reward")
+            chosen_nats = "-" if reward is None else f"{reward['value'] / cfg.train.beta:+.1f}"
+            metrics = None if result is None else result.output_dir / "metrics.jsonl"
             cells = [f"{res[m]['value']:.3f}" if m in res else "n/a" for m, _ in MEASURES]
-            penalty = penalty_values(metrics)
+            penalty = None if metrics is None else penalty_values(metrics)
             rows.append(
                 {"variant": name, "seed": seed, "primary": res[MEASURES[0][0]]["value"], "penalty": penalty}
             )
@@ -189,8 +192,8 @@ def main(argv: list[str]) -> None:
             lines.append(
                 f"| {name} | {seed} | `{' '.join(overrides)}` | "
                 + " | ".join(cells)
-                + f" | {chosen_nats:+.1f} | {r_words} | {train_s:.0f} "
-                f"| {curve(metrics, 'eval/rewards/accuracies')} |"
+                + f" | {chosen_nats} | {r_words} | {train_s:.0f} "
+                f"| {'-' if metrics is None else curve(metrics, 'eval/rewards/accuracies')} |"
             )
             print(lines[-1], flush=True)
     if args.plot:

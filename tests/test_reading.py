@@ -12,10 +12,14 @@ from collections import Counter
 
 import pytest
 
-from decpo.data import DataError, load_task, make_reading, swap_options, validate_pair
+from decpo.config import ConfigError, load_config
+from decpo.data import DataError, load_task, make_reading, make_synthetic, swap_options, validate_pair
 from decpo.evaluation.config import EvalConfig
 from decpo.evaluation.runner import evaluate
 from decpo.evaluation.tasks.reading import parse_choice, says_exactly
+from decpo.inference.logprobs import ab_completions
+
+from conftest import REPO
 
 SPLITS = ("train", "dev", "test", "transfer")
 TINY = "tiny-random-llama"
@@ -305,3 +309,23 @@ def test_letter_trained_models_reuse_the_scores(tmp_path) -> None:
     assert metrics["letter/ab_accuracy_debiased"] == metrics["ab_accuracy_debiased"]
     assert metrics["transfer/letter/ab_accuracy"] == metrics["transfer/ab_accuracy"]
     assert not any(name.startswith("gen/") for name in metrics)
+
+
+def test_number_answers_are_the_option_numbers_and_survive_a_swap() -> None:
+    records = make_reading("dev", n=32, seed=2, answer="number")
+    assert [r["prompt"] for r in records] == [r["prompt"] for r in make_reading("dev", n=32, seed=2)]
+    for r in records:
+        assert r["chosen"] == f" {r['answer']}" and r["rejected"] == f" {r['distractor']}"
+        swapped = swap_options(r)
+        assert swapped["chosen"] == r["chosen"] and swapped["chosen_letter"] != r["chosen_letter"]
+        assert ab_completions(swapped)[swapped["chosen_letter"] == "B"] == r["chosen"]
+    # both numbers stand in the fact line: copying a number of the prompt is no answer
+    assert all(r["chosen"].strip() in r["prompt"] and r["rejected"].strip() in r["prompt"] for r in records)
+
+
+def test_number_answers_only_on_reading() -> None:
+    load_config(str(REPO / "configs" / "default.yaml"), ["data.task=reading", "data.synthetic_answer=number"])
+    with pytest.raises(ConfigError, match="data.synthetic_answer=number needs data.task=reading"):
+        load_config(str(REPO / "configs" / "default.yaml"), ["data.synthetic_answer=number"])
+    with pytest.raises(DataError, match="unknown synthetic answer format"):
+        make_synthetic("train", n=4, answer="number")

@@ -80,6 +80,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_curve_steps(self)  # the checks that read more than one section
+        check_answer_format(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -92,6 +93,16 @@ class RunConfig:
                 raise _unknown_key(key, "replace()")
             _set(tree, key, _check_type(key, value))
         return _build(tree)
+
+
+def check_answer_format(cfg: RunConfig) -> None:
+    """``data.synthetic_answer=number`` is the reading task's alone: on ``synthetic`` the number is the fact
+    line's only one, so copying it would solve every item; a `ConfigError` naming both fields."""
+    if cfg.data.synthetic_answer == "number" and cfg.data.task != "reading":
+        raise ConfigError(
+            f"data.synthetic_answer=number needs data.task=reading (got data.task={cfg.data.task!r}): on other "
+            "tasks the answer's number is the prompt's only one"
+        )
 
 
 def check_curve_steps(cfg: RunConfig) -> None:

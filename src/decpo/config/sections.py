@@ -49,8 +49,8 @@ class DataConfig:
     synthetic_answer: str = field(
         default="option",
         metadata=described(
-            "Answers of the synthetic and reading tasks: option (letter and option text, ' (B) 23') or letter "
-            "(' (B)' alone)."
+            "Answers of the synthetic and reading tasks: option (letter and option text, ' (B) 23'), letter "
+            "(' (B)' alone) or, reading only, number (' 23' alone)."
         ),
     )
 
@@ -59,9 +59,10 @@ class DataConfig:
             raise ConfigError(f"data.eval_fraction must be in (0, 1), got {self.eval_fraction}")
         if self.on_error not in ("raise", "skip"):
             raise ConfigError(f"data.on_error must be 'raise' or 'skip', got {self.on_error!r}")
-        if self.synthetic_answer not in ("option", "letter"):
+        if self.synthetic_answer not in ("option", "letter", "number"):
             raise ConfigError(
-                f"data.synthetic_answer must be 'option' or 'letter', got {self.synthetic_answer!r}"
+                f"data.synthetic_answer must be 'option', 'letter' or 'number' (reading only), got "
+                f"{self.synthetic_answer!r}"
             )
 
 

@@ -33,7 +33,9 @@ Why always the other subject's number, not a near miss in some items: a near mis
 line, so those items would be solved by copying again; ``distractor_source`` ("other_subject") is kept in
 each record so that measures and mixed item sets can tell this kind of distractor apart.
 
-Answer formats as in ``synthetic``: ``option`` (" (B) 23", letter and option text) or ``letter`` (" (B)").
+Answer formats: as in ``synthetic``, ``option`` (" (B) 23", letter and option text) or ``letter`` (" (B)");
+and ``number`` (" 23", the option's number alone; synthetic has no such format, since there the number is
+the fact line's only one and copying it solves the item).
 
 Splits (default sizes: train 2000, dev 200, test 400, transfer 200; each item a distinct set of facts):
     train     frames count, age, score (two different ones per item); the four claim phrasings of ``synthetic``'s train split; the
@@ -62,13 +64,16 @@ import random
 from typing import Any
 
 from decpo.data.errors import DataError
-from decpo.data.synthetic import ANSWER_FORMATS, NAMES, THINGS, TRAIN_TEMPLATES, TRANSFER_TEMPLATES
+from decpo.data.synthetic import NAMES, THINGS, TRAIN_TEMPLATES, TRANSFER_TEMPLATES
 
 READING_SPLITS = ("train", "dev", "test", "transfer")
 HELD_OUT_SPLIT = "dev"  # what ``load_task("reading", "eval")`` (the held-out set of training) gives
 DEFAULT_SIZES = {"train": 2000, "dev": 200, "test": 400, "transfer": 200}
 MAX_ITEMS = 20_000  # per split: far below the number of distinct fact sets of every split
 DISTRACTOR_SOURCE = "other_subject"
+# "number": the answer is the option's number alone (" 23"); both numbers are in the fact line, so an echo
+# of the prompt cannot carry it, and the decision is the number itself
+ANSWER_FORMATS = ("option", "letter", "number")
 
 GOODS = ("lamp", "bike", "coat", "clock", "chair", "kettle", "radio", "tent")
 PLACES = ("town", "lake", "farm", "castle", "harbor", "forest")
@@ -198,6 +203,8 @@ def _record(question: Question, flags: tuple[bool, bool, bool], template: str, s
     chosen, rejected = f" ({letter})", f" ({other_letter})"
     if answer == "option":
         chosen, rejected = f"{chosen} {value}", f"{rejected} {wrong}"
+    elif answer == "number":
+        chosen, rejected = f" {value}", f" {wrong}"
     return {
         "prompt": (
             f"Fact: {' '.join(facts)}\n{statement}\nQuestion: {asked.format(s=subject, t=thing)}\n"
@@ -231,7 +238,8 @@ def make_reading(
         n: number of items (defaults: train 2000, dev 200, test 400, transfer 200); each a distinct set of
             facts, the frames in equal shares (some one more when ``n`` is not a multiple of 3).
         seed: the same (split, n, seed) gives the same records.
-        answer: ``"option"`` (chosen " (B) 23": letter and option text) or ``"letter"`` (" (B)").
+        answer: ``"option"`` (chosen " (B) 23": letter and option text), ``"letter"`` (" (B)") or
+            ``"number"`` (" 23": the option's number alone).
 
     Returns:
         Records ``{prompt, chosen, rejected, task, split, operation, template, user_correct, chosen_letter,
