@@ -61,6 +61,21 @@ def test_pass_equals_naive_on_captured_activations(tiny):
                 assert got[probe] == pytest.approx(expected[probe], rel=1e-4, abs=1e-6), (site, layer, probe)
 
 
+def test_kept_activations_are_the_last_token_rows_in_text_order(tiny):
+    model, tokenizer = tiny
+    result = probe_pass(
+        model, tokenizer, TEXTS, layers=[1], batch_size=3, keep_activations=True, progress=False
+    )
+    enc = tokenizer(TEXTS, return_tensors="pt", padding=True)  # one batch
+    positions = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad(), capture_activations(model, [1], "mlp.up_proj", detach=True) as acts:
+        model(**enc, position_ids=positions)
+    expected = select_tokens(acts[1], enc["attention_mask"])  # (n_texts, D)
+    assert set(result.activations) == {("mlp.up_proj", 1)}
+    torch.testing.assert_close(result.activations[("mlp.up_proj", 1)], expected, rtol=1e-4, atol=1e-5)
+    assert not probe_pass(model, tokenizer, TEXTS, layers=[1], progress=False).activations  # off by default
+
+
 def test_padding_side_and_batch_size_do_not_change_the_result(tiny):
     model, tokenizer = tiny
     left = probe_pass(model, tokenizer, TEXTS, sites=SITES, batch_size=4, padding_side="left", progress=False)

@@ -1,11 +1,21 @@
 """k-sparse probing (probes/sparse_probing.py) on fixed synthetic activations: one-neuron and spread concepts,
-the refusals, and that the neurons are ranked on the training fold only."""
+the refusals, that the neurons are ranked on the training fold only; and ``decpo probe --measure
+sparse_probing`` end to end on a tiny random Llama."""
 
 from __future__ import annotations
+
+import argparse
+import csv
 
 import numpy as np
 import pytest
 
+from decpo.cli.probe import add_parser
+from decpo.data import DataError
+from decpo.models import TINY_NAME, load_model, load_tokenizer
+from decpo.probes.activation import probe_pass
+from decpo.probes.concepts import CONCEPTS, labelled_texts
+from decpo.probes.runner import probe_models
 from decpo.probes.sparse_probing import (
     DENSE,
     SparseProbeError,
@@ -92,3 +102,63 @@ def test_interval_is_the_corrected_resampled_t():
     lo, hi = interval(values, 1 / 4)
     half = stats.t.ppf(0.975, 4) * np.std(values, ddof=1) * np.sqrt(1 / 5 + 1 / 4)
     assert (lo, hi) == pytest.approx((0.85 - half, 0.85 + half))
+
+
+def run_cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_sparse_probing_on_a_tiny_model(tmp_path, capsys):
+    """``decpo probe --measure sparse_probing`` on the tiny random Llama and the reading task: tidy rows per
+    concept, equal to probing the pass's activations with the concepts' labels directly."""
+    out = tmp_path / "probes"
+    argv = ["probe", "--model", f"base={TINY_NAME}", "--texts", "reading", "--num-texts", "40"]
+    argv += ["--layers", "-1", "--measure", "sparse_probing", "--output-dir", str(out), "--no-weights"]
+    assert run_cli(argv) == 0
+    printed = capsys.readouterr().out
+    assert "base: asked_first (mlp.up_proj, layer 1) k=1 accuracy" in printed
+    with open(out / "probes.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["probe"].startswith("sparse_probe/")]
+    values = {r["probe"]: float(r["value"]) for r in rows}
+    assert {(r["model"], r["layer"], r["site"], r["n_texts"]) for r in rows} == {
+        ("base", "1", "mlp.up_proj", "40")
+    }
+    kinds = [
+        "acc_k1",
+        "acc_k2",
+        "acc_k4",
+        "acc_k8",
+        "acc_k16",
+        "acc_k32",
+        "acc_dense",
+        "acc_k1_lo",
+        "acc_k1_hi",
+    ]
+    assert set(values) == {f"sparse_probe/{k}/{c}" for k in [*kinds, "neurons_needed"] for c in CONCEPTS}
+    assert all(0 <= values[f"sparse_probe/{k}/{c}"] <= 1 for k in kinds[:7] for c in CONCEPTS)
+    assert (out / "sparse_probe_acc_k1_user_correct__mlp_up_proj.png").exists()
+    assert not (
+        out / "sparse_probe_acc_k2_user_correct__mlp_up_proj.png"
+    ).exists()  # only the headline plotted
+
+    texts, labels = labelled_texts("reading", 40)
+    model, tokenizer = load_model(TINY_NAME), load_tokenizer(TINY_NAME)
+    x = probe_pass(model, tokenizer, texts, layers=[1], keep_activations=True, progress=False).activations
+    for concept, y in labels.items():
+        expected = sparse_probe(x[("mlp.up_proj", 1)], y, concept=concept).values()
+        assert {k: values[k] for k in expected} == pytest.approx(expected, abs=1e-5), concept
+
+
+def test_cli_sparse_probing_needs_labelled_texts(tmp_path):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("one text\nanother text\n")
+    argv = ["probe", "--model", TINY_NAME, "--texts", str(texts), "--measure", "sparse_probing"]
+    with pytest.raises(DataError, match="labelled concepts need a task or a pairs file"):
+        run_cli([*argv, "--output-dir", str(tmp_path / "out")])
+    with pytest.raises(DataError, match="sparse_probing needs labelled texts"):
+        probe_models({"base": TINY_NAME}, ["a", "b"], tmp_path / "out", measures=("sparse_probing",))
+    with pytest.raises(ValueError, match="unknown measure"):
+        probe_models({"base": TINY_NAME}, ["a", "b"], tmp_path / "out", measures=("sparse",))

@@ -8,7 +8,15 @@ import math
 from pathlib import Path
 
 from decpo.cli.flags import add_dataclass_flags, dataclass_values
-from decpo.probes.runner import ProbeOptions, ProbeReport, load_texts, parse_model_specs, probe_models
+from decpo.probes.concepts import labelled_texts
+from decpo.probes.runner import (
+    SPARSE_PROBING,
+    ProbeOptions,
+    ProbeReport,
+    load_texts,
+    parse_model_specs,
+    probe_models,
+)
 from decpo.probes.stats import ACTIVATION_PROBES
 
 
@@ -18,7 +26,8 @@ def add_parser(subparsers) -> None:
         "probe",
         help="monosemanticity probes of one or more models, per layer",
         description="Feature decorrelation, sparsity, monosemantic scale (activations) and the weight-based "
-        "proxy of several models over the same texts; writes probes.csv and one PNG per probe.",
+        "proxy of several models over the same texts, and on request k-sparse probing of labelled concepts "
+        "(--measure sparse_probing); writes probes.csv and one PNG per probe.",
     )
     p.add_argument(
         "--model",
@@ -37,18 +46,23 @@ def add_parser(subparsers) -> None:
     p.add_argument("--num-texts", type=int, default=1000, help="use the first N texts (the paper used 1000)")
     p.add_argument("--output-dir", default="probes", help="folder for probes.csv, the PNGs and vocab.json")
     p.add_argument("--data-dir", default=None, help="data directory of the tasks (else env DECPO_DATA_DIR)")
-    options = add_dataclass_flags(p, ProbeOptions, exclude=("progress",))  # progress bars: always shown
+    # progress bars: always shown; --measure (one flag, names comma-separated), as in "--measure sparse_probing"
+    options = add_dataclass_flags(p, ProbeOptions, exclude=("progress",), flags={"measures": "measure"})
     p.set_defaults(func=_cmd_probe, option_fields=options)
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
     models = parse_model_specs(args.model or ["default"])
-    texts = load_texts(args.texts, args.num_texts, args.data_dir)
     options = ProbeOptions(**dataclass_values(args, args.option_fields))
+    labels = None
+    if SPARSE_PROBING in options.measures:  # the texts' concepts label them: texts and labels come together
+        texts, labels = labelled_texts(args.texts, args.num_texts, args.data_dir)
+    else:
+        texts = load_texts(args.texts, args.num_texts, args.data_dir)
     unknown = [p for p in options.probes if p not in ACTIVATION_PROBES]
     if unknown:
         raise ValueError(f"unknown probe(s) {unknown}; available: {', '.join(ACTIVATION_PROBES)}")
-    report = probe_models(models, texts, args.output_dir, options)
+    report = probe_models(models, texts, args.output_dir, options, labels=labels)
     _print_summary(report, models, options.sites[0], len(texts), Path(args.output_dir))
     return 0
 
@@ -70,5 +84,22 @@ def _print_summary(report: ProbeReport, models: dict[str, str], site: str, n_tex
             print(
                 f"{name}: decorrelation ({site}) mean over {len(values)} layers {sum(values) / len(values):.4f}"
             )
+        _print_sparse(report, name, site)
     print(f"{len(report.rows)} rows, {n_texts} texts -> {report.files[0]}")
     print(f"{len(report.files) - 1} other file(s) in {out}")
+
+
+def _print_sparse(report: ProbeReport, name: str, site: str) -> None:
+    """Each concept's k = 1 accuracy and neurons needed at each probed layer of ``site`` (sparse probing)."""
+    values = {
+        (r["layer"], r["probe"]): r["value"]
+        for r in report.rows
+        if r["model"] == name and r["site"] == site and r["probe"].startswith("sparse_probe/")
+    }
+    for (layer, probe), acc in values.items():
+        kind, concept = probe.split("/")[1:]
+        if kind == "acc_k1":
+            needed = values[(layer, f"sparse_probe/neurons_needed/{concept}")]
+            print(
+                f"{name}: {concept} ({site}, layer {layer}) k=1 accuracy {acc:.3f}, neurons needed {needed:.0f}"
+            )

@@ -77,13 +77,15 @@ def capture_last_tokens(
 
 @dataclass
 class ProbePass:
-    """Statistics of one model over ``n_texts`` texts: ``stats[(site, layer)]``."""
+    """Statistics of one model over ``n_texts`` texts: ``stats[(site, layer)]``; with ``keep_activations``,
+    the last-token rows themselves too, ``activations[(site, layer)]`` of shape ``(n_texts, D)`` on the CPU."""
 
     stats: dict[tuple[str, int], ActivationStats]
     num_layers: int
     n_texts: int
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+    activations: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
 
     def values(self, probes: Sequence[str] = ACTIVATION_PROBES) -> dict[tuple[str, int, str], float]:
         """``{(site, layer, probe): value}``."""
@@ -186,8 +188,10 @@ def _accumulate(
     max_length: int,
     bar,
     stats_kwargs: dict,
+    kept: dict[tuple[str, int], list[torch.Tensor]] | None = None,
 ) -> dict[tuple[str, int], ActivationStats]:
-    """One forward per batch of ``texts``, each captured last-token row streamed into its statistics."""
+    """One forward per batch of ``texts``, each captured last-token row streamed into its statistics (and,
+    when ``kept`` is a dict, appended to ``kept[(site, layer)]`` on the CPU)."""
     inner = backbone(model)
     # the backbone alone (no LM head: the probes need no logits), but a sharded model through its root
     net = model if is_fsdp_sharded(model) else inner
@@ -213,6 +217,8 @@ def _accumulate(
                     if (site, layer) not in stats:
                         stats[(site, layer)] = ActivationStats(z.size(1), **stats_kwargs)
                     stats[(site, layer)].update(z)
+                    if kept is not None:
+                        kept.setdefault((site, layer), []).append(z.cpu())
             bar.update(len(chunk))
     return stats
 
@@ -230,6 +236,7 @@ def probe_pass(
     progress: bool = True,
     desc: str = "probe",
     extra_pairs: Sequence[tuple[str, int]] = (),
+    keep_activations: bool = False,
     **stats_kwargs,
 ) -> ProbePass:
     """Run ``texts`` through ``model`` once and accumulate the activation probes of every (site, layer).
@@ -242,6 +249,8 @@ def probe_pass(
         layers: ``None``/``"all"``, ``"0,5,-1"`` or a list of block indices.
         padding_side: ``"left"`` or ``"right"``; the result does not depend on it.
         extra_pairs: more ``(site, layer)`` pairs to measure in the same forward (e.g. the vocabulary view's).
+        keep_activations: also keep every text's last-token row of each pair (``ProbePass.activations``;
+            ``4 x n_texts x D`` bytes per pair: what k-sparse probing needs, unlike the streamed probes).
         stats_kwargs: passed to `ActivationStats` (``eps_zero``, ``gram_dim_limit``, ``max_gram_rows``, ...).
     """
     _check_inputs(tokenizer, texts, sites, extra_pairs)
@@ -249,6 +258,7 @@ def probe_pass(
     was_training = model.training
     saved_sides = (tokenizer.padding_side, tokenizer.truncation_side)
     t0 = time.perf_counter()
+    kept: dict[tuple[str, int], list[torch.Tensor]] | None = {} if keep_activations else None
     try:
         model.eval()
         tokenizer.padding_side, tokenizer.truncation_side = padding_side, "left"
@@ -262,12 +272,16 @@ def probe_pass(
             max_length=max_length,
             bar=bar,
             stats_kwargs=stats_kwargs,
+            kept=kept,
         )
         bar.close()
     finally:
         tokenizer.padding_side, tokenizer.truncation_side = saved_sides
         model.train(was_training)
-    result = ProbePass(stats, num_layers(model), len(texts), time.perf_counter() - t0)
+    activations = {pair: torch.cat(rows) for pair, rows in (kept or {}).items()}  # (n_texts, D) each
+    result = ProbePass(
+        stats, num_layers(model), len(texts), time.perf_counter() - t0, activations=activations
+    )
     logger.debug(
         "probe pass: %d texts, %d (site, layer) pairs, %.1f s, %.1f MiB of statistics",
         len(texts),

@@ -11,7 +11,7 @@ import dataclasses
 import gc
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from decpo.models.hooks import parse_layers
 from decpo.names import MLP_UP_PROJ
 from decpo.probes.activation import CSV_COLUMNS, probe_pass, relative_depth
 from decpo.probes.plots import plot_probes
+from decpo.probes.sparse_probing import KS, sparse_probe
 from decpo.probes.stats import ACTIVATION_PROBES
 from decpo.probes.vocab import vocab_view
 from decpo.probes.weights import NoMLPBiasError, median, mlp_input_weights, neuron_scores, weight_change
@@ -34,6 +35,9 @@ logger = logging.getLogger(__name__)
 WEIGHT_SITE = "mlp.in_weights"
 DTYPES = ("float32", "bfloat16", "float16")
 VOCAB_SITE = "mlp.hidden"  # the vocabulary view reads the MLP's hidden units (the paper's Table 1)
+SPARSE_PROBING = "sparse_probing"
+MEASURES = (SPARSE_PROBING,)  # measures beyond the streamed probes, each needing more than a pass
+PLOTTED_SPARSE = ("acc_k1", "neurons_needed")  # of the sparse-probing rows, the ones with a figure
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,15 @@ class ProbeOptions:
         default="float32",
         metadata={**described("Model dtype: float32, bfloat16 or float16."), "choices": DTYPES},
     )
+    measures: tuple[str, ...] = field(
+        default=(),
+        metadata=described(
+            "Comma-separated measures beyond the streamed probes: sparse_probing (k-sparse probing of the "
+            "texts' labelled concepts, k = 1..32 and dense, per probed layer and site; needs labelled texts, "
+            "--texts synthetic or reading; keeps n_texts x width floats per layer and site)."
+        ),
+    )
+    sparse_folds: int = field(default=5, metadata=described("Stratified folds of sparse probing."))
     device: str | None = field(
         default=None, metadata=described("cpu, cuda, ... (default: cuda when available).")
     )
@@ -169,13 +182,17 @@ def probe_models(
     texts: Sequence[str],
     output_dir: str | Path,
     options: ProbeOptions | None = None,
+    labels: Mapping[str, Sequence[int]] | None = None,
     **overrides,
 ) -> ProbeReport:
     """Probe each model (one loaded at a time); write probes.csv, a PNG per (probe, site), vocab.json.
 
-    ``overrides``: `ProbeOptions` fields by keyword (``batch_size=4``), over ``options`` (default: the defaults).
+    ``labels``: ``{concept: 0/1 per text}`` (`decpo.probes.concepts.concept_labels`), needed by the
+    ``sparse_probing`` measure. ``overrides``: `ProbeOptions` fields by keyword (``batch_size=4``), over
+    ``options`` (default: the defaults).
     """
     opts = dataclasses.replace(options or ProbeOptions(), **overrides)
+    _check_measures(opts, labels)
     output_dir = Path(output_dir)
     check_writable(output_dir)
     device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -187,7 +204,7 @@ def probe_models(
         logger.info("probing %s (%s) on %d texts", name, spec, len(texts))
         model = load_model(spec, dtype=opts.dtype, device=device)
         tokenizer = _tokenizer(name, spec, tokenizer)
-        _activation_rows(name, model, tokenizer, texts, opts, report)
+        _activation_rows(name, model, tokenizer, texts, opts, report, labels or {})
         if opts.weights:
             rows, pairs = _weight_rows(name, model, report, first_name, reference_weights)
             report.rows += rows
@@ -212,8 +229,20 @@ def _tokenizer(name: str, spec: str, previous):
         return previous
 
 
-def _activation_rows(name: str, model, tokenizer, texts: Sequence[str], opts: ProbeOptions, report) -> None:
-    """One probe pass of ``model``: its rows (and its vocabulary view) into ``report``."""
+def _check_measures(opts: ProbeOptions, labels: Mapping[str, Sequence[int]] | None) -> None:
+    unknown = [m for m in opts.measures if m not in MEASURES]
+    if unknown:
+        raise ValueError(f"unknown measure(s) {unknown}; available: {', '.join(MEASURES)}")
+    if SPARSE_PROBING in opts.measures and not labels:
+        raise DataError(
+            "sparse_probing needs labelled texts (concepts with a 0/1 label per text): --texts synthetic or reading"
+        )
+
+
+def _activation_rows(
+    name: str, model, tokenizer, texts: Sequence[str], opts: ProbeOptions, report, labels: Mapping
+) -> None:
+    """One probe pass of ``model``: its rows (and its vocabulary view, its sparse probing) into ``report``."""
     layer_list = parse_layers(opts.layers, model)
     extra = [(VOCAB_SITE, opts.vocab_layer)] if opts.vocab_layer is not None else []
     result = probe_pass(
@@ -229,9 +258,12 @@ def _activation_rows(name: str, model, tokenizer, texts: Sequence[str], opts: Pr
         extra_pairs=extra,
         eps_zero=opts.eps_zero,
         max_gram_rows=opts.max_gram_rows,
+        keep_activations=SPARSE_PROBING in opts.measures,
     )
     requested = [(site, layer) for site in opts.sites for layer in layer_list]
     report.rows += result.rows(name, opts.probes, pairs=requested)
+    if SPARSE_PROBING in opts.measures:
+        report.rows += _sparse_rows(name, result, requested, labels, opts.sparse_folds)
     if opts.vocab_layer is not None:
         layer = parse_layers([opts.vocab_layer], model)[0]
         mean_hidden = result.stats[(VOCAB_SITE, layer)].mean_activation()
@@ -250,11 +282,39 @@ def _activation_rows(name: str, model, tokenizer, texts: Sequence[str], opts: Pr
         }
 
 
+def _sparse_rows(name: str, result, pairs, labels: Mapping, n_folds: int) -> list[dict]:
+    """k-sparse probing rows of each concept at each ``(site, layer)`` of ``pairs`` (`sparse_probe`)."""
+    rows = []
+    for site, layer in pairs:
+        x = result.activations[(site, layer)]  # (n_texts, D)
+        for concept, y in labels.items():
+            probed = sparse_probe(x, y, concept=concept, ks=KS, n_folds=n_folds)
+            rows += [
+                {
+                    "model": name,
+                    "layer": layer,
+                    "site": site,
+                    "probe": measure,
+                    "value": value,
+                    "n_texts": probed.n_texts,
+                    "depth": relative_depth(layer, result.num_layers),
+                }
+                for measure, value in probed.values().items()
+            ]
+    return rows
+
+
+def _plotted(row: dict) -> bool:
+    """Whether ``row`` gets a figure: all but the sparse-probing rows other than `PLOTTED_SPARSE`."""
+    parts = row["probe"].split("/")
+    return parts[0] != "sparse_probe" or parts[1] in PLOTTED_SPARSE
+
+
 def _write(report: ProbeReport, output_dir: Path) -> None:
     """probes.csv, the plots and vocab.json (when any), each listed in ``report.files``."""
     atomic_write_text(output_dir / "probes.csv", rows_to_csv(report.rows))
     report.files.append(output_dir / "probes.csv")
-    report.files += plot_probes(report.rows, output_dir)
+    report.files += plot_probes([r for r in report.rows if _plotted(r)], output_dir)
     if report.vocab:
         atomic_write_json(output_dir / "vocab.json", report.vocab)
         report.files.append(output_dir / "vocab.json")

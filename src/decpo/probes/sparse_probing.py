@@ -68,6 +68,15 @@ class SparseProbeResult:
     def acc_dense(self) -> float:
         return self.accuracy[DENSE].mean
 
+    def values(self) -> dict[str, float]:
+        """Tidy measure names -> values: ``sparse_probe/acc_k{k}/<concept>`` per k, ``acc_dense``, the 95%
+        interval of k = 1 (``acc_k1_lo``, ``acc_k1_hi``) and ``neurons_needed``."""
+        out = {f"acc_k{k}": a.mean for k, a in self.accuracy.items() if k != DENSE}
+        out["acc_dense"] = self.acc_dense
+        out["acc_k1_lo"], out["acc_k1_hi"] = self.accuracy[1].lo, self.accuracy[1].hi
+        out["neurons_needed"] = float(self.neurons_needed)
+        return {f"sparse_probe/{key}/{self.concept}": value for key, value in out.items()}
+
 
 def rank_neurons(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """``(n, D)``, ``(n,)`` 0/1 -> ``(D,)`` neuron indices, best first, by ``|mean_1 - mean_0| / pooled_sd``.
