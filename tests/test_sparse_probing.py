@@ -120,6 +120,7 @@ def test_cli_sparse_probing_on_a_tiny_model(tmp_path, capsys):
     assert run_cli(argv) == 0
     printed = capsys.readouterr().out
     assert "base: asked_first (mlp.up_proj, layer 1) k=1 accuracy" in printed
+    assert "decorrelation vs neurons needed (user_correct, mlp.up_proj): too few points (1)" in printed
     with open(out / "probes.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["probe"].startswith("sparse_probe/")]
     values = {r["probe"]: float(r["value"]) for r in rows}

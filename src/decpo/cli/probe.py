@@ -9,6 +9,7 @@ from pathlib import Path
 
 from decpo.cli.flags import add_dataclass_flags, dataclass_values
 from decpo.probes.concepts import labelled_texts
+from decpo.probes.proxy_check import proxy_tracking
 from decpo.probes.runner import (
     SPARSE_PROBING,
     ProbeOptions,
@@ -85,6 +86,7 @@ def _print_summary(report: ProbeReport, models: dict[str, str], site: str, n_tex
                 f"{name}: decorrelation ({site}) mean over {len(values)} layers {sum(values) / len(values):.4f}"
             )
         _print_sparse(report, name, site)
+    _print_tracking(report, site)
     print(f"{len(report.rows)} rows, {n_texts} texts -> {report.files[0]}")
     print(f"{len(report.files) - 1} other file(s) in {out}")
 
@@ -103,3 +105,13 @@ def _print_sparse(report: ProbeReport, name: str, site: str) -> None:
             print(
                 f"{name}: {concept} ({site}, layer {layer}) k=1 accuracy {acc:.3f}, neurons needed {needed:.0f}"
             )
+
+
+def _print_tracking(report: ProbeReport, site: str) -> None:
+    """Whether decorrelation tracks each concept's neurons needed, over every model and layer of ``site``."""
+    needed = sorted(
+        {r["probe"] for r in report.rows if r["probe"].startswith("sparse_probe/neurons_needed/")}
+    )
+    for measure in needed:
+        concept = measure.rsplit("/", 1)[1]
+        print(proxy_tracking(report.rows, measure, site=site).sentence(f"neurons needed ({concept}, {site})"))
