@@ -163,3 +163,15 @@ def test_cli_sparse_probing_needs_labelled_texts(tmp_path):
         probe_models({"base": TINY_NAME}, ["a", "b"], tmp_path / "out", measures=("sparse_probing",))
     with pytest.raises(ValueError, match="unknown measure"):
         probe_models({"base": TINY_NAME}, ["a", "b"], tmp_path / "out", measures=("sparse",))
+    # refused before any model loads: too few texts of a class, labels that do not match the texts
+    argv = ["probe", "--model", "no/such-model", "--texts", "reading", "--num-texts", "12"]
+    with pytest.raises(SparseProbeError, match="concept 'user_correct': its smaller class has 6"):
+        run_cli([*argv, "--measure", "sparse_probing", "--output-dir", str(tmp_path / "out")])
+    with pytest.raises(ValueError, match="concept 'c': 3 labels for 2 texts"):
+        probe_models(
+            {"base": "no/such-model"},
+            ["a", "b"],
+            tmp_path / "out",
+            labels={"c": [0, 1, 0]},
+            measures=("sparse_probing",),
+        )

@@ -15,7 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from decpo.config.fields import described
 from decpo.data import TASKS, DataError, load_pairs, load_task
@@ -25,7 +27,7 @@ from decpo.models.hooks import parse_layers
 from decpo.names import MLP_UP_PROJ
 from decpo.probes.activation import CSV_COLUMNS, probe_pass, relative_depth
 from decpo.probes.plots import plot_probes
-from decpo.probes.sparse_probing import KS, sparse_probe
+from decpo.probes.sparse_probing import KS, check_labels, sparse_probe
 from decpo.probes.stats import ACTIVATION_PROBES
 from decpo.probes.vocab import vocab_view
 from decpo.probes.weights import NoMLPBiasError, median, mlp_input_weights, neuron_scores, weight_change
@@ -192,7 +194,7 @@ def probe_models(
     ``options`` (default: the defaults).
     """
     opts = dataclasses.replace(options or ProbeOptions(), **overrides)
-    _check_measures(opts, labels)
+    _check_measures(opts, labels, len(texts))
     output_dir = Path(output_dir)
     check_writable(output_dir)
     device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -229,7 +231,8 @@ def _tokenizer(name: str, spec: str, previous):
         return previous
 
 
-def _check_measures(opts: ProbeOptions, labels: Mapping[str, Sequence[int]] | None) -> None:
+def _check_measures(opts: ProbeOptions, labels: Mapping[str, Sequence[int]] | None, n_texts: int) -> None:
+    """Before any model loads: known measures, and for sparse probing one usable label per text per concept."""
     unknown = [m for m in opts.measures if m not in MEASURES]
     if unknown:
         raise ValueError(f"unknown measure(s) {unknown}; available: {', '.join(MEASURES)}")
@@ -237,6 +240,10 @@ def _check_measures(opts: ProbeOptions, labels: Mapping[str, Sequence[int]] | No
         raise DataError(
             "sparse_probing needs labelled texts (concepts with a 0/1 label per text): --texts synthetic or reading"
         )
+    for concept, y in (labels or {}).items() if SPARSE_PROBING in opts.measures else ():
+        if len(y) != n_texts:
+            raise ValueError(f"concept {concept!r}: {len(y)} labels for {n_texts} texts")
+        check_labels(np.asarray(y), concept, opts.sparse_folds)
 
 
 def _activation_rows(
@@ -263,7 +270,7 @@ def _activation_rows(
     requested = [(site, layer) for site in opts.sites for layer in layer_list]
     report.rows += result.rows(name, opts.probes, pairs=requested)
     if SPARSE_PROBING in opts.measures:
-        report.rows += _sparse_rows(name, result, requested, labels, opts.sparse_folds)
+        report.rows += _sparse_rows(name, result, requested, labels, opts)
     if opts.vocab_layer is not None:
         layer = parse_layers([opts.vocab_layer], model)[0]
         mean_hidden = result.stats[(VOCAB_SITE, layer)].mean_activation()
@@ -282,13 +289,14 @@ def _activation_rows(
         }
 
 
-def _sparse_rows(name: str, result, pairs, labels: Mapping, n_folds: int) -> list[dict]:
+def _sparse_rows(name: str, result, pairs, labels: Mapping, opts: ProbeOptions) -> list[dict]:
     """k-sparse probing rows of each concept at each ``(site, layer)`` of ``pairs`` (`sparse_probe`)."""
     rows = []
-    for site, layer in pairs:
+    bar = tqdm(pairs, desc=f"{name} sparse probing", unit="layer", disable=not opts.progress, leave=False)
+    for site, layer in bar:
         x = result.activations[(site, layer)]  # (n_texts, D)
         for concept, y in labels.items():
-            probed = sparse_probe(x, y, concept=concept, ks=KS, n_folds=n_folds)
+            probed = sparse_probe(x, y, concept=concept, ks=KS, n_folds=opts.sparse_folds)
             rows += [
                 {
                     "model": name,
