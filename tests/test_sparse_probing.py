@@ -167,6 +167,10 @@ def test_cli_sparse_probing_needs_labelled_texts(tmp_path):
     argv = ["probe", "--model", "no/such-model", "--texts", "reading", "--num-texts", "12"]
     with pytest.raises(SparseProbeError, match="concept 'user_correct': its smaller class has 6"):
         run_cli([*argv, "--measure", "sparse_probing", "--output-dir", str(tmp_path / "out")])
+    with pytest.raises(SparseProbeError, match="concept 'asked_first': its smaller class has 6"):
+        run_cli(
+            [*argv, "--measure", "sparse_probing", "--concepts", "asked_first", "--output-dir", str(tmp_path)]
+        )
     with pytest.raises(ValueError, match="concept 'c': 3 labels for 2 texts"):
         probe_models(
             {"base": "no/such-model"},

@@ -7,8 +7,8 @@ import argparse
 import math
 from pathlib import Path
 
-from decpo.cli.flags import add_dataclass_flags, dataclass_values
-from decpo.probes.concepts import labelled_texts
+from decpo.cli.flags import add_dataclass_flags, comma_list, dataclass_values
+from decpo.probes.concepts import CONCEPTS, labelled_texts
 from decpo.probes.proxy_check import proxy_tracking
 from decpo.probes.runner import (
     SPARSE_PROBING,
@@ -47,6 +47,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--num-texts", type=int, default=1000, help="use the first N texts (the paper used 1000)")
     p.add_argument("--output-dir", default="probes", help="folder for probes.csv, the PNGs and vocab.json")
     p.add_argument("--data-dir", default=None, help="data directory of the tasks (else env DECPO_DATA_DIR)")
+    p.add_argument(
+        "--concepts",
+        type=comma_list,
+        default=None,
+        help=f"comma-separated concepts of sparse probing, of {', '.join(CONCEPTS)} (default: all that the "
+        "texts carry)",
+    )
     # progress bars: always shown; --measure (one flag, names comma-separated), as in "--measure sparse_probing"
     options = add_dataclass_flags(p, ProbeOptions, exclude=("progress",), flags={"measures": "measure"})
     p.set_defaults(func=_cmd_probe, option_fields=options)
@@ -57,7 +64,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     options = ProbeOptions(**dataclass_values(args, args.option_fields))
     labels = None
     if SPARSE_PROBING in options.measures:  # the texts' concepts label them: texts and labels come together
-        texts, labels = labelled_texts(args.texts, args.num_texts, args.data_dir)
+        texts, labels = labelled_texts(args.texts, args.num_texts, args.data_dir, names=args.concepts)
     else:
         texts = load_texts(args.texts, args.num_texts, args.data_dir)
     unknown = [p for p in options.probes if p not in ACTIVATION_PROBES]
