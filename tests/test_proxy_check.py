@@ -72,3 +72,14 @@ def test_too_few_points_or_a_constant_side_give_no_correlation():
     assert math.isnan(result.rho) and not result.tracks
     assert "too few points (2)" in result.sentence()
     assert math.isnan(proxy_tracking(rows_of(DEC, [4] * 10), NEEDED).rho)
+
+
+def test_fewer_than_8_points_give_rho_but_no_verdict():
+    # 4 points in perfect inverse order: every bootstrap resample gives -1, an interval that excludes 0
+    result = proxy_tracking(rows_of(DEC[:4], [32, 16, 8, 12]), NEEDED)
+    assert (result.rho, result.lo, result.hi) == pytest.approx((-1.0, -1.0, -1.0))
+    assert not result.tracks
+    assert result.sentence("neurons needed") == (
+        "decorrelation vs neurons needed: Spearman -1.00 [-1.00, -1.00] over 4 (model, layer) points, "
+        "too few to judge (fewer than 8)"
+    )

@@ -5,7 +5,9 @@ The points are the ``(model, layer, site)`` triples where both the proxy and the
 (every model and layer of the rows, unless ``models`` or ``site`` narrow them); the statistic is Spearman's
 rho (`scipy.stats.spearmanr`, ties at their average rank), its 95% interval the percentile bootstrap over
 points (resamples with a constant side, whose rho is undefined, are skipped). Layers of one model are not
-independent draws, so the interval is a rough guide, not a test. "Tracks" means the interval excludes 0;
+independent draws, so the interval is a rough guide, not a test. "Tracks" means the interval excludes 0
+and there are at least 8 points (`MIN_VERDICT`: with fewer, most resamples repeat two or three points and
+the percentile interval is degenerate, e.g. [-1.00, -0.77] from 4 points, so the sentence gives no verdict);
 the sentence says the sign too, since a more monosemantic layer has a higher decorrelation but *fewer*
 neurons needed (a negative rho is the direction the paper's proxy predicts for neurons needed).
 """
@@ -19,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 PROXY = "decorrelation"
-MIN_POINTS = 3
+MIN_POINTS = 3  # fewer: no rho
+MIN_VERDICT = 8  # fewer: rho and its interval, but no "tracks" / "does not track"
 
 
 @dataclass(frozen=True)
@@ -35,13 +38,18 @@ class ProxyTracking:
 
     @property
     def tracks(self) -> bool:
-        return math.isfinite(self.lo) and (self.lo > 0 or self.hi < 0)
+        return self.n_points >= MIN_VERDICT and math.isfinite(self.lo) and (self.lo > 0 or self.hi < 0)
 
     def sentence(self, label: str | None = None) -> str:
         """One plain sentence: ``decorrelation tracks neurons needed: Spearman -0.62 [-0.85, -0.21] ...``."""
         label = label or self.measure
         if not math.isfinite(self.rho):
             return f"{self.proxy} vs {label}: too few points ({self.n_points}) or a constant side; no correlation"
+        if self.n_points < MIN_VERDICT:
+            return (
+                f"{self.proxy} vs {label}: Spearman {self.rho:.2f} [{self.lo:.2f}, {self.hi:.2f}] over "
+                f"{self.n_points} (model, layer) points, too few to judge (fewer than {MIN_VERDICT})"
+            )
         verb = "tracks" if self.tracks else "does not track"
         return (
             f"{self.proxy} {verb} {label}: Spearman {self.rho:.2f} [{self.lo:.2f}, {self.hi:.2f}] "
