@@ -71,7 +71,8 @@ def test_too_few_points_or_a_constant_side_give_no_correlation():
     result = proxy_tracking(rows_of(DEC[:2], NEED[:2]), NEEDED)
     assert math.isnan(result.rho) and not result.tracks
     assert "too few points (2)" in result.sentence()
-    assert math.isnan(proxy_tracking(rows_of(DEC, [4] * 10), NEEDED).rho)
+    constant = proxy_tracking(rows_of(DEC, [4] * 10), NEEDED)
+    assert math.isnan(constant.rho) and "one side is constant; no correlation" in constant.sentence()
 
 
 def test_fewer_than_8_points_give_rho_but_no_verdict():

@@ -44,7 +44,10 @@ class ProxyTracking:
         """One plain sentence: ``decorrelation tracks neurons needed: Spearman -0.62 [-0.85, -0.21] ...``."""
         label = label or self.measure
         if not math.isfinite(self.rho):
-            return f"{self.proxy} vs {label}: too few points ({self.n_points}) or a constant side; no correlation"
+            why = (
+                f"too few points ({self.n_points})" if self.n_points < MIN_POINTS else "one side is constant"
+            )
+            return f"{self.proxy} vs {label}: {why}; no correlation"
         if self.n_points < MIN_VERDICT:
             return (
                 f"{self.proxy} vs {label}: Spearman {self.rho:.2f} [{self.lo:.2f}, {self.hi:.2f}] over "
