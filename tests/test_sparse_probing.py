@@ -24,6 +24,7 @@ from decpo.probes.sparse_probing import (
     rank_neurons,
     sparse_probe,
 )
+from decpo.probes.stats import ACTIVATION_PROBES
 
 
 def test_one_neuron_concept_is_decoded_by_k1():
@@ -151,6 +152,14 @@ def test_cli_sparse_probing_on_a_tiny_model(tmp_path, capsys):
     for concept, y in labels.items():
         expected = sparse_probe(x[("mlp.up_proj", 1)], y, concept=concept).values()
         assert {k: values[k] for k in expected} == pytest.approx(expected, abs=1e-5), concept
+
+
+def test_sparse_layers_need_not_be_probed(tmp_path):
+    texts, labels = labelled_texts("reading", 40, names=["asked_first"])
+    kw = {"layers": (0,), "measures": ("sparse_probing",), "weights": False, "progress": False}
+    report = probe_models({"base": TINY_NAME}, texts, tmp_path, labels=labels, sparse_layers="-1", **kw)
+    layers = {(r["probe"].split("/")[0], r["layer"]) for r in report.rows}
+    assert layers == {(probe, 0) for probe in ACTIVATION_PROBES} | {("sparse_probe", 1)}
 
 
 def test_cli_sparse_probing_needs_labelled_texts(tmp_path):

@@ -188,10 +188,10 @@ def _accumulate(
     max_length: int,
     bar,
     stats_kwargs: dict,
-    kept: dict[tuple[str, int], list[torch.Tensor]] | None = None,
+    kept: dict[tuple[str, int], list[torch.Tensor]],
 ) -> dict[tuple[str, int], ActivationStats]:
     """One forward per batch of ``texts``, each captured last-token row streamed into its statistics (and,
-    when ``kept`` is a dict, appended to ``kept[(site, layer)]`` on the CPU)."""
+    for the pairs that are keys of ``kept``, appended to ``kept[(site, layer)]`` on the CPU)."""
     inner = backbone(model)
     # the backbone alone (no LM head: the probes need no logits), but a sharded model through its root
     net = model if is_fsdp_sharded(model) else inner
@@ -217,8 +217,8 @@ def _accumulate(
                     if (site, layer) not in stats:
                         stats[(site, layer)] = ActivationStats(z.size(1), **stats_kwargs)
                     stats[(site, layer)].update(z)
-                    if kept is not None:
-                        kept.setdefault((site, layer), []).append(z.cpu())
+                    if (site, layer) in kept:
+                        kept[(site, layer)].append(z.cpu())
             bar.update(len(chunk))
     return stats
 
@@ -236,7 +236,7 @@ def probe_pass(
     progress: bool = True,
     desc: str = "probe",
     extra_pairs: Sequence[tuple[str, int]] = (),
-    keep_activations: bool = False,
+    keep_activations: bool | Sequence[tuple[str, int]] = False,
     **stats_kwargs,
 ) -> ProbePass:
     """Run ``texts`` through ``model`` once and accumulate the activation probes of every (site, layer).
@@ -249,8 +249,9 @@ def probe_pass(
         layers: ``None``/``"all"``, ``"0,5,-1"`` or a list of block indices.
         padding_side: ``"left"`` or ``"right"``; the result does not depend on it.
         extra_pairs: more ``(site, layer)`` pairs to measure in the same forward (e.g. the vocabulary view's).
-        keep_activations: also keep every text's last-token row of each pair (``ProbePass.activations``;
-            ``4 x n_texts x D`` bytes per pair: what k-sparse probing needs, unlike the streamed probes).
+        keep_activations: also keep every text's last-token row of each measured pair (True) or of these
+            resolved ``(site, layer)`` pairs (``ProbePass.activations``; ``4 x n_texts x D`` bytes per pair:
+            what k-sparse probing needs, unlike the streamed probes).
         stats_kwargs: passed to `ActivationStats` (``eps_zero``, ``gram_dim_limit``, ``max_gram_rows``, ...).
     """
     _check_inputs(tokenizer, texts, sites, extra_pairs)
@@ -258,7 +259,8 @@ def probe_pass(
     was_training = model.training
     saved_sides = (tokenizer.padding_side, tokenizer.truncation_side)
     t0 = time.perf_counter()
-    kept: dict[tuple[str, int], list[torch.Tensor]] | None = {} if keep_activations else None
+    keep = pairs if keep_activations is True else list(keep_activations or ())
+    kept: dict[tuple[str, int], list[torch.Tensor]] = {pair: [] for pair in keep if pair in pairs}
     try:
         model.eval()
         tokenizer.padding_side, tokenizer.truncation_side = padding_side, "left"
@@ -278,7 +280,7 @@ def probe_pass(
     finally:
         tokenizer.padding_side, tokenizer.truncation_side = saved_sides
         model.train(was_training)
-    activations = {pair: torch.cat(rows) for pair, rows in (kept or {}).items()}  # (n_texts, D) each
+    activations = {pair: torch.cat(rows) for pair, rows in kept.items()}  # (n_texts, D) each
     result = ProbePass(
         stats, num_layers(model), len(texts), time.perf_counter() - t0, activations=activations
     )

@@ -97,6 +97,13 @@ class ProbeOptions:
         ),
     )
     sparse_folds: int = field(default=5, metadata=described("Stratified folds of sparse probing."))
+    sparse_layers: str | tuple[int, ...] | None = field(
+        default=None,
+        metadata=described(
+            "Blocks of sparse probing, as --layers writes them, at every site (default: every probed layer); "
+            "blocks not probed are added to the same pass."
+        ),
+    )
     device: str | None = field(
         default=None, metadata=described("cpu, cuda, ... (default: cuda when available).")
     )
@@ -251,7 +258,13 @@ def _activation_rows(
 ) -> None:
     """One probe pass of ``model``: its rows (and its vocabulary view, its sparse probing) into ``report``."""
     layer_list = parse_layers(opts.layers, model)
+    requested = [(site, layer) for site in opts.sites for layer in layer_list]
+    sparse: list[tuple[str, int]] = []
+    if SPARSE_PROBING in opts.measures:
+        blocks = layer_list if opts.sparse_layers is None else parse_layers(opts.sparse_layers, model)
+        sparse = [(site, layer) for site in opts.sites for layer in blocks]
     extra = [(VOCAB_SITE, opts.vocab_layer)] if opts.vocab_layer is not None else []
+    extra += [pair for pair in sparse if pair not in requested]
     result = probe_pass(
         model,
         tokenizer,
@@ -265,12 +278,10 @@ def _activation_rows(
         extra_pairs=extra,
         eps_zero=opts.eps_zero,
         max_gram_rows=opts.max_gram_rows,
-        keep_activations=SPARSE_PROBING in opts.measures,
+        keep_activations=sparse,
     )
-    requested = [(site, layer) for site in opts.sites for layer in layer_list]
     report.rows += result.rows(name, opts.probes, pairs=requested)
-    if SPARSE_PROBING in opts.measures:
-        report.rows += _sparse_rows(name, result, requested, labels, opts)
+    report.rows += _sparse_rows(name, result, sparse, labels, opts)
     if opts.vocab_layer is not None:
         layer = parse_layers([opts.vocab_layer], model)[0]
         mean_hidden = result.stats[(VOCAB_SITE, layer)].mean_activation()
