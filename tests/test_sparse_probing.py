@@ -15,7 +15,7 @@ from decpo.data import DataError
 from decpo.models import TINY_NAME, load_model, load_tokenizer
 from decpo.probes.activation import probe_pass
 from decpo.probes.concepts import CONCEPTS, labelled_texts
-from decpo.probes.runner import probe_models
+from decpo.probes.runner import ProbeOptionError, probe_models
 from decpo.probes.sparse_probing import (
     DENSE,
     SparseProbeError,
@@ -170,7 +170,7 @@ def test_cli_sparse_probing_needs_labelled_texts(tmp_path):
         run_cli([*argv, "--output-dir", str(tmp_path / "out")])
     with pytest.raises(DataError, match="sparse_probing needs labelled texts"):
         probe_models({"base": TINY_NAME}, ["a", "b"], tmp_path / "out", measures=("sparse_probing",))
-    with pytest.raises(ValueError, match="unknown measure"):
+    with pytest.raises(ProbeOptionError, match="unknown measure"):
         probe_models({"base": TINY_NAME}, ["a", "b"], tmp_path / "out", measures=("sparse",))
     # refused before any model loads: too few texts of a class, labels that do not match the texts
     argv = ["probe", "--model", "no/such-model", "--texts", "reading", "--num-texts", "12"]
@@ -180,7 +180,7 @@ def test_cli_sparse_probing_needs_labelled_texts(tmp_path):
         run_cli(
             [*argv, "--measure", "sparse_probing", "--concepts", "asked_first", "--output-dir", str(tmp_path)]
         )
-    with pytest.raises(ValueError, match="concept 'c': 3 labels for 2 texts"):
+    with pytest.raises(ProbeOptionError, match="concept 'c': 3 labels for 2 texts"):
         probe_models(
             {"base": "no/such-model"},
             ["a", "b"],

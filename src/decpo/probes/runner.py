@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from decpo.config.fields import described
 from decpo.data import TASKS, DataError, load_pairs, load_task
+from decpo.errors import DecPOError
 from decpo.io import atomic_write_json, atomic_write_text, check_writable
 from decpo.models import load_model, load_tokenizer
 from decpo.models.hooks import parse_layers
@@ -40,6 +41,10 @@ VOCAB_SITE = "mlp.hidden"  # the vocabulary view reads the MLP's hidden units (t
 SPARSE_PROBING = "sparse_probing"
 MEASURES = (SPARSE_PROBING,)  # measures beyond the streamed probes, each needing more than a pass
 PLOTTED_SPARSE = ("acc_k1", "neurons_needed")  # of the sparse-probing rows, the ones with a figure
+
+
+class ProbeOptionError(DecPOError, ValueError):
+    """A measure or its inputs that `probe_models` cannot use (the command line prints it, no traceback)."""
 
 
 @dataclass(frozen=True)
@@ -242,14 +247,14 @@ def _check_measures(opts: ProbeOptions, labels: Mapping[str, Sequence[int]] | No
     """Before any model loads: known measures, and for sparse probing one usable label per text per concept."""
     unknown = [m for m in opts.measures if m not in MEASURES]
     if unknown:
-        raise ValueError(f"unknown measure(s) {unknown}; available: {', '.join(MEASURES)}")
+        raise ProbeOptionError(f"unknown measure(s) {unknown}; available: {', '.join(MEASURES)}")
     if SPARSE_PROBING in opts.measures and not labels:
         raise DataError(
             "sparse_probing needs labelled texts (concepts with a 0/1 label per text): --texts synthetic or reading"
         )
     for concept, y in (labels or {}).items() if SPARSE_PROBING in opts.measures else ():
         if len(y) != n_texts:
-            raise ValueError(f"concept {concept!r}: {len(y)} labels for {n_texts} texts")
+            raise ProbeOptionError(f"concept {concept!r}: {len(y)} labels for {n_texts} texts")
         check_labels(np.asarray(y), concept, opts.sparse_folds)
 
 
