@@ -87,6 +87,7 @@ def test_rank_neurons_by_standardized_mean_difference():
         (np.ones(40, dtype=int), "all 40 labels are 1"),
         (np.array([1] * 9 + [0] * 31), "smaller class has 9"),
         (np.array([0, 1, 2, 1] * 10), "must be 0/1"),
+        (np.array([0, 1, 0.5, 1] * 10), "must be 0/1"),
     ],
 )
 def test_bad_labels_are_refused_naming_the_concept(labels, message):

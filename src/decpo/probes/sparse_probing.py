@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -58,7 +58,6 @@ class SparseProbeResult:
     n_neurons: int
     chance: float  # the majority class's share: the accuracy of always guessing it
     threshold: float = 0.95
-    notes: list[str] = field(default_factory=list)
 
     @property
     def acc_k1(self) -> float:
@@ -169,7 +168,7 @@ def sparse_probe(
         threshold: neurons needed = the smallest k reaching ``threshold`` x the dense accuracy.
     """
     x = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float64)
-    y = np.asarray(y).astype(np.int64)
+    y = np.asarray(y)
     if x.ndim != 2 or len(x) != len(y):
         raise SparseProbeError(
             f"concept {concept!r}: activations {x.shape} and {y.shape[0]} labels do not match (n_texts x n_neurons)"
@@ -177,6 +176,7 @@ def sparse_probe(
     if n_folds < 2:
         raise SparseProbeError(f"concept {concept!r}: n_folds must be at least 2, got {n_folds}")
     check_labels(y, concept, n_folds)
+    y = y.astype(np.int64)
     n, d = x.shape
     sizes = [k for k in sorted(set(ks)) if 1 <= k <= d]
     scores: dict[int | str, list[float]] = {k: [] for k in [*sizes, DENSE]}
