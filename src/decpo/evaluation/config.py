@@ -83,7 +83,7 @@ class EvalConfig:
     )
     synthetic_answer: str = field(
         default="option",
-        metadata=described("The synthetic task's answer format: option or letter (as trained)."),
+        metadata=described("Answer format of the synthetic and reading tasks: option, letter or (reading) number, as trained."),
     )
     prompts_path: str | None = field(
         default=None,
@@ -102,7 +102,7 @@ class EvalConfig:
         default="test",
         metadata=described(
             "reading: the split scored beside transfer: test (the reported split) or dev (for tuning; "
-            "benchmarks/tune_reading.py uses it and refuses test)."
+            "benchmarks/tune.py uses it and refuses test)."
         ),
     )
     quick: bool = field(
