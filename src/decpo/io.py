@@ -1,6 +1,7 @@
 """Atomic file output: write to a temporary name in the same folder, then rename.
 
-A reader (or a resumed run) never sees a half-written file.
+A reader (or a resumed run) never sees a half-written file, and the file gets the mode a plain ``open``
+would give it (``0o666`` less the umask), not the ``0o600`` of a temporary file.
 """
 
 from __future__ import annotations
@@ -16,6 +17,20 @@ from pathlib import Path
 from typing import Any
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (``/proc/self/status``: no other
+    thread sees a changed umask), else set and restored at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -25,6 +40,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+            # mkstemp makes the file 0o600: results and configs must stay readable by a group on shared clusters
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
