@@ -14,7 +14,7 @@ from decpo.config import RunConfig
 from decpo.config.sampling import SamplingSettings, scorer_spec
 from decpo.data.prompts import load_prompts
 from decpo.env import cache_dir
-from decpo.io import stable_hash
+from decpo.io import file_lock_path, output_lock, stable_hash
 from decpo.pairs.sampling import build_pairs, prompts_digest, side_files
 from decpo.scoring.classifiers import make_scorer
 
@@ -76,6 +76,17 @@ def ensure_pairs(cfg: RunConfig, progress: bool = True) -> Path:
     if path.is_file() and summary.is_file():
         logger.info("pairs: reusing %s", path)
         return path
+    # one build per entry: a run that needs it while another builds it waits, then reuses it
+    with output_lock(file_lock_path(path), f"pairs cache entry {path.parent}", "decpo (pairs)", wait=True):
+        if path.is_file() and summary.is_file():
+            logger.info("pairs: reusing %s", path)
+            return path
+        _build(cfg, prompts, path, progress)
+    return path
+
+
+def _build(cfg: RunConfig, prompts: list[str], path: Path, progress: bool) -> None:
+    """Sample, score and select the pairs of ``cfg`` into the cache entry ``path``."""
     from decpo.models import load_model, load_tokenizer  # lazy: pulls in torch, transformers
 
     settings = settings_from_config(cfg)
@@ -100,4 +111,3 @@ def ensure_pairs(cfg: RunConfig, progress: bool = True) -> Path:
         source=str(cfg.pairs.source),
         progress=progress,
     )
-    return path
