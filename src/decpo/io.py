@@ -183,8 +183,8 @@ def _try_lock(fd: int, path: Path, what: str, wait: bool) -> bool:
         holder = _describe(_read_holder(fd))
         if not wait:
             raise OutputLocked(
-                f"{what} is in use by {holder}: one writer at a time; wait for it to finish, or write elsewhere "
-                f"(a lock left by a process that died is taken over by itself; the lock is {path})"
+                f"{what} is in use by {holder}: one writer at a time; wait for it to finish, or write "
+                f"elsewhere (lock file {path})"
             ) from None
         logger.info("%s is in use by %s: waiting for it", what, holder)
         fcntl.flock(fd, fcntl.LOCK_EX)
