@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from decpo.cli import main
+from decpo.integrity import MANIFEST
 from decpo.training.checkpoints import latest_checkpoint
 
 from conftest import REPO
@@ -102,3 +104,57 @@ def test_incomplete_checkpoint_is_skipped(tmp_path, missing):
     )
     (run / "checkpoint-2" / missing).unlink()
     assert latest_checkpoint(run) == run / "checkpoint-1"
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory):
+    """A run saved at steps 1 and 2 (copied by each test before it damages it)."""
+    run = tmp_path_factory.mktemp("saved") / "run"
+    args = ["train", "--config", SMOKE, "--output-dir", str(run), "train.max_steps=2", "train.save_steps=1"]
+    assert main(args) == 0
+    return run
+
+
+def _flip_a_bit(path):
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x40  # in the last tensor's values: the same size, another number
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    ("name", "damage"),
+    [
+        ("adapter_model.safetensors", _flip_a_bit),
+        ("trainer_state.json", _truncate),
+        ("optimizer.pt", _truncate),
+        ("scheduler.pt", _truncate),
+        ("rng_state.pth", _truncate),
+    ],
+)
+def test_damaged_checkpoint_falls_back_to_the_previous_one(two_checkpoints, tmp_path, caplog, name, damage):
+    run = tmp_path / "run"
+    shutil.copytree(two_checkpoints, run)
+    assert all((run / f"checkpoint-{n}" / MANIFEST).is_file() for n in (1, 2))
+    damage(run / "checkpoint-2" / name)
+    with caplog.at_level("WARNING"):
+        assert latest_checkpoint(run) == run / "checkpoint-1"
+    assert f"checkpoint-2: {name}" in caplog.text
+
+
+def test_checkpoint_without_its_manifest_is_incomplete(two_checkpoints, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(two_checkpoints, run)
+    (run / "checkpoint-2" / MANIFEST).unlink()  # killed after the Trainer's files, before the manifest
+    assert latest_checkpoint(run) == run / "checkpoint-1"
+    # the resumed run goes on from checkpoint-1 and writes checkpoint-2 again, with its manifest
+    assert (
+        main(
+            ["train", "--config", SMOKE, "--output-dir", str(run), "train.max_steps=2", "train.save_steps=1"]
+        )
+        == 0
+    )
+    assert latest_checkpoint(run) == run / "checkpoint-2"

@@ -293,3 +293,34 @@ def test_fluency_guard_flags_empty_and_loops():
     assert not repetition_loop("ha ha ha")  # three of one word: not yet a loop
     assert is_valid(" and make up stories about the latest fad.")
     assert not is_valid(" I'm sorry I'm sorry I'm sorry")
+
+
+@pytest.mark.parametrize("damage", ["pair_swapped", "log_edited"])
+def test_an_edited_pairs_cache_entry_is_built_again(tmp_path, monkeypatch, caplog, damage):
+    import decpo.pairs.cache as cache
+
+    monkeypatch.setenv("DECPO_CACHE", str(tmp_path / "cache"))
+    scorers = []
+    monkeypatch.setattr(cache, "make_scorer", lambda spec: scorers.append(StubScorer()) or scorers[-1])
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(p + "\n" for p in PROMPTS))
+    smoke = str(REPO / "configs" / "smoke.yaml")
+    over = [f"pairs.source={prompts}", "pairs.num_samples=3", "pairs.max_new_tokens=6", "pairs.min_gap=0.05"]
+    cfg = load_config(smoke, over)
+    path = cache.ensure_pairs(cfg, progress=False)
+    good = path.read_bytes()
+    assert cache.ensure_pairs(cfg, progress=False) == path and len(scorers) == 1  # reused as it is
+    if damage == "pair_swapped":
+        first = json.loads(good.decode().splitlines()[0])
+        first["chosen"], first["rejected"] = first["rejected"], first["chosen"]
+        path.write_text(
+            "".join([json.dumps(first, sort_keys=True) + "\n", *good.decode().splitlines(True)[1:]])
+        )
+    else:
+        log = side_files(path)[0]
+        log.write_text(log.read_text().replace('"score": 0.', '"score": 1.', 1))
+    with caplog.at_level("WARNING"):
+        assert cache.ensure_pairs(cfg, progress=False) == path
+    assert "not reusing" in caplog.text and "damaged or edited" in caplog.text
+    assert len(scorers) == 2  # built again
+    assert path.read_bytes() == good

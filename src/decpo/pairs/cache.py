@@ -15,7 +15,7 @@ from decpo.config.sampling import SamplingSettings, scorer_spec
 from decpo.data.prompts import load_prompts
 from decpo.env import cache_dir
 from decpo.io import file_lock_path, output_lock, stable_hash
-from decpo.pairs.sampling import build_pairs, prompts_digest, side_files
+from decpo.pairs.sampling import build_pairs, entry_problem, prompts_digest, side_files
 from decpo.scoring.classifiers import make_scorer
 
 logger = logging.getLogger(__name__)
@@ -68,19 +68,25 @@ def cached_pairs_path(cfg: RunConfig, prompts: Sequence[str] | None = None) -> P
 
 
 def ensure_pairs(cfg: RunConfig, progress: bool = True) -> Path:
-    """The run's pair file: reused when a complete build with the same content key exists, else built
-    (resuming an interrupted build of the same key)."""
+    """The run's pair file: reused when a complete build with the same content key exists and its files match
+    their checksums, else built (resuming an interrupted build of the same key; a damaged or edited build is
+    removed, with a warning, and built again)."""
     prompts = config_prompts(cfg)
     path = cached_pairs_path(cfg, prompts)
-    _, summary = side_files(path)
-    if path.is_file() and summary.is_file():
+    if entry_problem(path) is None:
         logger.info("pairs: reusing %s", path)
         return path
     # one build per entry: a run that needs it while another builds it waits, then reuses it
     with output_lock(file_lock_path(path), f"pairs cache entry {path.parent}", "decpo (pairs)", wait=True):
-        if path.is_file() and summary.is_file():
+        problem = entry_problem(path)
+        if problem is None:
             logger.info("pairs: reusing %s", path)
             return path
+        log_path, summary = side_files(path)
+        if summary.is_file():  # a finished build whose files changed since: not trusted, built again
+            logger.warning("pairs: not reusing %s: %s; building it again", path, problem)
+            for file in (summary, path, log_path):
+                file.unlink(missing_ok=True)
         _build(cfg, prompts, path, progress)
     return path
 

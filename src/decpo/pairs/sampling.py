@@ -11,7 +11,8 @@ Files, for ``--output pairs/tox.jsonl``:
     pairs/tox.jsonl          TRL-format pairs: prompt, chosen, rejected, plus each record's scores
     pairs/tox.samples.jsonl  the log: a header line (the settings), then one line per prompt with every
                              sample, its score and validity; appended a whole batch at a time (fsync)
-    pairs/tox.summary.json   counts, score distributions, model, sampling settings, seed
+    pairs/tox.summary.json   counts, score distributions, model, sampling settings, seed, and the sha256
+                             of the pairs file and of the log (`entry_problem` checks a cached build)
 
 Resumable: a rerun with the same settings reads the log, drops a half-written last line, and continues
 with the next batch; no prompt is sampled or written twice. A rerun with other settings is refused (the
@@ -38,6 +39,7 @@ from tqdm.auto import tqdm
 from decpo import __version__
 from decpo.config.sampling import PREFER, SamplingSettings
 from decpo.data.errors import DataError
+from decpo.integrity import file_sha256
 from decpo.io import atomic_write_json, atomic_write_text, stable_hash
 from decpo.scoring.fluency import is_valid
 
@@ -93,6 +95,22 @@ def side_files(output: Path) -> tuple[Path, Path]:
 def prompts_digest(prompts: Sequence[str]) -> str:
     """The content hash of a prompt list (a pair log's header, a run's pair-file key)."""
     return stable_hash(list(prompts))
+
+
+def entry_problem(output: Path) -> str | None:
+    """None when the build at ``output`` is complete and its files are the ones its summary was written with
+    (their sha256), else what is wrong, naming the file."""
+    log_path, summary_path = side_files(output)
+    if not (output.is_file() and summary_path.is_file()):
+        return "not built"
+    try:
+        recorded = json.loads(summary_path.read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{summary_path.name} is unreadable or has no checksums ({type(e).__name__}: {e})"
+    for key, path in (("pairs", output), ("log", log_path)):
+        if not path.is_file() or file_sha256(path) != recorded.get(key):
+            return f"{path.name} does not match the sha256 in {summary_path.name} (damaged or edited)"
+    return None
 
 
 # --- the log --------------------------------------------------------------------------------------------
@@ -293,6 +311,7 @@ def _finish(records: list[dict], header: dict, output: Path, summary_path: Path,
         },
         "settings": header,
         "files": {"pairs": str(output), "log": str(side_files(output)[0])},
+        "sha256": {"pairs": file_sha256(output), "log": file_sha256(side_files(output)[0])},
         "wall_time_s_this_call": round(wall_s, 1),
         "decpo": __version__,
     }
@@ -303,6 +322,7 @@ def _finish(records: list[dict], header: dict, output: Path, summary_path: Path,
 __all__ = [
     "build_pairs",
     "distribution",
+    "entry_problem",
     "prompts_digest",
     "select_pair",
     "side_files",

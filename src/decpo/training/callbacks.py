@@ -1,4 +1,5 @@
-"""Trainer callbacks: namespaced metrics JSONL, one log line per interval, numeric guards."""
+"""Trainer callbacks: namespaced metrics JSONL, one log line per interval, numeric guards, checkpoint
+manifests."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from decpo.integrity import write_manifest
 from decpo.io import append_jsonl, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -56,6 +59,19 @@ class MetricsJsonlCallback(TrainerCallback):
         record = namespaced(logs)
         if record:
             append_jsonl(self.path, {"step": state.global_step, "time": time.time(), **record})
+
+
+class ManifestCallback(TrainerCallback):
+    """Writes each checkpoint's manifest (`decpo.integrity.write_manifest`) once all its files are saved: the
+    Trainer calls ``on_save`` after the checkpoint is written, on every rank; the ranks meet first (each writes
+    its own RNG state), then rank 0 writes the manifest."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            write_manifest(folder)
 
 
 class LogLineCallback(TrainerCallback):
