@@ -158,3 +158,27 @@ def test_checkpoint_without_its_manifest_is_incomplete(two_checkpoints, tmp_path
         == 0
     )
     assert latest_checkpoint(run) == run / "checkpoint-2"
+
+
+def test_a_torn_last_metrics_line_is_dropped_with_a_warning(two_checkpoints, tmp_path, caplog):
+    run = tmp_path / "run"
+    shutil.copytree(two_checkpoints, run)
+    shutil.rmtree(run / "checkpoint-2")  # killed after step 2 was logged, while appending the next line
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 2, "train/lo')  # a full disk cut it
+    args = ["train", "--config", SMOKE, "--output-dir", str(run), "train.max_steps=3", "train.save_steps=1"]
+    with caplog.at_level("WARNING"):
+        assert main(args) == 0
+    assert "metrics.jsonl: dropping its torn last line" in caplog.text
+    assert [s for s, _ in train_rows(run)] == [1, 2, 3]
+
+
+def test_a_damaged_middle_metrics_line_is_one_error_naming_it(two_checkpoints, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(two_checkpoints, run)
+    lines = (run / "metrics.jsonl").read_text().splitlines(True)
+    (run / "metrics.jsonl").write_text("".join([lines[0], "{not json\n", *lines[1:]]))
+    args = ["train", "--config", SMOKE, "--output-dir", str(run), "train.max_steps=3", "train.save_steps=1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{run / 'metrics.jsonl'} line 2 is damaged" in err and "Traceback" not in err

@@ -14,7 +14,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from decpo.integrity import write_manifest
+from decpo.integrity import read_jsonl_log, write_manifest
 from decpo.io import append_jsonl, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,9 @@ def namespaced(logs: dict[str, float]) -> dict[str, float]:
 class MetricsJsonlCallback(TrainerCallback):
     """Appends one JSON object per logged step to ``metrics.jsonl`` (rank 0 only).
 
-    On resume, lines beyond the checkpoint's step are dropped first, so the file never holds a step twice.
+    On resume, lines beyond the checkpoint's step are dropped first, so the file never holds a step twice; a
+    torn last line (a kill or a full disk while appending) is dropped with a warning, a damaged line before it
+    stops the run naming the file and the line (`decpo.integrity.read_jsonl_log`).
     """
 
     def __init__(self, path: str | Path):
@@ -49,9 +51,8 @@ class MetricsJsonlCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero or not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line.strip()]
-        kept = [line for line in kept if json.loads(line).get("step", 0) <= state.global_step]
-        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+        kept = [r for r in read_jsonl_log(self.path) if r.get("step", 0) <= state.global_step]
+        atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
