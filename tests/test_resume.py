@@ -182,3 +182,33 @@ def test_a_damaged_middle_metrics_line_is_one_error_naming_it(two_checkpoints, t
     assert main(args) == 2
     err = capsys.readouterr().err
     assert f"{run / 'metrics.jsonl'} line 2 is damaged" in err and "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The smoke run whole: 4 steps, evaluated and saved at steps 2 and 4."""
+    run = tmp_path_factory.mktemp("whole") / "run"
+    assert main(["train", "--config", SMOKE, "--output-dir", str(run)]) == 0
+    return run
+
+
+def _rows(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("resume_at", [2, 4], ids=["mid-run", "last-step"])
+def test_counters_continue_after_a_resume(uninterrupted, tmp_path, resume_at):
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)
+    shutil.rmtree(run / "final")
+    for n in (2, 4):
+        if n > resume_at:
+            shutil.rmtree(run / f"checkpoint-{n}")  # killed before it was saved
+    assert main(["train", "--config", SMOKE, "--output-dir", str(run)]) == 0
+    ours, theirs = _rows(run), _rows(uninterrupted)
+    kinds = lambda rows: [(r["step"], sorted(k.split("/")[0] for k in r if "/" in k)) for r in rows]  # noqa: E731
+    assert kinds(ours) == kinds(theirs)  # no eval row again at the resume step, nothing twice
+    tokens = lambda rows: [r["train/num_tokens"] for r in rows if "train/num_tokens" in r]  # noqa: E731
+    assert tokens(ours) == tokens(theirs)
+    summary = lambda rows: [r["train/train_loss"] for r in rows if "train/train_loss" in r]  # noqa: E731
+    assert summary(ours) == pytest.approx(summary(theirs), rel=1e-6)

@@ -40,7 +40,7 @@ def namespaced(logs: dict[str, float]) -> dict[str, float]:
 class MetricsJsonlCallback(TrainerCallback):
     """Appends one JSON object per logged step to ``metrics.jsonl`` (rank 0 only).
 
-    On resume, lines beyond the checkpoint's step are dropped first, so the file never holds a step twice; a
+    On resume, lines logged after the checkpoint was saved are dropped first, so the file never holds a step twice; a
     torn last line (a kill or a full disk while appending) is dropped with a warning, a damaged line before it
     stops the run naming the file and the line (`decpo.integrity.read_jsonl_log`).
     """
@@ -51,7 +51,13 @@ class MetricsJsonlCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero or not self.path.exists():
             return
-        kept = [r for r in read_jsonl_log(self.path) if r.get("step", 0) <= state.global_step]
+        step = state.global_step
+        # the rows the checkpoint's own history has at its step (not the ones logged after it was saved, such
+        # as the summary of a run killed before its final/ was written)
+        at_step = sum(1 for h in state.log_history if h.get("step") == step)
+        rows = read_jsonl_log(self.path)
+        kept = [r for r in rows if r.get("step", 0) < step]
+        kept += [r for r in rows if r.get("step", 0) == step][:at_step]
         atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
