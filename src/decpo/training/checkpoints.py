@@ -146,7 +146,15 @@ def check_resume_config(
             "%s has checkpoints but no config.yaml: resuming without checking the config", output_dir
         )
         return
-    saved = yaml.safe_load(path.read_text()) or {}
+    try:
+        saved = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(saved, dict):
+            raise ValueError(f"a {type(saved).__name__}, not a mapping of sections")
+    except (yaml.YAMLError, ValueError) as e:
+        raise ConfigError(
+            f"{path} is damaged, so resuming {checkpoint.name} cannot be checked against it "
+            f"({' '.join(str(e).split())}); restore it, or use another --output-dir"
+        ) from e
     new = yaml.safe_load(yaml.safe_dump(cfg.to_dict()))  # the types config.yaml holds
     changes = config_changes(saved, new)
     if not changes:
