@@ -96,6 +96,16 @@ def test_resume_check_matches_a_resolved_auto_weight_and_ignores_the_experiment(
         check_resume_config(cfg.replace(**{"train.reg_weight": 0.0123}), tmp_path, ckpt)
 
 
+@pytest.mark.parametrize("cut", ["model:\n  model_name_or_path: [tiny", "model"])
+def test_a_damaged_config_yaml_is_one_error_naming_it(tmp_path, cut):
+    from decpo.config import ConfigError, load_config
+    from decpo.training.checkpoints import check_resume_config
+
+    (tmp_path / "config.yaml").write_text(cut)  # cut short by a full disk, or edited
+    with pytest.raises(ConfigError, match=r"config.yaml is damaged, so resuming checkpoint-2"):
+        check_resume_config(load_config(SMOKE), tmp_path, tmp_path / "checkpoint-2")
+
+
 def test_an_auto_weight_is_recorded_once_and_the_config_keeps_auto(tmp_path):
     run = tmp_path / "run"
     base = ["train", "--config", SMOKE, "--output-dir", str(run), "train.reg_weight=auto"]

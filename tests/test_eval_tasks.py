@@ -290,6 +290,82 @@ def test_full_fine_tune_is_scored_against_the_runs_base_model(tmp_path):
     assert r["reference"] == TINY and r["metrics"]["reward_margin"]["value"] == 0.0
 
 
+def _malicious_run(run_dir: Path, marker: Path) -> None:
+    """A downloaded run folder that asks for remote code: its config.yaml sets model.trust_remote_code and
+    ``final/config.json`` maps the model to a .py file in the folder, which writes ``marker`` when run."""
+    _full_fine_tune_run(run_dir, seed=0, perturb=False)
+    config = run_dir / "config.yaml"
+    assert "trust_remote_code: false" in config.read_text()
+    config.write_text(config.read_text().replace("trust_remote_code: false", "trust_remote_code: true"))
+    model_config = json.loads((run_dir / "final" / "config.json").read_text())
+    model_config["model_type"] = (
+        "evil_llama"  # no class of transformers' own: only the folder's code loads it
+    )
+    model_config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"}
+    (run_dir / "final" / "config.json").write_text(json.dumps(model_config))
+    (run_dir / "final" / "evil.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\nraise SystemExit('ran')\n"
+    )
+
+
+@pytest.fixture
+def modules_cache(tmp_path, monkeypatch):
+    """transformers copies a model's own code to a modules cache: here one of the test's, not ~/.cache."""
+    import sys
+
+    import transformers.dynamic_module_utils as dynamic
+
+    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+
+
+def test_a_run_folder_cannot_turn_on_remote_code(tmp_path, capsys, caplog, modules_cache):
+    """`decpo eval` of a run folder whose config.yaml says trust_remote_code: true runs none of its code (the
+    flag is the user's alone), warns, and fails in one line saying how to opt in."""
+    run, marker = tmp_path / "run", tmp_path / "ran"
+    _malicious_run(run, marker)
+    from decpo.cli import main
+
+    argv = ["eval", "--task", "synthetic", "--model", str(run), "--limit", "2"]
+    assert main([*argv, "--output-dir", str(tmp_path / "ev")]) == 2
+    assert not marker.exists()
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and last.startswith("decpo: error: model ")
+    assert "ships Python code of its own" in last and "pass --trust-remote-code" in last
+    assert "does not take from a run folder" in caplog.text and "--trust-remote-code" in caplog.text
+
+
+def test_remote_code_only_from_the_flag(tmp_path, monkeypatch):
+    """What the loaders get: off whatever the run's config.yaml says, on with the user's --trust-remote-code
+    (the model and its reference alike)."""
+    import decpo.evaluation.context as context
+
+    run = tmp_path / "run"
+    _malicious_run(run, tmp_path / "ran")
+    seen: list[tuple[str, bool]] = []
+
+    def spy(load):
+        def wrapped(name, *args, trust_remote_code=False, **kwargs):
+            seen.append((load.__name__, trust_remote_code))
+            return load(TINY, *args, **kwargs)  # the folder's model itself cannot load without its code
+
+        return wrapped
+
+    monkeypatch.setattr(context, "load_model", spy(load_model))
+    monkeypatch.setattr(context, "load_tokenizer", spy(load_tokenizer))
+    for allowed in (False, True):
+        seen.clear()
+        ctx = context.EvalContext(EvalConfig(task="synthetic", model=str(run), trust_remote_code=allowed))
+        ctx.reference()
+        assert seen == [("load_tokenizer", allowed), ("load_model", allowed), ("load_model", allowed)]
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    flag = ["eval", "--task", "synthetic", "--trust-remote-code"]
+    assert parser.parse_args(flag).trust_remote_code is True
+    assert parser.parse_args(flag[:-1]).trust_remote_code is False
+
+
 # a chat template whose end of turn is two tokens ("<eos>", "\n"), so that "the answer alone" is tested
 CHAT_TEMPLATE = (
     "{% for m in messages %}<bos>{{ m['role'] }}\n{{ m['content'] }}<eos>\n{% endfor %}"
@@ -397,6 +473,20 @@ def test_the_experiments_evaluation_follows_the_training_layout(tmp_path, monkey
     ):
         _eval_stage(load_config(smoke, overrides), "synthetic", TINY, tmp_path)()
     assert seen == [True, False, False]
+
+
+def test_the_experiments_evaluation_takes_remote_code_from_its_own_config(tmp_path, monkeypatch):
+    """`decpo run` evaluates with the model.trust_remote_code of the config the user gave it."""
+    import decpo.experiment.stages as stages
+    from decpo.config import load_config
+
+    seen = []
+    monkeypatch.setattr(stages, "evaluate", lambda cfg, out: seen.append(cfg.trust_remote_code))
+    smoke = REPO / "configs" / "smoke.yaml"
+    for value in ("false", "true"):
+        cfg = load_config(smoke, [f"model.trust_remote_code={value}"])
+        stages.eval_stage(cfg, "synthetic", TINY, tmp_path)()
+    assert seen == [False, True]
 
 
 def test_reference_scores_are_computed_once_per_process_and_equal_a_fresh_pass(tmp_path, monkeypatch):

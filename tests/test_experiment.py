@@ -415,3 +415,13 @@ def test_num_processes_launches_each_training_stage(tmp_path, monkeypatch):
     assert load_config(config) == cfg  # the launched run trains what the stage's key says
     with pytest.raises(RuntimeError, match="2-process training exited with code 1"):
         stage()
+
+
+def test_a_damaged_stages_json_is_one_error_naming_it(tmp_path):
+    from decpo.errors import DecPOError
+    from decpo.records import StageLog
+
+    path = tmp_path / "stages.json"
+    path.write_text('{"pairs": {"key": "ab')  # cut short
+    with pytest.raises(DecPOError, match=r"stages.json is damaged .*delete it and rerun"):
+        StageLog(path)

@@ -7,6 +7,7 @@ import logging
 import pytest
 import torch
 from datasets import Dataset
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from decpo.config.trainer_args import DecPOConfig
@@ -166,7 +167,7 @@ def test_lora_adapters_are_not_part_of_the_reference(tmp_path, ref_calls):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "wrong_length"])
+@pytest.mark.parametrize("damage", ["truncated", "wrong_length", "flipped_bit", "edited"])
 def test_a_damaged_cache_file_is_recomputed_with_a_warning(tmp_path, ref_calls, caplog, damage):
     cache = tmp_path / "cache"
     first = build(tmp_path / "a", cache)
@@ -174,6 +175,14 @@ def test_a_damaged_cache_file_is_recomputed_with_a_warning(tmp_path, ref_calls, 
     if damage == "truncated":
         data = path.read_bytes()
         path.write_bytes(data[: len(data) - 9])
+    elif damage == "flipped_bit":  # one value changed, the file still reads
+        data = bytearray(path.read_bytes())
+        data[-2] ^= 0x01
+        path.write_bytes(bytes(data))
+    elif damage == "edited":  # rewritten with other values of the right shape and the old metadata
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata()
+        save_file({c: torch.zeros(len(PAIRS)) for c in REF_COLUMNS}, str(path), metadata=metadata)
     else:
         save_file({c: torch.zeros(len(PAIRS) - 1) for c in REF_COLUMNS}, str(path))
     ref_calls.clear()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from decpo.cli import main
+from decpo.integrity import MANIFEST
 from decpo.training.checkpoints import latest_checkpoint
 
 from conftest import REPO
@@ -102,3 +104,111 @@ def test_incomplete_checkpoint_is_skipped(tmp_path, missing):
     )
     (run / "checkpoint-2" / missing).unlink()
     assert latest_checkpoint(run) == run / "checkpoint-1"
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory):
+    """A run saved at steps 1 and 2 (copied by each test before it damages it)."""
+    run = tmp_path_factory.mktemp("saved") / "run"
+    args = ["train", "--config", SMOKE, "--output-dir", str(run), "train.max_steps=2", "train.save_steps=1"]
+    assert main(args) == 0
+    return run
+
+
+def _flip_a_bit(path):
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x40  # in the last tensor's values: the same size, another number
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    ("name", "damage"),
+    [
+        ("adapter_model.safetensors", _flip_a_bit),
+        ("trainer_state.json", _truncate),
+        ("optimizer.pt", _truncate),
+        ("scheduler.pt", _truncate),
+        ("rng_state.pth", _truncate),
+    ],
+)
+def test_damaged_checkpoint_falls_back_to_the_previous_one(two_checkpoints, tmp_path, caplog, name, damage):
+    run = tmp_path / "run"
+    shutil.copytree(two_checkpoints, run)
+    assert all((run / f"checkpoint-{n}" / MANIFEST).is_file() for n in (1, 2))
+    damage(run / "checkpoint-2" / name)
+    with caplog.at_level("WARNING"):
+        assert latest_checkpoint(run) == run / "checkpoint-1"
+    assert f"checkpoint-2: {name}" in caplog.text
+
+
+def test_checkpoint_without_its_manifest_is_incomplete(two_checkpoints, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(two_checkpoints, run)
+    (run / "checkpoint-2" / MANIFEST).unlink()  # killed after the Trainer's files, before the manifest
+    assert latest_checkpoint(run) == run / "checkpoint-1"
+    # the resumed run goes on from checkpoint-1 and writes checkpoint-2 again, with its manifest
+    assert (
+        main(
+            ["train", "--config", SMOKE, "--output-dir", str(run), "train.max_steps=2", "train.save_steps=1"]
+        )
+        == 0
+    )
+    assert latest_checkpoint(run) == run / "checkpoint-2"
+
+
+def test_a_torn_last_metrics_line_is_dropped_with_a_warning(two_checkpoints, tmp_path, caplog):
+    run = tmp_path / "run"
+    shutil.copytree(two_checkpoints, run)
+    shutil.rmtree(run / "checkpoint-2")  # killed after step 2 was logged, while appending the next line
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 2, "train/lo')  # a full disk cut it
+    args = ["train", "--config", SMOKE, "--output-dir", str(run), "train.max_steps=3", "train.save_steps=1"]
+    with caplog.at_level("WARNING"):
+        assert main(args) == 0
+    assert "metrics.jsonl: dropping its torn last line" in caplog.text
+    assert [s for s, _ in train_rows(run)] == [1, 2, 3]
+
+
+def test_a_damaged_middle_metrics_line_is_one_error_naming_it(two_checkpoints, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(two_checkpoints, run)
+    lines = (run / "metrics.jsonl").read_text().splitlines(True)
+    (run / "metrics.jsonl").write_text("".join([lines[0], "{not json\n", *lines[1:]]))
+    args = ["train", "--config", SMOKE, "--output-dir", str(run), "train.max_steps=3", "train.save_steps=1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{run / 'metrics.jsonl'} line 2 is damaged" in err and "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The smoke run whole: 4 steps, evaluated and saved at steps 2 and 4."""
+    run = tmp_path_factory.mktemp("whole") / "run"
+    assert main(["train", "--config", SMOKE, "--output-dir", str(run)]) == 0
+    return run
+
+
+def _rows(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("resume_at", [2, 4], ids=["mid-run", "last-step"])
+def test_counters_continue_after_a_resume(uninterrupted, tmp_path, resume_at):
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)
+    shutil.rmtree(run / "final")
+    for n in (2, 4):
+        if n > resume_at:
+            shutil.rmtree(run / f"checkpoint-{n}")  # killed before it was saved
+    assert main(["train", "--config", SMOKE, "--output-dir", str(run)]) == 0
+    ours, theirs = _rows(run), _rows(uninterrupted)
+    kinds = lambda rows: [(r["step"], sorted(k.split("/")[0] for k in r if "/" in k)) for r in rows]  # noqa: E731
+    assert kinds(ours) == kinds(theirs)  # no eval row again at the resume step, nothing twice
+    tokens = lambda rows: [r["train/num_tokens"] for r in rows if "train/num_tokens" in r]  # noqa: E731
+    assert tokens(ours) == tokens(theirs)
+    summary = lambda rows: [r["train/train_loss"] for r in rows if "train/train_loss" in r]  # noqa: E731
+    assert summary(ours) == pytest.approx(summary(theirs), rel=1e-6)

@@ -11,6 +11,7 @@ from decpo.config import load_config
 from decpo.config.sampling import SamplingSettings
 from decpo.data import DataError
 from decpo.data.prompts import check_disjoint, load_prompts, prompt_split, read_prompt_file
+from decpo.integrity import DamagedLogError
 from decpo.models import load_model, load_tokenizer
 from decpo.pairs.sampling import build_pairs, select_pair, side_files
 from decpo.scoring.fluency import is_empty, is_valid, repetition_loop
@@ -163,6 +164,34 @@ def test_resume_after_a_kill_writes_nothing_twice_and_gives_the_same_file(tiny, 
     assert read_jsonl(side_files(out)[0]) == read_jsonl(side_files(tmp_path / "whole.jsonl")[0])
 
 
+@pytest.mark.parametrize("kept", [6, 9], ids=["middle-batch", "last-batch"])
+def test_a_log_cut_inside_a_batch_resumes_that_batch(tiny, tmp_path, caplog, kept):
+    whole = tmp_path / "whole.jsonl"
+    build(tiny, whole)
+    out = tmp_path / "cut.jsonl"
+    log_path = side_files(out)[0]
+    lines = side_files(whole)[0].read_text().splitlines(True)
+    log_path.write_text("".join(lines[: 1 + kept]))  # header + `kept` prompts: batches of 4 cut at 6 or 9
+    scorer = StubScorer()
+    with caplog.at_level("WARNING"):
+        build(tiny, out, scorer=scorer)
+    assert f"from prompt {kept - kept % 4}" in caplog.text
+    assert [r["index"] for r in read_jsonl(log_path)[1:]] == list(range(len(PROMPTS)))  # each prompt once
+    assert scorer.calls == 3 - kept // 4  # the cut batch and the ones after it
+    assert out.read_bytes() == whole.read_bytes()
+    assert log_path.read_bytes() == side_files(whole)[0].read_bytes()
+
+
+def test_a_damaged_log_line_is_an_error_naming_it(tiny, tmp_path):
+    out = tmp_path / "p.jsonl"
+    build(tiny, out)
+    log_path = side_files(out)[0]
+    lines = log_path.read_text().splitlines(True)
+    log_path.write_text("".join([*lines[:3], "{damaged\n", *lines[4:]]))
+    with pytest.raises(DamagedLogError, match=r"samples.jsonl line 4 is damaged"):
+        build(tiny, out)
+
+
 def test_resume_with_other_settings_is_refused_naming_them(tiny, tmp_path):
     out = tmp_path / "p.jsonl"
     build(tiny, out)
@@ -293,3 +322,34 @@ def test_fluency_guard_flags_empty_and_loops():
     assert not repetition_loop("ha ha ha")  # three of one word: not yet a loop
     assert is_valid(" and make up stories about the latest fad.")
     assert not is_valid(" I'm sorry I'm sorry I'm sorry")
+
+
+@pytest.mark.parametrize("damage", ["pair_swapped", "log_edited"])
+def test_an_edited_pairs_cache_entry_is_built_again(tmp_path, monkeypatch, caplog, damage):
+    import decpo.pairs.cache as cache
+
+    monkeypatch.setenv("DECPO_CACHE", str(tmp_path / "cache"))
+    scorers = []
+    monkeypatch.setattr(cache, "make_scorer", lambda spec: scorers.append(StubScorer()) or scorers[-1])
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(p + "\n" for p in PROMPTS))
+    smoke = str(REPO / "configs" / "smoke.yaml")
+    over = [f"pairs.source={prompts}", "pairs.num_samples=3", "pairs.max_new_tokens=6", "pairs.min_gap=0.05"]
+    cfg = load_config(smoke, over)
+    path = cache.ensure_pairs(cfg, progress=False)
+    good = path.read_bytes()
+    assert cache.ensure_pairs(cfg, progress=False) == path and len(scorers) == 1  # reused as it is
+    if damage == "pair_swapped":
+        first = json.loads(good.decode().splitlines()[0])
+        first["chosen"], first["rejected"] = first["rejected"], first["chosen"]
+        path.write_text(
+            "".join([json.dumps(first, sort_keys=True) + "\n", *good.decode().splitlines(True)[1:]])
+        )
+    else:
+        log = side_files(path)[0]
+        log.write_text(log.read_text().replace('"score": 0.', '"score": 1.', 1))
+    with caplog.at_level("WARNING"):
+        assert cache.ensure_pairs(cfg, progress=False) == path
+    assert "not reusing" in caplog.text and "damaged or edited" in caplog.text
+    assert len(scorers) == 2  # built again
+    assert path.read_bytes() == good

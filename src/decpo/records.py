@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from decpo.errors import DecPOError
 from decpo.io import atomic_write_json
 
 AUTO = "auto"
@@ -78,7 +79,7 @@ class StageLog:
 
     def __init__(self, path: Path):
         self.path = path
-        self.stages: dict[str, dict] = json.loads(path.read_text()) if path.exists() else {}
+        self.stages: dict[str, dict] = _read_stages(path) if path.exists() else {}
 
     def done(self, name: str, key: str) -> bool:
         entry = self.stages.get(name, {})
@@ -99,3 +100,19 @@ class StageLog:
             key=lambda n: (self.stages[n].get("started_at", float("inf")), self.stages[n].get("order", 0)),
         )
         return [(n, self.stages[n]) for n in [*plan_order, *rest]]
+
+
+class DamagedRecordError(DecPOError, ValueError):
+    """A record of a run folder is not what decpo wrote (cut short or edited)."""
+
+
+def _read_stages(path: Path) -> dict[str, dict]:
+    try:
+        stages = json.loads(path.read_text())
+        if not isinstance(stages, dict):
+            raise ValueError(f"a JSON {type(stages).__name__}, not an object")
+    except ValueError as e:
+        raise DamagedRecordError(
+            f"{path} is damaged ({e}); delete it and rerun the command: every stage then runs again"
+        ) from e
+    return stages

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from decpo.config import ConfigError, describe_keys, load_config
 from decpo.config.sweeps import parse_values
 from decpo.errors import DecPOError
 from decpo.experiment.executors.base import StagesFailed
-from decpo.io import remove_failed_start, removed_if_start_fails
+from decpo.io import LOCK_FILE, output_lock, remove_failed_start, removed_if_start_fails
 from decpo.log import setup_logging
 
 # the embedded demo's preset (configs/default.yaml in the repository links to it)
@@ -37,6 +38,17 @@ def _relaunch(args: argparse.Namespace, argv: list[str]) -> int:
     return launch(args.num_processes, rest)
 
 
+def _train_lock(output_dir: Path) -> contextlib.AbstractContextManager:
+    """The output folder's lock (one writer per folder) for this process of `decpo train`: none in a process
+    that decpo's own launcher started (the launching process holds it) nor in any but the first process of
+    another launcher's (accelerate launch, torchrun)."""
+    from decpo.training.launch import NUM_PROCESSES_ENV  # lazy: pulls in torch
+
+    if NUM_PROCESSES_ENV in os.environ or os.environ.get("RANK", "0") != "0":
+        return contextlib.nullcontext()
+    return output_lock(output_dir / LOCK_FILE, f"output folder {output_dir}", "decpo train")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     # lazy: training pulls in torch, transformers and trl
     from decpo.training.launch import check_launched_world
@@ -44,23 +56,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(config_path(args.config), args.overrides)  # a bad config fails here, before any launch
     output_dir = Path(args.output_dir or f"runs/{cfg.objective.name}")
-    # the pairs step first (pairs.source): built once, here, before any launch; a launched process finds
-    # them in the cache
-    pairs_path = _built_pairs(cfg)
-    if args.num_processes > 1 and "WORLD_SIZE" not in os.environ:
-        existed = output_dir.exists()
-        rc = _relaunch(args, args.raw_argv)
+    launched = "WORLD_SIZE" in os.environ  # a launched process: the launcher cleans up after a failed start
+    existed = output_dir.exists()
+    with (
+        contextlib.nullcontext() if launched else removed_if_start_fails(output_dir),
+        _train_lock(output_dir),  # before any write, and before the pairs step (a refusal comes at once)
+    ):
+        # the pairs step first (pairs.source): built once, here, before any launch; a launched process finds
+        # them in the cache
+        pairs_path = _built_pairs(cfg)
+        if args.num_processes > 1 and not launched:
+            rc = _relaunch(args, args.raw_argv)
+        else:
+            check_launched_world()
+            options = {"allow_config_change": args.allow_config_change, "pairs_path": pairs_path}
+            result = train(cfg, output_dir, **options)
+            rc = None
+    if rc is not None:  # the launched processes' exit code
         if rc != 0 and not existed:
             remove_failed_start(output_dir)
         return rc
-    check_launched_world()
-
-    options = {"allow_config_change": args.allow_config_change, "pairs_path": pairs_path}
-    if "WORLD_SIZE" in os.environ:  # a launched process: the launcher cleans up after a failed start
-        result = train(cfg, output_dir, **options)
-    else:
-        with removed_if_start_fails(output_dir):
-            result = train(cfg, output_dir, **options)
     print(f"run directory: {result.output_dir}")
     print(f"final weights: {result.final_dir}")
     for key in ("eval/rewards/accuracies", "eval/rewards/margins", "eval/loss"):
@@ -98,10 +113,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from decpo.experiment.recipes import run_experiment  # lazy: pulls in the trainer (torch, trl)
 
     cfg = _experiment_config(args)
-    with removed_if_start_fails(args.output_dir):
-        report = run_experiment(
-            cfg, Path(args.output_dir), argv=args.raw_argv, num_processes=args.num_processes
-        )
+    out = Path(args.output_dir)
+    with removed_if_start_fails(out), output_lock(out / LOCK_FILE, f"experiment folder {out}", "decpo run"):
+        report = run_experiment(cfg, out, argv=args.raw_argv, num_processes=args.num_processes)
     print(f"report: {report}")
     return 0
 
@@ -117,12 +131,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         layers = parse_layers(args.layers) if args.layers is not None else None
     except ValueError as e:
         raise ConfigError(f"sweep: {e}") from e
-    if values is not None:
-        out = Path(args.output_dir or "runs/strength")
-        path = sweep_strength(cfg, out, values, argv=args.raw_argv, num_processes=args.num_processes)
-    else:
-        out = Path(args.output_dir or "runs/layer-sweep")
-        path = sweep_layers(cfg, out, layers, argv=args.raw_argv, num_processes=args.num_processes)
+    out = Path(args.output_dir or ("runs/strength" if values is not None else "runs/layer-sweep"))
+    with removed_if_start_fails(out), output_lock(out / LOCK_FILE, f"sweep folder {out}", "decpo sweep"):
+        if values is not None:
+            path = sweep_strength(cfg, out, values, argv=args.raw_argv, num_processes=args.num_processes)
+        else:
+            path = sweep_layers(cfg, out, layers, argv=args.raw_argv, num_processes=args.num_processes)
     print(f"sweep: {path}")
     return 0
 

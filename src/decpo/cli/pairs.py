@@ -10,7 +10,7 @@ from pathlib import Path
 from decpo.cli.flags import add_dataclass_flags, dataclass_values
 from decpo.config.sampling import PREFER, SamplingSettings, scorer_spec
 from decpo.data.prompts import PROMPT_TASKS, load_prompts
-from decpo.io import check_writable
+from decpo.io import check_writable, file_lock_path, output_lock
 from decpo.models import load_model, load_tokenizer
 from decpo.pairs.sampling import build_pairs, side_files
 from decpo.scoring.classifiers import ScorerError, make_scorer
@@ -66,6 +66,14 @@ def run_pairs(args: argparse.Namespace) -> int:
         r["prompt"] for r in load_prompts(args.prompts, split=split, data_dir=args.data_dir, limit=args.limit)
     ]
     output = Path(args.output)
+    # one writer per output (the pairs, their sample log and summary), before any write
+    with output_lock(file_lock_path(output), f"pairs output {output}", "decpo pairs"):
+        return _build(args, settings, prompts, split, output)
+
+
+def _build(
+    args: argparse.Namespace, settings: SamplingSettings, prompts: list[str], split: str, output: Path
+) -> int:
     check_writable(output.parent)
     try:
         scorer = make_scorer(scorer_spec(args.scorer))

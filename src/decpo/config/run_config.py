@@ -6,8 +6,8 @@ and decpo's (``objective``, ``data``, ``pairs``, ``probe``: `decpo.config.sectio
 `decpo.config.experiment_settings`). Every field carries its help text in ``metadata["help"]``, and every
 value is checked against the field's type annotation, None-defaults included (`decpo.config.typecheck`); an
 enum-typed field (``optim``, ``lr_scheduler_type``, ...) takes one of the enum's values. Unknown keys fail at
-once and suggest the closest valid key (or name the new key of a renamed one), so a typo never silently falls
-back to a default.
+once and suggest the closest valid key (or name the new key of a renamed one, also when the closest name is
+an old one: `objective.betta` -> `train.beta`), so a typo never silently falls back to a default.
 
 Why not `HfArgumentParser`/`TrlParser`: they take flat ``--key value`` flags (no sections) and their
 ``parse_dict``/``parse_yaml_file`` pass values to the constructor unchecked; why not OmegaConf structured
@@ -195,10 +195,17 @@ def _unknown_key(key: str, source: str) -> ConfigError:
         return ConfigError(
             f"config key {key!r} in {source} was renamed: use {RENAMED[key]} (TRL's name; see `decpo config-keys`)"
         )
-    close = difflib.get_close_matches(key, VALID_KEYS, n=1, cutoff=0.5)
+    # the old names too: a typo of a renamed key (`objective.betta`) is pointed at its new home (`train.beta`)
+    names = (*VALID_KEYS, *RENAMED)
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
     if not close:  # a right leaf under a wrong section, e.g. `beta` for `train.beta`
-        close = [k for k in VALID_KEYS if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]][:1]
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+        close = [k for k in names if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]][:1]
+    if not close:
+        hint = ""
+    elif close[0] in RENAMED:
+        hint = f"; did you mean {RENAMED[close[0]]}? ({close[0]!r} was renamed to it)"
+    else:
+        hint = f"; did you mean {close[0]!r}?"
     return ConfigError(f"unknown config key {key!r} in {source}{hint} (see `decpo config-keys`)")
 
 

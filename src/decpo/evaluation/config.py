@@ -114,6 +114,14 @@ class EvalConfig:
         ),
     )
     progress: bool = field(default=True, metadata=described("Show progress bars."))
+    trust_remote_code: bool = field(
+        default=False,
+        metadata=described(
+            "Run the Python code a model folder or Hub repository ships (an auto_map in its config.json) to "
+            "load the model and its reference. Only from this setting (`decpo eval --trust-remote-code`): "
+            "a run folder's config.yaml never turns it on. Give it only for code you trust."
+        ),
+    )
 
     def __post_init__(self) -> None:
         task = get_task(self.task)  # EvalError for an unknown task, suggesting the closest name

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from decpo.evaluation.config import EvalConfig
 from decpo.evaluation.registry import EvalError
 from decpo.inference.generation import generate
 from decpo.models import load_model, load_tokenizer
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_model_spec(spec: str) -> str:
@@ -70,6 +73,17 @@ def same_model(a: str, b: str) -> bool:
     return a == b or (Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())
 
 
+def warn_remote_code_not_taken(model_spec: str, run_model: dict[str, Any], allowed: bool) -> None:
+    """A warning when the run's ``config.yaml`` asks for remote code that the user did not allow: decpo never
+    takes ``trust_remote_code`` from a run folder, whose files may come from anyone."""
+    if run_model.get("trust_remote_code") and not allowed:
+        logger.warning(
+            "%s: its run's config.yaml sets model.trust_remote_code, which decpo does not take from a run "
+            "folder; the model's own code runs only with --trust-remote-code on this command",
+            model_spec,
+        )
+
+
 class EvalContext:
     """The loaded policy, its tokenizer and a lazily loaded reference for one run: what a task gets."""
 
@@ -81,10 +95,12 @@ class EvalContext:
             resolve_model_spec(cfg.reference) if cfg.reference else default_reference(self.model_spec)
         )
         model = _section(self.run, "model")
-        # as the run loaded its models: the seed builds the in-process tiny model (and the base of its adapter)
+        warn_remote_code_not_taken(self.model_spec, model, cfg.trust_remote_code)
+        # as the run loaded its models: the seed builds the in-process tiny model (and the base of its adapter).
+        # Remote code only from the user's own setting: a run folder (perhaps downloaded) must not turn it on.
         self.load_kwargs = {
             "seed": int(_section(self.run, "train").get("seed", 0)),
-            "trust_remote_code": bool(model.get("trust_remote_code", False)),
+            "trust_remote_code": cfg.trust_remote_code,
         }
         self.reference_kwargs = dict(self.load_kwargs)
         if self.run and self.reference_spec == run_base_model(self.run) and model.get("model_revision"):
@@ -96,7 +112,7 @@ class EvalContext:
             if cfg.chat_template is None
             else bool(cfg.chat_template)
         )
-        self.tokenizer = load_tokenizer(self.model_spec)
+        self.tokenizer = load_tokenizer(self.model_spec, trust_remote_code=cfg.trust_remote_code)
         if self.chat_template and not getattr(self.tokenizer, "chat_template", None):
             raise EvalError(f"chat_template: the tokenizer of {self.model_spec!r} has no chat template")
         self.model = load_model(self.model_spec, dtype=cfg.dtype, **self.load_kwargs).eval()

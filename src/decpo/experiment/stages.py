@@ -261,6 +261,8 @@ def eval_stage(
                 synthetic_answer=cfg.data.synthetic_answer,  # the answers as trained
                 quick=quick,
                 progress=True,
+                # the user's own config of this command (never a run folder's config.yaml)
+                trust_remote_code=cfg.model.trust_remote_code,
             ),
             out,
         )

@@ -17,6 +17,7 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from decpo.env import cache_dir
+from decpo.io import current_umask
 from decpo.models.errors import ModelError
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ def convert_gguf(gguf_path: Path, target: Path) -> Path:
     logger.info("converting %s to %s (once)", gguf_path.name, target)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it 0o700; a shared cache is read by a group
         kwargs = {"gguf_file": gguf_path.name}
         model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kwargs)

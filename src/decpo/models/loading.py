@@ -94,6 +94,9 @@ def load_tokenizer(
         )
     except OSError as e:
         raise ModelError(f"cannot load the tokenizer of {name!r}: {e}") from e
+    except ValueError as e:
+        raise_remote_code_error(name, e)
+        raise
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -204,8 +207,20 @@ def _pretrained_model(
             "(the Hub needs network access)."
         ) from e
     except (ImportError, ValueError) as e:  # ImportError is not an OSError
+        raise_remote_code_error(name, e)
         raise_attn_error(extra.get("attn_implementation"), name, e)
         raise
+
+
+def raise_remote_code_error(name: str, error: Exception) -> None:
+    """A ModelError saying how to allow it when transformers refused a model's own code (``trust_remote_code``
+    off); returns for any other error."""
+    if isinstance(error, ValueError) and "trust_remote_code=True" in str(error):
+        raise ModelError(
+            f"model {name!r} ships Python code of its own (an auto_map in its config), which runs only when you "
+            "allow it: pass --trust-remote-code (decpo eval), or set model.trust_remote_code: true in your "
+            "config (training), and only for code you trust"
+        ) from error
 
 
 def load_adapter_merged(

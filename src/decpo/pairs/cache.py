@@ -14,8 +14,8 @@ from decpo.config import RunConfig
 from decpo.config.sampling import SamplingSettings, scorer_spec
 from decpo.data.prompts import load_prompts
 from decpo.env import cache_dir
-from decpo.io import stable_hash
-from decpo.pairs.sampling import build_pairs, prompts_digest, side_files
+from decpo.io import file_lock_path, output_lock, stable_hash
+from decpo.pairs.sampling import build_pairs, entry_problem, prompts_digest, side_files
 from decpo.scoring.classifiers import make_scorer
 
 logger = logging.getLogger(__name__)
@@ -68,14 +68,31 @@ def cached_pairs_path(cfg: RunConfig, prompts: Sequence[str] | None = None) -> P
 
 
 def ensure_pairs(cfg: RunConfig, progress: bool = True) -> Path:
-    """The run's pair file: reused when a complete build with the same content key exists, else built
-    (resuming an interrupted build of the same key)."""
+    """The run's pair file: reused when a complete build with the same content key exists and its files match
+    their checksums, else built (resuming an interrupted build of the same key; a damaged or edited build is
+    removed, with a warning, and built again)."""
     prompts = config_prompts(cfg)
     path = cached_pairs_path(cfg, prompts)
-    _, summary = side_files(path)
-    if path.is_file() and summary.is_file():
+    if entry_problem(path) is None:
         logger.info("pairs: reusing %s", path)
         return path
+    # one build per entry: a run that needs it while another builds it waits, then reuses it
+    with output_lock(file_lock_path(path), f"pairs cache entry {path.parent}", "decpo (pairs)", wait=True):
+        problem = entry_problem(path)
+        if problem is None:
+            logger.info("pairs: reusing %s", path)
+            return path
+        log_path, summary = side_files(path)
+        if summary.is_file():  # a finished build whose files changed since: not trusted, built again
+            logger.warning("pairs: not reusing %s: %s; building it again", path, problem)
+            for file in (summary, path, log_path):
+                file.unlink(missing_ok=True)
+        _build(cfg, prompts, path, progress)
+    return path
+
+
+def _build(cfg: RunConfig, prompts: list[str], path: Path, progress: bool) -> None:
+    """Sample, score and select the pairs of ``cfg`` into the cache entry ``path``."""
     from decpo.models import load_model, load_tokenizer  # lazy: pulls in torch, transformers
 
     settings = settings_from_config(cfg)
@@ -100,4 +117,3 @@ def ensure_pairs(cfg: RunConfig, progress: bool = True) -> Path:
         source=str(cfg.pairs.source),
         progress=progress,
     )
-    return path

@@ -11,10 +11,12 @@ Files, for ``--output pairs/tox.jsonl``:
     pairs/tox.jsonl          TRL-format pairs: prompt, chosen, rejected, plus each record's scores
     pairs/tox.samples.jsonl  the log: a header line (the settings), then one line per prompt with every
                              sample, its score and validity; appended a whole batch at a time (fsync)
-    pairs/tox.summary.json   counts, score distributions, model, sampling settings, seed
+    pairs/tox.summary.json   counts, score distributions, model, sampling settings, seed, and the sha256
+                             of the pairs file and of the log (`entry_problem` checks a cached build)
 
-Resumable: a rerun with the same settings reads the log, drops a half-written last line, and continues
-with the next batch; no prompt is sampled or written twice. A rerun with other settings is refused (the
+Resumable: a rerun with the same settings reads the log, drops a half-written last line and the lines of
+a batch the log holds only part of, and continues with that batch; no prompt is dropped, sampled twice or
+written twice. A rerun with other settings is refused (the
 differing settings are named). Deterministic for a seed: each batch's sampling RNG is seeded from the seed
 and the batch's first prompt index, so an interrupted and resumed build gives the same file as an
 uninterrupted one (for the same batch size, which the settings hold).
@@ -38,6 +40,7 @@ from tqdm.auto import tqdm
 from decpo import __version__
 from decpo.config.sampling import PREFER, SamplingSettings
 from decpo.data.errors import DataError
+from decpo.integrity import file_sha256, read_jsonl_log
 from decpo.io import atomic_write_json, atomic_write_text, stable_hash
 from decpo.scoring.fluency import is_valid
 
@@ -95,11 +98,29 @@ def prompts_digest(prompts: Sequence[str]) -> str:
     return stable_hash(list(prompts))
 
 
+def entry_problem(output: Path) -> str | None:
+    """None when the build at ``output`` is complete and its files are the ones its summary was written with
+    (their sha256), else what is wrong, naming the file."""
+    log_path, summary_path = side_files(output)
+    if not (output.is_file() and summary_path.is_file()):
+        return "not built"
+    try:
+        recorded = json.loads(summary_path.read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{summary_path.name} is unreadable or has no checksums ({type(e).__name__}: {e})"
+    for key, path in (("pairs", output), ("log", log_path)):
+        if not path.is_file() or file_sha256(path) != recorded.get(key):
+            return f"{path.name} does not match the sha256 in {summary_path.name} (damaged or edited)"
+    return None
+
+
 # --- the log --------------------------------------------------------------------------------------------
 
 
 def _read_log(path: Path, header: dict[str, Any]) -> list[dict[str, Any]]:
-    """The prompt lines of an existing log, after checking its header; a torn last line is cut off."""
+    """The prompt lines of an existing log up to its last whole batch, after checking its header: a torn last
+    line is cut off, and so are the lines of an unfinished batch (the log is rewritten without them), so that
+    the build goes on with that batch."""
     if not path.exists():
         return []
     data = path.read_bytes()
@@ -125,13 +146,30 @@ def _read_log(path: Path, header: dict[str, Any]) -> list[dict[str, Any]]:
             "settings to resume, or delete it / choose another --output",
             where=str(path),
         )
-    records = [json.loads(line) for line in lines[1:]]
+    records = read_jsonl_log(path)[1:]  # a damaged line: an error naming it
     for n, r in enumerate(records):
         if r.get("index") != n:
             raise DataError(
                 f"line {n + 2}: expected prompt index {n}, found {r.get('index')}", where=str(path)
             )
-    return records
+    whole = _whole_batches(len(records), header["n_prompts"], header["batch_size"])
+    written = sum(1 for line in lines[1:] if line.strip())
+    if whole < written:  # part of a batch (or a damaged last line): sampled again, as a whole
+        logger.warning(
+            "%s: dropping the %d line(s) of the unfinished batch from prompt %d; it is sampled again",
+            path,
+            written - whole,
+            whole,
+        )
+        kept = [lines[0], *(json.dumps(r, sort_keys=True) for r in records[:whole])]
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+    return records[:whole]
+
+
+def _whole_batches(done: int, n_prompts: int, batch_size: int) -> int:
+    """How many of the ``done`` prompts of a log belong to whole batches (batches of ``batch_size``, the last
+    one shorter)."""
+    return n_prompts if done >= n_prompts else done - done % batch_size
 
 
 def _append_lines(path: Path, records: Sequence[dict[str, Any]]) -> None:
@@ -215,8 +253,6 @@ def build_pairs(
         logger.info("%s: resuming after %d of %d prompts", log_path, len(done), len(prompts))
     t0 = time.perf_counter()
     todo = [b for b in batches(len(prompts), settings.batch_size) if b.start >= len(done)]
-    if any(b.start != len(done) for b in todo[:1]):
-        raise DataError(f"the log stops inside a batch (after {len(done)} prompts)", where=str(log_path))
     bar = tqdm(total=len(prompts), initial=len(done), desc="sample pairs", disable=not progress)
     for idx in todo:
         batch = [prompts[i] for i in idx]
@@ -293,6 +329,7 @@ def _finish(records: list[dict], header: dict, output: Path, summary_path: Path,
         },
         "settings": header,
         "files": {"pairs": str(output), "log": str(side_files(output)[0])},
+        "sha256": {"pairs": file_sha256(output), "log": file_sha256(side_files(output)[0])},
         "wall_time_s_this_call": round(wall_s, 1),
         "decpo": __version__,
     }
@@ -303,6 +340,7 @@ def _finish(records: list[dict], header: dict, output: Path, summary_path: Path,
 __all__ = [
     "build_pairs",
     "distribution",
+    "entry_problem",
     "prompts_digest",
     "select_pair",
     "side_files",

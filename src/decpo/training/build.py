@@ -22,6 +22,7 @@ from decpo.probes.callback import ProbeCallback
 from decpo.training.args import trainer_args
 from decpo.training.callbacks import (
     LogLineCallback,
+    ManifestCallback,
     MetricsJsonlCallback,
     NonFiniteGuardCallback,
     QuietProgressCallback,
@@ -69,6 +70,7 @@ def build_trainer(
             MetricsJsonlCallback(output_dir / "metrics.jsonl"),
             LogLineCallback(),
             NonFiniteGuardCallback(),
+            ManifestCallback(),
         ],
     )
     _order_callbacks(trainer, trackers, probe)

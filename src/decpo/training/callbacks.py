@@ -1,4 +1,5 @@
-"""Trainer callbacks: namespaced metrics JSONL, one log line per interval, numeric guards."""
+"""Trainer callbacks: namespaced metrics JSONL, one log line per interval, numeric guards, checkpoint
+manifests."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from decpo.integrity import read_jsonl_log, write_manifest
 from decpo.io import append_jsonl, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -37,7 +40,9 @@ def namespaced(logs: dict[str, float]) -> dict[str, float]:
 class MetricsJsonlCallback(TrainerCallback):
     """Appends one JSON object per logged step to ``metrics.jsonl`` (rank 0 only).
 
-    On resume, lines beyond the checkpoint's step are dropped first, so the file never holds a step twice.
+    On resume, lines logged after the checkpoint was saved are dropped first, so the file never holds a step twice; a
+    torn last line (a kill or a full disk while appending) is dropped with a warning, a damaged line before it
+    stops the run naming the file and the line (`decpo.integrity.read_jsonl_log`).
     """
 
     def __init__(self, path: str | Path):
@@ -46,9 +51,14 @@ class MetricsJsonlCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero or not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line.strip()]
-        kept = [line for line in kept if json.loads(line).get("step", 0) <= state.global_step]
-        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+        step = state.global_step
+        # the rows the checkpoint's own history has at its step (not the ones logged after it was saved, such
+        # as the summary of a run killed before its final/ was written)
+        at_step = sum(1 for h in state.log_history if h.get("step") == step)
+        rows = read_jsonl_log(self.path)
+        kept = [r for r in rows if r.get("step", 0) < step]
+        kept += [r for r in rows if r.get("step", 0) == step][:at_step]
+        atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -56,6 +66,19 @@ class MetricsJsonlCallback(TrainerCallback):
         record = namespaced(logs)
         if record:
             append_jsonl(self.path, {"step": state.global_step, "time": time.time(), **record})
+
+
+class ManifestCallback(TrainerCallback):
+    """Writes each checkpoint's manifest (`decpo.integrity.write_manifest`) once all its files are saved: the
+    Trainer calls ``on_save`` after the checkpoint is written, on every rank; the ranks meet first (each writes
+    its own RNG state), then rank 0 writes the manifest."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            write_manifest(folder)
 
 
 class LogLineCallback(TrainerCallback):

@@ -13,6 +13,7 @@ import yaml
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from decpo.config import ConfigError, RunConfig
+from decpo.integrity import manifest_problem
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,8 @@ def resume_checkpoint(cfg: RunConfig, output_dir: Path) -> Path | None:
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
-    """The newest checkpoint whose files are complete (a truncated one is skipped with a warning)."""
+    """The newest complete checkpoint (`checkpoint_problem`); a damaged or truncated one is skipped with a
+    warning naming the file."""
     candidates = sorted(
         (p for p in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.name.split("-")[-1].isdigit()),
         key=lambda p: int(p.name.split("-")[-1]),
@@ -48,7 +50,8 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 
 
 def checkpoint_problem(ckpt: Path) -> str | None:
-    """None when ``ckpt`` can be resumed from, else what is wrong with it."""
+    """None when ``ckpt`` can be resumed from, else what is wrong with it (naming the file): a checkpoint is
+    complete only when its manifest (`decpo.integrity`, written last at save) exists and matches its files."""
     if not (ckpt / "trainer_state.json").is_file():
         return "no trainer_state.json (interrupted while saving)"
     weights = list(ckpt.glob("*.safetensors"))
@@ -64,7 +67,7 @@ def checkpoint_problem(ckpt: Path) -> str | None:
     for name in ("optimizer.pt", "scheduler.pt"):
         if not (ckpt / name).is_file():
             return f"no {name}"
-    return None
+    return manifest_problem(ckpt)
 
 
 def _safetensors_size(path: Path) -> int:
@@ -143,7 +146,15 @@ def check_resume_config(
             "%s has checkpoints but no config.yaml: resuming without checking the config", output_dir
         )
         return
-    saved = yaml.safe_load(path.read_text()) or {}
+    try:
+        saved = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(saved, dict):
+            raise ValueError(f"a {type(saved).__name__}, not a mapping of sections")
+    except (yaml.YAMLError, ValueError) as e:
+        raise ConfigError(
+            f"{path} is damaged, so resuming {checkpoint.name} cannot be checked against it "
+            f"({' '.join(str(e).split())}); restore it, or use another --output-dir"
+        ) from e
     new = yaml.safe_load(yaml.safe_dump(cfg.to_dict()))  # the types config.yaml holds
     changes = config_changes(saved, new)
     if not changes:

@@ -4,7 +4,8 @@ TRL's `DPOTrainer._precompute_ref_logps` keys its cache on the in-memory dataset
 writes it to a temporary folder, so two trainers on the same base model and data (``decpo run`` trains DPO,
 then DecPO) each run the full reference pass. `CachedReferenceMixin` keys the values instead on what they
 depend on (the tokenized pairs, the reference weights and the settings of the pass) and keeps them as
-``{cache}/{key}.safetensors``; the second trainer reads them back.
+``{cache}/{key}.safetensors``; the second trainer reads them back. Each file records the sha256 of its values
+(`values_sha256`, in its metadata): a damaged or edited entry is recomputed with a warning, never used.
 
 The weights are hashed when TRL hashes them, before it shards the reference (DeepSpeed ZeRO-3, FSDP): a
 partitioned parameter holds an empty tensor (or a slice) on each rank, so two checkpoints of one
@@ -30,7 +31,8 @@ import transformers
 import trl
 from accelerate.utils import broadcast_object_list, is_peft_model
 from datasets import Dataset
-from safetensors.torch import load_file, save
+from safetensors import safe_open
+from safetensors.torch import save
 
 from decpo.errors import DecPOError
 from decpo.io import atomic_write_bytes, stable_hash
@@ -216,7 +218,7 @@ class CachedReferenceMixin:
             raise reference
         t_weights = time.perf_counter() - t0
         parts = {
-            "format": 2,
+            "format": 3,  # 3: the values' sha256 in the file's metadata
             "data": hash_dataset_tokens(dataset),
             "rows": len(dataset),
             "reference": reference,
@@ -309,16 +311,29 @@ class CachedReferenceMixin:
         return dataset if self.accelerator.is_main_process else Dataset.from_file(str(path))
 
 
+def values_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of the cached columns' values (`REF_COLUMNS` in order, their raw bytes)."""
+    h = hashlib.sha256()
+    for c in REF_COLUMNS:
+        h.update(tensors[c].contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def _read_cached(path: Path, rows: int, name: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """The two cached columns, or None (with a warning when the file exists but is unusable)."""
+    """The two cached columns, or None (with a warning when the file exists but is unusable: unreadable, of
+    another shape, or not matching the checksum it was written with)."""
     if not path.is_file():
         return None
     try:
-        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {c: f.get_tensor(c) for c in REF_COLUMNS}
+            recorded = (f.metadata() or {}).get("sha256")
         chosen, rejected = (tensors[c] for c in REF_COLUMNS)
         for t in (chosen, rejected):
             if t.dtype != torch.float32 or t.dim() != 1 or t.numel() != rows:
                 raise ValueError(f"expected float32 vectors of {rows} values, got {t.dtype} {tuple(t.shape)}")
+        if recorded != values_sha256(tensors):
+            raise ValueError("its values do not match the sha256 it was written with (damaged or edited)")
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file: recompute and overwrite
         logger.warning(
             "reference log-probs for %s: ignoring unreadable cache file %s (%s); recomputing", name, path, e
@@ -328,4 +343,4 @@ def _read_cached(path: Path, rows: int, name: str) -> tuple[np.ndarray, np.ndarr
 
 
 def _write_cached(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    atomic_write_bytes(path, save(tensors, metadata=metadata))
+    atomic_write_bytes(path, save(tensors, metadata={**metadata, "sha256": values_sha256(tensors)}))

@@ -46,6 +46,7 @@ from decpo.training.batching import LengthGroupedMixin
 from decpo.training.calibration import calibrate
 from decpo.training.prefix_sharing import SharedPromptMixin
 from decpo.training.ref_cache import CachedReferenceMixin
+from decpo.training.resume_counters import ResumedCountersMixin
 
 logger = logging.getLogger(__name__)
 
@@ -272,7 +273,12 @@ class ActivationRegularizerMixin:
 
 
 class DecPOTrainer(
-    ActivationRegularizerMixin, SharedPromptMixin, LengthGroupedMixin, CachedReferenceMixin, DPOTrainer
+    ResumedCountersMixin,
+    ActivationRegularizerMixin,
+    SharedPromptMixin,
+    LengthGroupedMixin,
+    CachedReferenceMixin,
+    DPOTrainer,
 ):
     """`DPOTrainer` whose loss adds ``reg_weight * R`` on hooked activations (see module docstring)."""
 
@@ -292,7 +298,7 @@ class DecPOTrainer(
         self._metrics[mode][key].append(value)
 
 
-class SimPOTrainer(ActivationRegularizerMixin, CPOTrainer):
+class SimPOTrainer(ResumedCountersMixin, ActivationRegularizerMixin, CPOTrainer):
     """TRL's `CPOTrainer` with `SimPOConfig` (SimPO), plus the same activation regularizer."""
 
     def __init__(self, *args, **kwargs):
