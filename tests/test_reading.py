@@ -329,3 +329,12 @@ def test_number_answers_only_on_reading() -> None:
         load_config(str(REPO / "configs" / "default.yaml"), ["data.synthetic_answer=number"])
     with pytest.raises(DataError, match="unknown synthetic answer format"):
         make_synthetic("train", n=4, answer="number")
+
+
+def test_eval_scores_a_run_folder_in_the_answer_format_it_was_trained_on():
+    # decpo eval has no answer-format flag: a run trained on " 23" answers must not be scored as " (B) 23"
+    from decpo.evaluation.context import trained_answer_format
+
+    assert trained_answer_format({"data": {"task": "reading", "synthetic_answer": "number"}}) == "number"
+    assert trained_answer_format({"data": {"task": "synthetic"}}) == "option"
+    assert trained_answer_format(None) == "option"

@@ -81,9 +81,12 @@ class EvalConfig:
         default=True,
         metadata=described("False: only log-prob measures where a task has both (sycophancy), much faster."),
     )
-    synthetic_answer: str = field(
-        default="option",
-        metadata=described("Answer format of the synthetic and reading tasks: option, letter or (reading) number, as trained."),
+    synthetic_answer: str | None = field(
+        default=None,
+        metadata=described(
+            "Answer format of the synthetic and reading tasks: option, letter or (reading) number; None: as "
+            "trained (a run folder's data.synthetic_answer), else option."
+        ),
     )
     prompts_path: str | None = field(
         default=None,

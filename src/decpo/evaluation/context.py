@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 from pathlib import Path
@@ -84,6 +86,11 @@ def warn_remote_code_not_taken(model_spec: str, run_model: dict[str, Any], allow
         )
 
 
+def trained_answer_format(run: dict[str, Any] | None) -> str:
+    """The synthetic and reading tasks' answer format as trained: a run's ``data.synthetic_answer``, else option."""
+    return str(_section(run, "data").get("synthetic_answer") or "option")
+
+
 class EvalContext:
     """The loaded policy, its tokenizer and a lazily loaded reference for one run: what a task gets."""
 
@@ -94,6 +101,8 @@ class EvalContext:
         self.reference_spec = (
             resolve_model_spec(cfg.reference) if cfg.reference else default_reference(self.model_spec)
         )
+        if cfg.synthetic_answer is None:  # a run folder scores the answers it was trained on
+            self.cfg = cfg = dataclasses.replace(cfg, synthetic_answer=trained_answer_format(self.run))
         model = _section(self.run, "model")
         warn_remote_code_not_taken(self.model_spec, model, cfg.trust_remote_code)
         # as the run loaded its models: the seed builds the in-process tiny model (and the base of its adapter).
