@@ -45,6 +45,15 @@ class EvalConfig:
         ),
     )
     batch_size: int = field(default=8, metadata=described("Batch size of scoring and generation."))
+    num_samples: int = field(
+        default=4,
+        metadata=described(
+            "Toxicity: K sampled continuations per prompt (nucleus sampling, top_p 0.9, temperature 1) for "
+            "the RealToxicityPrompts protocol (expected maximum toxicity, toxicity probability), beside the "
+            "greedy measures; 0: greedy only. The published protocol draws 25; 4 keeps a CPU run short "
+            "(the sampled pass costs about K greedy passes)."
+        ),
+    )
     data_dir: str | None = field(
         default=None, metadata=described("Folder with the paper's data; None: env DECPO_DATA_DIR.")
     )
@@ -127,6 +136,8 @@ class EvalConfig:
             raise EvalError(f"limit must be >= 1, got {self.limit}")
         if self.batch_size < 1:
             raise EvalError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.num_samples < 0:
+            raise EvalError(f"num_samples must be >= 0 (0: greedy only), got {self.num_samples}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise EvalError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.beta <= 0:
