@@ -145,3 +145,14 @@ def test_num_samples_is_checked(toxicity_cfg):
     with pytest.raises(EvalError, match="num_samples"):
         toxicity_cfg(num_samples=-1)
     assert EvalConfig(task="toxicity").num_samples == 4  # the CPU default (the published protocol: 25)
+
+
+def test_decpo_run_evaluates_with_experiment_eval_num_samples(tmp_path, monkeypatch):
+    import decpo.experiment.stages as stages
+    from decpo.config import load_config
+
+    seen = []
+    monkeypatch.setattr(stages, "evaluate", lambda cfg, out: seen.append(cfg.num_samples))
+    for overrides in ([], ["experiment.eval_num_samples=0"], ["experiment.eval_num_samples=25"]):
+        stages.eval_stage(load_config(None, overrides), "toxicity", TINY, tmp_path)()
+    assert seen == [4, 0, 25]

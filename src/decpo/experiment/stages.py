@@ -257,6 +257,7 @@ def eval_stage(
                 beta=cfg.train.beta,
                 dtype=cfg.model.dtype,
                 generate=cfg.experiment.eval_generate,
+                num_samples=cfg.experiment.eval_num_samples,
                 chat_template=eval_chat_template(cfg),
                 synthetic_answer=cfg.data.synthetic_answer,  # the answers as trained
                 quick=quick,
