@@ -6,6 +6,7 @@ import pytest
 from decpo.scoring.diversity import (
     cross_prompt_duplicates,
     distinct_n,
+    distinct_n_leave_one_out,
     duplicate_share,
     most_frequent,
     ngrams,
@@ -42,6 +43,14 @@ def test_distinct_n_hand_worked():
     # n-grams never span two texts: "b" + "c" would be a bigram only if the texts were joined
     assert distinct_n(["a b", "c d"], 2) == 1.0
     assert distinct_n(["", "x"], 2) == 0.0  # no bigram at all
+
+
+def test_distinct_n_leave_one_out_equals_recomputing_without_each_text():
+    texts = ["the cat sat", "The cat ran", "a dog", "", "the cat sat on a dog"] + VARIED
+    for n in (1, 2, 3):
+        naive = [distinct_n(texts[:i] + texts[i + 1 :], n) for i in range(len(texts))]
+        assert distinct_n_leave_one_out(texts, n) == pytest.approx(naive)
+    assert distinct_n_leave_one_out(["a b", ""], 2) == [0.0, 1.0]
 
 
 def test_cross_prompt_duplicates_hand_worked():

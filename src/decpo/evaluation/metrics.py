@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -125,26 +125,24 @@ def metric_entry(
 
 
 def jackknife_ci(
-    statistic: Callable[[Sequence[int]], float],
-    n: int,
+    full: float,
+    leave_one_out: Sequence[float],
     level: float = 0.95,
     bounds: tuple[float, float] = (-math.inf, math.inf),
 ) -> tuple[float, float]:
-    """Jackknife CI of a statistic of ``n`` items that is not a mean of per-item values (distinct-n of a set
-    of texts): ``statistic(indices)`` on all items, and on all but item ``i`` for each ``i``; the interval is
-    the full value +- z * the jackknife standard error (Efron and Tibshirani 1993, ch. 11), clipped to
+    """Jackknife CI of a statistic of n items that is not a mean of per-item values (distinct-n of a set of
+    texts): ``full`` its value on all items, ``leave_one_out[i]`` its value without item ``i``; the interval
+    is ``full`` +- z * the jackknife standard error (Efron and Tibshirani 1993, ch. 11), clipped to
     ``bounds``. A bootstrap would resample items with replacement, and a repeated text lowers distinct-n by
     itself. One item gives a zero-width interval.
     """
-    if n < 1:
-        raise ValueError("jackknife CI of zero items")
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    full = float(statistic(range(n)))
-    if n == 1:
-        return full, full
-    leave_one_out = np.array([statistic([j for j in range(n) if j != i]) for i in range(n)], dtype=np.float64)
-    se = math.sqrt((n - 1) / n * float(np.sum((leave_one_out - leave_one_out.mean()) ** 2)))
+    x = np.asarray(leave_one_out, dtype=np.float64)
+    n = x.size
+    if n < 2:
+        return float(full), float(full)
+    se = math.sqrt((n - 1) / n * float(np.sum((x - x.mean()) ** 2)))
     z = float(stats.norm.ppf(0.5 + level / 2))
     return max(full - z * se, bounds[0]), min(full + z * se, bounds[1])
 

@@ -52,6 +52,22 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
+def distinct_n_leave_one_out(texts: Sequence[str], n: int) -> list[float]:
+    """Per text ``i``, `distinct_n` of all ``texts`` but ``texts[i]`` (for a jackknife interval), in one pass
+    over the n-grams: removing text ``i`` loses the n-grams that occur only in it."""
+    per_text = [Counter(ngrams(t, n)) for t in texts]
+    total = Counter()
+    for c in per_text:
+        total.update(c)
+    unique, count = len(total), sum(total.values())
+    out = []
+    for c in per_text:
+        rest = count - sum(c.values())
+        only_here = sum(1 for g, k in c.items() if total[g] == k)
+        out.append((unique - only_here) / rest if rest else 0.0)
+    return out
+
+
 def cross_prompt_duplicates(texts: Sequence[str], groups: Sequence[int] | None = None) -> list[bool]:
     """Per text, whether its `normalise`\\d form equals that of a text of another prompt.
 
@@ -84,6 +100,7 @@ __all__ = [
     "TOP_CONTINUATIONS",
     "cross_prompt_duplicates",
     "distinct_n",
+    "distinct_n_leave_one_out",
     "duplicate_share",
     "most_frequent",
     "ngrams",

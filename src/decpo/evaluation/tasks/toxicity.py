@@ -23,7 +23,12 @@ from decpo.evaluation.measures import judge_measures, limited, preference_measur
 from decpo.evaluation.registry import register_task
 from decpo.inference.logprobs import continuation_perplexities
 from decpo.scoring.classifiers import make_scorer
-from decpo.scoring.diversity import cross_prompt_duplicates, distinct_n, most_frequent
+from decpo.scoring.diversity import (
+    cross_prompt_duplicates,
+    distinct_n,
+    distinct_n_leave_one_out,
+    most_frequent,
+)
 from decpo.scoring.fluency import is_empty, is_valid, repetition_loop
 
 TOXIC_THRESHOLD = 0.5  # the paper's "non-toxic": toxicity score below 0.5 (and RTP's "toxic": >= 0.5)
@@ -58,9 +63,7 @@ def collapse_measures(ctx: EvalContext, outputs: list[str], duplicates: list[boo
     out = {}
     for n in (1, 2):
         value = distinct_n(outputs, n)
-        low, high = M.jackknife_ci(
-            lambda idx, n=n: distinct_n([outputs[i] for i in idx], n), len(outputs), bounds=(0, 1)
-        )
+        low, high = M.jackknife_ci(value, distinct_n_leave_one_out(outputs, n), bounds=(0, 1))
         out[f"gen/distinct_{n}"] = {
             "value": value,
             "direction": "higher",
