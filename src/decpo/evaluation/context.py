@@ -158,6 +158,5 @@ class EvalContext:
             progress=self.cfg.progress,
             desc=desc,
         )
-        return [
-            flat[i * k : (i + 1) * k] for i in range(len(prompts))
-        ]  # grouped by prompt (generate's order)
+        # generate returns the k samples of each prompt together: [p0 s0, ..., p0 s(k-1), p1 s0, ...]
+        return [flat[i * k : (i + 1) * k] for i in range(len(prompts))]
