@@ -172,6 +172,14 @@ class ExperimentSettings:
             "only. The published protocol draws 25; 4 keeps a CPU run short."
         ),
     )
+    eval_scorer: str | None = field(
+        default=None,
+        metadata=described(
+            "Toxicity scorer of the evaluation (`EvalConfig.scorer`); null: jigsaw-bilstm, or profanity-check "
+            "when pairs.scorer is jigsaw-bilstm: never the scorer that ranked the training pairs by default. "
+            "Set to pairs.scorer, the report opens with 'evaluated by the scorer it was trained on'."
+        ),
+    )
     eval_prompts: str | None = field(
         default=None,
         metadata=described(

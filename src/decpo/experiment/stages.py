@@ -258,6 +258,8 @@ def eval_stage(
                 dtype=cfg.model.dtype,
                 generate=cfg.experiment.eval_generate,
                 num_samples=cfg.experiment.eval_num_samples,
+                scorer=cfg.experiment.eval_scorer,
+                pairs_scorer=cfg.pairs.scorer if cfg.pairs.source else None,
                 chat_template=eval_chat_template(cfg),
                 synthetic_answer=cfg.data.synthetic_answer,  # the answers as trained
                 quick=quick,
