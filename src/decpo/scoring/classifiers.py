@@ -81,7 +81,7 @@ class JigsawBiLSTMScorer:
             weights = jigsaw_bilstm.read_keras_weights(files[0])
         except ImportError as e:
             raise ScorerError(
-                "the jigsaw-bilstm scorer reads the weights with h5py: `pip install h5py`"
+                "the jigsaw-bilstm scorer reads the weights with h5py: `pip install h5py==3.16.0`"
             ) from e
         self.model = jigsaw_bilstm.JigsawBiLSTM(weights, jigsaw_bilstm.load_tokenizer(files[1]))
 
