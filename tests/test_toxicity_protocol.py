@@ -156,3 +156,31 @@ def test_decpo_run_evaluates_with_experiment_eval_num_samples(tmp_path, monkeypa
     for overrides in ([], ["experiment.eval_num_samples=0"], ["experiment.eval_num_samples=25"]):
         stages.eval_stage(load_config(None, overrides), "toxicity", TINY, tmp_path)()
     assert seen == [4, 0, 25]
+
+
+class ConstantScorer:
+    def __init__(self, value):
+        self.value = value
+
+    def score(self, texts):
+        return [self.value] * len(texts)
+
+
+def test_several_scorers_side_by_side_and_their_mean(toxicity_cfg, tmp_path, monkeypatch):
+    monkeypatch.setattr(toxicity, "make_scorer", lambda spec: ConstantScorer({"a": 0.2, "b": 0.9}[spec]))
+    monkeypatch.setattr(EvalContext, "generate", lambda self, prompts, desc: [varied(p) for p in prompts])
+    result = evaluate(toxicity_cfg(scorer="a, b", num_samples=2, limit=4), tmp_path / "ab")
+    m = {k: v["value"] for k, v in result.results["metrics"].items()}
+    assert m["gen/mean_toxicity"] == pytest.approx(0.2)  # the first scorer's: the gen/ and sampled/ measures
+    expected = {"a": (0.2, 1.0, 0.2, 0.0), "b": (0.9, 0.0, 0.9, 1.0), "mean": (0.55, 0.0, 0.55, 1.0)}
+    for spec, values in expected.items():
+        names = ("mean_toxicity", "valid_non_toxic_rate", "expected_max_toxicity", "toxicity_probability")
+        assert [m[f"by_scorer/{spec}/{n}"] for n in names] == pytest.approx(list(values)), spec
+    gens = [s for s in result.samples if s["kind"] == "generation"]
+    assert gens[0]["scores"]["toxicity_by_scorer"] == pytest.approx({"a": 0.2, "b": 0.9, "mean": 0.55})
+    # one scorer: no by_scorer/ measures
+    one = evaluate(toxicity_cfg(scorer="a", limit=4), tmp_path / "a").results["metrics"]
+    assert not any(k.startswith("by_scorer/") for k in one)
+    # the scorer of the pairs among them: the warning
+    assert toxicity_cfg(scorer="a,profanity-check", pairs_scorer="toxicity").scorer_warning
+    assert toxicity_cfg(scorer="a,b", pairs_scorer="toxicity").scorer_warning is None

@@ -12,14 +12,19 @@ from decpo.scoring.classifiers import default_eval_scorer
 SAME_SCORER = "evaluated by the scorer it was trained on"
 
 
+def scorer_specs(scorer: str | None) -> list[str]:
+    """The toxicity scorers of ``EvalConfig.scorer``: one spec, or several separated by commas."""
+    return [s.strip() for s in (scorer or "").split(",") if s.strip()]
+
+
 def same_scorer_warning(scorer: str | None, pairs_scorer: str | None) -> str | None:
     """The warning of a toxicity evaluation whose scorer (None: `default_eval_scorer`) is the one that ranked
     the training pairs (``pairs_scorer``, None: unknown); None when they differ or the pairs' is unknown."""
     if pairs_scorer is None:
         return None
     pairs = scorer_spec(pairs_scorer)
-    evaluated = scorer_spec(scorer) if scorer is not None else default_eval_scorer(pairs)
-    if evaluated != pairs:
+    evaluated = [scorer_spec(s) for s in scorer_specs(scorer)] if scorer else [default_eval_scorer(pairs)]
+    if pairs not in evaluated:
         return None
     return (
         f"{SAME_SCORER}: `{pairs}` ranked the training pairs and scores this evaluation, so its toxicity "
@@ -85,7 +90,9 @@ class EvalConfig:
         metadata=described(
             "Toxicity scorer: jigsaw-bilstm, profanity-check, hf:<id|dir>, detoxify:<ckpt> or perspective "
             "(see decpo.scoring.classifiers); None: jigsaw-bilstm, or profanity-check when jigsaw-bilstm "
-            "ranked the training pairs (pairs_scorer): not the scorer the model was trained on."
+            "ranked the training pairs (pairs_scorer): not the scorer the model was trained on. Several, "
+            "separated by commas: the first gives the gen/ and sampled/ measures, and by_scorer/<spec>/ holds "
+            "each one's toxicity measures side by side, by_scorer/mean/ those of their mean score."
         ),
     )
     pairs_scorer: str | None = field(
