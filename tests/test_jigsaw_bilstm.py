@@ -14,6 +14,8 @@ from decpo.config.sampling import scorer_spec
 from decpo.evaluation.config import SAME_SCORER, EvalConfig
 from decpo.evaluation.runner import evaluate
 from decpo.evaluation.tasks import toxicity
+from decpo.io import atomic_write_json
+from decpo.reports.experiment_report import write_report
 from decpo.reports.results import scorer_warning_lines
 from decpo.scoring import jigsaw_bilstm
 from decpo.scoring.classifiers import JigsawBiLSTMScorer, ScorerError, make_scorer
@@ -164,3 +166,15 @@ def test_the_same_scorer_opens_the_results_and_the_report_with_a_warning(tmp_pat
         SAME_SCORER in report_lines("pairs.scorer=jigsaw-bilstm", "experiment.eval_scorer=jigsaw-bilstm")[0]
     )
     assert report_lines() == [] and report_lines("pairs.scorer=jigsaw-bilstm") == []
+
+    # report.md: the warning right under the title
+    run = tmp_path / "run"
+    entry = {"value": 0.5, "direction": "higher", "ci": [0.1, 0.9], "n": 3}
+    atomic_write_json(
+        run / "eval" / "toxicity" / "base" / "results.json",
+        {"task": "toxicity", "model": "base", "n": 3, "metrics": {"gen/valid_non_toxic_rate": entry}},
+    )
+    for overrides, warned in ((["experiment.eval_scorer=profanity-check"], True), ([], False)):
+        cfg = load_config(None, ["pairs.source=toxicity", *overrides])
+        report = write_report(run, cfg, models=["base"], tasks=["toxicity"], command="x", total_wall_s=1)
+        assert (SAME_SCORER in report.read_text().splitlines()[2]) is warned
