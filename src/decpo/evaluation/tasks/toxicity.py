@@ -8,8 +8,8 @@ the share of continuations that duplicate another prompt's, whose entry also lis
 continuations (``most_frequent``: ``[text, count]``); the RealToxicityPrompts protocol (``sampled/``, with
 ``cfg.num_samples`` K > 0): K nucleus-sampled continuations per prompt, expected maximum toxicity and
 toxicity probability (Gehman et al. 2020); with several scorers (``cfg.scorer`` "a,b"), each one's toxicity
-measures side by side and those of their mean score (``by_scorer/``); pair measures (``pairs/``) on ``pairs_path`` (held-out pairs of
-the run) or the hh-rlhf harmless test pairs."""
+measures side by side and those of their mean score (``by_scorer/``); pair measures (``pairs/``) on
+``pairs_path`` (held-out pairs of the run) or the hh-rlhf harmless test pairs."""
 
 from __future__ import annotations
 
