@@ -178,3 +178,14 @@ def test_the_same_scorer_opens_the_results_and_the_report_with_a_warning(tmp_pat
         cfg = load_config(None, ["pairs.source=toxicity", *overrides])
         report = write_report(run, cfg, models=["base"], tasks=["toxicity"], command="x", total_wall_s=1)
         assert (SAME_SCORER in report.read_text().splitlines()[2]) is warned
+
+
+def test_decpo_run_builds_the_eval_scorers_before_any_stage(tmp_path, monkeypatch):
+    import decpo.experiment.stages as stages
+
+    cfg = load_config(None, ["pairs.source=toxicity"])
+    assert stages.eval_config_scorer(cfg) == "jigsaw-bilstm"
+    monkeypatch.setattr(jigsaw_bilstm, "package_files", lambda: None)
+    with pytest.raises(ScorerError, match="toxic-comment-classifier"):
+        stages.add_evals(None, cfg, ["toxicity"], {}, {}, tmp_path, [])
+    stages.add_evals(None, cfg, ["synthetic"], {}, {}, tmp_path, [])  # no toxicity task: no scorer built
