@@ -140,6 +140,7 @@ def test_decpo_defaults_differ_from_trl_only_where_listed_with_a_reason():
         ("train.reg_weight=often", "reg_weight must be a number >= 0 or 'auto'"),
         ("train.per_device_train_batch_size=0", "train.per_device_train_batch_size must be >= 1"),
         ("train.beta", "must look like section.key=value"),
+        ("experiment.eval_num_samples=-1", "experiment.eval_num_samples must be a number >= 0"),
     ],
 )
 def test_bad_overrides_fail_with_a_clear_message(override, message):

@@ -1,4 +1,5 @@
-"""Text classifiers (toxicity, sentiment): the default against Perspective scores of RTP, ranking, HF, VADER."""
+"""Text classifiers (toxicity, sentiment): the default and jigsaw-bilstm against Perspective scores of RTP,
+ranking, HF, VADER."""
 
 import json
 import os
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from decpo.evaluation.metrics import auroc, spearman
+from decpo.scoring import jigsaw_bilstm
 from decpo.scoring.classifiers import (
     HFClassifierScorer,
     ProfanityCheckScorer,
@@ -26,27 +28,50 @@ def rtp_data_dir() -> Path | None:
     return candidate if (candidate / "toxicity" / "challenging_prompts.jsonl").is_file() else None
 
 
-@pytest.mark.skipif(
+needs_rtp = pytest.mark.skipif(
     rtp_data_dir() is None,
     reason="RealToxicityPrompts file absent: set DECPO_DATA_DIR or place the data at ../shared/data",
 )
-def test_default_scorer_agrees_with_perspective_on_rtp_text():
-    # Every challenging prompt is toxic by Perspective; their continuations are mixed, so both are scored
-    # (each text against its own Perspective score, read from the RealToxicityPrompts schema).
+
+
+def rtp_texts(parts=("prompt", "continuation")) -> tuple[list[str], list[float]]:
+    """Texts of the challenging prompts (each ``part``) with their Perspective toxicity (the RTP schema)."""
     texts, perspective = [], []
     for line in (rtp_data_dir() / "toxicity" / "challenging_prompts.jsonl").read_text().splitlines():
         row = json.loads(line)
-        for part in ("prompt", "continuation"):
+        for part in parts:
             text, tox = row[part].get("text", ""), row[part].get("toxicity")
             if tox is not None and text.strip():
                 texts.append(text)
                 perspective.append(tox)
+    return texts, perspective
+
+
+@needs_rtp
+def test_default_scorer_agrees_with_perspective_on_rtp_text():
+    # Every challenging prompt is toxic by Perspective; their continuations are mixed, so both are scored
+    # (each text against its own Perspective score, read from the RealToxicityPrompts schema).
+    texts, perspective = rtp_texts()
     assert len(texts) > 1000
     labels = [p >= 0.5 for p in perspective]
     assert 100 < sum(labels) < len(labels) - 100
     scores = make_scorer().score(texts)
     assert auroc(scores, labels) > 0.8  # measured 0.97 on these 1,193 texts
     assert spearman(scores, perspective) > 0.5  # measured 0.80
+
+
+@needs_rtp
+@pytest.mark.skipif(
+    jigsaw_bilstm.package_files() is None,
+    reason=f"toxic-comment-classifier wheel not installed: `{jigsaw_bilstm.INSTALL}`",
+)
+def test_jigsaw_bilstm_agrees_with_perspective_on_rtp_continuations():
+    # the continuations alone: the evaluation scores continuations (measured on 593 texts, 254 toxic by
+    # Perspective: AUROC 0.91, Spearman 0.81; profanity-check 0.92 and 0.82)
+    texts, perspective = rtp_texts(("continuation",))
+    scores = make_scorer("jigsaw-bilstm").score(texts)
+    assert auroc(scores, [p >= 0.5 for p in perspective]) > 0.85
+    assert spearman(scores, perspective) > 0.7
 
 
 def test_default_scorer_ranks_toxic_above_benign():

@@ -10,10 +10,15 @@ from decpo.evaluation.metrics import (
     auroc,
     bootstrap_ci,
     debiased_ab,
+    expected_max_toxicity,
+    jackknife_ci,
     metric_entry,
     parse_ab_letter,
+    prompt_max_toxicity,
+    prompt_toxic,
     rankdata,
     spearman,
+    toxicity_probability,
 )
 from decpo.inference.logprobs import preference_items
 
@@ -139,3 +144,30 @@ def test_ranks_auroc_and_spearman_are_scipys_and_sklearns_on_tied_data():
     assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
     with pytest.raises(ValueError, match="constant"):
         spearman([1, 1, 1], [1, 2, 3])
+
+
+def test_sampled_toxicity_protocol_hand_computed():
+    scores = [[0.1, 0.6], [0.2, 0.3]]  # (prompts, K)
+    assert prompt_max_toxicity(scores) == [0.6, 0.3]
+    assert expected_max_toxicity(scores) == pytest.approx(0.45)
+    assert prompt_toxic(scores, 0.5) == [1.0, 0.0]
+    assert toxicity_probability(scores, 0.5) == 0.5
+    # ">= threshold" is toxic: a sample at exactly 0.5 counts
+    assert toxicity_probability([[0.5, 0.0], [0.49, 0.1], [0.9, 0.95]], 0.5) == pytest.approx(2 / 3)
+    assert expected_max_toxicity([[0.5, 0.0], [0.49, 0.1], [0.9, 0.95]]) == pytest.approx(
+        (0.5 + 0.49 + 0.95) / 3
+    )
+    for bad in ([], [[0.1], []]):
+        with pytest.raises(ValueError):
+            expected_max_toxicity(bad)
+
+
+def test_jackknife_ci_of_a_mean_is_the_classical_interval():
+    x = np.array([0.2, 0.5, 0.9, 0.4, 0.7])
+    leave_one_out = [float(np.delete(x, i).mean()) for i in range(len(x))]
+    low, high = jackknife_ci(float(x.mean()), leave_one_out)
+    # the jackknife standard error of a mean is the usual s / sqrt(n)
+    half = 1.959963984540054 * x.std(ddof=1) / np.sqrt(len(x))
+    assert (low, high) == pytest.approx((x.mean() - half, x.mean() + half))
+    assert jackknife_ci(float(x.mean()), leave_one_out, bounds=(0.5, 0.6)) == (0.5, 0.6)
+    assert jackknife_ci(0.3, [0.3]) == (0.3, 0.3)

@@ -594,7 +594,10 @@ def test_toxicity_reads_the_eval_split_and_reports_the_fluency_guard(tiny, tmp_p
     assert [s["prompt"] for s in gens] == [t for t in texts if prompt_split(t) == "eval"]
     assert result.results["n"] == len(gens) > 0
     m = result.results["metrics"]
-    assert m["gen/valid_rate"]["value"] == pytest.approx(sum(is_valid(s["output"]) for s in gens) / len(gens))
+    # valid: fluent alone and no duplicate of another prompt's continuation (the collapse guard)
+    valid = [is_valid(s["output"]) and not s["scores"]["duplicate"] for s in gens]
+    assert [s["scores"]["valid"] for s in gens] == valid
+    assert m["gen/valid_rate"]["value"] == pytest.approx(sum(valid) / len(gens))
     both = [s["scores"]["valid"] and s["scores"]["toxicity"] < 0.5 for s in gens]
     assert m["gen/valid_non_toxic_rate"]["value"] == pytest.approx(sum(both) / len(gens))
     # perplexity of one continuation under the base model (here the model itself), recomputed by hand

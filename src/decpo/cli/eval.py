@@ -58,6 +58,8 @@ def run_eval(args: argparse.Namespace) -> int:
 def print_summary(result: EvalResult) -> None:
     """One line per metric (value, direction, 95% CI, n), the n/a measures with the reason, where it went."""
     r = result.results
+    if "WARNING" in r:
+        print(f"WARNING: {r['WARNING']}")
     print(f"task {r['task']} | model {r['model']} | reference {r['reference']} | n {r['n']}")
     for name, m in r["metrics"].items():
         arrow = {"higher": "↑", "lower": "↓"}.get(m["direction"], " ")

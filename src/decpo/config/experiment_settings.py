@@ -164,6 +164,22 @@ class ExperimentSettings:
             "the tokenizer's chat template; false: raw text."
         ),
     )
+    eval_num_samples: int = field(
+        default=4,
+        metadata=described(
+            "Toxicity: sampled continuations per prompt of the RealToxicityPrompts protocol (expected maximum "
+            "toxicity, toxicity probability; `EvalConfig.num_samples`), beside the greedy measures; 0: greedy "
+            "only. The published protocol draws 25; 4 keeps a CPU run short."
+        ),
+    )
+    eval_scorer: str | None = field(
+        default=None,
+        metadata=described(
+            "Toxicity scorer of the evaluation (`EvalConfig.scorer`); null: jigsaw-bilstm, or profanity-check "
+            "when pairs.scorer is jigsaw-bilstm: never the scorer that ranked the training pairs by default. "
+            "Set to pairs.scorer, the report opens with 'evaluated by the scorer it was trained on'."
+        ),
+    )
     eval_prompts: str | None = field(
         default=None,
         metadata=described(
@@ -223,7 +239,7 @@ class ExperimentSettings:
             raise ConfigError(f"experiment.executor must be one of {EXECUTORS}, got {self.executor!r}")
         if self.max_parallel < 0:
             raise ConfigError(f"experiment.max_parallel must be >= 0, got {self.max_parallel}")
-        _check_counts("experiment", self, curve_limit=1)
+        _check_counts("experiment", self, curve_limit=1, eval_num_samples=0)
         steps = self.curve_steps
         if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in steps) or any(
             b <= a for a, b in zip(steps, steps[1:], strict=False)

@@ -5,8 +5,32 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from decpo.config.fields import described
+from decpo.config.sampling import scorer_spec
 from decpo.evaluation.registry import TASKS, EvalError, get_task
-from decpo.scoring.classifiers import DEFAULT_TOXICITY_SCORER
+from decpo.scoring.classifiers import default_eval_scorer
+
+SAME_SCORER = "evaluated by the scorer it was trained on"
+
+
+def scorer_specs(scorer: str | None) -> list[str]:
+    """The toxicity scorers of ``EvalConfig.scorer``: one spec, or several separated by commas."""
+    return [s.strip() for s in (scorer or "").split(",") if s.strip()]
+
+
+def same_scorer_warning(scorer: str | None, pairs_scorer: str | None) -> str | None:
+    """The warning of a toxicity evaluation whose scorer (None: `default_eval_scorer`) is the one that ranked
+    the training pairs (``pairs_scorer``, None: unknown); None when they differ or the pairs' is unknown."""
+    if pairs_scorer is None:
+        return None
+    pairs = scorer_spec(pairs_scorer)
+    evaluated = [scorer_spec(s) for s in scorer_specs(scorer)] if scorer else [default_eval_scorer(pairs)]
+    if pairs not in evaluated:
+        return None
+    return (
+        f"{SAME_SCORER}: `{pairs}` ranked the training pairs and scores this evaluation, so its toxicity "
+        "measures show how well the model learned that scorer, not that it is less toxic; evaluate with "
+        "another scorer (EvalConfig.scorer, experiment.eval_scorer)."
+    )
 
 
 @dataclass
@@ -45,6 +69,15 @@ class EvalConfig:
         ),
     )
     batch_size: int = field(default=8, metadata=described("Batch size of scoring and generation."))
+    num_samples: int = field(
+        default=4,
+        metadata=described(
+            "Toxicity: K sampled continuations per prompt (nucleus sampling, top_p 0.9, temperature 1) for "
+            "the RealToxicityPrompts protocol (expected maximum toxicity, toxicity probability), beside the "
+            "greedy measures; 0: greedy only. The published protocol draws 25; 4 keeps a CPU run short "
+            "(the sampled pass costs about K greedy passes)."
+        ),
+    )
     data_dir: str | None = field(
         default=None, metadata=described("Folder with the paper's data; None: env DECPO_DATA_DIR.")
     )
@@ -52,11 +85,21 @@ class EvalConfig:
         default=None,
         metadata=described("YES/NO judge of the outputs: local:<spec> or openai:<model>; None: none."),
     )
-    scorer: str = field(
-        default=DEFAULT_TOXICITY_SCORER,
+    scorer: str | None = field(
+        default=None,
         metadata=described(
-            "Toxicity scorer: profanity-check, hf:<id|dir>, detoxify:<ckpt> or perspective "
-            "(see decpo.scoring.classifiers)."
+            "Toxicity scorer: jigsaw-bilstm, profanity-check, hf:<id|dir>, detoxify:<ckpt> or perspective "
+            "(see decpo.scoring.classifiers); None: jigsaw-bilstm, or profanity-check when jigsaw-bilstm "
+            "ranked the training pairs (pairs_scorer): not the scorer the model was trained on. Several, "
+            "separated by commas: the first gives the gen/ and sampled/ measures, and by_scorer/<spec>/ holds "
+            "each one's toxicity measures side by side, by_scorer/mean/ those of their mean score."
+        ),
+    )
+    pairs_scorer: str | None = field(
+        default=None,
+        metadata=described(
+            "Toxicity: the scorer that ranked the model's training pairs (`decpo run` sets it from "
+            "pairs.scorer); the same as scorer -> results.json opens with a WARNING. None: unknown."
         ),
     )
     beta: float = field(default=0.1, metadata=described("DPO beta of the implicit reward."))
@@ -126,6 +169,11 @@ class EvalConfig:
         ),
     )
 
+    @property
+    def scorer_warning(self) -> str | None:
+        """`same_scorer_warning` of a toxicity evaluation; None for other tasks."""
+        return same_scorer_warning(self.scorer, self.pairs_scorer) if self.task == "toxicity" else None
+
     def __post_init__(self) -> None:
         task = get_task(self.task)  # EvalError for an unknown task, suggesting the closest name
         if self.quick and not task.quick:
@@ -138,6 +186,10 @@ class EvalConfig:
             raise EvalError(f"limit must be >= 1, got {self.limit}")
         if self.batch_size < 1:
             raise EvalError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.scorer is None:
+            self.scorer = default_eval_scorer(scorer_spec(self.pairs_scorer) if self.pairs_scorer else None)
+        if self.num_samples < 0:
+            raise EvalError(f"num_samples must be >= 0 (0: greedy only), got {self.num_samples}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise EvalError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.beta <= 0:

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from decpo.data import chat_messages
@@ -142,21 +143,45 @@ class EvalContext:
     def entry(self, values: list[float], direction: str) -> dict[str, Any]:
         return M.metric_entry(values, direction, seed=self.cfg.seed, n_boot=self.cfg.n_boot)
 
+    def _rendered(self, prompts: list[str]) -> list[str]:
+        """The prompts in the chat template when ``self.chat_template`` (as log-prob measures), else as given."""
+        if not self.chat_template:
+            return prompts
+        return [
+            self.tokenizer.apply_chat_template(chat_messages(p), add_generation_prompt=True, tokenize=False)
+            for p in prompts
+        ]
+
     def generate(self, prompts: list[str], desc: str) -> list[str]:
         """Greedy outputs, the prompts in the chat template when ``self.chat_template`` (as log-prob measures)."""
-        if self.chat_template:
-            prompts = [
-                self.tokenizer.apply_chat_template(
-                    chat_messages(p), add_generation_prompt=True, tokenize=False
-                )
-                for p in prompts
-            ]
         return generate(
             self.model,
             self.tokenizer,
-            prompts,
+            self._rendered(prompts),
             max_new_tokens=self.cfg.new_tokens,
             batch_size=self.cfg.batch_size,
             progress=self.cfg.progress,
             desc=desc,
         )
+
+    def sample(
+        self, prompts: list[str], k: int, desc: str, *, temperature: float, top_p: float
+    ) -> list[list[str]]:
+        """``k`` sampled outputs per prompt (``[prompt][sample]``), drawn after seeding torch with
+        ``cfg.seed``: the same config gives the same samples whatever ran before."""
+        torch.manual_seed(self.cfg.seed)
+        flat = generate(
+            self.model,
+            self.tokenizer,
+            self._rendered(prompts),
+            max_new_tokens=self.cfg.new_tokens,
+            batch_size=self.cfg.batch_size,
+            do_sample=True,
+            temperature=temperature,
+            top_p=top_p,
+            num_return_sequences=k,
+            progress=self.cfg.progress,
+            desc=desc,
+        )
+        # generate returns the k samples of each prompt together: [p0 s0, ..., p0 s(k-1), p1 s0, ...]
+        return [flat[i * k : (i + 1) * k] for i in range(len(prompts))]

@@ -57,7 +57,12 @@ def evaluate(cfg: EvalConfig, output_dir: str | Path) -> EvalResult:
     config.pop("progress")
     config["max_new_tokens"] = cfg.new_tokens
     config["chat_template"] = ctx.chat_template  # as resolved ("auto": the training run's)
+    # upper case sorts first in results.json (sorted keys): the warning is its first line
+    warning = {"WARNING": cfg.scorer_warning} if cfg.scorer_warning else {}
+    if warning:
+        logger.warning(cfg.scorer_warning)
     results = {
+        **warning,
         "task": cfg.task,
         "model": ctx.model_spec,
         "reference": ctx.reference_spec,

@@ -20,7 +20,7 @@ from typing import Any
 from decpo.config import ConfigError, RunConfig, save_config
 from decpo.data import DataError, resolve_data_dir
 from decpo.data.prompts import check_disjoint
-from decpo.evaluation.config import EvalConfig
+from decpo.evaluation.config import EvalConfig, scorer_specs
 from decpo.evaluation.registry import EvalError, get_task, task_names
 from decpo.evaluation.runner import evaluate
 from decpo.evaluation.tasks.toxicity import toxicity_prompts
@@ -34,6 +34,7 @@ from decpo.pairs.sampling import side_files
 from decpo.probes.runner import WEIGHT_SITE, probe_models, rows_to_csv
 from decpo.records import StageLog
 from decpo.reports.learning_curves import curve_limit, curve_measure, ends_reuse_evals, result_path
+from decpo.scoring.classifiers import make_scorer
 from decpo.training.launch import launch
 from decpo.training.run import train
 
@@ -237,6 +238,19 @@ def eval_settings(cfg: RunConfig) -> dict:
     }
 
 
+def pairs_scorer(cfg: RunConfig) -> str | None:
+    """The scorer that ranked the training pairs: ``pairs.scorer`` when the run builds them, else unknown."""
+    return cfg.pairs.scorer if cfg.pairs.source else None
+
+
+def eval_config_scorer(cfg: RunConfig) -> str:
+    """The toxicity evaluation's scorer(s): ``experiment.eval_scorer``, else the default that is not the
+    pairs' scorer (`EvalConfig`)."""
+    return EvalConfig(
+        task="toxicity", scorer=cfg.experiment.eval_scorer, pairs_scorer=pairs_scorer(cfg)
+    ).scorer
+
+
 def eval_stage(
     cfg: RunConfig, task: str, model_spec: str, out: Path, pairs_path: Path | None = None, quick: bool = False
 ) -> Callable[[], None]:
@@ -257,6 +271,9 @@ def eval_stage(
                 beta=cfg.train.beta,
                 dtype=cfg.model.dtype,
                 generate=cfg.experiment.eval_generate,
+                num_samples=cfg.experiment.eval_num_samples,
+                scorer=eval_config_scorer(cfg),
+                pairs_scorer=pairs_scorer(cfg),
                 chat_template=eval_chat_template(cfg),
                 synthetic_answer=cfg.data.synthetic_answer,  # the answers as trained
                 quick=quick,
@@ -293,7 +310,11 @@ def add_evals(
     out: Path,
     first: list[str],
 ) -> None:
-    """``eval/<task>/<label>`` of every model, each after the model's training (and ``first``)."""
+    """``eval/<task>/<label>`` of every model, each after the model's training (and ``first``); the toxicity
+    scorers are built once now, so that a missing one (package, key) stops the run before any training."""
+    if "toxicity" in tasks:
+        for scorer in scorer_specs(eval_config_scorer(cfg)):
+            make_scorer(scorer)
     for task in tasks:
         for label, spec in models.items():
             after = [*first, *([f"train/{label}"] if label != BASE else [])]

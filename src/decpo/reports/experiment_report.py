@@ -33,6 +33,7 @@ from decpo.reports.results import (
     load_results,
     minus_base,
     not_applicable_lines,
+    scorer_warning_lines,
     training_data,
 )
 from decpo.reports.style import method_color, pyplot
@@ -66,7 +67,8 @@ def write_report(
 
     # validated before any stage ran (decpo.experiment), so it resolves here as it did then
     primary = resolve_primary(cfg.experiment.primary, tasks)
-    lines = ["# DecPO experiment report", "", primary_line(output_dir, primary, tasks, models), ""]
+    lines = ["# DecPO experiment report", "", *scorer_warning_lines(cfg, tasks)]  # before all else
+    lines += [primary_line(output_dir, primary, tasks, models), ""]
     lines += manipulation_lines(
         output_dir, results, primary, views, regularized, models, cfg.experiment.methods, cfg.train.beta
     )

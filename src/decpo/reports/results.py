@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from decpo.config import RunConfig
+from decpo.evaluation.config import same_scorer_warning
 from decpo.names import BASE
 from decpo.reports.hierarchical import hierarchical_paired_bootstrap
 from decpo.reports.items import align_items, item_values
@@ -178,6 +179,15 @@ def training_data(cfg: RunConfig) -> str:
     if cfg.pairs.source:
         return f"pairs sampled from the model on {cfg.pairs.source} (split {cfg.pairs.split})"
     return cfg.data.path or cfg.data.task
+
+
+def scorer_warning_lines(cfg: RunConfig, tasks: Sequence[str]) -> list[str]:
+    """The report's warning when the toxicity evaluation's scorer is the one that ranked the training pairs
+    (as the eval stages resolve it: `decpo.evaluation.config.same_scorer_warning`)."""
+    if "toxicity" not in tasks:
+        return []
+    warning = same_scorer_warning(cfg.experiment.eval_scorer, cfg.pairs.scorer if cfg.pairs.source else None)
+    return [f"**Warning: {warning}**", ""] if warning else []
 
 
 def data_lines(output_dir: Path, cfg: RunConfig, tasks: Sequence[str]) -> list[str]:

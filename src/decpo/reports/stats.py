@@ -212,10 +212,11 @@ def binary_difference_bound(d: float, n_items: int, level: float = LEVEL, *, n_s
 
 
 def share_measure(metric: str) -> bool:
-    """A mean of per-item scores in [0, 1]: an accuracy or a rate (``ab_accuracy_mean_orders`` too, whose
-    items score 0, 0.5 or 1)."""
+    """A mean of per-item scores in [0, 1]: an accuracy, a rate or a probability (``ab_accuracy_mean_orders``
+    too, whose items score 0, 0.5 or 1)."""
     leaf = metric.rsplit("/", 1)[-1]
-    return "accuracy" in leaf or leaf.endswith("_rate")
+    # toxicity_probability: the share of prompts with a toxic sample (the RealToxicityPrompts name)
+    return "accuracy" in leaf or leaf.endswith("_rate") or leaf == "toxicity_probability"
 
 
 def binary_items(metric: str, values: Sequence[float]) -> bool:

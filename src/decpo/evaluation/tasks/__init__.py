@@ -13,9 +13,12 @@ Tasks and their measures (every metric is a mean over items with a 95% bootstrap
     toxicity    20-token greedy continuations of the eval split of the RealToxicityPrompts challenging prompts
                 (or ``prompts_path``), continuation only scored by a toxicity scorer: mean toxicity and
                 share below 0.5; the fluency guard beside them: share of valid continuations (a word, no
-                repetition loop, `decpo.scoring.fluency`), share valid and non-toxic (the paper's
-                measure), perplexity under the base model; pair measures on ``pairs_path`` (held-out
-                pairs of the run) or the hh-rlhf harmless test pairs.
+                repetition loop, `decpo.scoring.fluency`, no duplicate of another prompt's), share valid
+                and non-toxic (the paper's measure), perplexity under the base model; the collapse guard
+                (distinct-1/2, cross-prompt duplicates, `decpo.scoring.diversity`); with ``num_samples``
+                K > 0 the RealToxicityPrompts protocol (``sampled/``: expected maximum toxicity and
+                toxicity probability over K sampled continuations per prompt); pair measures on
+                ``pairs_path`` (held-out pairs of the run) or the hh-rlhf harmless test pairs.
 Each built-in task declares its primary measure (``register_task(..., primary=...)``), the one a ``decpo
 run`` report leads with unless ``experiment.primary`` names another: ``ab_accuracy_debiased`` for synthetic,
 reading and sycophancy, ``gen/positive_rate`` for reframing, ``gen/valid_non_toxic_rate`` for toxicity.
