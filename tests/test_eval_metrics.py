@@ -76,7 +76,7 @@ def test_bootstrap_ci_contains_mean_and_is_deterministic():
     se = np.std(values, ddof=1) / np.sqrt(len(values))
     assert (high - low) / 2 == pytest.approx(1.96 * se, rel=0.25)
     assert bootstrap_ci([0.7]) == (0.7, 0.7)
-    assert bootstrap_ci([1.0, 1.0, 1.0]) == (1.0, 1.0)
+    assert bootstrap_ci([1.0, 1.0, 1.0]) == pytest.approx((0.025 ** (1 / 3), 1.0))  # 3/3: exact, not certain
 
 
 def test_metric_entry_schema():
@@ -171,3 +171,12 @@ def test_jackknife_ci_of_a_mean_is_the_classical_interval():
     assert (low, high) == pytest.approx((x.mean() - half, x.mean() + half))
     assert jackknife_ci(float(x.mean()), leave_one_out, bounds=(0.5, 0.6)) == (0.5, 0.6)
     assert jackknife_ci(0.3, [0.3]) == (0.3, 0.3)
+
+
+def test_a_share_at_its_ceiling_or_floor_gets_an_exact_interval_never_zero_width():
+    # decpo eval printed 32/32 as [1.0000, 1.0000]; the exact lower bound is 0.025 ** (1 / 32) = 0.891
+    low, high = bootstrap_ci([1.0] * 32)
+    assert high == 1.0 and low == pytest.approx(0.025 ** (1 / 32), abs=1e-9)
+    low, high = bootstrap_ci([0.0] * 64)
+    assert low == 0.0 and high == pytest.approx(1 - 0.025 ** (1 / 64), abs=1e-9)
+    assert bootstrap_ci([0.5] * 8) == (0.5, 0.5)  # equal non-binary scores: no sampling variation to show

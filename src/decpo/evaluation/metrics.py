@@ -88,17 +88,30 @@ def parse_ab_letter(text: str) -> str | None:
     return match[1] if match else None
 
 
+def exact_binomial_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) ``level`` interval of ``k`` of ``n``:
+    ``scipy.stats.binomtest(k, n).proportion_ci(method="exact")``."""
+    if n < 1 or not 0 <= k <= n:
+        raise ValueError(f"exact binomial interval needs 0 <= k <= n and n >= 1, got k={k}, n={n}")
+    ci = stats.binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="exact")
+    return float(ci.low), float(ci.high)
+
+
 def bootstrap_ci(
     values: Sequence[float], n_boot: int = 1000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean of ``values`` (``scipy.stats.bootstrap``, items resampled with
-    replacement). Deterministic for a given ``seed``. One item, or all values equal, gives a zero-width interval.
+    replacement). Deterministic for a given ``seed``. All values 0 or all 1 (a share at its floor or ceiling,
+    where every resample is equal): the exact binomial interval (`exact_binomial_ci`), never zero-width; any
+    other set of equal values (or one item) gives a zero-width interval.
     """
     x = np.asarray(values, dtype=np.float64)
     if x.size == 0:
         raise ValueError("bootstrap CI of zero values")
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
+    if np.all(x == x[0]) and x[0] in (0.0, 1.0):  # 64/64 is not certainty: its exact lower bound is 0.944
+        return exact_binomial_ci(int(x.sum()), x.size, level)
     if x.size == 1 or np.all(x == x[0]):  # a degenerate resample distribution (scipy warns and gives nan)
         return float(x[0]), float(x[0])
     res = stats.bootstrap(

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from decpo.evaluation.metrics import exact_binomial_ci
+
 LEVEL = 0.95
 N_RESAMPLES = 9999
 
@@ -173,10 +175,8 @@ def exact_binomial(k: int, n: int, level: float = LEVEL, *, n_seeds: int = 1) ->
 
     Never zero-width: 64/64 has the lower bound ``0.025 ** (1 / 64) = 0.944``, 0/64 the upper bound 0.056.
     """
-    if n < 1 or not 0 <= k <= n:
-        raise ValueError(f"exact binomial interval needs 0 <= k <= n and n >= 1, got k={k}, n={n}")
-    ci = stats.binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="exact")
-    return Estimate(k / n, float(ci.low), float(ci.high), n_seeds, "exact binomial", int(n))
+    low, high = exact_binomial_ci(k, n, level)
+    return Estimate(k / n, low, high, n_seeds, "exact binomial", int(n))
 
 
 def proportion_estimate(values: Sequence[float], level: float = LEVEL) -> Estimate:
