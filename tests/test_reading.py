@@ -338,3 +338,17 @@ def test_eval_scores_a_run_folder_in_the_answer_format_it_was_trained_on():
     assert trained_answer_format({"data": {"task": "reading", "synthetic_answer": "number"}}) == "number"
     assert trained_answer_format({"data": {"task": "synthetic"}}) == "option"
     assert trained_answer_format(None) == "option"
+
+
+def test_eval_refuses_an_unknown_answer_format_and_number_off_reading():
+    from decpo.evaluation.config import EvalConfig
+    from decpo.evaluation.registry import EvalError
+
+    with pytest.raises(EvalError, match="synthetic_answer must be"):
+        EvalConfig(task="reading", model="tiny-random-llama", synthetic_answer="digits")
+    with pytest.raises(EvalError, match="reading task's alone"):
+        EvalConfig(task="synthetic", model="tiny-random-llama", synthetic_answer="number")
+    assert (
+        EvalConfig(task="reading", model="tiny-random-llama", synthetic_answer="number").synthetic_answer
+        == "number"
+    )

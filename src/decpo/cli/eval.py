@@ -15,7 +15,7 @@ from decpo.scoring.classifiers import ScorerError
 from decpo.scoring.judge import JudgeError
 
 # EvalConfig fields without a flag (as before: the library's defaults; a config of your own sets them)
-NO_FLAG = ("n_boot", "pair_max_length", "dtype", "generate", "synthetic_answer")
+NO_FLAG = ("n_boot", "pair_max_length", "dtype", "generate")
 
 
 def add_parser(subparsers) -> None:

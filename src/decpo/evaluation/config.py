@@ -176,6 +176,12 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         task = get_task(self.task)  # EvalError for an unknown task, suggesting the closest name
+        if self.synthetic_answer not in (None, "option", "letter", "number"):
+            raise EvalError(
+                f"synthetic_answer must be option, letter, number or None (as trained), got {self.synthetic_answer!r}"
+            )
+        if self.synthetic_answer == "number" and self.task != "reading":
+            raise EvalError(f"synthetic_answer=number is the reading task's alone, not {self.task!r}'s")
         if self.quick and not task.quick:
             quick = ", ".join(t.name for t in TASKS.values() if t.quick)
             raise EvalError(
