@@ -159,26 +159,33 @@ def test_decpo_and_probes_in_two_processes_equal_one(tmp_path, monkeypatch):
             assert y[key] == pytest.approx(x[key], rel=1e-4, abs=1e-5), (x["step"], key)
 
 
-def test_full_fine_tuning_under_fsdp2_in_two_processes_equals_one(tmp_path):
+@pytest.mark.parametrize(
+    "extra, weights_file",
+    [(["model.use_peft=false"], "model.safetensors"), ([], "adapter_model.safetensors")],
+    ids=["full", "lora"],
+)
+def test_fsdp2_in_two_processes_equals_one(tmp_path, extra, weights_file):
     # DecPOTrainer sharded by FSDP2 (train.fsdp) on 2 CPU processes, accelerate patched to allow it on CPU
     # (`distributed_jobs.fsdp_on_cpu`: on its own it runs DDP there); plain DPO, full fine-tuning (the reference
-    # a frozen copy: `decpo.training.build.reference_model`), 8 pairs = one global batch
-    from decpo.models import load_model
+    # a frozen copy: `decpo.training.build.reference_model`) or LoRA, 8 pairs = one global batch
+    from decpo.models import TINY_NAME, load_model
 
-    args = [*COMMON, "model.use_peft=false"]
+    args = [*COMMON, *extra]
     one, two = tmp_path / "one", tmp_path / "two"
     assert train_one(one, "train.per_device_train_batch_size=8", *args) == 0
     fsdp = "train.fsdp_config={version: 2, transformer_layer_cls_to_wrap: [LlamaDecoderLayer]}"
     done = train_two("fsdp", two, "train.per_device_train_batch_size=4", *args, "train.fsdp=full_shard", fsdp)
     assert done.stderr.count("fsdp-on-cpu: distributed type FSDP") == 2
-    assert "fsdp-on-cpu: state dict of FSDPLlamaForCausalLM" in done.stderr  # the FSDP2-sharded model
+    assert "fsdp-on-cpu: state dict of FSDP" in done.stderr  # of the FSDP2-sharded model (FSDP<its class>)
 
     assert losses(two) == pytest.approx(losses(one), rel=1e-5)
-    weights = assert_same_final_weights(one, two, "model.safetensors")
-    loaded = dict(load_model(str(two / "final")).named_parameters())
-    assert torch.equal(
-        loaded["model.layers.0.mlp.up_proj.weight"], weights["model.layers.0.mlp.up_proj.weight"]
-    )
+    weights = assert_same_final_weights(one, two, weights_file)
+    up = "model.layers.0.mlp.up_proj.weight"
+    loaded = dict(load_model(str(two / "final")).named_parameters())[up]  # an adapter: merged into its base
+    if "model.use_peft=false" in extra:
+        assert torch.equal(loaded, weights[up])
+    else:
+        assert not torch.equal(loaded, dict(load_model(TINY_NAME).named_parameters())[up])
 
 
 def test_short_last_batch_penalty_and_fsdp_probes_on_every_process(tmp_path):
