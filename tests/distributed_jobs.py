@@ -2,6 +2,7 @@
 
 python tests/distributed_jobs.py train <decpo train arguments...>   `decpo train`, pairs in file order
 python tests/distributed_jobs.py sharded <out.json>                  FSDP2 probes, a short-last-batch run
+python tests/distributed_jobs.py fsdp <decpo train arguments...>    `decpo train` under FSDP2 on CPU processes
 """
 
 from __future__ import annotations
@@ -110,7 +111,42 @@ def drive_callback(probe, model, is_main: bool) -> list[dict]:
     return [*trainer.logged, logs]
 
 
+def fsdp_on_cpu() -> None:
+    """Let accelerate (1.15) run FSDP2 on CPU processes, which it does not on its own; two patches:
+
+    1. ``AcceleratorState`` makes a run on CPU processes ``MULTI_CPU`` (DDP) even when the Trainer hands it an
+       FSDP plugin (``train.fsdp``): FSDP is chosen for GPU kinds only. Here it becomes ``FSDP``.
+    2. ``Accelerator.get_state_dict`` then takes its FSDP1 branch (``is_fsdp2`` is False), whose tensors point
+       at freed storage once the model is FSDP2-sharded on CPU ("Attempted to access the data pointer on an
+       invalid python storage" in safetensors). Here: torch's full state dict, copied, on every process.
+    Each patch prints a line, so that the test knows FSDP ran.
+    """
+    import accelerate
+    import accelerate.state as state
+    from accelerate.utils import DistributedType
+
+    init = state.AcceleratorState.__init__
+
+    def fsdp_init(self, *args, fsdp_plugin=None, **kwargs):
+        init(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+        if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+            self.distributed_type, self.fsdp_plugin = DistributedType.FSDP, fsdp_plugin
+            print("fsdp-on-cpu: distributed type FSDP", file=sys.stderr)
+
+    def full_state_dict(self, model, unwrap=True):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        print(f"fsdp-on-cpu: state dict of {type(model).__name__}", file=sys.stderr)
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+        return {k: v.detach().clone() for k, v in full.items()}
+
+    state.AcceleratorState.__init__ = fsdp_init
+    accelerate.Accelerator.get_state_dict = full_state_dict
+
+
 if __name__ == "__main__":
     os.environ.setdefault("TQDM_DISABLE", "1")
     job, *rest = sys.argv[1:]
-    raise SystemExit(train(rest) if job == "train" else sharded(*rest))
+    if job == "fsdp":
+        fsdp_on_cpu()
+    raise SystemExit(train(rest) if job in ("train", "fsdp") else sharded(*rest))

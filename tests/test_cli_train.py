@@ -247,3 +247,28 @@ def test_training_and_evaluation_record_the_same_environment():
     assert run.environment is environment and runner.environment is environment
     env = environment()
     assert {"decpo", "git", "torch", "transformers", "trl", "device", "threads", "world_size"} <= set(env)
+
+
+def test_full_fine_tuning_under_fsdp_gets_a_frozen_reference(tmp_path, monkeypatch):
+    """Under FSDP TRL loads a reference for the precompute too, by the policy's name (which fails for the
+    embedded and in-process models): decpo hands it a frozen copy, as without precompute."""
+    from decpo.config import load_config
+    from decpo.models import TINY_NAME, load_model
+    from decpo.training.args import trainer_args
+    from decpo.training.build import reference_model
+
+    model = load_model(TINY_NAME)
+    for extra, trl_needs_none in [
+        ([], True),  # full fine-tuning with precomputed log-probs: TRL needs no reference model
+        (["train.fsdp=full_shard"], False),
+        (["train.fsdp=full_shard", "model.use_peft=true"], True),  # the adapter disabled
+        (["train.precompute_ref_log_probs=false"], False),
+    ]:
+        cfg = load_config(SMOKE, ["model.use_peft=false", *extra])
+        ref = reference_model(cfg, trainer_args(cfg, tmp_path), model)
+        assert (ref is None) is trl_needs_none, extra
+        assert ref is None or (ref is not model and not any(p.requires_grad for p in ref.parameters()))
+    # `accelerate launch --config_file configs/accelerate/fsdp.yaml` says FSDP through the environment
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    cfg = load_config(SMOKE, ["model.use_peft=false"])
+    assert reference_model(cfg, trainer_args(cfg, tmp_path), model) is not None

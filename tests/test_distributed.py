@@ -59,6 +59,36 @@ def child_env():
     }
 
 
+def train_one(run_dir, *args) -> int:
+    """`decpo train` on the smoke preset in this process."""
+    return main(["train", "--config", SMOKE, "--output-dir", str(run_dir), *args])
+
+
+def train_two(job: str, run_dir, *args) -> subprocess.CompletedProcess:
+    """`distributed_jobs.py <job>` (`decpo train` on the smoke preset) in 2 processes started by torchrun."""
+    script = [
+        str(REPO / "tests" / "distributed_jobs.py"),
+        job,
+        "--config",
+        SMOKE,
+        "--output-dir",
+        str(run_dir),
+    ]
+    env = {**child_env(), NUM_PROCESSES_ENV: "2"}  # `decpo train` then fails unless it is one of 2 processes
+    done = subprocess.run([*TORCHRUN, *script, *args], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def assert_same_final_weights(one, two, filename: str) -> dict:
+    """The two runs' ``final/<filename>`` hold the same tensors (atol 1e-5); returns the second's."""
+    a, b = (load_file(str(d / "final" / filename)) for d in (one, two))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-5), key
+    return b
+
+
 @pytest.mark.parametrize("extra", [[], ["train.share_prompt=true"]], ids=["trl-layout", "shared-prompt"])
 def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, extra):
     one = tmp_path / "one"
@@ -98,11 +128,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, extra):
     assert done.returncode == 0, done.stderr[-3000:]
 
     assert losses(two) == pytest.approx(losses(one), abs=1e-5)
-    a = load_file(str(one / "final" / "adapter_model.safetensors"))
-    b = load_file(str(two / "final" / "adapter_model.safetensors"))
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.allclose(a[key], b[key], atol=1e-5), key
+    assert_same_final_weights(one, two, "adapter_model.safetensors")
 
 
 def test_decpo_and_probes_in_two_processes_equal_one(tmp_path, monkeypatch):
@@ -115,28 +141,10 @@ def test_decpo_and_probes_in_two_processes_equal_one(tmp_path, monkeypatch):
         "probe.every_n_steps=1",
         "train.per_device_train_batch_size=4",
     ]
-    one = tmp_path / "one"
+    one, two = tmp_path / "one", tmp_path / "two"
     monkeypatch.setattr(run, "trainer_args", sequential_trainer_args)
-    assert (
-        main(
-            [
-                "train",
-                "--config",
-                SMOKE,
-                "--output-dir",
-                str(one),
-                "train.gradient_accumulation_steps=2",
-                *args,
-            ]
-        )
-        == 0
-    )
-
-    two = tmp_path / "two"
-    job = [str(REPO / "tests" / "distributed_jobs.py"), "train", "--config", SMOKE, "--output-dir", str(two)]
-    env = {**child_env(), NUM_PROCESSES_ENV: "2"}  # `decpo train` then fails unless it is one of 2 processes
-    done = subprocess.run([*TORCHRUN, *job, *args], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert train_one(one, "train.gradient_accumulation_steps=2", *args) == 0
+    train_two("train", two, *args)
 
     clock = {"time", "probe/seconds", "eval/runtime", "eval/samples_per_second", "eval/steps_per_second"}
     a, b = rows(one), rows(two)
@@ -149,6 +157,35 @@ def test_decpo_and_probes_in_two_processes_equal_one(tmp_path, monkeypatch):
         assert x.keys() == y.keys()
         for key in x.keys() - clock:
             assert y[key] == pytest.approx(x[key], rel=1e-4, abs=1e-5), (x["step"], key)
+
+
+@pytest.mark.parametrize(
+    "extra, weights_file",
+    [(["model.use_peft=false"], "model.safetensors"), ([], "adapter_model.safetensors")],
+    ids=["full", "lora"],
+)
+def test_fsdp2_in_two_processes_equals_one(tmp_path, extra, weights_file):
+    # DecPOTrainer sharded by FSDP2 (train.fsdp) on 2 CPU processes, accelerate patched to allow it on CPU
+    # (`distributed_jobs.fsdp_on_cpu`: on its own it runs DDP there); plain DPO, full fine-tuning (the reference
+    # a frozen copy: `decpo.training.build.reference_model`) or LoRA, 8 pairs = one global batch
+    from decpo.models import TINY_NAME, load_model
+
+    args = [*COMMON, *extra]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert train_one(one, "train.per_device_train_batch_size=8", *args) == 0
+    fsdp = "train.fsdp_config={version: 2, transformer_layer_cls_to_wrap: [LlamaDecoderLayer]}"
+    done = train_two("fsdp", two, "train.per_device_train_batch_size=4", *args, "train.fsdp=full_shard", fsdp)
+    assert done.stderr.count("fsdp-on-cpu: distributed type FSDP") == 2
+    assert "fsdp-on-cpu: state dict of FSDP" in done.stderr  # of the FSDP2-sharded model (FSDP<its class>)
+
+    assert losses(two) == pytest.approx(losses(one), rel=1e-5)
+    weights = assert_same_final_weights(one, two, weights_file)
+    up = "model.layers.0.mlp.up_proj.weight"
+    loaded = dict(load_model(str(two / "final")).named_parameters())[up]  # an adapter: merged into its base
+    if "model.use_peft=false" in extra:
+        assert torch.equal(loaded, weights[up])
+    else:
+        assert not torch.equal(loaded, dict(load_model(TINY_NAME).named_parameters())[up])
 
 
 def test_short_last_batch_penalty_and_fsdp_probes_on_every_process(tmp_path):

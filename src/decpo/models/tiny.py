@@ -5,6 +5,8 @@ Used by unit tests and the `smoke` preset. Nothing is downloaded.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -17,8 +19,14 @@ _CORPUS = [
 ]
 
 
-def build_tiny_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
-    """Byte-level BPE trained on a fixed corpus: deterministic, covers any text through bytes."""
+def build_tiny_tokenizer(
+    vocab_size: int = 320, corpus: Iterable[str] | None = None
+) -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained on ``corpus`` (default: a fixed one): deterministic, covers any text through bytes.
+
+    A corpus of a task's own text (with a larger ``vocab_size``) keeps its prompts about as short as a real
+    tokenizer does, so that they fit the task's ``train.max_length``.
+    """
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -28,7 +36,7 @@ def build_tiny_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS, trainer=trainer)
+    tok.train_from_iterator(_CORPUS if corpus is None else corpus, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", padding_side="left"
     )

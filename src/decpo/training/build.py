@@ -4,6 +4,7 @@ reference model, the callbacks (metrics, log line, guards, probes, trackers), as
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from transformers.trainer_callback import ProgressCallback
@@ -46,12 +47,9 @@ def build_trainer(
         resolve_layers(model, cfg.train.reg_layers)  # a clear error before anything slow
     check_prompt_lengths(tokenizer, train_records, cfg.train.max_length, "train")
     check_prompt_lengths(tokenizer, eval_records, cfg.train.max_length, "eval")
-    # Full fine-tuning without precomputed reference log-probs needs a frozen copy; TRL would otherwise
-    # reload the model by name, which fails for the embedded and in-process models.
     extra = {}
     if cfg.objective.name != "simpo":  # SimPO has no reference model
-        keep = cfg.model.use_peft or cfg.train.precompute_ref_log_probs
-        extra["ref_model"] = None if keep else frozen_copy(model)
+        extra["ref_model"] = reference_model(cfg, args, model)
     probe = (
         probe_callback(cfg, tokenizer, eval_records or train_records) if cfg.probe.every_n_steps > 0 else None
     )
@@ -75,6 +73,21 @@ def build_trainer(
     )
     _order_callbacks(trainer, trackers, probe)
     return trainer
+
+
+def reference_model(cfg: RunConfig, args, model):
+    """The ``ref_model`` handed to TRL: None where TRL needs none (LoRA: the adapter disabled; precomputed
+    reference log-probs), else a frozen copy of the policy.
+
+    Full fine-tuning without precomputed log-probs, or under FSDP (where TRL loads a reference for the
+    precompute too), needs one; TRL would otherwise reload the model by name, which fails for the embedded
+    and in-process models."""
+    fsdp = (
+        bool(args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    )  # or accelerate's
+    if cfg.model.use_peft or (cfg.train.precompute_ref_log_probs and not fsdp):
+        return None
+    return frozen_copy(model)
 
 
 def _policy(cfg: RunConfig):
