@@ -93,3 +93,36 @@ def test_default_preset_learns_the_task_without_the_shortcut(tmp_path):
     assert value["ab_accuracy_user_correct"] >= 0.75 and value["ab_accuracy_user_wrong"] >= 0.75, value
     assert value["transfer/ab_accuracy_mean_orders"] >= 0.65, value
     assert value["preference_accuracy"] >= 0.85, value
+
+
+@needs_default
+def test_reading_preset_lands_off_the_ceiling_and_above_the_base(tmp_path):
+    """One seed of `configs/reading.yaml` (DPO), scored on the TEST split as `decpo run` scores it: the
+    primary outcome lies in [0.60, 0.90] (tuned on dev to land there, off the ceiling) and above the base.
+
+    Measured when written (runs/reading, seed 0): DPO 0.891, base 0.281 on the first 64 test items."""
+    from decpo.config import load_config
+    from decpo.evaluation.config import EvalConfig
+    from decpo.evaluation.runner import evaluate
+    from decpo.training.run import train
+
+    cfg = load_config(REPO / "configs" / "reading.yaml", ["objective.name=dpo", "train.seed=0"])
+    assert cfg.experiment.primary == "reading:ab_accuracy_debiased"
+
+    def primary(model: str, name: str) -> float:
+        quick = EvalConfig(
+            task="reading",
+            model=model,
+            split="test",
+            limit=cfg.experiment.eval_limit,
+            batch_size=cfg.experiment.eval_batch_size,
+            synthetic_answer=cfg.data.synthetic_answer,
+            quick=True,
+            progress=False,
+        )
+        return evaluate(quick, tmp_path / name).results["metrics"]["ab_accuracy_debiased"]["value"]
+
+    train(cfg, tmp_path / "dpo")
+    dpo, base = primary(str(tmp_path / "dpo"), "eval-dpo"), primary("default", "eval-base")
+    assert 0.60 <= dpo <= 0.90, dpo
+    assert dpo > base + 0.2, (dpo, base)
