@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from decpo.config.fields import described
 from decpo.config.sampling import scorer_spec
+from decpo.data.reading import ANSWER_FORMATS
 from decpo.evaluation.registry import TASKS, EvalError, get_task
 from decpo.scoring.classifiers import default_eval_scorer
 
@@ -176,7 +177,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         task = get_task(self.task)  # EvalError for an unknown task, suggesting the closest name
-        if self.synthetic_answer not in (None, "option", "letter", "number"):
+        if self.synthetic_answer is not None and self.synthetic_answer not in ANSWER_FORMATS:
             raise EvalError(
                 f"synthetic_answer must be option, letter, number or None (as trained), got {self.synthetic_answer!r}"
             )
