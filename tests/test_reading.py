@@ -352,3 +352,17 @@ def test_eval_refuses_an_unknown_answer_format_and_number_off_reading():
         EvalConfig(task="reading", model="tiny-random-llama", synthetic_answer="number").synthetic_answer
         == "number"
     )
+
+
+def test_eval_context_scores_a_number_run_in_numbers(monkeypatch):
+    # the wiring: EvalContext resolves synthetic_answer=None from the run folder's config
+    from decpo.evaluation import context as context_module
+    from decpo.evaluation.config import EvalConfig
+
+    monkeypatch.setattr(
+        context_module,
+        "training_config",
+        lambda spec: {"data": {"task": "reading", "synthetic_answer": "number"}},
+    )
+    ctx = context_module.EvalContext(EvalConfig(task="reading", model="tiny-random-llama"))
+    assert ctx.cfg.synthetic_answer == "number"
