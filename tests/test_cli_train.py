@@ -233,7 +233,8 @@ def test_without_config_the_commands_use_the_shipped_demo_preset():
     cfg = load_config(config_path(None))
     assert (
         cfg.experiment.seeds == [0, 1, 2]
-        and cfg.train.learning_rate == 3e-3
+        and cfg.train.learning_rate == 2e-3
+        and cfg.data.task == "reading"
         and cfg.train.reg_weight == "auto"
     )
     assert config_path("x.yaml").name == "x.yaml"

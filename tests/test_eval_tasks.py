@@ -16,7 +16,13 @@ from decpo.evaluation.context import default_reference, resolve_model_spec
 from decpo.evaluation.metrics import ab_predictions
 from decpo.evaluation.runner import evaluate
 from decpo.inference.generation import generate
-from decpo.inference.logprobs import ab_completions, ab_logps, pair_logps
+from decpo.inference.logprobs import (
+    ab_completions,
+    ab_logps,
+    answer_sets_logps,
+    encode_completions,
+    pair_logps,
+)
 from decpo.models import load_model, load_tokenizer
 
 TINY = "tiny-random-llama"
@@ -86,6 +92,39 @@ def test_ab_scores_of_each_records_own_answers_equal_naive_loop(tiny):
         assert y == pytest.approx(naive_completion_logp(model, tokenizer, r["prompt"], b), abs=1e-4)
     with pytest.raises(ValueError, match="option pairs"):
         ab_logps(model, tokenizer, ["x"], options=[], progress=False)
+
+
+@pytest.mark.parametrize("chat_template", [False, True])
+def test_answer_sets_in_one_pass_equal_each_pair_alone(tiny, chat_template):
+    """Letters and numbers scored in one pass (as the reading task does) give each pair's own scores, also
+    where a pair's answers merge with the prompt's last token (its prompt/completion boundary moves)."""
+    model, tokenizer = tiny
+    prompts = ["Fact: 12 and 31.\nAnswer:", "Which is right? The answer is 2", "Q: pick one\nA:"]
+    sets = [[(" 12", " 31"), (" (A)", " (B)")], [("3", "4"), (" (A)", " (B)")], [(" 7", " 9"), (" (A)", " (B)")]]
+    if chat_template and not getattr(tokenizer, "chat_template", None):
+        pytest.skip("the tiny tokenizer has no chat template")
+    heads = [
+        len(encode_completions(tokenizer, p, pair)[0]) for p, pairs in zip(prompts, sets) for pair in pairs
+    ]
+    if not chat_template:
+        assert heads[2] != heads[3]  # the second prompt's pairs start at different tokens
+    together = answer_sets_logps(
+        model, tokenizer, prompts, sets, batch_size=2, progress=False, chat_template=chat_template
+    )
+    for s in range(2):
+        alone = ab_logps(
+            model,
+            tokenizer,
+            prompts,
+            options=[pairs[s] for pairs in sets],
+            batch_size=1,
+            progress=False,
+            chat_template=chat_template,
+        )
+        for got, want in zip(together[s], alone, strict=True):
+            assert got == pytest.approx(want, abs=1e-4)
+    with pytest.raises(ValueError, match="same number"):
+        answer_sets_logps(model, tokenizer, prompts[:2], [sets[0], sets[1][:1]], progress=False)
 
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])

@@ -326,7 +326,7 @@ def test_number_answers_are_the_option_numbers_and_survive_a_swap() -> None:
 def test_number_answers_only_on_reading() -> None:
     load_config(str(REPO / "configs" / "default.yaml"), ["data.task=reading", "data.synthetic_answer=number"])
     with pytest.raises(ConfigError, match="data.synthetic_answer=number needs data.task=reading"):
-        load_config(str(REPO / "configs" / "default.yaml"), ["data.synthetic_answer=number"])
+        load_config(str(REPO / "configs" / "default.yaml"), ["data.task=synthetic"])
     with pytest.raises(DataError, match="unknown synthetic answer format"):
         make_synthetic("train", n=4, answer="number")
 

@@ -17,7 +17,14 @@ from typing import Any
 from decpo.data import swap_options
 from decpo.evaluation import metrics as M
 from decpo.evaluation.context import EvalContext
-from decpo.inference.logprobs import ab_completions, ab_logps, pair_logps, preference_items
+from decpo.inference.logprobs import (
+    AB_OPTIONS,
+    ab_completions,
+    ab_logps,
+    answer_sets_logps,
+    pair_logps,
+    preference_items,
+)
 from decpo.io import stable_hash
 from decpo.models.tiny import TINY_NAME
 from decpo.scoring.judge import ALIGNED_VERDICT, judge_questions
@@ -34,26 +41,34 @@ def limited(records: list[dict[str, Any]], limit: int | None) -> list[dict[str, 
     return records if limit is None else records[:limit]
 
 
-def ab_measures(
-    ctx: EvalContext, records: list[dict[str, Any]], prefix: str
-) -> tuple[dict, list[dict], tuple]:
-    """A/B accuracy in both option orders, the "(A)" rate and, where known, the user-correct control."""
-    swapped = [swap_options(r) for r in records]
-    both = records + swapped
-    la, lb, la_eos, lb_eos = ab_logps(
-        ctx.model,
-        ctx.tokenizer,
-        [r["prompt"] for r in both],
-        options=[ab_completions(r) for r in both],
-        batch_size=ctx.cfg.batch_size,
-        progress=ctx.cfg.progress,
-        chat_template=ctx.chat_template,
-    )
+LETTER_PREFIX = "letter/"
+_AB_SCORES = (
+    "logp_a",
+    "logp_b",
+    "logp_a_swapped",
+    "logp_b_swapped",
+    "correct",
+    "correct_swapped",
+    "correct_both",
+)
+
+
+def _ab_outcome(
+    ctx: EvalContext,
+    records: list[dict[str, Any]],
+    swapped: list[dict[str, Any]],
+    la: list[float],
+    lb: list[float],
+    prefix: str,
+) -> tuple[dict, dict[str, list]]:
+    """The A/B measures of log-probs ``la``/``lb`` of ``records + swapped``, and their per-item values."""
     n = len(records)
     pred = M.ab_predictions(la[:n], lb[:n])
-    pred_swapped = M.ab_predictions(la[n:], lb[n:])
     items = M.debiased_ab(
-        pred, [r["chosen_letter"] for r in records], pred_swapped, [r["chosen_letter"] for r in swapped]
+        pred,
+        [r["chosen_letter"] for r in records],
+        M.ab_predictions(la[n:], lb[n:]),
+        [r["chosen_letter"] for r in swapped],
     )
     out = {
         f"{prefix}ab_accuracy": ctx.entry(items["correct"], "higher"),
@@ -71,27 +86,61 @@ def ab_measures(
                 out[f"{prefix}ab_accuracy_debiased_{name}"] = ctx.entry(
                     [items["correct_both"][i] for i in rows], "higher"
                 )
+    scores = {
+        "logp_a": la[:n],
+        "logp_b": lb[:n],
+        "logp_a_swapped": la[n:],
+        "logp_b_swapped": lb[n:],
+        **{k: items[k] for k in ("correct", "correct_swapped", "correct_both")},
+        "pred": pred,
+    }
+    return out, scores
+
+
+def ab_measures(
+    ctx: EvalContext, records: list[dict[str, Any]], prefix: str, *, letters: bool = False
+) -> tuple[dict, list[dict], tuple]:
+    """A/B accuracy in both option orders, the "(A)" rate and, where known, the user-correct control.
+
+    ``letters``: also the same measures with each answer scored by its letter alone (" (A)" vs " (B)"),
+    prefixed ``<prefix>letter/``, from the same pass (each prompt still run once); per item as
+    ``letter_<score>``. Records already answered by their letters are not scored twice.
+    """
+    swapped = [swap_options(r) for r in records]
+    both = records + swapped
+    answers = [ab_completions(r) for r in both]
+    extra = letters and any(a != AB_OPTIONS for a in answers)
+    scored = answer_sets_logps(
+        ctx.model,
+        ctx.tokenizer,
+        [r["prompt"] for r in both],
+        [[a, AB_OPTIONS] if extra else [a] for a in answers],
+        batch_size=ctx.cfg.batch_size,
+        progress=ctx.cfg.progress,
+        chat_template=ctx.chat_template,
+    )
+    la, lb, la_eos, lb_eos = scored[0]
+    out, scores = _ab_outcome(ctx, records, swapped, la, lb, prefix)
+    letter_scores = None
+    if letters:
+        letter_out, letter_scores = _ab_outcome(
+            ctx, records, swapped, *scored[-1][:2], prefix + LETTER_PREFIX
+        )
+        out.update(letter_out)
     samples = []
     for i, r in enumerate(records):
-        samples.append(
-            {
-                "kind": "ab",
-                "split": r.get("split"),
-                "prompt": r["prompt"],
-                "output": f"({pred[i]})",
-                "chosen_letter": r["chosen_letter"],
-                "scores": {
-                    "logp_a": la[i],
-                    "logp_b": lb[i],
-                    "logp_a_swapped": la[n + i],
-                    "logp_b_swapped": lb[n + i],
-                    "correct": items["correct"][i],
-                    "correct_swapped": items["correct_swapped"][i],
-                    "correct_both": items["correct_both"][i],
-                },
-                **({"user_correct": r["user_correct"]} if "user_correct" in r else {}),
-            }
-        )
+        sample = {
+            "kind": "ab",
+            "split": r.get("split"),
+            "prompt": r["prompt"],
+            "output": f"({scores['pred'][i]})",
+            "chosen_letter": r["chosen_letter"],
+            "scores": {k: scores[k][i] for k in _AB_SCORES},
+            **({"user_correct": r["user_correct"]} if "user_correct" in r else {}),
+        }
+        if letter_scores is not None:
+            sample["scores"].update({f"letter_{k}": letter_scores[k][i] for k in _AB_SCORES})
+        samples.append(sample)
     # the pair view of the original order: chosen/rejected = the gold/other option, followed by EOS
     policy = (
         [la_eos[i] if r["chosen_letter"] == "A" else lb_eos[i] for i, r in enumerate(records)],

@@ -231,6 +231,69 @@ def ab_completions(record: dict[str, Any]) -> tuple[str, str]:
     return record["rejected"], record["chosen"]
 
 
+def answer_sets_logps(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    answer_sets: Sequence[Sequence[tuple[str, str]]],
+    *,
+    batch_size: int = 8,
+    padding_side: str = "right",
+    progress: bool = True,
+    chat_template: bool = False,
+    desc: str = "score A/B",
+) -> list[tuple[list[float], list[float], list[float], list[float]]]:
+    """Several answer pairs per prompt scored in one pass (each prompt run once): per pair ``s``, what
+    `ab_logps` gives for that pair alone, ``(logps_a, logps_b, logps_a_eos, logps_b_eos)``.
+
+    ``answer_sets[i]``: prompt ``i``'s pairs ``[(answer A, answer B), ...]``, the same number for every prompt.
+    Each pair keeps its own prompt/completion boundary (TRL's rule applied to that pair alone): where pairs
+    of one prompt start at different tokens, the group's prompt is their shortest, and the tokens of a pair's
+    own prompt that fall into the completion are scored but not counted.
+    """
+    if len(answer_sets) != len(prompts):
+        raise ValueError(f"{len(answer_sets)} answer sets for {len(prompts)} prompts")
+    if len({len(s) for s in answer_sets}) > 1 or any(not s for s in answer_sets):
+        raise ValueError("every prompt needs the same number (at least one) of answer pairs")
+    groups: list[Group] = []
+    skips: list[list[int]] = []  # per completion: leading tokens of its pair's own prompt
+    closings: list[list[int]] = []
+    for prompt, pairs in zip(prompts, answer_sets, strict=True):
+        encoded = [_encode(tokenizer, prompt, pair, chat_template=chat_template) for pair in pairs]
+        shortest = min(len(head) for (head, _), _ in encoded)
+        groups.append(
+            (
+                encoded[0][0][0][:shortest],
+                [head[shortest:] + t for (head, tails), _ in encoded for t in tails],
+            )
+        )
+        skips.append([len(head) - shortest for (head, tails), _ in encoded for _ in tails])
+        closings.append([n for _, closing in encoded for n in closing])
+    tokens = completion_token_logps(
+        model,
+        groups,
+        pad_token_id=pad_id(tokenizer),
+        batch_size=batch_size,
+        padding_side=padding_side,
+        progress=progress,
+        desc=desc,
+    )
+    alone, closed = [], []  # [prompt][completion]: the answer without / with the tokens that close it
+    for per_prompt, skip, closing in zip(tokens, skips, closings, strict=True):
+        counted = [x[k:] for x, k in zip(per_prompt, skip, strict=True)]
+        alone.append([sum(x[: len(x) - n]) for x, n in zip(counted, closing, strict=True)])
+        closed.append([sum(x) for x in counted])
+    return [
+        (
+            [a[2 * s] for a in alone],
+            [a[2 * s + 1] for a in alone],
+            [c[2 * s] for c in closed],
+            [c[2 * s + 1] for c in closed],
+        )
+        for s in range(len(answer_sets[0]))
+    ]
+
+
 def ab_logps(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -253,30 +316,19 @@ def ab_logps(
         options = [AB_OPTIONS] * len(prompts)
     if len(options) != len(prompts):
         raise ValueError(f"{len(options)} option pairs for {len(prompts)} prompts")
-    encoded = [
-        _encode(tokenizer, p, o, chat_template=chat_template) for p, o in zip(prompts, options, strict=True)
-    ]
-    groups = [group for group, _ in encoded]
-    tokens = completion_token_logps(
+    if not prompts:
+        return [], [], [], []
+    (scores,) = answer_sets_logps(
         model,
-        groups,
-        pad_token_id=pad_id(tokenizer),
+        tokenizer,
+        prompts,
+        [[o] for o in options],
         batch_size=batch_size,
         padding_side=padding_side,
         progress=progress,
-        desc="score A/B",
+        chat_template=chat_template,
     )
-    # the answer alone: without the tokens that close it (EOS, or the chat template's end of turn)
-    alone = [
-        [sum(x[: len(x) - n]) for x, n in zip(t, closing, strict=True)]
-        for t, (_, closing) in zip(tokens, encoded, strict=True)
-    ]
-    return (
-        [x[0] for x in alone],
-        [x[1] for x in alone],
-        [sum(t[0]) for t in tokens],
-        [sum(t[1]) for t in tokens],
-    )
+    return scores
 
 
 def pair_logps(

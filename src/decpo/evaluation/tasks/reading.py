@@ -5,8 +5,8 @@ Measures (each a mean over items with a 95% bootstrap CI; the test split unless 
     ab_*            the A/B measures of `decpo.evaluation.measures.ab_measures` in both option orders (raw,
                     swapped, mean of orders, debiased = right in both, "(A)" rate, user right / wrong), each
                     answer scored as trained (``cfg.synthetic_answer``: letter + option text, " (B) 23")
-    letter/ab_*     the same with each answer scored by its letter alone (" (A)" vs " (B)"): the number can
-                    no longer carry the choice (equal to ``ab_*`` when the model was trained on letters)
+    letter/ab_*     the same with each answer scored by its letter alone (" (A)" vs " (B)"), in the same pass:
+                    the number can no longer carry the choice (equal to ``ab_*`` when trained on letters)
     gen/*           with ``cfg.generate``: one greedy answer per test item, original option order (see
                     `parse_choice` for the parse rule): accuracy, share unparseable, share that says the
                     preferred answer exactly (" (B) 23": is the preferred answer still what the model says?)
@@ -32,18 +32,8 @@ from decpo.evaluation.measures import ab_measures, limited, preference_measures
 from decpo.evaluation.registry import register_task
 
 GEN_TOKENS = 8  # " (B) 23" and a newline are about 6 tokens of SmolLM2's tokenizer
-LETTER_PREFIX = "letter/"
 _PAREN_LETTER = re.compile(r"\(\s*([AB])\s*\)")
 _NUMBER = re.compile(r"(?<!\d)\d+(?!\d)")
-_LETTER_SCORES = (
-    "logp_a",
-    "logp_b",
-    "logp_a_swapped",
-    "logp_b_swapped",
-    "correct",
-    "correct_swapped",
-    "correct_both",
-)
 
 
 def option_numbers(record: dict[str, Any]) -> dict[str, str]:
@@ -77,32 +67,6 @@ def says_exactly(output: str, record: dict[str, Any]) -> bool:
     return re.match(re.escape(record["chosen"].strip()) + r"(?![\d])", line) is not None
 
 
-def letter_only(record: dict[str, Any]) -> dict[str, Any]:
-    """The record with its two answers cut to their letters (" (A)" / " (B)")."""
-    other = "B" if record["chosen_letter"] == "A" else "A"
-    return {**record, "chosen": f" ({record['chosen_letter']})", "rejected": f" ({other})"}
-
-
-def _letter_measures(
-    ctx: EvalContext, records: list[dict[str, Any]], samples: list[dict], metrics: dict, prefix: str
-) -> dict:
-    """The A/B measures of the letters alone, prefixed ``<prefix>letter/``; their per-item scores go into
-    ``samples`` as ``letter_<score>``. Records already answered by letters are not scored twice."""
-    if all(r["chosen"] == letter_only(r)["chosen"] for r in records):
-        out = {
-            f"{prefix}{LETTER_PREFIX}{k[len(prefix) :]}": v
-            for k, v in metrics.items()
-            if k.startswith(prefix)
-        }
-        letter_samples = samples
-    else:
-        out, letter_samples, _ = ab_measures(ctx, [letter_only(r) for r in records], prefix + LETTER_PREFIX)
-    for sample, letters in zip(samples, letter_samples, strict=True):
-        for key in _LETTER_SCORES:
-            sample["scores"][f"letter_{key}"] = letters["scores"][key]
-    return out
-
-
 def _generation_measures(ctx: EvalContext, records: list[dict[str, Any]], samples: list[dict]) -> dict:
     """Greedy answers to the test prompts, parsed (`parse_choice`); per-item values into ``samples``."""
     outputs = ctx.generate([r["prompt"] for r in records], "generate answers")
@@ -132,14 +96,11 @@ def eval_reading(ctx: EvalContext, judge) -> tuple[dict, list, int]:
         )
 
     test = split(cfg.split)
-    metrics, samples, policy = ab_measures(ctx, test, "")
+    metrics, samples, policy = ab_measures(ctx, test, "", letters=not cfg.quick)
     if cfg.quick:
         return metrics, samples, len(test)
-    transfer = split("transfer")
-    metrics.update(_letter_measures(ctx, test, samples, metrics, ""))
-    transfer_metrics, transfer_samples, _ = ab_measures(ctx, transfer, "transfer/")
+    transfer_metrics, transfer_samples, _ = ab_measures(ctx, split("transfer"), "transfer/", letters=True)
     metrics.update(transfer_metrics)
-    metrics.update(_letter_measures(ctx, transfer, transfer_samples, transfer_metrics, "transfer/"))
     pair_metrics, per_item = preference_measures(ctx, test, policy=policy)
     metrics.update(pair_metrics)
     for sample, scores in zip(samples, per_item, strict=True):
