@@ -20,6 +20,7 @@ from decpo.names import BASE
 from decpo.reports.learning_curves import (
     curve_estimates,
     curve_table,
+    end_point,
     item_counts,
     learning_curve_lines,
     result_path,
@@ -116,15 +117,14 @@ def test_curve_stages_evaluate_each_checkpoint_after_its_training(tmp_path, monk
     assert all(stages[name] == plain[name] for name in plain)  # nothing else changes, keys included
     for label in labels:
         assert stages[f"eval/synthetic@2/{label}"][1] == (f"train/{label}",)
-    # another item count: base and the final models again at the curve's count, under other keys
+    # another item count: the checkpoints' stages alone, under other keys; the ends are still read from the
+    # ordinary evaluations (their first items), never scored again
     other = _plan(
         tmp_path,
         monkeypatch,
         ["experiment.seeds=[0, 1]", "experiment.curve_steps=[2]", "experiment.curve_limit=4"],
     )
-    extra = {"eval/synthetic@0/base", *(f"eval/synthetic@4/{label}" for label in labels)}
-    assert set(other) - set(plain) == curve | extra
-    assert other["eval/synthetic@0/base"][1] == ()
+    assert set(other) - set(plain) == curve
     assert all(other[name][0] != stages[name][0] for name in curve)
 
 
@@ -137,9 +137,8 @@ def test_curve_points_are_checkpoints_beside_final(tmp_path):
         (2, "dpo-s0", str(tmp_path / "train" / "dpo-s0" / "checkpoint-2")),
         (4, "dpo-s0", str(tmp_path / "train" / "dpo-s0" / "checkpoint-4")),
     ]
-    cfg = cfg.replace(**{"experiment.curve_limit": 4})
-    assert curve_points(cfg, models)[0] == (0, BASE, "tiny-random-llama")
-    assert curve_points(cfg, models)[-1] == (6, "dpo-s0", models["dpo-s0"])
+    # another item count: the ends are still the ordinary evaluations (read from their first items)
+    assert curve_points(cfg.replace(**{"experiment.curve_limit": 4}), models) == curve_points(cfg, models)
 
 
 def test_the_first_task_must_have_a_quick_evaluation(tmp_path, monkeypatch):
@@ -235,11 +234,21 @@ def test_decpo_run_with_curve_steps_writes_the_curve(tmp_path):
     curve = ["experiment.curve_steps=[2]", "experiment.curve_limit=4"]  # 4 items, not eval_limit's 8
     assert main(["run", "--config", SMOKE, "--output-dir", str(out), *ARGS, *curve]) == 0
     stages = json.loads((out / "stages.json").read_text())
-    points = ["synthetic@0/base", *(f"synthetic@{n}/{m}-s0" for n in (2, 4) for m in ("dpo", "decpo"))]
-    for point in points:
+    for point in (f"synthetic@2/{m}-s0" for m in ("dpo", "decpo")):
         assert stages[f"eval/{point}"]["status"] == "done"
         results = json.loads((out / "eval" / point / "results.json").read_text())
         assert results["n"] == 4 and results["config"]["quick"] and METRIC in results["metrics"]
+    assert not [name for name in stages if name.startswith(("eval/synthetic@0/", "eval/synthetic@4/"))]
+    # the ends, read from the ordinary evaluations' first 4 items, equal a quick evaluation of those 4 items
+    cfg = load_config(SMOKE, [*ARGS, *curve])
+    for label, model in (("dpo-s0", str(out / "train" / "dpo-s0")), (BASE, "tiny-random-llama")):
+        step = 0 if label == BASE else 4
+        end = end_point(result_path(out, cfg, "synthetic", step, label), "synthetic", METRIC, 4)
+        quick = evaluate(
+            EvalConfig(task="synthetic", model=model, limit=4, quick=True, progress=False),
+            tmp_path / f"quick-{label}",
+        ).results
+        assert end["n"] == 4 and end["metrics"][METRIC] == quick["metrics"][METRIC]
     assert json.loads((out / "eval" / "synthetic@2" / "dpo-s0" / "results.json").read_text())[
         "model"
     ].endswith("train/dpo-s0/checkpoint-2")

@@ -15,6 +15,7 @@ import pytest
 from decpo.config import ConfigError, load_config
 from decpo.data import DataError, load_task, make_reading, make_synthetic, swap_options, validate_pair
 from decpo.evaluation.config import EvalConfig
+from decpo.evaluation.registry import EvalError
 from decpo.evaluation.runner import evaluate
 from decpo.evaluation.tasks.reading import parse_choice, says_exactly
 from decpo.inference.logprobs import ab_completions
@@ -366,3 +367,16 @@ def test_eval_context_scores_a_number_run_in_numbers(monkeypatch):
     )
     ctx = context_module.EvalContext(EvalConfig(task="reading", model="tiny-random-llama"))
     assert ctx.cfg.synthetic_answer == "number"
+
+
+def test_transfer_limit_scores_fewer_transfer_items_than_test_items(tmp_path):
+    """``transfer_limit`` (``experiment.eval_transfer_limit``) cuts the transfer split alone."""
+    common = {"model": "tiny-random-llama", "limit": 6, "generate": False, "progress": False, "n_boot": 20}
+    for task in ("reading", "synthetic"):
+        result = evaluate(EvalConfig(task=task, transfer_limit=2, **common), tmp_path / task).results
+        assert result["metrics"]["ab_accuracy"]["n"] == 6
+        assert result["metrics"]["transfer/ab_accuracy"]["n"] == 2
+    with pytest.raises(EvalError, match="transfer_limit must be >= 1"):
+        EvalConfig(task="reading", transfer_limit=0)
+    with pytest.raises(ConfigError, match="experiment.eval_transfer_limit"):
+        load_config(str(REPO / "configs" / "default.yaml"), ["experiment.eval_transfer_limit=0"])

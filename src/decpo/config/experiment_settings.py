@@ -151,6 +151,13 @@ class ExperimentSettings:
     eval_limit: int | None = field(
         default=None, metadata=described("Evaluate only the first N items of each set.")
     )
+    eval_transfer_limit: int | None = field(
+        default=None,
+        metadata=described(
+            "Evaluate only the first N items of the transfer split (reading, synthetic; a secondary measure); "
+            "null: experiment.eval_limit."
+        ),
+    )
     eval_batch_size: int = field(default=16, metadata=described("Batch size of evaluation."))
     eval_generate: bool = field(
         default=True,
@@ -239,7 +246,7 @@ class ExperimentSettings:
             raise ConfigError(f"experiment.executor must be one of {EXECUTORS}, got {self.executor!r}")
         if self.max_parallel < 0:
             raise ConfigError(f"experiment.max_parallel must be >= 0, got {self.max_parallel}")
-        _check_counts("experiment", self, curve_limit=1, eval_num_samples=0)
+        _check_counts("experiment", self, curve_limit=1, eval_transfer_limit=1, eval_num_samples=0)
         steps = self.curve_steps
         if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in steps) or any(
             b <= a for a, b in zip(steps, steps[1:], strict=False)

@@ -97,11 +97,12 @@ class RunConfig:
 
 def check_answer_format(cfg: RunConfig) -> None:
     """``data.synthetic_answer=number`` is the reading task's alone: on ``synthetic`` the number is the fact
-    line's only one, so copying it would solve every item; a `ConfigError` naming both fields."""
-    if cfg.data.synthetic_answer == "number" and cfg.data.task != "reading":
+    line's only one, so copying it would solve every item; a `ConfigError` naming both fields. Tasks that do
+    not use the answer format (data files, CAA, ...) ignore it, so the default preset trains them as it is."""
+    if cfg.data.synthetic_answer == "number" and cfg.data.task == "synthetic":
         raise ConfigError(
-            f"data.synthetic_answer=number needs data.task=reading (got data.task={cfg.data.task!r}): on other "
-            "tasks the answer's number is the prompt's only one"
+            "data.synthetic_answer=number needs data.task=reading (got data.task='synthetic'): on the synthetic "
+            "task the answer's number is the prompt's only one (data.synthetic_answer=option or letter there)"
         )
 
 

@@ -60,6 +60,13 @@ class EvalConfig:
         ),
     )
     limit: int | None = field(default=None, metadata=described("First N items of each evaluated set."))
+    transfer_limit: int | None = field(
+        default=None,
+        metadata=described(
+            "First N items of the transfer split (tasks reading and synthetic: a secondary measure, "
+            "cheaper on fewer items); None: limit."
+        ),
+    )
     seed: int = field(
         default=0, metadata=described("Seed of the synthetic data and of bootstrap resampling.")
     )
@@ -189,8 +196,9 @@ class EvalConfig:
                 f"quick: task {self.task!r} has no quick evaluation (tasks that have one: {quick}); "
                 "evaluate it in full (quick=False)"
             )
-        if self.limit is not None and self.limit < 1:
-            raise EvalError(f"limit must be >= 1, got {self.limit}")
+        for name in ("limit", "transfer_limit"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise EvalError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.batch_size < 1:
             raise EvalError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.scorer is None:

@@ -33,7 +33,7 @@ from decpo.pairs.cache import config_prompts, ensure_pairs, pairs_key
 from decpo.pairs.sampling import side_files
 from decpo.probes.runner import WEIGHT_SITE, probe_models, rows_to_csv
 from decpo.records import StageLog
-from decpo.reports.learning_curves import curve_limit, curve_measure, ends_reuse_evals, result_path
+from decpo.reports.learning_curves import curve_limit, curve_measure, result_path
 from decpo.scoring.classifiers import make_scorer
 from decpo.training.launch import launch
 from decpo.training.run import train
@@ -265,6 +265,7 @@ def eval_stage(
                 prompts_path=cfg.experiment.eval_prompts,
                 pairs_path=str(pairs_path) if pairs_path is not None and task == "toxicity" else None,
                 limit=curve_limit(cfg) if quick else cfg.experiment.eval_limit,
+                transfer_limit=cfg.experiment.eval_transfer_limit,
                 seed=0,  # the same items for every method and seed
                 batch_size=cfg.experiment.eval_batch_size,
                 data_dir=cfg.data.data_dir,
@@ -323,19 +324,14 @@ def add_evals(
 
 def curve_points(cfg: RunConfig, models: dict[str, str]) -> list[tuple[int, str, str]]:
     """``(step, label, model spec)`` of every learning-curve point to evaluate: each trained model's
-    ``checkpoint-<N>`` (beside its ``final/``) at each of ``experiment.curve_steps``, and, when the curve's
-    ends are not the ordinary evaluations (`ends_reuse_evals`), base at step 0 and the final models."""
-    points = []
-    reuse = ends_reuse_evals(cfg)
-    for label, spec in models.items():
-        if label == BASE:
-            points += [] if reuse else [(0, label, spec)]
-            continue
-        points += [
-            (n, label, str(Path(spec).with_name(f"checkpoint-{n}"))) for n in cfg.experiment.curve_steps
-        ]
-        points += [] if reuse else [(cfg.train.max_steps, label, spec)]
-    return points
+    ``checkpoint-<N>`` (beside its ``final/``) at each of ``experiment.curve_steps``. The ends (base at step 0,
+    the final models) are read from the ordinary evaluations (`decpo.reports.learning_curves.end_point`)."""
+    return [
+        (n, label, str(Path(spec).with_name(f"checkpoint-{n}")))
+        for label, spec in models.items()
+        if label != BASE
+        for n in cfg.experiment.curve_steps
+    ]
 
 
 def add_curve_evals(

@@ -4,17 +4,18 @@ methods end equal.
 
 The points of a curve, all on the same first N items of the evaluated split (evaluation seed 0, N
 `curve_limit`), scored by the quick evaluation (`decpo.evaluation.config.EvalConfig.quick`: the A/B
-measures of that split alone) or, at the ends when they are the ordinary evaluations of the same N items,
-by the full one, whose A/B measures come from the same A/B pass:
+measures of that split alone) or, at the ends, read from the ordinary evaluations, which score the same
+items first (their A/B measures come from the same A/B pass), restricted to their first N items through
+the per-item scores of their ``samples.jsonl`` when they scored more (`end_point`): nothing is scored twice.
 
-    step 0          the base model: ``eval/<task>/base`` (or ``eval/<task>@0/base``, see `ends_reuse_evals`)
+    step 0          the base model: ``eval/<task>/base``
     each curve step ``eval/<task>@<N>/<label>``: the training's ``checkpoint-<N>`` (an adapter over the base)
-    train.max_steps the final model: ``eval/<task>/<label>`` (or ``eval/<task>@<max_steps>/<label>``)
+    train.max_steps the final model: ``eval/<task>/<label>``
 
 Each point: the mean over seeds with a 95% t-interval over seeds (`decpo.reports.tables.over_seeds`,
 through `decpo.reports.stats.t_interval`; equal seeds of a 0/1 share: the exact binomial interval); one seed
 (and the base model): the evaluation's bootstrap interval over items from ``results.json``. Pure functions
-but `load_curve` (reads the run folder) and `plot_learning_curve` (one figure).
+but `load_curve` and `end_point` (read the run folder) and `plot_learning_curve` (one figure).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from decpo.config import ConfigError, RunConfig
+from decpo.evaluation.metrics import metric_entry
 from decpo.names import BASE
+from decpo.reports.items import item_values
 from decpo.reports.primary import resolve_primary
 from decpo.reports.probes import split_label
 from decpo.reports.stats import Estimate
@@ -66,35 +69,70 @@ def curve_limit(cfg: RunConfig) -> int | None:
     return exp.curve_limit if exp.curve_limit is not None else exp.eval_limit
 
 
-def ends_reuse_evals(cfg: RunConfig) -> bool:
-    """Whether the curve's ends (base at step 0, the final models at ``train.max_steps``) are read from the
-    ordinary evaluations ``eval/<task>/<label>``: when the curve scores the same items (its limit is
-    ``experiment.eval_limit``), whose A/B measures those already hold; else they are evaluated again at the
-    curve's item count, as ``eval/<task>@0/base`` and ``eval/<task>@<max_steps>/<label>``."""
-    return curve_limit(cfg) == cfg.experiment.eval_limit
-
-
 def curve_steps(cfg: RunConfig) -> list[int]:
     """The steps of a curve: 0 (base), ``experiment.curve_steps``, ``train.max_steps`` (the final models)."""
     return [0, *cfg.experiment.curve_steps, cfg.train.max_steps]
 
 
 def result_path(output_dir: Path, cfg: RunConfig, task: str, step: int, label: str) -> Path:
-    """The ``results.json`` of ``label`` at ``step`` (see the module docstring for which folder)."""
-    ordinary = step not in cfg.experiment.curve_steps and ends_reuse_evals(cfg)
-    folder = task if ordinary else curve_folder(task, step)
+    """The ``results.json`` of ``label`` at ``step``: a checkpoint's quick evaluation at a curve step, else
+    (the ends: base at 0, the final model) the ordinary evaluation (see the module docstring)."""
+    folder = curve_folder(task, step) if step in cfg.experiment.curve_steps else task
     return output_dir / "eval" / folder / label / "results.json"
 
 
-def load_curve(output_dir: Path, cfg: RunConfig, models: Sequence[str], task: str) -> CurveResults:
-    """Every curve point's ``results.json`` found under ``output_dir``: ``method -> step -> seed -> results``."""
+def end_point(path: Path, task: str, metric: str, n: int | None) -> dict:
+    """An ordinary evaluation's ``results.json`` (at ``path``) as a curve point of its first ``n`` items: as
+    it is when it scored at most ``n``; else ``metric`` recomputed from the per-item scores of its
+    ``samples.jsonl`` (`decpo.reports.items.item_values`, which checks them against ``results.json``), as
+    the quick evaluation of those ``n`` items computes it (`decpo.evaluation.metrics.metric_entry`, its
+    seed and resamples). ValueError when the measure has no per-item scores there."""
+    results = json.loads(path.read_text())
+    entry = results["metrics"].get(metric)
+    if n is None or entry is None or int(entry.get("n", results["n"])) <= n:
+        return results
+    samples_path = path.with_name("samples.jsonl")
+    samples = (
+        [json.loads(line) for line in samples_path.read_text().splitlines()] if samples_path.exists() else []
+    )
+    _, checked = item_values(task, metric, samples, entry)  # the per-item scores reproduce results.json
+    if not isinstance(checked, list):
+        raise ValueError(f"{path}: the curve's first {n} items of {metric}: {checked}")
+    seen: dict[
+        tuple, int
+    ] = {}  # the first n items of each set (kind, split), whatever subset the measure takes
+    first_items = []
+    for sample in samples:
+        group = (sample.get("kind"), sample.get("split"))
+        seen[group] = seen.get(group, 0) + 1
+        if seen[group] <= n:
+            first_items.append(sample)
+    _, values = item_values(task, metric, first_items)
+    config = results.get("config", {})
+    first = metric_entry(
+        values, entry["direction"], seed=config.get("seed", 0), n_boot=config.get("n_boot", 1000)
+    )
+    return {**results, "n": n, "metrics": {metric: first}}
+
+
+def load_curve(
+    output_dir: Path, cfg: RunConfig, models: Sequence[str], task: str, metric: str
+) -> CurveResults:
+    """Every curve point's results found under ``output_dir``: ``method -> step -> seed -> results``; the
+    ends restricted to the curve's items (`end_point`)."""
     out: CurveResults = {}
     for label in models:
         method, seed = split_label(label)
         for step in [0] if label == BASE else curve_steps(cfg)[1:]:
             path = result_path(output_dir, cfg, task, step, label)
-            if path.exists():
-                out.setdefault(method, {}).setdefault(step, {})[seed] = json.loads(path.read_text())
+            if not path.exists():
+                continue
+            results = (
+                json.loads(path.read_text())
+                if step in cfg.experiment.curve_steps
+                else end_point(path, task, metric, curve_limit(cfg))
+            )
+            out.setdefault(method, {}).setdefault(step, {})[seed] = results
     return out
 
 
@@ -210,7 +248,7 @@ def learning_curve_lines(
     if not cfg.experiment.curve_steps or not tasks:
         return []
     task, metric = curve_measure(cfg, tasks)
-    curve = load_curve(output_dir, cfg, models, task)
+    curve = load_curve(output_dir, cfg, models, task, metric)
     estimates = curve_estimates(curve, metric)
     counts = item_counts(curve)
     distinct = sorted({n for ns in counts.values() for n in ns})

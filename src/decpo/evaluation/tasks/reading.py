@@ -91,8 +91,9 @@ def eval_reading(ctx: EvalContext, judge) -> tuple[dict, list, int]:
     cfg = ctx.cfg
 
     def split(name: str) -> list[dict[str, Any]]:
+        limit = cfg.transfer_limit if name == "transfer" and cfg.transfer_limit is not None else cfg.limit
         return limited(
-            load_task("reading", name, seed=cfg.seed, synthetic_answer=cfg.synthetic_answer), cfg.limit
+            load_task("reading", name, seed=cfg.seed, synthetic_answer=cfg.synthetic_answer), limit
         )
 
     test = split(cfg.split)

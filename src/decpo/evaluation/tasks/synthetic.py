@@ -22,7 +22,8 @@ def eval_synthetic(ctx: EvalContext, judge) -> tuple[dict, list, int]:
     if ctx.cfg.quick:
         return metrics, samples, len(evals)
     transfer = limited(
-        load_task("synthetic", "transfer", seed=ctx.cfg.seed, synthetic_answer=answer), ctx.cfg.limit
+        load_task("synthetic", "transfer", seed=ctx.cfg.seed, synthetic_answer=answer),
+        ctx.cfg.limit if ctx.cfg.transfer_limit is None else ctx.cfg.transfer_limit,
     )
     m, transfer_samples, _ = ab_measures(ctx, transfer, "transfer/")
     metrics.update(m)
