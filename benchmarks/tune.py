@@ -40,6 +40,9 @@ MEASURES = (
 )
 
 
+PENALTY_KEY = "eval/decorr/value"  # R on the held-out pairs, as decpo.training.trainer logs it
+
+
 class TestSplitRefused(SystemExit):
     """Tuning on the test split: refused."""
 
@@ -99,9 +102,9 @@ def penalty_values(metrics_path: Path) -> tuple[float, float] | None:
     """The penalty R on the held-out (dev) pairs at the first and the last evaluation (DecPO only; R is
     computed on the penalty's own tokens, so this is the decorrelation the penalty bought where it acts)."""
     values = [
-        json.loads(line)["eval/decorrelation/value"]
+        json.loads(line)[PENALTY_KEY]
         for line in metrics_path.read_text().splitlines()
-        if "eval/decorrelation/value" in line
+        if f'"{PENALTY_KEY}"' in line
     ]
     return (values[0], values[-1]) if values else None
 
@@ -164,24 +167,46 @@ def main(argv: list[str]) -> None:
             run_dir = out / f"{name}-s{seed}"
             t0 = time.perf_counter()
             untrained = name.startswith("base")
-            result = None if untrained else train(cfg, run_dir)
-            train_s = time.perf_counter() - t0
-            res = evaluate(
-                EvalConfig(
-                    task="reading",
-                    model=cfg.model.model_name_or_path if untrained else str(run_dir),
-                    split=args.split,
-                    limit=args.limit,
-                    beta=cfg.train.beta,
-                    synthetic_answer=cfg.data.synthetic_answer,
-                    generate=not args.no_generate,
-                    progress=False,
-                ),
-                out / f"{name}-s{seed}-eval",
-            ).results["metrics"]
+            done = run_dir / "final_metrics.json"
+            if untrained:
+                metrics = None
+            elif done.exists():  # finished before (an interrupted tuning rerun): not trained again
+                if load_config(run_dir / "config.yaml").to_dict() != cfg.to_dict():
+                    raise SystemExit(f"tune.py: {run_dir} was trained with another config: use a fresh --out")
+                metrics = run_dir / "metrics.jsonl"
+            else:
+                metrics = train(cfg, run_dir).output_dir / "metrics.jsonl"
+            train_s = (
+                json.loads(done.read_text())["wall_time_s"] if done.exists() else time.perf_counter() - t0
+            )
+            eval_dir = out / f"{name}-s{seed}-eval"
+            earlier = (
+                json.loads((eval_dir / "results.json").read_text())
+                if (eval_dir / "results.json").exists()
+                else None
+            )
+            wanted = {"split": args.split, "limit": args.limit, "generate": not args.no_generate}
+            if earlier is not None and any(earlier["config"][k] != v for k, v in wanted.items()):
+                raise SystemExit(f"tune.py: {eval_dir} was evaluated with other settings: use a fresh --out")
+            res = (
+                earlier
+                if earlier is not None
+                else evaluate(
+                    EvalConfig(
+                        task="reading",
+                        model=cfg.model.model_name_or_path if untrained else str(run_dir),
+                        split=args.split,
+                        limit=args.limit,
+                        beta=cfg.train.beta,
+                        synthetic_answer=cfg.data.synthetic_answer,
+                        generate=not args.no_generate,
+                        progress=False,
+                    ),
+                    eval_dir,
+                ).results
+            )["metrics"]
             reward = res.get("chosen_reward")
             chosen_nats = "-" if reward is None else f"{reward['value'] / cfg.train.beta:+.1f}"
-            metrics = None if result is None else result.output_dir / "metrics.jsonl"
             cells = [f"{res[m]['value']:.3f}" if m in res else "n/a" for m, _ in MEASURES]
             penalty = None if metrics is None else penalty_values(metrics)
             rows.append(

@@ -36,3 +36,15 @@ def test_dev_is_the_tuning_split(tune, tmp_path) -> None:
     )
     assert args.split == "dev" and args.seeds == [0, 1]
     assert variants == [("a", ["objective.name=dpo"])]
+
+
+def test_penalty_values_read_what_the_trainer_logs(tune, tmp_path) -> None:
+    """The dev penalty R at the first and last evaluation, from a real DecPO training's metrics.jsonl."""
+    from decpo.config import load_config
+    from decpo.training.run import train
+
+    smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+    cfg = load_config(smoke, ["objective.name=decpo", "train.max_steps=2", "train.eval_steps=2"])
+    result = train(cfg, tmp_path / "run")
+    values = tune.penalty_values(result.output_dir / "metrics.jsonl")
+    assert values is not None and all(v > 0 for v in values)
