@@ -14,8 +14,9 @@ two different frames about two different subjects, and the wrong option is alway
 Both options are numbers of the fact line, so only finding the fact the question asks about (its subject
 and its frame: the question's words) separates them. Why two frames (since commit 4fbb220): DPO did not
 learn the one-frame version (``Tom has 23 apples. Anna has 25 apples.``) within the demo's budget, and two
-frames give the model a second cue; it has not learned this version either so far (benchmarks/RESULTS.md,
-"A task that needs reading"). The base model's number-only answers read 0.69-0.78 of 32 items in each
+frames give the model a second cue. With number answers and TRL's ``sft`` term beside the DPO loss (the
+default preset) DPO learns this version in 20 steps (benchmarks/RESULTS.md, "Number answers and TRL's sft
+term"); with option answers and the DPO loss alone it did not ("A task that needs reading"). The base model's number-only answers read 0.69-0.78 of 32 items in each
 layout (`benchmarks/reading_base.py`), so neither layout is beyond it. The numbers of both
 facts are drawn from the range their frames share, so a number's size says nothing about its frame.
 
