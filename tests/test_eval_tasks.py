@@ -100,11 +100,17 @@ def test_answer_sets_in_one_pass_equal_each_pair_alone(tiny, chat_template):
     where a pair's answers merge with the prompt's last token (its prompt/completion boundary moves)."""
     model, tokenizer = tiny
     prompts = ["Fact: 12 and 31.\nAnswer:", "Which is right? The answer is 2", "Q: pick one\nA:"]
-    sets = [[(" 12", " 31"), (" (A)", " (B)")], [("3", "4"), (" (A)", " (B)")], [(" 7", " 9"), (" (A)", " (B)")]]
+    sets = [
+        [(" 12", " 31"), (" (A)", " (B)")],
+        [("3", "4"), (" (A)", " (B)")],
+        [(" 7", " 9"), (" (A)", " (B)")],
+    ]
     if chat_template and not getattr(tokenizer, "chat_template", None):
         pytest.skip("the tiny tokenizer has no chat template")
     heads = [
-        len(encode_completions(tokenizer, p, pair)[0]) for p, pairs in zip(prompts, sets) for pair in pairs
+        len(encode_completions(tokenizer, p, pair)[0])
+        for p, pairs in zip(prompts, sets, strict=True)
+        for pair in pairs
     ]
     if not chat_template:
         assert heads[2] != heads[3]  # the second prompt's pairs start at different tokens
