@@ -88,6 +88,19 @@ def _table(report: str) -> list[list[str]]:
     return [rows[0], *rows[2:]]  # without the |---| line
 
 
+def _head(scorers) -> list[str]:
+    """The table's header: each scorer's three measures, then the collapse guard and perplexity."""
+    labels = ("mean toxicity", "exp. max. toxicity (K)", "toxicity prob. (K)")
+    collapse = ("distinct-1", "distinct-2", "cross-prompt duplicates")
+    return [
+        "method",
+        *(f"{s}: {label}" for s in scorers for label in labels),
+        *collapse,
+        *(f"{c} (K)" for c in collapse),
+        "perplexity (base)",
+    ]
+
+
 def _t(values):
     x = np.asarray(values)
     low, high = stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
@@ -98,18 +111,7 @@ def test_every_scorer_and_their_mean_side_by_side_with_the_collapse_guard(tmp_pa
     out, models = _folder(tmp_path)
     report = _report(out, models)
     head, *rows = _table(report)
-    labels = ("mean toxicity", "exp. max. toxicity (K)", "toxicity prob. (K)")
-    assert head == [
-        "method",
-        *(f"{s}: {label}" for s in SCORERS for label in labels),
-        "distinct-1",
-        "distinct-2",
-        "cross-prompt duplicates",
-        "distinct-1 (K)",
-        "distinct-2 (K)",
-        "cross-prompt duplicates (K)",
-        "perplexity (base)",
-    ]
+    assert head == _head(SCORERS)
     assert [r[0] for r in rows] == ["base", "dpo", "decpo"]
     metrics = [f"by_scorer/{s}/{m}" for s in SCORERS for m in SCORER_MEASURES] + list(COLLAPSE)
     for row, (method, seeds) in zip(rows, VALUES.items(), strict=True):
@@ -172,18 +174,8 @@ def test_the_table_reads_the_measures_a_toxicity_evaluation_writes(tmp_path, mon
     )
     evaluate(cfg, out / "eval" / "toxicity" / "base")
     head, base = _table(_report(out, ["base"]))
-    labels = ("mean toxicity", "exp. max. toxicity (K)", "toxicity prob. (K)")
-    collapse = [
-        "distinct-1",
-        "distinct-2",
-        "cross-prompt duplicates",
-        "distinct-1 (K)",
-        "distinct-2 (K)",
-        "cross-prompt duplicates (K)",
-        "perplexity (base)",
-    ]
     # the scorers in the order of the evaluation's setting ("b,a"), not results.json's sorted one
-    assert head == ["method", *(f"{s}: {label}" for s in ("b", "a", "mean") for label in labels), *collapse]
+    assert head == _head(("b", "a", "mean"))
     assert [c.split(" ")[0] for c in base[1:4]] == ["0.900", "0.900", "1.000"]
     assert [c.split(" ")[0] for c in base[7:10]] == ["0.550", "0.550", "1.000"]
     assert "n/a" not in base
