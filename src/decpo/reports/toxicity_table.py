@@ -58,11 +58,10 @@ def scorers(results: Results) -> list[str]:
         for name in r["metrics"]
         if name.startswith(BY_SCORER)
     }
-    setting = str(_config(runs, "scorer") or "")
+    setting = [s.strip() for s in str(_config(runs, "scorer") or "").split(",")]
 
     def order(spec: str) -> tuple:
-        at = setting.find(spec)
-        return (spec == MEAN, at < 0, at, spec)
+        return (spec == MEAN, spec not in setting, setting.index(spec) if spec in setting else 0, spec)
 
     return sorted(specs, key=order)
 
