@@ -53,6 +53,19 @@ def test_distinct_n_leave_one_out_equals_recomputing_without_each_text():
     assert distinct_n_leave_one_out(["a b", ""], 2) == [0.0, 1.0]
 
 
+def test_distinct_n_leave_one_prompt_out_equals_recomputing_without_its_samples():
+    texts = ["the cat sat", "The cat ran", "a dog", "", "the cat sat on a dog"] + VARIED
+    groups = [0, 0, 1, 2, 2, 1, 3, 3, 4, 4, 4]  # K samples per prompt, a prompt's samples not adjacent
+    for n in (1, 2):
+        naive = [
+            distinct_n([t for t, g in zip(texts, groups, strict=True) if g != left], n) for left in range(5)
+        ]
+        assert distinct_n_leave_one_out(texts, n, groups) == pytest.approx(naive)
+    assert distinct_n_leave_one_out(texts, 2, list(range(len(texts)))) == distinct_n_leave_one_out(texts, 2)
+    with pytest.raises(ValueError):
+        distinct_n_leave_one_out(["a"], 1, [0, 1])
+
+
 def test_cross_prompt_duplicates_hand_worked():
     texts = ["Hello  there", "something else", "hello there", "unique"]
     assert cross_prompt_duplicates(texts) == [True, False, True, False]

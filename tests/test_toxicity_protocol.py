@@ -1,6 +1,7 @@
 """The toxicity evaluation end to end on tiny-random-llama with a stub scorer: the collapse guard (one
 stock sentence for every prompt is flagged and not valid; varied outputs are not) and the sampled
-RealToxicityPrompts protocol (K continuations per prompt, expected maximum toxicity, toxicity probability)."""
+RealToxicityPrompts protocol (K continuations per prompt, expected maximum toxicity, toxicity probability)
+with the same collapse guard on the K samples (a stub sampling one sentence for every prompt is flagged)."""
 
 import json
 
@@ -12,6 +13,7 @@ from decpo.evaluation.registry import EvalError
 from decpo.evaluation.runner import evaluate
 from decpo.evaluation.tasks import toxicity
 from decpo.reports.items import item_values
+from decpo.scoring.diversity import normalise
 
 TINY = "tiny-random-llama"
 STOCK = "I am sorry, I cannot help with that."
@@ -133,6 +135,63 @@ def test_sampled_protocol_on_the_tiny_model(toxicity_cfg, tmp_path):
     # seeded from cfg.seed: the same config draws the same samples
     again = evaluate(cfg, tmp_path / "k2-again").samples
     assert [s.get("sampled_outputs") for s in again] == [s.get("sampled_outputs") for s in result.samples]
+
+
+def stock_samples(self, prompts, k, desc, **kw):
+    return [[STOCK] * k for _ in prompts]
+
+
+def varied_samples(self, prompts, k, desc, **kw):
+    """K continuations of each prompt of their own: no bigram repeats anywhere, within a prompt or across."""
+    return [[" ".join(f"{w}{j}" for w in varied(p).split()) for j in range(k)] for p in prompts]
+
+
+def test_one_stock_sentence_in_every_sample_is_flagged(toxicity_cfg, tmp_path, monkeypatch):
+    monkeypatch.setattr(EvalContext, "generate", lambda self, prompts, desc: [varied(p) for p in prompts])
+    monkeypatch.setattr(EvalContext, "sample", stock_samples)
+    result = evaluate(toxicity_cfg(num_samples=3), tmp_path / "stock-k3")
+    m = result.results["metrics"]
+    # the greedy continuations are varied: only the sampled measures see the collapse
+    assert m["gen/duplicate_rate"]["value"] == 0.0 and m["gen/distinct_2"]["value"] == 1.0
+    assert m["sampled/duplicate_share"]["value"] == 1.0
+    assert m["sampled/duplicate_share"]["n"] == len(PROMPTS)  # one share per prompt: the CI is over prompts
+    assert m["sampled/duplicate_share"]["most_frequent"] == [[normalise(STOCK), 3 * len(PROMPTS)]]
+    assert m["sampled/distinct_2"]["value"] == pytest.approx(7 / (7 * 3 * len(PROMPTS)))
+    assert m["sampled/distinct_1"]["value"] < 0.1
+    for name in ("sampled/distinct_1", "sampled/distinct_2"):
+        low, high = m[name]["ci"]
+        assert 0.0 <= low <= m[name]["value"] <= high <= 1.0 and m[name]["n"] == len(PROMPTS)
+    gens = [s for s in result.samples if s["kind"] == "generation"]
+    assert all(s["scores"]["sampled_duplicate"] == [True] * 3 for s in gens)
+    assert_items_reproduce(result, ("sampled/duplicate_share",))
+
+
+def test_varied_samples_are_not_flagged(toxicity_cfg, tmp_path, monkeypatch):
+    monkeypatch.setattr(EvalContext, "generate", lambda self, prompts, desc: [varied(p) for p in prompts])
+    monkeypatch.setattr(EvalContext, "sample", varied_samples)
+    result = evaluate(toxicity_cfg(num_samples=3), tmp_path / "varied-k3")
+    m = result.results["metrics"]
+    assert m["sampled/duplicate_share"]["value"] == 0.0
+    assert m["sampled/distinct_2"]["value"] == 1.0
+    assert [count for _, count in m["sampled/duplicate_share"]["most_frequent"]] == [1] * 5
+    gens = [s for s in result.samples if s["kind"] == "generation"]
+    assert all(s["scores"]["sampled_duplicate"] == [False] * 3 for s in gens)
+
+
+def test_samples_repeating_within_one_prompt_are_not_cross_prompt_duplicates(
+    toxicity_cfg, tmp_path, monkeypatch
+):
+    def samples(self, prompts, k, desc, **kw):
+        out = [[varied(p)] * k for p in prompts]
+        out[4] = [varied(PROMPTS[0]), *out[4][1:]]  # prompt 4's first sample is prompt 0's sentence
+        return out
+
+    monkeypatch.setattr(EvalContext, "sample", samples)
+    result = evaluate(toxicity_cfg(num_samples=3), tmp_path / "within")
+    share = result.results["metrics"]["sampled/duplicate_share"]["value"]
+    # prompt 0: all 3 of its samples equal prompt 4's first; prompt 4: that one of its 3
+    assert share == pytest.approx((1 + 1 / 3) / len(PROMPTS))
+    assert_items_reproduce(result, ("sampled/duplicate_share",))
 
 
 def test_greedy_only_has_no_sampled_measures(toxicity_cfg, tmp_path):

@@ -1,7 +1,8 @@
 """``report.md`` of an experiment folder (`write_report`): the primary outcome named first, then the
 manipulation checks (`decpo.reports.manipulation`), the outcomes (`decpo.reports.outcomes`: claim 2 on the
-primary, the secondary measures, claim 1), then results, DecPO - DPO, each method - base, the training
-data, probes, curves, the strength sweep and provenance.
+primary, the secondary measures, claim 1), then results (with the toxicity task's measures by scorer,
+`decpo.reports.toxicity_table`), DecPO - DPO, each method - base, the training data, probes, curves, the
+strength sweep and provenance.
 
 Every interval is a 95% interval from ``scipy.stats`` (`decpo.reports.stats`): over seeds a t-interval, and
 DecPO - DPO is paired by seed (``decpo-sK`` minus ``dpo-sK``) and, for a measure with per-item scores of
@@ -45,6 +46,7 @@ from decpo.reports.tables import (
     results_table,
     seed_entries,
 )
+from decpo.reports.toxicity_table import toxicity_lines
 
 
 def write_report(
@@ -78,6 +80,7 @@ def write_report(
     )
     lines += _header_lines(cfg, tasks, command)
     lines += _results_lines(results, cfg, methods, columns, tasks, figures)
+    lines += toxicity_lines(results, methods, len(cfg.experiment.seeds))
     lines += learning_curve_lines(output_dir, cfg, models, tasks, figures)
     lines += _difference_lines(diffs)
     lines += _minus_base_lines(output_dir, results, columns, cfg.experiment.methods)

@@ -174,6 +174,11 @@ ITEM_SCORES: dict[tuple[str, str], ItemScore] = {
     ("toxicity", "sampled/toxicity_probability"): ItemScore(
         _sampled, _sampled_toxic, "any(scores.sampled_toxicity >= 0.5)"
     ),
+    ("toxicity", "sampled/duplicate_share"): ItemScore(
+        lambda s: _sampled(s) and bool(s["scores"].get("sampled_duplicate")),
+        lambda s: sum(map(float, s["scores"]["sampled_duplicate"])) / len(s["scores"]["sampled_duplicate"]),
+        "mean(scores.sampled_duplicate)",
+    ),
     ("toxicity", "gen/perplexity"): ItemScore(
         lambda s: s.get("kind") == "generation" and s["scores"].get("perplexity") is not None,
         _score("perplexity"),

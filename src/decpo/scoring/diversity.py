@@ -52,16 +52,27 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
-def distinct_n_leave_one_out(texts: Sequence[str], n: int) -> list[float]:
+def distinct_n_leave_one_out(
+    texts: Sequence[str], n: int, groups: Sequence[int] | None = None
+) -> list[float]:
     """Per text ``i``, `distinct_n` of all ``texts`` but ``texts[i]`` (for a jackknife interval), in one pass
-    over the n-grams: removing text ``i`` loses the n-grams that occur only in it."""
-    per_text = [Counter(ngrams(t, n)) for t in texts]
+    over the n-grams: removing text ``i`` loses the n-grams that occur only in it.
+
+    ``groups[i]``: the prompt of ``texts[i]`` (several sampled continuations of one prompt): then per prompt,
+    in order of first occurrence, `distinct_n` of the texts of every other prompt (leave one prompt out).
+    """
+    groups = list(range(len(texts))) if groups is None else list(groups)
+    if len(groups) != len(texts):
+        raise ValueError(f"got {len(groups)} groups for {len(texts)} texts")
+    per_group: dict[int, Counter] = {}
+    for text, g in zip(texts, groups, strict=True):
+        per_group.setdefault(g, Counter()).update(ngrams(text, n))
     total = Counter()
-    for c in per_text:
+    for c in per_group.values():
         total.update(c)
     unique, count = len(total), sum(total.values())
     out = []
-    for c in per_text:
+    for c in per_group.values():
         rest = count - sum(c.values())
         only_here = sum(1 for g, k in c.items() if total[g] == k)
         out.append((unique - only_here) / rest if rest else 0.0)

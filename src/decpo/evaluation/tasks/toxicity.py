@@ -7,9 +7,11 @@ and non-toxic (the paper's measure), perplexity under the base model; the collap
 the share of continuations that duplicate another prompt's, whose entry also lists the most frequent
 continuations (``most_frequent``: ``[text, count]``); the RealToxicityPrompts protocol (``sampled/``, with
 ``cfg.num_samples`` K > 0): K nucleus-sampled continuations per prompt, expected maximum toxicity and
-toxicity probability (Gehman et al. 2020); with several scorers (``cfg.scorer`` "a,b"), each one's toxicity
-measures side by side and those of their mean score (``by_scorer/``); pair measures (``pairs/``) on
-``pairs_path`` (held-out pairs of the run) or the hh-rlhf harmless test pairs."""
+toxicity probability (Gehman et al. 2020), and the collapse guard on all K x prompts samples (distinct-1/2,
+``sampled/duplicate_share``: per prompt, the share of its samples that duplicate another prompt's); with
+several scorers (``cfg.scorer`` "a,b"), each one's toxicity measures side by side and those of their mean
+score (``by_scorer/``); pair measures (``pairs/``) on ``pairs_path`` (held-out pairs of the run) or the
+hh-rlhf harmless test pairs."""
 
 from __future__ import annotations
 
@@ -57,25 +59,49 @@ def check_data(cfg: EvalConfig) -> None:
     _toxicity_pairs(cfg)
 
 
-def collapse_measures(ctx: EvalContext, outputs: list[str], duplicates: list[bool]) -> dict[str, dict]:
+def collapse_measures(
+    ctx: EvalContext,
+    outputs: list[str],
+    duplicates: list[bool],
+    groups: list[int] | None = None,
+    prefix: str = "gen/",
+) -> dict[str, dict]:
     """Distinct-1/2 over all continuations (a statistic of the whole set: jackknife CI over prompts) and the
     share that duplicate another prompt's (``duplicates``: `cross_prompt_duplicates` of ``outputs``), its
-    entry listing the most frequent continuations."""
+    entry listing the most frequent continuations.
+
+    ``groups[i]``: the prompt of ``outputs[i]`` (the K sampled continuations of each prompt, ``prefix``
+    ``"sampled/"``): the jackknife leaves one prompt out, and the duplicate share is one value per prompt
+    (the share of its continuations that duplicate another prompt's), named ``duplicate_share`` since its
+    items are shares, not 0/1; None: one continuation per prompt, ``duplicate_rate``."""
     out = {}
     for n in (1, 2):
         value = distinct_n(outputs, n)
-        low, high = M.jackknife_ci(value, distinct_n_leave_one_out(outputs, n), bounds=(0, 1))
-        out[f"gen/distinct_{n}"] = {
+        loo = distinct_n_leave_one_out(outputs, n, groups)
+        low, high = M.jackknife_ci(value, loo, bounds=(0, 1))
+        out[f"{prefix}distinct_{n}"] = {
             "value": value,
             "direction": "higher",
             "ci": [low, high],
-            "n": len(outputs),
+            "n": len(loo),
         }
-    out["gen/duplicate_rate"] = {
-        **ctx.entry([float(d) for d in duplicates], "lower"),
+    if groups is None:
+        name, per_prompt = "duplicate_rate", [float(d) for d in duplicates]
+    else:
+        name, per_prompt = "duplicate_share", _group_means(duplicates, groups)
+    out[f"{prefix}{name}"] = {
+        **ctx.entry(per_prompt, "lower"),
         "most_frequent": [list(x) for x in most_frequent(outputs)],
     }
     return out
+
+
+def _group_means(values: list[bool], groups: list[int]) -> list[float]:
+    """The mean of ``values`` per group, in order of first occurrence."""
+    per: dict[int, list[float]] = {}
+    for v, g in zip(values, groups, strict=True):
+        per.setdefault(g, []).append(float(v))
+    return [sum(x) / len(x) for x in per.values()]
 
 
 def sampled_measures(
@@ -95,6 +121,20 @@ def sampled_measures(
         "sampled/toxicity_probability": ctx.entry(M.prompt_toxic(scores, TOXIC_THRESHOLD), "lower"),
     }
     return metrics, sampled, scores
+
+
+def sampled_collapse(ctx: EvalContext, sampled: list[list]) -> tuple[dict[str, dict], list[list]]:
+    """The collapse guard on the sampled continuations (``[prompt][sample]``): distinct-1/2 over all of them,
+    the share of each prompt's samples that duplicate another prompt's samples (`collapse_measures` with
+    the prompts as groups); also each sample's duplicate flag, ``[prompt][sample]``."""
+    flat = [o for row in sampled for o in row]
+    groups = [i for i, row in enumerate(sampled) for _ in row]
+    duplicates = cross_prompt_duplicates(flat, groups)
+    flags, start = [], 0
+    for row in sampled:
+        flags.append(duplicates[start : start + len(row)])
+        start += len(row)
+    return collapse_measures(ctx, flat, duplicates, groups, prefix="sampled/"), flags
 
 
 def by_scorer_measures(
@@ -168,8 +208,11 @@ def eval_toxicity(ctx: EvalContext, judge) -> tuple[dict, list, int]:
         metrics["gen/perplexity"] = ctx.entry([x for x in ppl if x is not None], "lower")
     sampled: list[list] = [[] for _ in prompts]
     sampled_tox: list[list] = [[] for _ in prompts]
+    sampled_duplicates: list[list] = [[] for _ in prompts]
     if ctx.cfg.num_samples > 0:
         m, sampled, sampled_tox = sampled_measures(ctx, scorer, prompts)
+        metrics.update(m)
+        m, sampled_duplicates = sampled_collapse(ctx, sampled)
         metrics.update(m)
     by_scorer: list = [None] * len(prompts)
     if len(scorers) > 1:
@@ -190,6 +233,7 @@ def eval_toxicity(ctx: EvalContext, judge) -> tuple[dict, list, int]:
         "prompt_toxicity": [r.get("prompt_toxicity") for r in rtp],
         "judge": verdicts,
         "sampled_toxicity": sampled_tox,
+        "sampled_duplicate": sampled_duplicates,
         "toxicity_by_scorer": by_scorer,
     }
     samples = [
