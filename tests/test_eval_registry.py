@@ -50,6 +50,14 @@ def test_builtin_tasks_are_registered():
     assert get_task("toxicity").check_data is not None and get_task("synthetic").check_data is None
 
 
+def test_the_builtin_names_of_the_help_are_the_ones_registered():
+    """`decpo eval --help` names the built-in tasks without importing them (they import torch)."""
+    builtin = [
+        n for n in task_names() if get_task(n).run.__module__.startswith(registry.BUILTIN_TASKS_MODULE)
+    ]
+    assert registry.BUILTIN_TASK_NAMES == tuple(builtin)
+
+
 def test_a_task_registered_here_runs_through_evaluate(tmp_path, clean_registry):
     register_task("answer_words", max_new_tokens=5)(answer_words)
     assert "answer_words" in task_names()

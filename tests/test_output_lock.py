@@ -94,8 +94,8 @@ def test_a_waiting_writer_runs_after_the_holder(tmp_path):
 
 def _refused(monkeypatch):
     """The work of each command, replaced: a start that gets past the lock fails the test at once."""
-    import decpo.cli.pairs as pairs_cli
     import decpo.experiment.recipes as recipes
+    import decpo.pairs.sampling as pairs_sampling
     import decpo.training.run as training
 
     def wrote(*args, **kwargs):
@@ -105,7 +105,7 @@ def _refused(monkeypatch):
         (training, "train"),
         (recipes, "run_experiment"),
         (recipes, "sweep_strength"),
-        (pairs_cli, "build_pairs"),
+        (pairs_sampling, "build_pairs"),
     ):
         monkeypatch.setattr(module, name, wrote)
 

@@ -6,13 +6,16 @@ import argparse
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from decpo.cli.flags import add_dataclass_flags, dataclass_values
 from decpo.evaluation.config import EvalConfig
-from decpo.evaluation.registry import EvalError, task_names
-from decpo.evaluation.runner import EvalResult, evaluate
+from decpo.evaluation.registry import BUILTIN_TASK_NAMES, EvalError
 from decpo.scoring.classifiers import ScorerError
 from decpo.scoring.judge import JudgeError
+
+if TYPE_CHECKING:
+    from decpo.evaluation.runner import EvalResult
 
 # EvalConfig fields without a flag (as before: the library's defaults; a config of your own sets them)
 NO_FLAG = ("n_boot", "pair_max_length", "dtype", "generate")
@@ -23,15 +26,16 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "eval",
         help="evaluate a model on a task (A/B accuracy, preference margin, generation scores)",
+        # a description is printed as written (only help texts are %-formatted): one % sign
         description="Evaluate a model, an adapter folder or a run directory on one task; writes results.json "
-        "(metrics with direction and 95%% bootstrap CI) and samples.jsonl.",
+        "(metrics with direction and 95% bootstrap CI) and samples.jsonl.",
     )
     fields = add_dataclass_flags(
         p,
         EvalConfig,
         exclude=NO_FLAG,
         flags={"prompts_path": "prompts", "pairs_path": "pairs"},
-        extra_help={"task": f"Registered now: {', '.join(task_names())}."},
+        extra_help={"task": f"Built in: {', '.join(BUILTIN_TASK_NAMES)}."},
     )
     p.add_argument("--output-dir", default=None, help="where to write (default: evals/<task>-<model>)")
     p.set_defaults(func=run_eval, config_fields=fields)
@@ -44,6 +48,8 @@ def default_output_dir(task: str, model: str) -> Path:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from decpo.evaluation.runner import evaluate  # lazy: the evaluation pulls in torch and transformers
+
     try:
         cfg = EvalConfig(**dataclass_values(args, args.config_fields))
         out = Path(args.output_dir) if args.output_dir else default_output_dir(args.task, args.model)

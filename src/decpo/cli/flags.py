@@ -19,6 +19,18 @@ def comma_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def positive_int(text: str) -> int:
+    """An argparse ``type``: a whole number >= 1, else argparse's one-line error naming the flag
+    (``argument --num-processes: expected a whole number >= 1, got '0'``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def _members(hint: Any) -> list[Any]:
     """The types a hint allows, None left out (``int | None`` -> ``[int]``)."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
@@ -27,7 +39,9 @@ def _members(hint: Any) -> list[Any]:
 
 
 def _shown(default: Any) -> str:
-    return ",".join(map(str, default)) if isinstance(default, tuple | list) else str(default)
+    if isinstance(default, tuple | list):
+        return ",".join(map(str, default)) or "none"  # an empty list: none, not a blank
+    return str(default)
 
 
 def _default(field: dataclasses.Field) -> Any:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
+import shutil
 import sys
 from pathlib import Path
 
+import decpo
 from decpo.cli import eval as eval_command
 from decpo.cli import pairs as pairs_command
 from decpo.cli import probe as probe_command
-from decpo.config import ConfigError, describe_keys, load_config
-from decpo.config.sweeps import parse_values
+from decpo.cli.flags import positive_int
+from decpo.config.errors import ConfigError
 from decpo.errors import DecPOError
 from decpo.experiment.executors.base import StagesFailed
 from decpo.io import LOCK_FILE, output_lock, remove_failed_start, removed_if_start_fails
@@ -50,7 +53,8 @@ def _train_lock(output_dir: Path) -> contextlib.AbstractContextManager:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    # lazy: training pulls in torch, transformers and trl
+    # lazy: the config's sections and training pull in torch, transformers and trl
+    from decpo.config import load_config
     from decpo.training.launch import check_launched_world
     from decpo.training.run import train
 
@@ -101,6 +105,8 @@ def config_path(path: str | None) -> Path:
 
 
 def _experiment_config(args: argparse.Namespace):
+    from decpo.config import load_config  # lazy: the config's sections pull in trl, transformers and torch
+
     overrides = list(args.overrides)
     if getattr(args, "seeds", None):
         overrides.append(f"experiment.seeds=[{args.seeds}]")
@@ -121,7 +127,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    # lazy: the experiment and the hooks pull in torch, transformers and trl (slow for `decpo --help`)
+    # lazy: the config's sections, the experiment and the hooks pull in torch, transformers and trl (slow for
+    # `decpo --help`)
+    from decpo.config.sweeps import parse_values
     from decpo.experiment.recipes import sweep_layers, sweep_strength
     from decpo.models.hooks import parse_layers
 
@@ -142,17 +150,29 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_keys(args: argparse.Namespace) -> int:
-    print(describe_keys(load_config(args.config) if args.config else None))
+    from decpo.config import describe_keys, load_config  # lazy: the config's sections pull in trl and torch
+
+    try:
+        pattern = re.compile(args.pattern, re.IGNORECASE) if args.pattern else None
+    except re.error as e:
+        raise ConfigError(f"config-keys: {args.pattern!r} is not a regular expression ({e})") from e
+    # wrapped to a terminal's width; one line per key into a pipe or a file
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    text = describe_keys(load_config(args.config) if args.config else None, pattern=pattern, width=width)
+    if not text:
+        print(f"decpo: no config key's name or help matches {args.pattern!r}", file=sys.stderr)
+        return 1
+    print(text)
     return 0
 
 
 def _add_stage_processes(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--num-processes",
-        type=int,
+        type=positive_int,
         default=1,
         help="train each stage as N data-parallel processes (as `decpo train --num-processes`); the command "
-        "itself stays one process: do not start it under `accelerate launch` or torchrun",
+        "itself stays one process: do not start it under `accelerate launch` or torchrun (default: %(default)s)",
     )
 
 
@@ -168,9 +188,10 @@ def _add_train(sub) -> None:
     p.add_argument("--output-dir", default=None, help="run directory (default: runs/<objective>)")
     p.add_argument(
         "--num-processes",
-        type=int,
+        type=positive_int,
         default=1,
-        help="data-parallel processes (relaunches under `accelerate launch` on GPUs, torchrun with gloo on CPU)",
+        help="data-parallel processes (relaunches under `accelerate launch` on GPUs, torchrun with gloo on CPU; "
+        "default: %(default)s)",
     )
     p.add_argument(
         "--allow-config-change",
@@ -193,7 +214,7 @@ def _add_run(sub) -> None:
         "exits with code 1, naming it and its log.",
     )
     p.add_argument("--config", default=None, help="YAML config (default: the embedded demo)")
-    p.add_argument("--output-dir", default="runs/paper-demo", help="experiment folder")
+    p.add_argument("--output-dir", default="runs/paper-demo", help="experiment folder (default: %(default)s)")
     p.add_argument("--seeds", default=None, help="comma-separated training seeds, e.g. 0,1,2")
     p.add_argument("--methods", default=None, help="comma-separated methods, e.g. dpo,decpo,l1,simpo,sft")
     _add_stage_processes(p)
@@ -238,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="decpo", description="Preference alignment with feature decorrelation (DecPO)."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"decpo {decpo.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     probe_command.add_parser(sub)
@@ -246,7 +268,17 @@ def build_parser() -> argparse.ArgumentParser:
     eval_command.add_parser(sub)
     pairs_command.add_parser(sub)
     p = sub.add_parser(
-        "config-keys", help="list every config key with its default (or a preset's value) and help"
+        "config-keys",
+        help="list every config key with its default (or a preset's value) and help",
+        description="One entry per config key: its value, its default where that differs, and its help; "
+        "wrapped to the terminal's width in a terminal, one line per key otherwise (for grep).",
+    )
+    p.add_argument(
+        "pattern",
+        nargs="?",
+        default=None,
+        help="only the keys whose name or help matches this regular expression, case-insensitively (e.g. "
+        "beta, '^train\\.reg_', checkpoint; default: every key)",
     )
     p.add_argument("--config", default=None, help="YAML config whose values to show (default: the defaults)")
     p.set_defaults(func=_cmd_config_keys)

@@ -7,12 +7,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from decpo.cli.flags import add_dataclass_flags, dataclass_values
+from decpo.cli.flags import add_dataclass_flags, dataclass_values, positive_int
 from decpo.config.sampling import PREFER, SamplingSettings, scorer_spec
 from decpo.data.prompts import PROMPT_TASKS, load_prompts
 from decpo.io import check_writable, file_lock_path, output_lock
-from decpo.models import load_model, load_tokenizer
-from decpo.pairs.sampling import build_pairs, side_files
 from decpo.scoring.classifiers import ScorerError, make_scorer
 
 
@@ -40,7 +38,9 @@ def add_parser(subparsers) -> None:
         choices=("train", "eval", "all"),
         help="prompts used (default: train for a task, so that its eval split stays for evaluation; all for a file)",
     )
-    p.add_argument("--limit", type=int, default=None, help="only the first N prompts")
+    p.add_argument(
+        "--limit", type=positive_int, default=None, help="only the first N prompts, N >= 1 (default: all)"
+    )
     settings = add_dataclass_flags(
         p,
         SamplingSettings,
@@ -48,7 +48,12 @@ def add_parser(subparsers) -> None:
         flags={"include_greedy": "greedy"},
         choices={"prefer": (*PREFER, "auto")},
     )
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16", "float16"),
+        help="model dtype (default: %(default)s)",
+    )
     p.add_argument(
         "--data-dir", default=None, help="data folder for task prompts (default: env DECPO_DATA_DIR)"
     )
@@ -74,6 +79,10 @@ def run_pairs(args: argparse.Namespace) -> int:
 def _build(
     args: argparse.Namespace, settings: SamplingSettings, prompts: list[str], split: str, output: Path
 ) -> int:
+    # lazy: the model and the sampling pull in torch and transformers (slow for `decpo --help`)
+    from decpo.models import load_model, load_tokenizer
+    from decpo.pairs.sampling import build_pairs, side_files
+
     check_writable(output.parent)
     try:
         scorer = make_scorer(scorer_spec(args.scorer))

@@ -6,19 +6,15 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from decpo.cli.flags import add_dataclass_flags, comma_list, dataclass_values
+from decpo.cli.flags import add_dataclass_flags, comma_list, dataclass_values, positive_int
 from decpo.probes.concepts import CONCEPTS, labelled_texts
+from decpo.probes.options import ACTIVATION_PROBES, SPARSE_PROBING, ProbeOptions
 from decpo.probes.proxy_check import proxy_tracking
-from decpo.probes.runner import (
-    SPARSE_PROBING,
-    ProbeOptions,
-    ProbeReport,
-    load_texts,
-    parse_model_specs,
-    probe_models,
-)
-from decpo.probes.stats import ACTIVATION_PROBES
+
+if TYPE_CHECKING:
+    from decpo.probes.runner import ProbeReport
 
 
 def add_parser(subparsers) -> None:
@@ -41,11 +37,20 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--texts",
         default="synthetic",
-        help="a task name (its train prompts), a .txt file (one text a "
-        "line) or a preference-pairs file (its prompts)",
+        help="a task name (its train prompts), a .txt file (one text a line) or a preference-pairs file, its "
+        "prompts (default: %(default)s)",
     )
-    p.add_argument("--num-texts", type=int, default=1000, help="use the first N texts (the paper used 1000)")
-    p.add_argument("--output-dir", default="probes", help="folder for probes.csv, the PNGs and vocab.json")
+    p.add_argument(
+        "--num-texts",
+        type=positive_int,
+        default=1000,
+        help="use the first N texts, N >= 1 (default: %(default)s, as the paper)",
+    )
+    p.add_argument(
+        "--output-dir",
+        default="probes",
+        help="folder for probes.csv, the PNGs and vocab.json (default: %(default)s)",
+    )
     p.add_argument("--data-dir", default=None, help="data directory of the tasks (else env DECPO_DATA_DIR)")
     p.add_argument(
         "--concepts",
@@ -60,6 +65,9 @@ def add_parser(subparsers) -> None:
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
+    # lazy: the probes pull in torch and transformers (slow for `decpo --help`)
+    from decpo.probes.runner import load_texts, parse_model_specs, probe_models
+
     models = parse_model_specs(args.model or ["default"])
     options = ProbeOptions(**dataclass_values(args, args.option_fields))
     labels = None

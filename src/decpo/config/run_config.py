@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
+import textwrap
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -271,13 +273,22 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def describe_keys(cfg: RunConfig | None = None) -> str:
-    """One line per valid key with its value in ``cfg`` (default: the defaults) and help text; a value that
-    differs from the default says so, and a decpo default that differs from TRL's names TRL's."""
+def describe_keys(
+    cfg: RunConfig | None = None, *, pattern: re.Pattern[str] | None = None, width: int | None = None
+) -> str:
+    """One entry per valid key with its value in ``cfg`` (default: the defaults) and help text; a value that
+    differs from the default says so, and a decpo default that differs from TRL's names TRL's.
+
+    ``pattern``: only the keys whose name or help it matches (`re.search`); none matching gives ``""``.
+    ``width``: each entry wrapped to that many columns, its continuation lines indented; None: one line each.
+    """
     values = _flatten(cfg.to_dict()) if cfg is not None else {}
     defaults = _flatten(RunConfig().to_dict())
     lines = []
     for key, f in FIELDS.items():
+        help_text = _one_line(f.metadata.get("help", ""))
+        if pattern is not None and not (pattern.search(key) or pattern.search(help_text)):
+            continue
         default = defaults[key]
         value = values.get(key, default)
         notes = []
@@ -289,5 +300,8 @@ def describe_keys(cfg: RunConfig | None = None) -> str:
                 f"decpo's default; {f.metadata['declared_in']}'s is {upstream!r}: {f.metadata['decpo_default']}"
             )
         note = f" ({'; '.join(notes)})" if notes else ""
-        lines.append(f"{key} = {value!r}{note}  # {_one_line(f.metadata.get('help', ''))}")
+        line = f"{key} = {value!r}{note}  # {help_text}"
+        if width is not None:
+            line = textwrap.fill(line, width=max(width, 40), subsequent_indent="    ", break_on_hyphens=False)
+        lines.append(line)
     return "\n".join(lines)

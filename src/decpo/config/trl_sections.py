@@ -200,6 +200,10 @@ def _validate_train(self) -> None:
     ):
         if not getattr(self, name) >= 1:
             raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+    if self.max_steps == 0 or self.max_steps < -1:  # transformers would read 0 as "train num_train_epochs"
+        raise ConfigError(
+            f"train.max_steps must be >= 1, or -1 to train num_train_epochs epochs, got {self.max_steps}"
+        )
     if self.max_length is not None and self.max_length < 1:
         raise ConfigError(f"train.max_length must be >= 1 (or null), got {self.max_length}")
     if not self.learning_rate > 0:

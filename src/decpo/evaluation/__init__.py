@@ -1,54 +1,36 @@
-"""Evaluation: log-prob scoring, generation, text classifiers, a YES/NO judge, tasks behind a registry."""
+"""Evaluation: log-prob scoring, generation, text classifiers, a YES/NO judge, tasks behind a registry.
 
-from decpo.evaluation.config import EvalConfig
-from decpo.evaluation.context import EvalContext
-from decpo.evaluation.metrics import (
-    ab_accuracy,
-    ab_predictions,
-    auroc,
-    bootstrap_ci,
-    debiased_ab,
-    metric_entry,
-    parse_ab_letter,
-    spearman,
-)
-from decpo.evaluation.registry import EvalError, Task, get_task, register_task, task_names
-from decpo.evaluation.runner import EvalResult, evaluate
-from decpo.scoring.classifiers import Scorer, ScorerError, make_scorer
-from decpo.scoring.judge import (
-    JUDGE_PROMPTS,
-    JudgeError,
-    LocalJudge,
-    OpenAIJudge,
-    make_judge,
-    parse_yes_no,
-)
+The names below are imported on first use (`decpo.lazy`): the context and the runner import torch, which
+`decpo eval`'s flags (`decpo.evaluation.config`, `decpo.evaluation.registry`) do not need.
+"""
 
-__all__ = [
-    "JUDGE_PROMPTS",
-    "EvalConfig",
-    "EvalContext",
-    "EvalError",
-    "EvalResult",
-    "JudgeError",
-    "LocalJudge",
-    "OpenAIJudge",
-    "Scorer",
-    "ScorerError",
-    "Task",
-    "ab_accuracy",
-    "ab_predictions",
-    "auroc",
-    "bootstrap_ci",
-    "debiased_ab",
-    "evaluate",
-    "get_task",
-    "make_judge",
-    "make_scorer",
-    "metric_entry",
-    "parse_ab_letter",
-    "parse_yes_no",
-    "register_task",
-    "spearman",
-    "task_names",
-]
+from decpo.lazy import lazy_exports
+
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "decpo.evaluation.config": ("EvalConfig",),
+        "decpo.evaluation.context": ("EvalContext",),
+        "decpo.evaluation.metrics": (
+            "ab_accuracy",
+            "ab_predictions",
+            "auroc",
+            "bootstrap_ci",
+            "debiased_ab",
+            "metric_entry",
+            "parse_ab_letter",
+            "spearman",
+        ),
+        "decpo.evaluation.registry": ("EvalError", "Task", "get_task", "register_task", "task_names"),
+        "decpo.evaluation.runner": ("EvalResult", "evaluate"),
+        "decpo.scoring.classifiers": ("Scorer", "ScorerError", "make_scorer"),
+        "decpo.scoring.judge": (
+            "JUDGE_PROMPTS",
+            "JudgeError",
+            "LocalJudge",
+            "OpenAIJudge",
+            "make_judge",
+            "parse_yes_no",
+        ),
+    },
+)

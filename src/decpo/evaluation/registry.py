@@ -35,6 +35,9 @@ TaskFn = Callable[[Any, Any], TaskOutput]  # (EvalContext, judge or None) -> (me
 DataCheck = Callable[[Any], None]  # EvalConfig -> None, raising on missing data
 
 BUILTIN_TASKS_MODULE = "decpo.evaluation.tasks"
+# the names its modules register, in order, for help texts that must not import them (torch);
+# tests/test_eval_registry.py checks them against `task_names()`
+BUILTIN_TASK_NAMES = ("synthetic", "sycophancy", "reframing", "toxicity", "reading")
 DEFAULT_MAX_NEW_TOKENS = 64  # the paper's generation length
 
 

@@ -1,21 +1,19 @@
-"""Monosemanticity probes: per-layer proxies on activations (a streaming pass over texts) and on weights."""
+"""Monosemanticity probes: per-layer proxies on activations (a streaming pass over texts) and on weights.
 
-from decpo.probes.activation import CSV_COLUMNS, ProbePass, probe_pass
-from decpo.probes.callback import ProbeCallback
-from decpo.probes.stats import ACTIVATION_PROBES, ActivationStats, activation_probes
-from decpo.probes.vocab import vocab_view
-from decpo.probes.weights import NoMLPBiasError, weight_proxy, weight_proxy_change
+The names below are imported on first use (`decpo.lazy`): the probes import torch, which `decpo probe`'s
+flags (`decpo.probes.options`, `decpo.probes.concepts`) do not need.
+"""
 
-__all__ = [
-    "ACTIVATION_PROBES",
-    "CSV_COLUMNS",
-    "ActivationStats",
-    "NoMLPBiasError",
-    "ProbeCallback",
-    "ProbePass",
-    "activation_probes",
-    "probe_pass",
-    "vocab_view",
-    "weight_proxy",
-    "weight_proxy_change",
-]
+from decpo.lazy import lazy_exports
+
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "decpo.probes.activation": ("CSV_COLUMNS", "ProbePass", "probe_pass"),
+        "decpo.probes.callback": ("ProbeCallback",),
+        "decpo.probes.options": ("ACTIVATION_PROBES",),
+        "decpo.probes.stats": ("ActivationStats", "activation_probes"),
+        "decpo.probes.vocab": ("vocab_view",),
+        "decpo.probes.weights": ("NoMLPBiasError", "weight_proxy", "weight_proxy_change"),
+    },
+)

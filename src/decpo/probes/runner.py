@@ -19,100 +19,22 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from decpo.config.fields import described
 from decpo.data import TASKS, DataError, load_pairs, load_task
-from decpo.errors import DecPOError
 from decpo.io import atomic_write_json, atomic_write_text, check_writable
 from decpo.models import load_model, load_tokenizer
 from decpo.models.hooks import parse_layers
-from decpo.names import MLP_UP_PROJ
 from decpo.probes.activation import CSV_COLUMNS, probe_pass, relative_depth
+from decpo.probes.options import MEASURES, SPARSE_PROBING, ProbeOptionError, ProbeOptions
 from decpo.probes.plots import plot_probes
 from decpo.probes.sparse_probing import KS, check_labels, sparse_probe
-from decpo.probes.stats import ACTIVATION_PROBES
 from decpo.probes.vocab import vocab_view
 from decpo.probes.weights import NoMLPBiasError, median, mlp_input_weights, neuron_scores, weight_change
 
 logger = logging.getLogger(__name__)
 
 WEIGHT_SITE = "mlp.in_weights"
-DTYPES = ("float32", "bfloat16", "float16")
 VOCAB_SITE = "mlp.hidden"  # the vocabulary view reads the MLP's hidden units (the paper's Table 1)
-SPARSE_PROBING = "sparse_probing"
-MEASURES = (SPARSE_PROBING,)  # measures beyond the streamed probes, each needing more than a pass
 PLOTTED_SPARSE = ("acc_k1", "neurons_needed")  # of the sparse-probing rows, the ones with a figure
-
-
-class ProbeOptionError(DecPOError, ValueError):
-    """A measure or its inputs that `probe_models` cannot use (the command line prints it, no traceback)."""
-
-
-@dataclass(frozen=True)
-class ProbeOptions:
-    """How `probe_models` probes: where, which probes, in what batches, and what else it writes."""
-
-    sites: tuple[str, ...] = field(
-        default=(MLP_UP_PROJ,),
-        metadata=described(
-            "Comma-separated activation sites (mlp.up_proj, mlp.hidden, mlp.out, resid_post)."
-        ),
-    )
-    layers: str | tuple[int, ...] = field(
-        default="all",
-        metadata=described(
-            "'all', or comma-separated blocks and ranges, e.g. 3,-1 or 0-29:4 (negative from the end)."
-        ),
-    )
-    probes: tuple[str, ...] = field(
-        default=ACTIVATION_PROBES, metadata=described("Comma-separated activation probes.")
-    )
-    batch_size: int = field(default=16, metadata=described("Texts per forward pass."))
-    max_length: int = field(
-        default=256, metadata=described("Texts longer than this many tokens keep their end.")
-    )
-    vocab_layer: int | None = field(
-        default=None,
-        metadata=described(
-            "Write vocab.json: top MLP dims of this block projected through the unembedding (the paper's Table 1)."
-        ),
-    )
-    vocab_top_dims: int = field(default=10, metadata=described("Dims of the vocabulary view."))
-    vocab_top_tokens: int = field(default=10, metadata=described("Tokens per dim of the vocabulary view."))
-    eps_zero: float = field(default=1e-2, metadata=described("|z| below this counts as near zero."))
-    max_gram_rows: int = field(
-        default=512,
-        metadata=described(
-            "Texts behind the squared-cosine probes of wide layers (memory: 2 * width * this bytes per layer)."
-        ),
-    )
-    weights: bool = field(
-        default=True,
-        metadata=described("Add the weight-based proxy's rows (read from the MLP input weights)."),
-    )
-    dtype: str = field(
-        default="float32",
-        metadata={**described("Model dtype: float32, bfloat16 or float16."), "choices": DTYPES},
-    )
-    measures: tuple[str, ...] = field(
-        default=(),
-        metadata=described(
-            "Comma-separated measures beyond the streamed probes: sparse_probing (k-sparse probing of the "
-            "texts' labelled concepts, k = 1..32 and dense, per probed layer and site; needs labelled texts, "
-            "--texts synthetic or reading; keeps n_texts x width floats per layer and site)."
-        ),
-    )
-    sparse_folds: int = field(default=5, metadata=described("Stratified folds of sparse probing."))
-    sparse_layers: str | tuple[int, ...] | None = field(
-        default=None,
-        metadata=described(
-            "Blocks of sparse probing, as --layers writes them, at every site (default: every probed layer); "
-            "blocks not probed are added to the same pass."
-        ),
-    )
-    device: str | None = field(
-        default=None, metadata=described("cpu, cuda, ... (default: cuda when available).")
-    )
-    progress: bool = field(default=True, metadata=described("Show progress bars."))
 
 
 def parse_model_specs(specs: Sequence[str]) -> dict[str, str]:

@@ -31,15 +31,8 @@ import math
 
 import torch
 
-ACTIVATION_PROBES = (
-    "decorrelation",
-    "reg_cosine",
-    "mean_sq_cosine",
-    "variance",
-    "near_zero",
-    "hoyer",
-    "mono_scale",
-)
+from decpo.probes.options import ACTIVATION_PROBES
+
 # the probes that use only the capped rows / Gram matrix (their n can be smaller than the number of texts)
 GRAM_PROBES = ("reg_cosine", "mean_sq_cosine")
 

@@ -1,0 +1,96 @@
+"""What `decpo probe` and `probe_models` take (`ProbeOptions`, the probe and measure names), apart from the
+runner so that the command line builds its flags without importing torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from decpo.config.fields import described
+from decpo.errors import DecPOError
+from decpo.names import MLP_UP_PROJ
+
+# the streamed activation probes (`decpo.probes.stats.ActivationStats` computes them)
+ACTIVATION_PROBES = (
+    "decorrelation",
+    "reg_cosine",
+    "mean_sq_cosine",
+    "variance",
+    "near_zero",
+    "hoyer",
+    "mono_scale",
+)
+DTYPES = ("float32", "bfloat16", "float16")
+SPARSE_PROBING = "sparse_probing"
+MEASURES = (SPARSE_PROBING,)  # measures beyond the streamed probes, each needing more than a pass
+
+
+class ProbeOptionError(DecPOError, ValueError):
+    """A measure or its inputs that `probe_models` cannot use (the command line prints it, no traceback)."""
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    """How `probe_models` probes: where, which probes, in what batches, and what else it writes."""
+
+    sites: tuple[str, ...] = field(
+        default=(MLP_UP_PROJ,),
+        metadata=described(
+            "Comma-separated activation sites (mlp.up_proj, mlp.hidden, mlp.out, resid_post)."
+        ),
+    )
+    layers: str | tuple[int, ...] = field(
+        default="all",
+        metadata=described(
+            "'all', or comma-separated blocks and ranges, e.g. 3,-1 or 0-29:4 (negative from the end)."
+        ),
+    )
+    probes: tuple[str, ...] = field(
+        default=ACTIVATION_PROBES, metadata=described("Comma-separated activation probes.")
+    )
+    batch_size: int = field(default=16, metadata=described("Texts per forward pass."))
+    max_length: int = field(
+        default=256, metadata=described("Texts longer than this many tokens keep their end.")
+    )
+    vocab_layer: int | None = field(
+        default=None,
+        metadata=described(
+            "Write vocab.json: top MLP dims of this block projected through the unembedding (the paper's Table 1)."
+        ),
+    )
+    vocab_top_dims: int = field(default=10, metadata=described("Dims of the vocabulary view."))
+    vocab_top_tokens: int = field(default=10, metadata=described("Tokens per dim of the vocabulary view."))
+    eps_zero: float = field(default=1e-2, metadata=described("|z| below this counts as near zero."))
+    max_gram_rows: int = field(
+        default=512,
+        metadata=described(
+            "Texts behind the squared-cosine probes of wide layers (memory: 2 * width * this bytes per layer)."
+        ),
+    )
+    weights: bool = field(
+        default=True,
+        metadata=described("Add the weight-based proxy's rows (read from the MLP input weights)."),
+    )
+    dtype: str = field(
+        default="float32",
+        metadata={**described("Model dtype: float32, bfloat16 or float16."), "choices": DTYPES},
+    )
+    measures: tuple[str, ...] = field(
+        default=(),
+        metadata=described(
+            "Comma-separated measures beyond the streamed probes: sparse_probing (k-sparse probing of the "
+            "texts' labelled concepts, k = 1..32 and dense, per probed layer and site; needs labelled texts, "
+            "--texts synthetic or reading; keeps n_texts x width floats per layer and site)."
+        ),
+    )
+    sparse_folds: int = field(default=5, metadata=described("Stratified folds of sparse probing."))
+    sparse_layers: str | tuple[int, ...] | None = field(
+        default=None,
+        metadata=described(
+            "Blocks of sparse probing, as --layers writes them, at every site (default: every probed layer); "
+            "blocks not probed are added to the same pass."
+        ),
+    )
+    device: str | None = field(
+        default=None, metadata=described("cpu, cuda, ... (default: cuda when available).")
+    )
+    progress: bool = field(default=True, metadata=described("Show progress bars."))

@@ -1,0 +1,177 @@
+"""The command line's start and flags: help and parsing import no torch, `--version`, `config-keys` with a
+filter and wrapped lines, 0 refused where it makes no sense (naming the flag), help and defaults shown."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import decpo
+from decpo.cli import main
+from decpo.cli.main import build_parser
+from decpo.config import ConfigError, load_config
+
+from conftest import REPO
+
+SMOKE = str(REPO / "configs" / "smoke.yaml")
+HEAVY = ("torch", "transformers", "trl", "peft")
+
+# runs `decpo <argv>` in a fresh interpreter; its last stderr line: the heavy libraries it imported
+PROBE = f"""
+import json, sys
+from decpo.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]), file=sys.stderr)
+"""
+
+
+def _fresh_decpo(argv: list[str]) -> tuple[str, list[str]]:
+    """``(stdout, heavy libraries imported)`` of ``decpo <argv>`` in a new process."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout, json.loads(done.stderr.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["--version"],
+        ["train", "--help"],
+        ["run", "--help"],
+        ["sweep", "--help"],
+        ["eval", "--help"],
+        ["probe", "--help"],
+        ["pairs", "--help"],
+        ["config-keys", "--help"],
+    ],
+)
+def test_help_and_the_parser_import_no_torch(argv):
+    """`decpo --help` answers at once: building the parser imports none of torch, transformers, trl, peft
+    (they take seconds to import; the commands import them when they run)."""
+    out, heavy = _fresh_decpo(argv)
+    assert out.startswith("usage: decpo") or out.startswith("decpo ")
+    assert heavy == []
+
+
+def test_version_prints_the_package_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out == f"decpo {decpo.__version__}\n"
+    declared = re.search(r'^version = "(.+)"$', (REPO / "pyproject.toml").read_text(), re.M)
+    assert declared and declared.group(1) == decpo.__version__
+
+
+def test_the_package_names_stay_importable_from_their_lazy_packages():
+    import decpo.config
+    import decpo.evaluation
+    import decpo.probes
+
+    assert decpo.config.load_config is load_config and "load_config" in dir(decpo.config)
+    assert "describe_keys" in decpo.config.__all__
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        decpo.config.nonexistent  # noqa: B018
+    from decpo.evaluation import EvalConfig, metrics  # a re-exported name and a submodule alike
+    from decpo.probes import ACTIVATION_PROBES
+
+    assert EvalConfig.__module__ == "decpo.evaluation.config" and metrics.__name__.endswith(".metrics")
+    assert "decorrelation" in ACTIVATION_PROBES
+
+
+def test_config_keys_filters_by_name_and_help(capsys):
+    assert main(["config-keys", "BETA"]) == 0  # case-insensitive
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("train.beta = ") for line in lines)
+    assert all("beta" in line.lower() for line in lines)  # not a wrapped line: not a terminal
+    assert main(["config-keys"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) > len(lines)
+
+
+def test_config_keys_says_when_nothing_matches_and_refuses_a_bad_pattern(capsys):
+    assert main(["config-keys", "no-such-key-xyz"]) == 1
+    assert "no config key's name or help matches 'no-such-key-xyz'" in capsys.readouterr().err
+    assert main(["config-keys", "train.("]) == 2
+    assert "'train.(' is not a regular expression" in capsys.readouterr().err
+
+
+def test_config_keys_wraps_its_lines_to_the_terminal_width(capsys, monkeypatch):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda *a, **k: os.terminal_size((60, 24)))
+    assert main(["config-keys", "^train\\.reg_"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(map(len, lines)) <= 60
+    starts = [line for line in lines if not line.startswith("    ")]  # each key's first line
+    assert len(starts) < len(lines) and all(line.startswith("train.reg_") for line in starts)
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["train", "--num-processes", "0"], "--num-processes"),
+        (["train", "--num-processes=-2"], "--num-processes"),
+        (["run", "--num-processes", "0"], "--num-processes"),
+        (["sweep", "--layers", "3", "--num-processes", "0"], "--num-processes"),
+        (["probe", "--num-texts", "0"], "--num-texts"),
+        (["pairs", "--prompts", "p.txt", "--output", "o.jsonl", "--limit", "0"], "--limit"),
+    ],
+)
+def test_zero_is_refused_where_it_means_nothing_naming_the_flag(capsys, argv, flag):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 2
+    value = argv[-1].partition("=")[2] or argv[-1]
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .endswith(f"error: argument {flag}: expected a whole number >= 1, got {value!r}")
+    )
+
+
+@pytest.mark.parametrize(("steps", "refused"), [(0, True), (-2, True), (-1, False), (1, False)])
+def test_train_max_steps_0_is_refused_at_load_and_minus_1_means_epochs(steps, refused):
+    if refused:
+        with pytest.raises(
+            ConfigError, match=r"train\.max_steps must be >= 1, or -1 to train num_train_epochs"
+        ):
+            load_config(SMOKE, [f"train.max_steps={steps}"])
+    else:
+        assert load_config(SMOKE, [f"train.max_steps={steps}"]).train.max_steps == steps
+
+
+def _sub_parsers() -> dict[str, argparse.ArgumentParser]:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+def test_eval_help_prints_one_percent_sign(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    out = capsys.readouterr().out
+    assert "95% bootstrap CI" in " ".join(out.split()) and "%%" not in out
+
+
+@pytest.mark.parametrize("command", list(_sub_parsers()))
+def test_every_option_has_help_and_shows_its_default(command):
+    parser = _sub_parsers()[command]
+    for action in parser._actions:
+        if not action.option_strings or isinstance(action, argparse._HelpAction):
+            continue
+        assert action.help, f"decpo {command} {action.option_strings[0]}: no help"
+        valued = action.default is not None and not isinstance(action.default, bool)
+        if valued:
+            assert "default" in action.help, f"decpo {command} {action.option_strings[0]}: no default shown"
+    assert "(default: )" not in parser.format_help()
