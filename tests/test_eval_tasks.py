@@ -15,12 +15,12 @@ from decpo.evaluation.config import EvalConfig
 from decpo.evaluation.context import default_reference, resolve_model_spec
 from decpo.evaluation.metrics import ab_predictions
 from decpo.evaluation.runner import evaluate
+from decpo.inference.encoding import encode_completions
 from decpo.inference.generation import generate
 from decpo.inference.logprobs import (
     ab_completions,
     ab_logps,
     answer_sets_logps,
-    encode_completions,
     pair_logps,
 )
 from decpo.models import load_model, load_tokenizer
@@ -613,7 +613,8 @@ def test_toxicity_reads_the_eval_split_and_reports_the_fluency_guard(tiny, tmp_p
     import math
 
     from decpo.data.prompts import prompt_split
-    from decpo.inference.logprobs import completion_token_logps, encode_completions, pad_id
+    from decpo.inference.encoding import encode_completions
+    from decpo.inference.logprobs import completion_token_logps, pad_id
     from decpo.scoring.fluency import is_valid
 
     pytest.importorskip("profanity_check")

@@ -117,7 +117,8 @@ class LocalJudge:
             )
             return [parse_yes_no(a) for a in answers]
         # lazy: pulls in torch
-        from decpo.inference.logprobs import completion_token_logps, encode_completions, pad_id
+        from decpo.inference.encoding import encode_completions
+        from decpo.inference.logprobs import completion_token_logps, pad_id
 
         groups = [encode_completions(self.tokenizer, text, options) for text, options in formatted]
         tokens = completion_token_logps(
