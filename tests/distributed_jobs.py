@@ -3,6 +3,8 @@
 python tests/distributed_jobs.py train <decpo train arguments...>   `decpo train`, pairs in file order
 python tests/distributed_jobs.py sharded <out.json>                  FSDP2 probes, a short-last-batch run
 python tests/distributed_jobs.py fsdp <decpo train arguments...>    `decpo train` under FSDP2 on CPU processes
+python tests/distributed_jobs.py deepspeed <decpo train arguments...>  `decpo train`, pairs in file order, saying
+    what the penalty's hook is attached to (run under `accelerate launch` with a DeepSpeed config)
 """
 
 from __future__ import annotations
@@ -144,9 +146,45 @@ def fsdp_on_cpu() -> None:
     accelerate.Accelerator.get_state_dict = full_state_dict
 
 
+def report_penalty_hook() -> None:
+    """Print, at the penalty's first capture in a training step on this process, what its hook sees: the model
+    the Trainer hands ``compute_loss`` (under DeepSpeed a ``DeepSpeedEngine``), the hooked module's weight
+    (ZeRO-3 partitions it: an empty ``.data`` on every process, the full size in ``ds_numel``) and the shape of
+    the activation the hook receives (the whole ``(2B, T, D)`` output, not a shard)."""
+    import decpo.training.trainer as trainer
+    from decpo.models.hooks import site_module
+
+    capture = trainer.capture_activations
+    reported: list[bool] = []
+
+    def reporting(model, layers, site, **kwargs):
+        if reported or "transform" not in kwargs:  # the check at the trainer's init has no transform
+            return capture(model, layers, site, **kwargs)
+        reported.append(True)
+        module, _ = site_module(model, layers[0], site)
+        weight = getattr(module, "base_layer", module).weight  # a LoRA layer: its base weight
+        # before the forward, which gathers a ZeRO-3 weight while the module runs
+        held, size = weight.numel(), getattr(weight, "ds_numel", weight.numel())
+        transform = kwargs["transform"]
+
+        def seen(t):
+            print(
+                f"penalty-hook: {type(model).__name__} | weight {held} of {size} held by this process "
+                f"| activation {tuple(t.shape)}",
+                file=sys.stderr,
+            )
+            return transform(t)
+
+        return capture(model, layers, site, **{**kwargs, "transform": seen})
+
+    trainer.capture_activations = reporting
+
+
 if __name__ == "__main__":
     os.environ.setdefault("TQDM_DISABLE", "1")
     job, *rest = sys.argv[1:]
     if job == "fsdp":
         fsdp_on_cpu()
-    raise SystemExit(train(rest) if job in ("train", "fsdp") else sharded(*rest))
+    if job == "deepspeed":
+        report_penalty_hook()
+    raise SystemExit(train(rest) if job in ("train", "fsdp", "deepspeed") else sharded(*rest))

@@ -1,11 +1,13 @@
 """Data parallelism through accelerate: 2 CPU processes (gloo) equal 1 process with the same global batch,
-for DPO, DecPO and the probes during training; the logged penalty under a short last batch; the probes on
-an FSDP2-sharded model on every process."""
+for DPO, DecPO and the probes during training, also sharded by FSDP2 and by DeepSpeed ZeRO-2/3 (and resumed);
+the logged penalty under a short last batch; the probes on an FSDP2-sharded model on every process."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -37,6 +39,17 @@ COMMON = [
     "data.max_train_samples=8",
     "train.learning_rate=1e-2",
 ]
+# DecPO with its penalty and the probes every step; 4 pairs per forward. The penalty is a function of each
+# forward's rows: one process with micro-batches of 4 (accumulation 2) and two with 4 each see the same rows
+# when the pairs come in file order (`sequential_trainer_args`).
+DECPO = [
+    *[a for a in COMMON if not a.startswith("objective.name")],
+    "objective.name=decpo",
+    "train.reg_weight=0.1",
+    "probe.every_n_steps=1",
+    "train.per_device_train_batch_size=4",
+]
+CLOCK = {"time", "probe/seconds", "eval/runtime", "eval/samples_per_second", "eval/steps_per_second"}
 
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -80,12 +93,26 @@ def train_two(job: str, run_dir, *args) -> subprocess.CompletedProcess:
     return done
 
 
-def assert_same_final_weights(one, two, filename: str) -> dict:
-    """The two runs' ``final/<filename>`` hold the same tensors (atol 1e-5); returns the second's."""
+def train_deepspeed(stage: int, run_dir, *args) -> subprocess.CompletedProcess:
+    """`distributed_jobs.py deepspeed` (`decpo train` on the smoke preset) in 2 CPU processes started by
+    `accelerate launch` with ``configs/accelerate/deepspeed_zero<stage>.yaml``, its GPU settings made CPU ones."""
+    config = REPO / "configs" / "accelerate" / f"deepspeed_zero{stage}.yaml"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+    launch += ["--num_processes", "2", "--mixed_precision", "no"]
+    script = [str(REPO / "tests" / "distributed_jobs.py"), "deepspeed", "--config", SMOKE]
+    env = {**child_env(), NUM_PROCESSES_ENV: "2"}  # `decpo train` then fails unless it is one of 2 processes
+    cmd = [*launch, *script, "--output-dir", str(run_dir), *args]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def assert_same_final_weights(one, two, filename: str, atol: float = 1e-5) -> dict:
+    """The two runs' ``final/<filename>`` hold the same tensors (within ``atol``); returns the second's."""
     a, b = (load_file(str(d / "final" / filename)) for d in (one, two))
     assert a.keys() == b.keys()
     for key in a:
-        assert torch.allclose(a[key], b[key], atol=1e-5), key
+        assert torch.allclose(a[key], b[key], atol=atol), (key, (a[key] - b[key]).abs().max().item())
     return b
 
 
@@ -132,21 +159,11 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, extra):
 
 
 def test_decpo_and_probes_in_two_processes_equal_one(tmp_path, monkeypatch):
-    # The penalty is a function of each forward's rows: one process with micro-batches of 4 (accumulation
-    # 2) and two with 4 each see the same rows when the pairs come in file order (`sequential_trainer_args`).
-    args = [
-        *[a for a in COMMON if not a.startswith("objective.name")],
-        "objective.name=decpo",
-        "train.reg_weight=0.1",
-        "probe.every_n_steps=1",
-        "train.per_device_train_batch_size=4",
-    ]
     one, two = tmp_path / "one", tmp_path / "two"
     monkeypatch.setattr(run, "trainer_args", sequential_trainer_args)
-    assert train_one(one, "train.gradient_accumulation_steps=2", *args) == 0
-    train_two("train", two, *args)
+    assert train_one(one, "train.gradient_accumulation_steps=2", *DECPO) == 0
+    train_two("train", two, *DECPO)
 
-    clock = {"time", "probe/seconds", "eval/runtime", "eval/samples_per_second", "eval/steps_per_second"}
     a, b = rows(one), rows(two)
     assert [r["step"] for r in a] == [r["step"] for r in b]
     # the probes at every step (step 0 in a log of its own), the penalty's terms, eval at the end
@@ -155,7 +172,7 @@ def test_decpo_and_probes_in_two_processes_equal_one(tmp_path, monkeypatch):
     assert any("eval/loss/decorr" in r for r in a)
     for x, y in zip(a, b, strict=True):
         assert x.keys() == y.keys()
-        for key in x.keys() - clock:
+        for key in x.keys() - CLOCK:
             assert y[key] == pytest.approx(x[key], rel=1e-4, abs=1e-5), (x["step"], key)
 
 
@@ -186,6 +203,92 @@ def test_fsdp2_in_two_processes_equals_one(tmp_path, extra, weights_file):
         assert torch.equal(loaded, weights[up])
     else:
         assert not torch.equal(loaded, dict(load_model(TINY_NAME).named_parameters())[up])
+
+
+# TRL's token-pooled means: the sum over the batch's tokens over their count. Two processes pool the global
+# batch's tokens; one process with 2 accumulated micro-batches averages the micro-batches' means, which
+# differ whenever the micro-batches hold different token counts (by 1e-2 relative after 3 full fine-tuning
+# steps). Sharding has no part in it: 2 DDP processes differ from 1 as much, and ZeRO-3 equals DDP (rel 1e-5).
+TOKEN_POOLED = {"logits/chosen", "logits/rejected", "mean_token_accuracy", "entropy"}
+# the activation the penalty's hook received under DeepSpeed (`distributed_jobs.report_penalty_hook`)
+HOOK = (
+    r"penalty-hook: (\w+) \| weight (\d+) of (\d+) held by this process \| activation \((\d+), \d+, (\d+)\)"
+)
+
+
+@pytest.mark.parametrize(
+    "stage, extra, weights_file, atol",
+    # full fine-tuning: Adam's first steps move each weight by about lr whatever the size of its gradient,
+    # so reduction-order differences of 1e-7 in a tiny gradient reach 2e-5 in the weights
+    [(2, [], "adapter_model.safetensors", 1e-5), (3, ["model.use_peft=false"], "model.safetensors", 1e-4)],
+    ids=["zero2-lora", "zero3-full"],
+)
+def test_deepspeed_in_two_processes_equals_one_and_resumes(
+    tmp_path, monkeypatch, stage, extra, weights_file, atol
+):
+    # `accelerate launch --config_file configs/accelerate/deepspeed_zero<stage>.yaml`, as the README says, on
+    # 2 CPU processes (DeepSpeed's CPU accelerator, gloo), against one process accumulating 2 micro-batches;
+    # a checkpoint at step 2 to resume from
+    pytest.importorskip("deepspeed")
+    monkeypatch.setenv("DECPO_CACHE", str(tmp_path / "cache"))  # this test's reference log-prob cache
+    args = [*[a for a in DECPO if not a.startswith("train.save_steps")], "train.save_steps=2", *extra]
+    one, two = tmp_path / "one", tmp_path / "two"
+    monkeypatch.setattr(run, "trainer_args", sequential_trainer_args)
+    assert train_one(one, "train.gradient_accumulation_steps=2", *args) == 0
+    done = train_deepspeed(stage, two, *args)
+
+    # DeepSpeed ran: its checkpoint, one file of optimizer state per process (ZeRO-3: of weights too)
+    shards = {p.name for p in (two / "checkpoint-2" / "global_step2").iterdir()}
+    assert {f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)} <= shards
+    assert (stage == 3) == ("zero_pp_rank_1_mp_rank_00_model_states.pt" in shards)
+    # the penalty's hook, on each process, sat in the model DeepSpeed trains and received the whole activation
+    # (2 x 4 rows, the intermediate width 32) of an up_proj whose weight ZeRO-3 holds none of on each process
+    held = "0" if stage == 3 else "512"
+    found = re.findall(HOOK, done.stderr)  # (the two processes' lines may interleave)
+    assert found == [("DeepSpeedEngine", held, "512", "8", "32")] * 2, done.stderr[-3000:]
+    # the reference log-probs of the model DeepSpeed holds, cached under a key (a cache hit when resuming)
+    cached = re.search(r"reference log-probs for train: cached \((.+)\)", done.stderr)
+    assert cached and "not cached" not in done.stderr, done.stderr[-3000:]
+
+    a, b = rows(one), rows(two)
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    assert [r["probe/step"] for r in b if "probe/step" in r] == [0, 1, 2, 3]
+    assert all("train/loss/decorr" in r for r in b if "train/loss" in r)
+    pooled = {f"{mode}/{key}" for mode in ("train", "eval") for key in TOKEN_POOLED}
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        for key in x.keys() - CLOCK - pooled:
+            assert y[key] == pytest.approx(x[key], rel=1e-4, abs=1e-5), (x["step"], key)
+    weights = assert_same_final_weights(one, two, weights_file, atol=atol)
+    from decpo.models import TINY_NAME, load_model
+
+    up = "model.layers.0.mlp.up_proj.weight"
+    loaded = dict(load_model(str(two / "final")).named_parameters())[up]  # an adapter: merged into its base
+    if stage == 3:  # the weights ZeRO-3 gathered at the save
+        assert torch.equal(loaded, weights[up])
+    else:
+        assert not torch.equal(loaded, dict(load_model(TINY_NAME).named_parameters())[up])
+
+    # the checkpoint of step 2 resumes under DeepSpeed: as if stopped after it, the same command again
+    shutil.rmtree(two / "checkpoint-3")
+    shutil.rmtree(two / "final")
+    done = train_deepspeed(stage, two, *args)
+    assert f"resuming from {two / 'checkpoint-2'}" in done.stderr
+    assert f"reference log-probs for train: cache hit ({cached[1]})" in done.stderr
+    again = rows(two)
+    # the resumed run measures the probes at its start (`ProbeCallback`): a row of its own at step 2, of the
+    # weights DeepSpeed loaded back, equal to the ones measured at step 2 before
+    start = [i for i, r in enumerate(again) if r["step"] == 2 and "train/loss" not in r]
+    assert len(start) == 1, [r["step"] for r in again]
+    restored, before = again.pop(start[0]), next(r for r in b if r["step"] == 2)
+    for key in restored.keys() - CLOCK - {"step"}:
+        assert restored[key] == pytest.approx(before[key], rel=1e-5, abs=1e-7), key
+    assert [r["step"] for r in again] == [r["step"] for r in b]
+    for x, y in zip(b, again, strict=True):
+        assert x.keys() == y.keys()
+        for key in x.keys() - CLOCK:
+            assert y[key] == pytest.approx(x[key], rel=1e-5, abs=1e-7), (x["step"], key)
+    assert_same_final_weights(one, two, weights_file, atol=atol)
 
 
 def test_short_last_batch_penalty_and_fsdp_probes_on_every_process(tmp_path):

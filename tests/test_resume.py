@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from decpo.cli import main
-from decpo.integrity import MANIFEST
-from decpo.training.checkpoints import latest_checkpoint
+from decpo.integrity import MANIFEST, write_manifest
+from decpo.training.checkpoints import checkpoint_problem, latest_checkpoint
 
 from conftest import REPO
 
@@ -212,3 +212,28 @@ def test_counters_continue_after_a_resume(uninterrupted, tmp_path, resume_at):
     assert tokens(ours) == tokens(theirs)
     summary = lambda rows: [r["train/train_loss"] for r in rows if "train/train_loss" in r]  # noqa: E731
     assert summary(ours) == pytest.approx(summary(theirs), rel=1e-6)
+
+
+def test_deepspeed_checkpoint_is_complete_with_its_states_where_latest_says(two_checkpoints, tmp_path):
+    # DeepSpeed saves no optimizer.pt: each process's optimizer state goes to the folder `latest` names
+    ckpt = tmp_path / "checkpoint-2"
+    shutil.copytree(two_checkpoints / "checkpoint-2", ckpt)
+    (ckpt / "optimizer.pt").unlink()
+    (ckpt / "latest").write_text("global_step2")
+    states = ckpt / "global_step2"
+    states.mkdir()
+    assert checkpoint_problem(ckpt) == "no DeepSpeed optimizer states in global_step2/ (named by latest)"
+    for rank in (0, 1):
+        (states / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"state")
+    write_manifest(ckpt)
+    assert checkpoint_problem(ckpt) is None
+    _truncate(states / "zero_pp_rank_1_mp_rank_00_optim_states.pt")
+    assert "global_step2/zero_pp_rank_1_mp_rank_00_optim_states.pt has 2 bytes" in checkpoint_problem(ckpt)
+    # ZeRO-3 without gathered weights: no safetensors, the weights in the per-process model states
+    (states / "zero_pp_rank_1_mp_rank_00_optim_states.pt").write_bytes(b"state")
+    (ckpt / "adapter_model.safetensors").unlink()
+    write_manifest(ckpt)
+    assert checkpoint_problem(ckpt) == "no safetensors weights"
+    (states / "zero_pp_rank_0_mp_rank_00_model_states.pt").write_bytes(b"weights")
+    write_manifest(ckpt)
+    assert checkpoint_problem(ckpt) is None

@@ -51,11 +51,17 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 
 def checkpoint_problem(ckpt: Path) -> str | None:
     """None when ``ckpt`` can be resumed from, else what is wrong with it (naming the file): a checkpoint is
-    complete only when its manifest (`decpo.integrity`, written last at save) exists and matches its files."""
+    complete only when its manifest (`decpo.integrity`, written last at save) exists and matches its files.
+
+    Under DeepSpeed the optimizer state (and, under ZeRO-3 without gathered weights, the weights) are in the
+    folder that its ``latest`` file names, one file per process, not in ``optimizer.pt``."""
     if not (ckpt / "trainer_state.json").is_file():
         return "no trainer_state.json (interrupted while saving)"
+    deepspeed = _deepspeed_states(ckpt)
+    if isinstance(deepspeed, str):
+        return deepspeed
     weights = list(ckpt.glob("*.safetensors"))
-    if not weights:
+    if not weights and not (deepspeed and deepspeed["model"]):
         return "no safetensors weights"
     for w in weights:
         try:
@@ -64,10 +70,23 @@ def checkpoint_problem(ckpt: Path) -> str | None:
             return f"{w.name} is unreadable: {e}"
         if w.stat().st_size < expected:
             return f"{w.name} is truncated ({w.stat().st_size} of {expected} bytes)"
-    for name in ("optimizer.pt", "scheduler.pt"):
+    for name in ("scheduler.pt",) if deepspeed else ("optimizer.pt", "scheduler.pt"):
         if not (ckpt / name).is_file():
             return f"no {name}"
     return manifest_problem(ckpt)
+
+
+def _deepspeed_states(ckpt: Path) -> dict[str, list[Path]] | str | None:
+    """A DeepSpeed checkpoint's state files ``{"optim": [...], "model": [...]}`` in the folder its ``latest``
+    names (``global_step<N>``); None when it is no DeepSpeed checkpoint; what is missing as a string."""
+    latest = ckpt / "latest"
+    if not latest.is_file():
+        return None
+    tag = latest.read_text().strip()
+    states = {kind: sorted((ckpt / tag).glob(f"*_{kind}_states.pt")) for kind in ("optim", "model")}
+    if not states["optim"]:
+        return f"no DeepSpeed optimizer states in {tag}/ (named by latest)"
+    return states
 
 
 def _safetensors_size(path: Path) -> int:
