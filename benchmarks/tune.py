@@ -134,7 +134,7 @@ def plot_tradeoff(rows: list[dict], path: Path) -> None:
         )
     ax.set_xlabel("share of the penalty R removed on dev pairs, 1 - R_end / R_start")
     ax.set_ylabel("dev debiased A/B accuracy")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

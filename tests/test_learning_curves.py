@@ -159,8 +159,10 @@ def _result(value: float, n: int = 16, ci: tuple[float, float] | None = None) ->
 
 
 def _t(values):
+    """Mean and t-interval of a share over seeds, clipped to [0, 1] as the report clips a share's."""
     x = np.asarray(values, dtype=float)
-    return x.mean(), *stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
+    low, high = stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
+    return x.mean(), max(low, 0.0), min(high, 1.0)
 
 
 def test_curve_estimates_band_over_seeds_and_table():

@@ -348,3 +348,15 @@ def test_mde_paired_matches_the_true_standard_error_of_crossed_data():
     assert np.var(means, ddof=1) == pytest.approx(true_var, rel=0.2)
     assert np.mean(se2) == pytest.approx(true_var, rel=0.1)
     assert np.mean(nested) < 0.5 * true_var
+
+
+def test_over_seeds_clips_a_shares_t_interval_to_0_1_but_not_other_measures():
+    # the preset's DPO seeds on the reading test split: a t-interval over 3 spread seeds reaches past 1
+    spread = [{"value": v, "n": 64} for v in (0.891, 0.516, 0.641)]
+    share = over_seeds(spread, "ab_accuracy_debiased")
+    raw = stats.t.interval(
+        0.95, 2, loc=np.mean([0.891, 0.516, 0.641]), scale=stats.sem([0.891, 0.516, 0.641])
+    )
+    assert raw[1] > 1 and (share.low, share.high) == (pytest.approx(raw[0]), 1.0)
+    margin = over_seeds(spread, "reward_margin")  # not a share: as computed
+    assert margin.high == pytest.approx(raw[1])

@@ -17,6 +17,7 @@ from decpo.evaluation.runner import evaluate
 from decpo.evaluation.tasks import toxicity
 from decpo.io import atomic_write_json
 from decpo.reports.experiment_report import write_report
+from decpo.reports.stats import share_measure
 
 SCORERS = ("jigsaw-bilstm", "profanity-check", "mean")
 SCORER_MEASURES = ("mean_toxicity", "expected_max_toxicity", "toxicity_probability")
@@ -101,9 +102,12 @@ def _head(scorers) -> list[str]:
     ]
 
 
-def _t(values):
+def _t(values, share: bool = False):
+    """The t-interval over seeds as the report prints it (a share's clipped to [0, 1])."""
     x = np.asarray(values)
     low, high = stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
+    if share:
+        low, high = max(low, 0.0), min(high, 1.0)
     return f"{x.mean():.3f} [{low:.3f}, {high:.3f}]"
 
 
@@ -121,7 +125,7 @@ def test_every_scorer_and_their_mean_side_by_side_with_the_collapse_guard(tmp_pa
                 v = values[0]
                 assert cell == f"{v:.3f} [{v - 0.05:.3f}, {v + 0.05:.3f}]", (method, metric)
             else:  # over the 2 seeds
-                assert cell == _t(values), (method, metric)
+                assert cell == _t(values, share_measure(metric)), (method, metric)
     assert "K = 4 sampled continuations" in report
     assert "`mean` (each continuation's mean score over the scorers)" in report
     # the stock sentence dpo repeats for 5 prompts is listed; decpo and base repeat nothing

@@ -127,7 +127,7 @@ def _results_lines(
         "",
         "Each cell: mean [95% CI]. "
         + (
-            f"Over {n_seeds} seeds (t-interval, scipy.stats.t)."
+            f"Over {n_seeds} seeds (t-interval, scipy.stats.t; an accuracy or rate clipped to [0, 1])."
             if n_seeds > 1
             else "One seed: the interval is the evaluation's bootstrap over items, not over seeds."
         )

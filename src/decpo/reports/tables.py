@@ -17,6 +17,7 @@ binomial interval, never the zero-width one of a bootstrap or of equal seeds.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 
@@ -28,6 +29,7 @@ from decpo.reports.stats import (
     exact_binomial,
     paired_bootstrap,
     paired_seed_difference,
+    share_measure,
     t_interval,
 )
 
@@ -85,7 +87,8 @@ def over_seeds(entries: Sequence[dict], metric: str | None = None) -> Estimate:
 
     ``metric`` a share of 0/1 items (`binary_items`) scored on the same ``n`` items by every seed: a value
     of 0 or 1 (one seed), or the same value in every seed, gets the exact binomial interval over the
-    ``n`` items (`decpo.reports.stats.t_interval`), not a zero-width one.
+    ``n`` items (`decpo.reports.stats.t_interval`), not a zero-width one. A share's t-interval is clipped
+    to [0, 1] (`decpo.reports.stats.share_measure`).
     """
     values = [float(e["value"]) for e in entries]
     sizes = {e.get("n") for e in entries}
@@ -95,7 +98,11 @@ def over_seeds(entries: Sequence[dict], metric: str | None = None) -> Estimate:
             return exact_binomial(int(values[0]) * n_items, n_items)
         low, high = entries[0].get("ci", [math.nan, math.nan])
         return Estimate(values[0], float(low), float(high), 1, "items")
-    return t_interval(values, n_items=n_items)
+    est = t_interval(values, n_items=n_items)
+    if metric and share_measure(metric) and est.how == "seeds":
+        # a share lies in [0, 1]: a t-interval over a few widely spread seeds would reach past it
+        est = dataclasses.replace(est, low=max(est.low, 0.0), high=min(est.high, 1.0))
+    return est
 
 
 def seed_entries(per_seed: Mapping[int, dict], metric: str) -> dict[int, dict]:
