@@ -38,7 +38,13 @@ def test_default_model_loads_without_quantizer_marker_and_has_30_blocks():
 @needs_default
 def test_default_preset_short_run(tmp_path):
     run = tmp_path / "run"
-    args = ["train.max_steps=3", "data.max_eval_samples=8", "train.eval_steps=3", "train.logging_steps=1"]
+    args = [
+        "train.max_steps=3",
+        "data.max_eval_samples=8",
+        "train.eval_steps=3",
+        "train.logging_steps=1",
+        "experiment.curve_steps=[]",  # the preset's curve (steps 10, 15) needs more than 3 steps
+    ]
     assert (
         main(["train", "--config", str(REPO / "configs" / "default.yaml"), "--output-dir", str(run), *args])
         == 0
@@ -46,9 +52,10 @@ def test_default_preset_short_run(tmp_path):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "train/loss" in r]
     assert len(train_rows) == 3
-    # reg_weight auto: lambda * R starts at reg_balance x the DPO loss (log 2 at the start)
+    # reg_weight auto: lambda * R starts at reg_balance x the preference loss: the sigmoid term's log 2 plus
+    # the sft term's negative log-likelihood of the chosen answer (the preset's loss_type [sigmoid, sft])
     cfg = json.loads((run / "reg_weight.json").read_text())
-    assert cfg["reg_weight"] > 0 and cfg["preference_loss"] == pytest.approx(0.693147, abs=1e-4)
+    assert cfg["reg_weight"] > 0 and cfg["preference_loss"] > 0.693147 + 0.1
     first = train_rows[0]
     assert first["train/loss/decorr"] / first["train/loss/pref"] == pytest.approx(
         cfg["reg_balance"], rel=0.25
