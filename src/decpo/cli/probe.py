@@ -38,7 +38,7 @@ def add_parser(subparsers) -> None:
         "--texts",
         default="synthetic",
         help="a task name (its train prompts), a .txt file (one text a line) or a preference-pairs file, its "
-        "prompts (default: %(default)s)",
+        "prompts; with --token, a task's or a pairs file's prompt + chosen answer (default: %(default)s)",
     )
     p.add_argument(
         "--num-texts",
@@ -74,7 +74,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     if SPARSE_PROBING in options.measures:  # the texts' concepts label them: texts and labels come together
         texts, labels = labelled_texts(args.texts, args.num_texts, args.data_dir, names=args.concepts)
     else:
-        texts = load_texts(args.texts, args.num_texts, args.data_dir)
+        texts = load_texts(args.texts, args.num_texts, args.data_dir, token=options.token)
     unknown = [p for p in options.probes if p not in ACTIVATION_PROBES]
     if unknown:
         raise ValueError(f"unknown probe(s) {unknown}; available: {', '.join(ACTIVATION_PROBES)}")

@@ -201,6 +201,7 @@ def probe_stage(
                 dtype=cfg.model.dtype,
                 weights=i == 0,  # the weight proxy does not depend on the texts
                 layers="all" if layers is None else tuple(layers),
+                regularized_layers=tuple(cfg.train.reg_layers),  # marked on the figures
             )
             for r in report.rows:
                 if ps.site_suffix and r["site"] != WEIGHT_SITE:

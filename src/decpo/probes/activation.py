@@ -1,8 +1,10 @@
 """The activation probe pass: texts -> one forward per batch -> streaming statistics per (site, layer).
 
-Every requested (site, layer) is hooked at once; each hook keeps only the ``(B, D)`` row of the last
-real token of each text (`decpo.functional.select_tokens`), so a batch never holds more than ``B x D``
-floats per (site, layer) beyond the forward itself, and the statistics are streamed (`ActivationStats`).
+Every requested (site, layer) is hooked at once; each hook keeps only one ``(B, D)`` row per text, selected
+as the training penalty selects its rows (`decpo.functional.token_spans` and `select_spans`): by default the
+last real token of each text; on `AnsweredText` items any of the penalty's selections (``--token``). A batch
+never holds more than ``B x D`` floats per (site, layer) beyond the forward itself, and the statistics are
+streamed (`ActivationStats`).
 The forward runs the model's backbone only (no LM head: the probes need no logits; an FSDP-sharded model
 runs whole, see `is_fsdp_sharded`) in eval mode under ``torch.no_grad()``; position ids are taken from the
 attention mask, so left and right padding give the same activations (models with absolute positions,
@@ -22,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from decpo.functional import select_tokens
+from decpo.functional import select_spans, token_spans
 from decpo.models.hooks import (
     SITES,
     capture_activations,
@@ -33,6 +35,7 @@ from decpo.models.hooks import (
 )
 from decpo.names import MLP_UP_PROJ
 from decpo.probes.stats import ACTIVATION_PROBES, ActivationStats
+from decpo.probes.tokens import AnsweredText, answered_batch, check_token, usable
 
 logger = logging.getLogger(__name__)
 
@@ -47,19 +50,19 @@ def backbone(model: nn.Module) -> nn.Module:
 
 
 @contextlib.contextmanager
-def capture_last_tokens(
-    model: nn.Module, pairs: Sequence[tuple[str, int]], batch: dict[str, torch.Tensor]
+def capture_selected_tokens(
+    model: nn.Module, pairs: Sequence[tuple[str, int]], batch: dict
 ) -> Iterator[dict[str, dict[int, torch.Tensor]]]:
-    """Hook each ``(site, layer)`` of ``pairs``; each forward stores its ``(B, D)`` last-real-token rows,
-    as ``{site: {layer: rows}}`` (`decpo.models.capture_activations` with a token-selecting transform).
+    """Hook each ``(site, layer)`` of ``pairs``; each forward stores its ``(B, D)`` selected rows, as
+    ``{site: {layer: rows}}`` (`decpo.models.capture_activations` with a token-selecting transform).
 
-    ``batch["attention_mask"]`` is read at forward time, so the caller updates ``batch`` before each forward.
-    Selecting inside the hook is safe here (no gradients, no checkpointing) and keeps memory at ``B x D``.
-    The hooks are removed on exit, even when the body raises.
+    ``batch["spans"]`` (`decpo.functional.token_spans`, one per text) is read at forward time, so the caller
+    updates ``batch`` before each forward. Selecting inside the hook is safe here (no gradients, no
+    checkpointing) and keeps memory at ``B x D``. The hooks are removed on exit, even when the body raises.
     """
 
-    def last_tokens(hidden: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, D)
-        return select_tokens(hidden, batch["attention_mask"]).float()
+    def selected(hidden: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, D)
+        return select_spans(hidden, batch["spans"]).float()
 
     by_site: dict[str, list[int]] = {}
     for site, layer in pairs:
@@ -68,7 +71,7 @@ def capture_last_tokens(
         yield {
             site: stack.enter_context(
                 capture_activations(
-                    model, layers, site, detach=True, first_call_only=False, transform=last_tokens
+                    model, layers, site, detach=True, first_call_only=False, transform=selected
                 )
             )
             for site, layers in by_site.items()
@@ -78,7 +81,7 @@ def capture_last_tokens(
 @dataclass
 class ProbePass:
     """Statistics of one model over ``n_texts`` texts: ``stats[(site, layer)]``; with ``keep_activations``,
-    the last-token rows themselves too, ``activations[(site, layer)]`` of shape ``(n_texts, D)`` on the CPU."""
+    the selected rows themselves too, ``activations[(site, layer)]`` of shape ``(n_texts, D)`` on the CPU."""
 
     stats: dict[tuple[str, int], ActivationStats]
     num_layers: int
@@ -156,11 +159,19 @@ def _accepts(module: nn.Module, name: str) -> bool:
         return False
 
 
-def _check_inputs(tokenizer, texts: Sequence[str], sites: Sequence[str], extra_pairs) -> None:
-    """ValueError for no texts, a blank text, an unknown site or a tokenizer without a pad token."""
+def _check_inputs(tokenizer, texts: Sequence, sites: Sequence[str], extra_pairs, token: str) -> None:
+    """ValueError for no texts, a blank text, an unknown site or token selection, plain texts where the
+    selection needs answers, or a tokenizer without a pad token."""
     if not texts:
         raise ValueError("no texts to probe")
-    empty = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+    check_token(token, texts)
+    if len({isinstance(t, AnsweredText) for t in texts}) > 1:
+        raise ValueError("texts mix plain texts and pairs (AnsweredText); give one kind")
+    empty = [
+        i
+        for i, t in enumerate(texts)
+        if not (isinstance(t, AnsweredText) or isinstance(t, str) and t.strip())
+    ]
     if empty:
         raise ValueError(f"{len(empty)} empty or non-string text(s), e.g. at index {empty[0]}")
     for site in {*sites, *(site for site, _ in extra_pairs)}:
@@ -178,19 +189,30 @@ def _measured_pairs(model: nn.Module, sites, layers, extra_pairs) -> list[tuple[
     return pairs + [pair for pair in extra if pair not in pairs]
 
 
+def _encode(tokenizer, chunk: Sequence, max_length: int) -> dict[str, torch.Tensor]:
+    """A batch of plain texts (as the tokenizer pads and truncates them) or of `AnsweredText` items (as TRL
+    collates a pair: right padding, ``completion_mask``)."""
+    if isinstance(chunk[0], AnsweredText):
+        return answered_batch(tokenizer, chunk, max_length)
+    return dict(
+        tokenizer(list(chunk), return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+    )
+
+
 def _accumulate(
     model: nn.Module,
     tokenizer,
-    texts: Sequence[str],
+    texts: Sequence,
     pairs: list[tuple[str, int]],
     *,
+    token: str,
     batch_size: int,
     max_length: int,
     bar,
     stats_kwargs: dict,
     kept: dict[tuple[str, int], list[torch.Tensor]],
 ) -> dict[tuple[str, int], ActivationStats]:
-    """One forward per batch of ``texts``, each captured last-token row streamed into its statistics (and,
+    """One forward per batch of ``texts``, each captured selected row streamed into its statistics (and,
     for the pairs that are keys of ``kept``, appended to ``kept[(site, layer)]`` on the CPU)."""
     inner = backbone(model)
     # the backbone alone (no LM head: the probes need no logits), but a sharded model through its root
@@ -200,11 +222,13 @@ def _accumulate(
     extra_kwargs = {k: v for k, v in (("use_cache", False),) if _accepts(inner, k)}
     with_positions = _accepts(inner, "position_ids")
     stats: dict[tuple[str, int], ActivationStats] = {}
-    batch: dict[str, torch.Tensor] = {}
-    with torch.no_grad(), capture_last_tokens(model, pairs, batch) as captures:
+    batch: dict = {}
+    with torch.no_grad(), capture_selected_tokens(model, pairs, batch) as captures:
         for start in range(0, len(texts), batch_size):
             chunk = list(texts[start : start + batch_size])
-            enc = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+            enc = _encode(tokenizer, chunk, max_length)
+            # the penalty's own row selection (`ActivationRegularizerMixin.compute_loss`)
+            batch["spans"] = token_spans(enc["attention_mask"], token, enc.get("completion_mask"))
             batch["attention_mask"] = enc["attention_mask"].to(device)
             kwargs = {"input_ids": enc["input_ids"].to(device), "attention_mask": batch["attention_mask"]}
             if with_positions:
@@ -226,8 +250,9 @@ def _accumulate(
 def probe_pass(
     model: nn.Module,
     tokenizer,
-    texts: Sequence[str],
+    texts: Sequence[str] | Sequence[AnsweredText],
     *,
+    token: str = "last",
     sites: Sequence[str] = (MLP_UP_PROJ,),
     layers: str | Sequence[int] | None = None,
     batch_size: int = 16,
@@ -243,18 +268,29 @@ def probe_pass(
 
     Args:
         model: a causal LM (or its peft wrapper); its train/eval mode is restored afterwards.
-        tokenizer: its tokenizer (needs a pad token); texts longer than ``max_length`` tokens keep their end.
-        texts: the inputs; the probes read the last real token of each.
+        tokenizer: its tokenizer (needs a pad token); texts longer than ``max_length`` tokens keep their end,
+            `AnsweredText` items their start (as TRL's collator), and those whose prompt fills ``max_length``
+            tokens are skipped with a warning.
+        texts: the inputs: plain texts, or `AnsweredText` items (prompt + answer + EOS, tokenized as TRL does).
+        token: the token(s) the probes read, as the penalty selects them (`decpo.functional.TOKEN_SELECTIONS`):
+            ``"last"``, the last real token of each text; ``"prompt_last"`` and ``"completion_mean"`` need
+            `AnsweredText` items.
         sites: activation sites, see `decpo.models.hooks.SITES`.
         layers: ``None``/``"all"``, ``"0,5,-1"`` or a list of block indices.
-        padding_side: ``"left"`` or ``"right"``; the result does not depend on it.
+        padding_side: ``"left"`` or ``"right"`` for plain texts; the result does not depend on it.
         extra_pairs: more ``(site, layer)`` pairs to measure in the same forward (e.g. the vocabulary view's).
-        keep_activations: also keep every text's last-token row of each measured pair (True) or of these
+        keep_activations: also keep every text's selected row of each measured pair (True) or of these
             resolved ``(site, layer)`` pairs (``ProbePass.activations``; ``4 x n_texts x D`` bytes per pair:
             what k-sparse probing needs, unlike the streamed probes).
         stats_kwargs: passed to `ActivationStats` (``eps_zero``, ``gram_dim_limit``, ``max_gram_rows``, ...).
     """
-    _check_inputs(tokenizer, texts, sites, extra_pairs)
+    _check_inputs(tokenizer, texts, sites, extra_pairs, token)
+    if texts and isinstance(texts[0], AnsweredText):
+        texts = usable(tokenizer, texts, max_length)
+        if len(texts) < 2:
+            raise ValueError(
+                f"{len(texts)} pair(s) left within max_length={max_length} tokens; the probes need 2"
+            )
     pairs = _measured_pairs(model, sites, layers, extra_pairs)
     was_training = model.training
     saved_sides = (tokenizer.padding_side, tokenizer.truncation_side)
@@ -270,6 +306,7 @@ def probe_pass(
             tokenizer,
             texts,
             pairs,
+            token=token,
             batch_size=batch_size,
             max_length=max_length,
             bar=bar,

@@ -20,6 +20,9 @@ ACTIVATION_PROBES = (
     "mono_scale",
 )
 DTYPES = ("float32", "bfloat16", "float16")
+# the penalty's token selections, `decpo.functional.TOKEN_SELECTIONS` (a test keeps them equal), written out so
+# that the command line builds its flags without importing torch
+PROBE_TOKENS = ("last", "prompt_last", "completion_mean")
 SPARSE_PROBING = "sparse_probing"
 MEASURES = (SPARSE_PROBING,)  # measures beyond the streamed probes, each needing more than a pass
 
@@ -46,6 +49,25 @@ class ProbeOptions:
     )
     probes: tuple[str, ...] = field(
         default=ACTIVATION_PROBES, metadata=described("Comma-separated activation probes.")
+    )
+    token: str | None = field(
+        default=None,
+        metadata={
+            **described(
+                "The token(s) read, as the penalty's train.reg_tokens selects them: last, prompt_last or "
+                "completion_mean, on prompt + chosen answer + EOS tokenized as the trainer tokenizes a pair "
+                "(prompt_last and completion_mean need pairs: a pairs file or a task as --texts; a .txt file "
+                "allows only last). Default: the last token of each text, of a pair its prompt's (the paper's probe)."
+            ),
+            "choices": PROBE_TOKENS,
+        },
+    )
+    regularized_layers: str | tuple[int, ...] | None = field(
+        default=None,
+        metadata=described(
+            "Blocks marked on the figures as regularized (the penalty's train.reg_layers), as --layers writes "
+            "them, e.g. 15 or -1 (negative from the end)."
+        ),
     )
     batch_size: int = field(default=16, metadata=described("Texts per forward pass."))
     max_length: int = field(

@@ -21,12 +21,13 @@ from tqdm.auto import tqdm
 
 from decpo.data import TASKS, DataError, load_pairs, load_task
 from decpo.io import atomic_write_json, atomic_write_text, check_writable
-from decpo.models import load_model, load_tokenizer
+from decpo.models import ModelError, load_model, load_tokenizer
 from decpo.models.hooks import parse_layers
 from decpo.probes.activation import CSV_COLUMNS, probe_pass, relative_depth
-from decpo.probes.options import MEASURES, SPARSE_PROBING, ProbeOptionError, ProbeOptions
+from decpo.probes.options import MEASURES, PROBE_TOKENS, SPARSE_PROBING, ProbeOptionError, ProbeOptions
 from decpo.probes.plots import plot_probes
 from decpo.probes.sparse_probing import KS, check_labels, sparse_probe
+from decpo.probes.tokens import NEEDS_ANSWER, AnsweredText, check_token
 from decpo.probes.vocab import vocab_view
 from decpo.probes.weights import NoMLPBiasError, median, mlp_input_weights, neuron_scores, weight_change
 
@@ -72,17 +73,38 @@ def load_texts(
     data_dir: str | None = None,
     split: str = "train",
     with_answer: bool = False,
-) -> list[str]:
+    token: str | None = None,
+) -> list[str] | list[AnsweredText]:
     """Texts from a task name (the prompts of its ``split``), a ``.txt`` file (one a line) or a pairs file.
 
     ``with_answer``: pairs and tasks give ``prompt + chosen`` (the last token is then the answer's last token,
     where a ``tokens=last`` penalty reads) instead of the prompt alone (the paper's probe: its last token).
+    ``token`` (a penalty's token selection, `decpo.probes.tokens`): pairs and tasks give `AnsweredText` items
+    (prompt, chosen, rejected), which `probe_pass` reads as the penalty does; a ``.txt`` file allows ``last``.
     """
     path = Path(source)
+    if token is not None and token not in PROBE_TOKENS:
+        raise ProbeOptionError(
+            f"--token {token!r} is not a token selection; choose one of {', '.join(PROBE_TOKENS)}"
+        )
     if path.is_file() and path.suffix == ".txt":
+        if token in NEEDS_ANSWER:
+            raise ProbeOptionError(
+                f"--token {token} needs to know where each answer starts, which a .txt file of texts does not say: "
+                "give a pairs file or a task as --texts"
+            )
         texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     elif path.exists() or source in TASKS:
         records = load_pairs(path) if path.exists() else load_task(source, split, data_dir=data_dir)
+        if token is not None:
+            items = [
+                AnsweredText(prompt_text(r["prompt"]), prompt_text(r["chosen"]), prompt_text(r["rejected"]))
+                for r in records
+                if prompt_text(r["prompt"]).strip()
+            ][: num_texts or None]
+            if len(items) < 2:
+                raise DataError(f"--texts {source!r} gave {len(items)} pair(s); the probes need at least 2")
+            return items
         texts = [
             prompt_text(r["prompt"]) + (prompt_text(r["chosen"]) if with_answer else "") for r in records
         ]
@@ -115,7 +137,7 @@ def rows_to_csv(rows: Sequence[dict]) -> str:
 
 def probe_models(
     models: dict[str, str],
-    texts: Sequence[str],
+    texts: Sequence[str] | Sequence[AnsweredText],
     output_dir: str | Path,
     options: ProbeOptions | None = None,
     labels: Mapping[str, Sequence[int]] | None = None,
@@ -129,6 +151,10 @@ def probe_models(
     """
     opts = dataclasses.replace(options or ProbeOptions(), **overrides)
     _check_measures(opts, labels, len(texts))
+    try:
+        check_token(opts.token, texts)
+    except ValueError as e:
+        raise ProbeOptionError(str(e)) from None
     output_dir = Path(output_dir)
     check_writable(output_dir)
     device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -136,10 +162,13 @@ def probe_models(
     tokenizer = None
     reference_weights = None  # the first model's MLP input weights, for the weight-change proxy
     first_name = next(iter(models))
+    regularized: list[int] = []  # the marked blocks, resolved on the first model
     for name, spec in models.items():
         logger.info("probing %s (%s) on %d texts", name, spec, len(texts))
         model = load_model(spec, dtype=opts.dtype, device=device)
         tokenizer = _tokenizer(name, spec, tokenizer)
+        if opts.regularized_layers is not None and name == first_name:
+            regularized = _marked_blocks(opts.regularized_layers, model)
         _activation_rows(name, model, tokenizer, texts, opts, report, labels or {})
         if opts.weights:
             rows, pairs = _weight_rows(name, model, report, first_name, reference_weights)
@@ -150,8 +179,18 @@ def probe_models(
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    _write(report, output_dir)
+    _write(report, output_dir, regularized)
     return report
+
+
+def _marked_blocks(spec, model) -> list[int]:
+    """The blocks the figures mark as regularized, resolved on ``model``; none (with a warning) when one is
+    out of its range (a figure's mark is not worth failing the probes for)."""
+    try:
+        return parse_layers(spec, model)
+    except ModelError as e:
+        logger.warning("regularized layers %s not marked on the figures: %s", spec, e)
+        return []
 
 
 def _tokenizer(name: str, spec: str, previous):
@@ -167,6 +206,11 @@ def _tokenizer(name: str, spec: str, previous):
 
 def _check_measures(opts: ProbeOptions, labels: Mapping[str, Sequence[int]] | None, n_texts: int) -> None:
     """Before any model loads: known measures, and for sparse probing one usable label per text per concept."""
+    if opts.regularized_layers is not None:
+        try:
+            parse_layers(opts.regularized_layers)
+        except ValueError as e:
+            raise ProbeOptionError(f"--regularized-layers: {e}") from None
     unknown = [m for m in opts.measures if m not in MEASURES]
     if unknown:
         raise ProbeOptionError(f"unknown measure(s) {unknown}; available: {', '.join(MEASURES)}")
@@ -196,6 +240,7 @@ def _activation_rows(
         model,
         tokenizer,
         texts,
+        token=opts.token or "last",
         sites=opts.sites,
         layers=layer_list,
         batch_size=opts.batch_size,
@@ -256,11 +301,12 @@ def _plotted(row: dict) -> bool:
     return parts[0] != "sparse_probe" or parts[1] in PLOTTED_SPARSE
 
 
-def _write(report: ProbeReport, output_dir: Path) -> None:
-    """probes.csv, the plots and vocab.json (when any), each listed in ``report.files``."""
+def _write(report: ProbeReport, output_dir: Path, regularized: Sequence[int] = ()) -> None:
+    """probes.csv, the plots (``regularized`` blocks marked) and vocab.json (when any), each listed in
+    ``report.files``."""
     atomic_write_text(output_dir / "probes.csv", rows_to_csv(report.rows))
     report.files.append(output_dir / "probes.csv")
-    report.files += plot_probes([r for r in report.rows if _plotted(r)], output_dir)
+    report.files += plot_probes([r for r in report.rows if _plotted(r)], output_dir, regularized=regularized)
     if report.vocab:
         atomic_write_json(output_dir / "vocab.json", report.vocab)
         report.files.append(output_dir / "vocab.json")

@@ -19,20 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from decpo.names import BASE
+from decpo.names import BASE, split_label
+from decpo.probes.plots import mark_blocks, set_scale
 from decpo.reports.stats import Estimate, paired_seed_difference, t_interval
 from decpo.reports.style import DIFF_COLORS, method_color, pyplot
 
 # method -> seed -> layer -> value (base: seed None)
 Curves = dict[str, dict[int | None, dict[int, float]]]
-
-
-def split_label(label: str) -> tuple[str, int | None]:
-    """``"dpo-s2"`` -> ``("dpo", 2)``, ``"decpo-w0.3-s0"`` -> ``("decpo-w0.3", 0)``, ``"base"`` -> ``("base", None)``."""
-    head, sep, tail = label.rpartition("-s")
-    if sep and head and tail.isdigit():
-        return head, int(tail)
-    return label, None
 
 
 def read_rows(path: str | Path) -> list[dict]:
@@ -155,9 +148,17 @@ def plot_decorrelation(
     and DecPO - DPO (paired by seed) with t-bands; the regularized layer(s) as vertical lines."""
     if BASE not in c or not any(m != BASE for m in c):
         return None
-    plt = pyplot()
-    from matplotlib.ticker import MaxNLocator  # lazy: matplotlib loads slowly
+    fig = decorrelation_figure(c, regularized=regularized, title=title, ylabel=ylabel)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+    return Path(path)
 
+
+def decorrelation_figure(c: Curves, *, regularized: Sequence[int], title: str, ylabel: str):
+    """The figure of `plot_decorrelation` (``c`` holds the base and another method); its axes: values, then
+    differences."""
+    plt = pyplot()
     base = c[BASE][None] if None in c[BASE] else next(iter(c[BASE].values()))
     fig, (ax, dx) = plt.subplots(1, 2, figsize=(11.5, 4))
     n_seeds = max(len([s for s in per if s is not None]) for m, per in c.items() if m != BASE)
@@ -175,12 +176,11 @@ def plot_decorrelation(
         diffs.append(("decpo - dpo", paired_change(c["decpo"], c["dpo"])[0]))
     for label, est in diffs:
         _band(dx, est, DIFF_COLORS[label], label)
+    for a in (ax, dx):  # the means drawn so far (no reference line yet): a log axis when they span decades
+        set_scale(a, [float(y) for line in a.get_lines() for y in line.get_ydata()])
     dx.axhline(0.0, color="black", lw=0.8)
     for a in (ax, dx):
-        for i, L in enumerate(regularized):
-            a.axvline(L, color="black", ls="--", lw=1, label="regularized layer" if i == 0 else None)
-        a.set_xlabel("layer")
-        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+        mark_blocks(a, regularized)
         a.grid(alpha=0.3)
         a.legend(fontsize=8)
     band = f"band: 95% t-interval over {n_seeds} seeds" if n_seeds > 1 else "one seed: no band"
@@ -189,10 +189,7 @@ def plot_decorrelation(
     dx.set_ylabel("difference in decorrelation")
     dx.set_title("DPO - base; DecPO - DPO (paired by seed)", fontsize=9)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return fig
 
 
 __all__ = [
@@ -200,6 +197,7 @@ __all__ = [
     "LayerSummary",
     "change_vs_base",
     "curves",
+    "decorrelation_figure",
     "method_mean",
     "n_layers",
     "paired_change",
