@@ -46,8 +46,8 @@ def sparse_probing_lines(rows: Sequence[dict], info: dict | None, regularized: S
             "(dense). Neurons needed: the smallest k whose accuracy reaches 95% of the dense probe's (the "
             "width when none does); fewer means a more monosemantic code for the concept, and it says little "
             "where the dense accuracy is near chance. Each model's value is its mean over folds; cells: mean "
-            "[95% t-interval over seeds, clipped to the range of the measure] (base: one model); DecPO - DPO paired by seed. Blocks: "
-            "`experiment.sparse_probing_layers` (default: the regularized layers).",
+            "[95% t-interval over seeds, clipped to the measure's range] (base: one model); DecPO - DPO paired "
+            "by seed. Blocks: `experiment.sparse_probing_layers` (default: the regularized layers).",
             "",
         ]
         for site in sorted({r["site"] for r in sparse}):
@@ -75,6 +75,7 @@ def _table(rows: Sequence[dict], site: str, regularized: Sequence[int]) -> str:
             base = next(iter(c.get(BASE, {None: {}}).values()))
             means = {m: _clipped(P.method_mean(c[m]), bounds) if m in c else {} for m in methods}
             diff = P.paired_change(c["decpo"], c["dpo"])[0] if paired and "dpo" in c and "decpo" in c else {}
+            diff = _clipped(diff, (bounds[0] - bounds[1], bounds[1] - bounds[0]))  # a difference's range
             for layer in sorted(set(base) | {L for m in means.values() for L in m}):
                 table.append(
                     [
