@@ -1,5 +1,6 @@
 """What the experiment's probe stage reads: the probe sets (`probe_sets`), their texts from the held-out
-pairs (`heldout_records`, `probe_texts`) and the activation sites (`probe_sites`).
+pairs (`heldout_records`, `probe_records`, `probe_texts`), the activation sites (`probe_sites`) and the
+k-sparse probing of the held-out prompts' labelled concepts (`sparse_probing_plan`).
 
 Probe sets: the held-out prompts, read at their last token (the paper's probe, and the penalty's position
 when ``train.reg_tokens`` is ``prompt_last``); for any other ``train.reg_tokens`` also the held-out prompt +
@@ -9,15 +10,25 @@ in probes.csv.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from decpo.config import RunConfig
 from decpo.data import DataError
 from decpo.names import MLP_UP_PROJ
 from decpo.pairs.cache import cached_pairs_path
+from decpo.probes.concepts import CONCEPTS, concept_labels
 from decpo.probes.runner import prompt_text
+from decpo.probes.sparse_probing import SparseProbeError, check_labels
+from decpo.reports.results import training_data
 from decpo.training.data import load_records
+
+logger = logging.getLogger(__name__)
+
+SPARSE_FOLDS = 5  # the stratified folds of the probe stage's sparse probing (`ProbeOptions.sparse_folds`)
 
 
 @dataclass(frozen=True)
@@ -29,6 +40,27 @@ class ProbeSet:
     site_suffix: str  # appended to the site in the merged probes.csv ("" for the held-out prompts)
     position: str  # in words, for the report
     penalty_position: bool  # whether this set reads the token the penalty is computed on
+
+
+@dataclass(frozen=True)
+class SparsePlan:
+    """The probe stage's k-sparse probing: at ``layers`` of the held-out prompts, the ``labels`` of each kept
+    concept (0/1 per text), the ``skipped`` concepts with why; ``reason`` says why nothing runs (else "")."""
+
+    layers: list[int]
+    labels: dict[str, list[int]]
+    skipped: dict[str, str]
+    reason: str
+
+    def record(self) -> dict:
+        """For ``probe_sets.json`` (the report reads it)."""
+        return {
+            "layers": self.layers,
+            "concepts": list(self.labels),
+            "skipped": self.skipped,
+            "reason": self.reason,
+            "folds": SPARSE_FOLDS,
+        }
 
 
 def probe_sets(cfg: RunConfig) -> list[ProbeSet]:
@@ -77,21 +109,64 @@ def heldout_records(cfg: RunConfig) -> list[dict]:
     return load_records(heldout_cfg, pairs_path=pairs_file(heldout_cfg))[1]
 
 
-def probe_texts(cfg: RunConfig, probe_set: ProbeSet, eos_token: str | None = None) -> list[str]:
-    """The texts of ``probe_set``: the first ``experiment.probe_num_texts`` held-out records."""
+def probe_records(cfg: RunConfig) -> list[dict]:
+    """The held-out records the probes read: the first ``experiment.probe_num_texts`` with a non-empty prompt."""
+    records = [r for r in heldout_records(cfg) if prompt_text(r["prompt"]).strip()]
+    return records[: cfg.experiment.probe_num_texts]
+
+
+def probe_texts(
+    cfg: RunConfig, probe_set: ProbeSet, eos_token: str | None = None, records: list[dict] | None = None
+) -> list[str]:
+    """The texts of ``probe_set``, one per record of `probe_records` (given as ``records``, or read now)."""
     texts = []
-    for r in heldout_records(cfg):
+    for r in probe_records(cfg) if records is None else records:
         text = prompt_text(r["prompt"])
         if probe_set.texts == "prompt+chosen":
             text += prompt_text(r["chosen"])
             if eos_token and not text.endswith(eos_token):
                 text += eos_token  # TRL appends EOS to each answer: the penalty's `last` token
-        if text.strip():
-            texts.append(text)
-    texts = texts[: cfg.experiment.probe_num_texts]
+        texts.append(text)
     if len(texts) < 2:
         raise DataError(f"the probes need at least 2 held-out texts, found {len(texts)}")
     return texts
+
+
+def sparse_probing_layers(cfg: RunConfig) -> list[int]:
+    """The blocks of the probe stage's sparse probing: ``experiment.sparse_probing_layers``, null read as
+    ``train.reg_layers``; [] when off."""
+    layers = cfg.experiment.sparse_probing_layers
+    return list(cfg.train.reg_layers if layers is None else layers)
+
+
+def sparse_probing_plan(cfg: RunConfig, records: list[dict]) -> SparsePlan:
+    """What the probe stage's k-sparse probing covers (`SparsePlan`): the blocks of
+    ``experiment.sparse_probing_layers`` (null: ``train.reg_layers``), the concepts the held-out ``records``
+    carry (`decpo.probes.concepts.concept_labels`), and the concepts skipped, with why."""
+    layers = sparse_probing_layers(cfg)
+    if not layers:
+        return SparsePlan([], {}, {}, "off (experiment.sparse_probing_layers = [])")
+    labels = concept_labels(records)
+    if not labels:
+        reason = (
+            f"skipped: the held-out records of the training data ({training_data(cfg)}) carry no labelled "
+            f"concept ({', '.join(CONCEPTS)}; the synthetic and reading tasks do)"
+        )
+        logger.info("sparse probing: %s", reason)
+        return SparsePlan(layers, {}, {}, reason)
+    kept, skipped = {}, {}
+    for concept, y in labels.items():
+        try:
+            check_labels(np.asarray(y), concept, SPARSE_FOLDS)
+            kept[concept] = y
+        except SparseProbeError as e:
+            skipped[concept] = str(e)
+    plan = SparsePlan(
+        layers, kept, skipped, "" if kept else "skipped: no concept has enough texts of each class"
+    )
+    if plan.reason or plan.skipped:
+        logger.info("sparse probing: %s", "; ".join([*filter(None, [plan.reason]), *skipped.values()]))
+    return plan
 
 
 def probe_sites(cfg: RunConfig) -> list[str]:

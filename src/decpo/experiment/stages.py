@@ -25,12 +25,23 @@ from decpo.evaluation.registry import EvalError, get_task, task_names
 from decpo.evaluation.runner import evaluate
 from decpo.evaluation.tasks.toxicity import toxicity_prompts
 from decpo.experiment.plan import Plan, stage_key
-from decpo.experiment.probe_texts import heldout_records, pairs_file, probe_sets, probe_sites, probe_texts
+from decpo.experiment.probe_texts import (
+    SPARSE_FOLDS,
+    heldout_records,
+    pairs_file,
+    probe_records,
+    probe_sets,
+    probe_sites,
+    probe_texts,
+    sparse_probing_layers,
+    sparse_probing_plan,
+)
 from decpo.io import atomic_write_json, atomic_write_text
 from decpo.models import load_tokenizer
 from decpo.names import BASE
 from decpo.pairs.cache import config_prompts, ensure_pairs, pairs_key
 from decpo.pairs.sampling import side_files
+from decpo.probes.options import SPARSE_PROBING
 from decpo.probes.runner import WEIGHT_SITE, probe_models, rows_to_csv
 from decpo.records import StageLog
 from decpo.reports.learning_curves import curve_limit, curve_measure, result_path
@@ -172,6 +183,8 @@ def probe_key(cfg: RunConfig, model_keys: dict[str, str], layers: list[int] | No
             "sites": probe_sites(cfg),
             "max_length": cfg.train.max_length,
             "dtype": cfg.model.dtype,
+            # absent when off, so that turning it off gives the key of a stage without it
+            **({"sparse_probing": sparse} if (sparse := sparse_probing_layers(cfg)) else {}),
         }
     )
 
@@ -180,7 +193,9 @@ def probe_stage(
     cfg: RunConfig, models: dict[str, str], out: Path, layers: list[int] | None = None
 ) -> Callable[[], None]:
     """Probe every model of ``models`` (label -> spec) on every probe set, at ``layers`` (None: every layer);
-    ``probes.csv`` merges them."""
+    ``probes.csv`` merges them. The held-out prompts' pass also runs k-sparse probing of their labelled
+    concepts at ``experiment.sparse_probing_layers`` (`sparse_probing_plan`; what it covered and skipped in
+    ``probe_sets.json``)."""
 
     def stage() -> None:
         m = cfg.model
@@ -189,8 +204,12 @@ def probe_stage(
         ).eos_token
         rows: list[dict] = []
         info: dict[str, dict] = {}
+        records = probe_records(cfg)
+        sparse = sparse_probing_plan(cfg, records)
         for i, ps in enumerate(probe_sets(cfg)):
-            texts = probe_texts(cfg, ps, eos)
+            texts = probe_texts(cfg, ps, eos, records)
+            # the concepts are decided by the prompt: probed on the held-out prompts' set alone
+            labels = sparse.labels if i == 0 and sparse.labels else None
             report = probe_models(
                 models,
                 texts,
@@ -202,12 +221,18 @@ def probe_stage(
                 weights=i == 0,  # the weight proxy does not depend on the texts
                 layers="all" if layers is None else tuple(layers),
                 regularized_layers=tuple(cfg.train.reg_layers),  # marked on the figures
+                labels=labels,
+                measures=(SPARSE_PROBING,) if labels else (),
+                sparse_layers=tuple(sparse.layers),
+                sparse_folds=SPARSE_FOLDS,
             )
             for r in report.rows:
                 if ps.site_suffix and r["site"] != WEIGHT_SITE:
                     r = {**r, "site": r["site"] + ps.site_suffix}
                 rows.append(r)
             info[ps.name] = {**dataclasses.asdict(ps), "n_texts": len(texts), "models": list(models)}
+            if i == 0:
+                info[ps.name]["sparse_probing"] = sparse.record()
         atomic_write_text(out / "probes.csv", rows_to_csv(rows))
         atomic_write_json(out / "probe_sets.json", info)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from decpo.config import RunConfig
 from decpo.names import BASE, MLP_UP_PROJ
 from decpo.reports import probes as P
+from decpo.reports.sparse_probing import sparse_probing_lines
 from decpo.reports.stats import Estimate, t_interval
 from decpo.reports.tables import markdown_table
 
@@ -70,19 +71,17 @@ def probe_views(
     return views, regularized, rows
 
 
-def _cell(est: Estimate | None, digits: int = 4, sign: bool = False) -> str:
-    return "n/a" if est is None else est.fmt(digits, sign=sign)
-
-
 def probe_section(
     views: list[ProbeSetView], regularized: list[int], rows: list[dict], cfg: RunConfig, figures: Path
 ) -> list[str]:
-    """The report's probe section: where the penalty sits, each probe set, the other probes."""
+    """The report's probe section: where the penalty sits, each probe set, the other probes, sparse probing."""
     lines = ["## Monosemanticity probes (Fig. 3-5)", ""]
     lines += _penalty_lines(cfg, regularized)
     for view in views:
         lines += _view_lines(view, regularized, figures)
     lines += _other_probe_lines(rows, views[0].site if views else CLAIM_SITE)
+    heldout = next((v for v in views if v.name == "heldout_prompts"), None)
+    lines += sparse_probing_lines(rows, heldout.info.get("sparse_probing") if heldout else None, regularized)
     lines += [
         "All probes per layer and model (every seed): `probes/probes.csv`; per probe set, its own probes.csv and "
         "one plot per probe: `probes/<set>/`.",
@@ -144,9 +143,9 @@ def _layer_table(c: P.Curves, regularized: list[int]) -> str:
             [
                 name,
                 f"{base[layer]:.4f}",
-                *(_cell(means[m].get(layer)) for m in others),
-                _cell(dpo_base.get(layer), sign=True),
-                _cell(dec_dpo.get(layer), sign=True),
+                *(P.cell(means[m].get(layer)) for m in others),
+                P.cell(dpo_base.get(layer), sign=True),
+                P.cell(dec_dpo.get(layer), sign=True),
             ]
         )
     return markdown_table(table)

@@ -100,6 +100,11 @@ def method_mean(method: Mapping[int | None, Mapping[int, float]]) -> dict[int, E
     return {L: t_interval([method[s][L] for s in seeds]) for L in layers}
 
 
+def cell(est: Estimate | None, digits: int = 4, sign: bool = False) -> str:
+    """A table cell: ``mean [low, high]`` (`Estimate.fmt`), or n/a."""
+    return "n/a" if est is None else est.fmt(digits, sign=sign)
+
+
 @dataclass
 class LayerSummary:
     """Claim 1 numbers: a per-layer change and its summary over layers."""
@@ -195,6 +200,7 @@ def decorrelation_figure(c: Curves, *, regularized: Sequence[int], title: str, y
 __all__ = [
     "BASE",
     "LayerSummary",
+    "cell",
     "change_vs_base",
     "curves",
     "decorrelation_figure",

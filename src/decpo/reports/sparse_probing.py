@@ -1,0 +1,99 @@
+"""The report's k-sparse probing subsection (`sparse_probing_lines`): per site, layer and concept, base / DPO /
+DecPO's accuracy at k = 1, neurons needed and dense accuracy, mean [95% t-interval] over seeds, and DecPO - DPO
+paired by seed.
+
+Read from the probe stage's rows ``sparse_probe/<measure>/<concept>`` (`decpo.probes.sparse_probing`) and
+what ``probe_sets.json`` says it covered and skipped (`decpo.experiment.probe_texts.SparsePlan.record`);
+the statistics are those of the decorrelation tables (`decpo.reports.probes`: `method_mean`,
+`paired_change`, both `decpo.reports.stats.t_interval`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+from decpo.names import BASE
+from decpo.reports import probes as P
+from decpo.reports.stats import Estimate
+from decpo.reports.tables import markdown_table
+
+PREFIX = "sparse_probe/"
+# (measure in probes.csv, its name in the table, digits, the range its t-interval over seeds is clipped to,
+# as `decpo.reports.tables.over_seeds` clips a share's: two or three seeds' t-intervals reach past the range)
+SHOWN = (
+    ("acc_k1", "accuracy at k = 1", 3, (0.0, 1.0)),
+    ("neurons_needed", "neurons needed", 1, (1.0, math.inf)),
+    ("acc_dense", "dense accuracy", 3, (0.0, 1.0)),
+)
+
+
+def sparse_probing_lines(rows: Sequence[dict], info: dict | None, regularized: Sequence[int]) -> list[str]:
+    """The subsection, or nothing when sparse probing was off (``info``: ``probe_sets.json``'s
+    ``sparse_probing`` entry of the held-out prompts, None for a probe stage that predates it)."""
+    sparse = [r for r in rows if r["probe"].startswith(PREFIX)]
+    info = info or {}
+    if not sparse and (not info or not info.get("layers")):
+        return []
+    lines = ["### Sparse probing of the held-out prompts (k-sparse, Gurnee et al. 2023)", ""]
+    if sparse:
+        n_texts = sparse[0].get("n_texts", "?")
+        lines += [
+            f"The training task's labelled concepts (`decpo.probes.concepts`) decoded from the last token of "
+            f"{n_texts} held-out prompts, {info.get('folds', 5)} stratified folds: a logistic probe on the top-k "
+            "neurons (ranked on each training fold by |Cohen's d|) for k = 1, 2, 4, ..., 32, and on all of them "
+            "(dense). Neurons needed: the smallest k whose accuracy reaches 95% of the dense probe's (the "
+            "width when none does); fewer means a more monosemantic code for the concept, and it says little "
+            "where the dense accuracy is near chance. Each model's value is its mean over folds; cells: mean "
+            "[95% t-interval over seeds, clipped to the measure's range] (base: one model); DecPO - DPO paired "
+            "by seed. Blocks: `experiment.sparse_probing_layers` (default: the regularized layers).",
+            "",
+        ]
+        for site in sorted({r["site"] for r in sparse}):
+            lines += [f"Site {site}:", "", _table(sparse, site, regularized), ""]
+    if info.get("reason"):
+        lines += [f"Sparse probing {info['reason']}.", ""]
+    lines += [f"- Skipped {reason}" for reason in info.get("skipped", {}).values()]
+    if info.get("skipped"):
+        lines.append("")
+    return lines
+
+
+def _table(rows: Sequence[dict], site: str, regularized: Sequence[int]) -> str:
+    """Rows (layer, concept, measure): base, each method's mean [t-interval], DecPO - DPO paired by seed."""
+    concepts = sorted({r["probe"].rsplit("/", 1)[1] for r in rows if r["site"] == site})
+    methods = sorted(
+        {P.split_label(r["model"])[0] for r in rows if r["site"] == site} - {BASE},
+        key=lambda m: (m != "dpo", m != "decpo", m),
+    )
+    paired = "dpo" in methods and "decpo" in methods
+    table = [["layer", "concept", "measure", BASE, *methods, *(["DecPO - DPO"] if paired else [])]]
+    for concept in concepts:
+        for measure, name, digits, bounds in SHOWN:
+            c = P.curves(rows, f"{PREFIX}{measure}/{concept}", site)
+            base = next(iter(c.get(BASE, {None: {}}).values()))
+            means = {m: _clipped(P.method_mean(c[m]), bounds) if m in c else {} for m in methods}
+            diff = P.paired_change(c["decpo"], c["dpo"])[0] if paired and "dpo" in c and "decpo" in c else {}
+            diff = _clipped(diff, (bounds[0] - bounds[1], bounds[1] - bounds[0]))  # a difference's range
+            for layer in sorted(set(base) | {L for m in means.values() for L in m}):
+                table.append(
+                    [
+                        f"{layer} (regularized)" if layer in regularized else str(layer),
+                        concept,
+                        name,
+                        f"{base[layer]:.{digits}f}" if layer in base else "n/a",
+                        *(P.cell(means[m].get(layer), digits) for m in methods),
+                        *([P.cell(diff.get(layer), digits, sign=True)] if paired else []),
+                    ]
+                )
+    return markdown_table(table)
+
+
+def _clipped(estimates: dict[int, Estimate], bounds: tuple[float, float]) -> dict[int, Estimate]:
+    """Each t-interval clipped to the measure's range ``bounds``."""
+    low, high = bounds
+    return {
+        L: dataclasses.replace(e, low=max(e.low, low), high=min(e.high, high)) if e.has_interval else e
+        for L, e in estimates.items()
+    }
