@@ -163,3 +163,10 @@ def test_a_folder_with_content_is_kept_after_a_failed_start(tmp_path):
         (out / "metrics.jsonl").write_text("{}\n")  # work was done
         raise RuntimeError("late failure")
     assert (out / "metrics.jsonl").is_file()
+
+
+def test_a_failed_start_with_dotdot_in_the_output_dir_leaves_no_folder(tmp_path, capsys):
+    out = tmp_path / "new" / "sub" / ".." / "run"  # mkdir(parents=True) makes new/sub too
+    assert main(["train", "--config", SMOKE, "--output-dir", str(out), "train.reg_layers=[9]"]) == 2
+    assert "layer 9 does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()

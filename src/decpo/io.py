@@ -125,10 +125,16 @@ def remove_failed_start(directory: Path, top: Path | None = None) -> bool:
     if any(not p.is_dir() and p.name not in START_FILES for p in directory.rglob("*")):
         return False
     shutil.rmtree(directory)
-    parent = directory.parent
-    while top is not None and parent != top.parent and parent.is_dir() and not any(parent.iterdir()):
+    # the path as written: with ``..`` in it (``out/new/../run``), ``mkdir(parents=True)`` also made ``out/new``,
+    # a parent of ``out/new/..`` that no resolved path names; ``..`` itself is never removed
+    for parent in directory.parents if top is not None else ():
+        if parent == top.parent:
+            break
+        if parent.name == "..":
+            continue
+        if not parent.is_dir() or any(parent.iterdir()):
+            break
         parent.rmdir()
-        parent = parent.parent
     return True
 
 
