@@ -251,3 +251,19 @@ def test_an_unreachable_judge_endpoint_fails_before_any_generation(tmp_path, cap
     )
     assert "DECPO_JUDGE_BASE_URL" in err[-1] and "Traceback" not in "\n".join(err)
     assert not (tmp_path / "evals").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--model", "runs/dpo"], "no such directory: runs/dpo (read as a local path"),
+        (["--model", "tiny-random-llama", "--scorer", "nosuch"], "unknown scorer 'nosuch'"),
+    ],
+)
+def test_a_failed_decpo_pairs_leaves_no_folder(tmp_path, capsys, monkeypatch, flags, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "prompts.txt").write_text("hello\nworld\n")
+    assert main(["pairs", "--prompts", "prompts.txt", "--output", "new/sub/pairs.jsonl", *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
