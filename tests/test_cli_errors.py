@@ -267,3 +267,14 @@ def test_a_failed_decpo_pairs_leaves_no_folder(tmp_path, capsys, monkeypatch, fl
     assert main(["pairs", "--prompts", "prompts.txt", "--output", "new/sub/pairs.jsonl", *flags]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
+
+
+def test_verbose_adds_the_traceback_to_the_one_line_error(tmp_path, capsys):
+    argv = ["probe", "--probes", "decorelation", "--output-dir", str(tmp_path / "p")]
+    assert main(argv) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    assert main(["-v", *argv]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith(
+        "decpo: error: --probes: unknown probe"
+    )
