@@ -278,3 +278,34 @@ def test_verbose_adds_the_traceback_to_the_one_line_error(tmp_path, capsys):
     assert "Traceback" in err and err.strip().splitlines()[-1].startswith(
         "decpo: error: --probes: unknown probe"
     )
+
+
+@pytest.mark.parametrize(
+    "overrides, why",
+    [
+        (["train.per_device_train_batch_size=1", "train.reg_rows=chosen"], "train.reg_rows='chosen'"),
+        (
+            ["train.per_device_eval_batch_size=1", "train.reg_tokens=prompt_last"],
+            "train.reg_tokens=prompt_last",
+        ),
+    ],
+)
+def test_a_one_row_decorrelation_batch_is_refused_at_config_load(
+    tmp_path, capsys, monkeypatch, overrides, why
+):
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr("decpo.training.run.train", no_training)
+    out = tmp_path / "run"
+    assert main(["train", "--config", SMOKE, "--output-dir", str(out), *overrides]) == 2
+    err = capsys.readouterr().err
+    assert f"batch_size=1 with {why} gives the decorrelation penalty 1 row per forward" in err
+    assert "Traceback" not in err and not out.exists()
+    # DPO has no penalty, and two pairs give two rows: both accepted
+    from decpo.config import load_config
+
+    load_config(SMOKE, [*overrides, "objective.name=dpo"])
+    load_config(
+        SMOKE, [*overrides, "train.per_device_train_batch_size=2", "train.per_device_eval_batch_size=2"]
+    )
