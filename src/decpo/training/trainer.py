@@ -250,18 +250,36 @@ class ActivationRegularizerMixin:
         self._record(mode, f"{name}/value", term_value / weight)
         if mode == "train" and not self._warned_balance:
             self._warned_balance = True
-            if term_value > pref_value:
-                logger.warning(
-                    "the %s term (%.4g = %.3g x %.4g) exceeds the preference loss (%.4g) at the first step: "
-                    "training may optimise the penalty alone; consider a smaller reg_weight or reg_form=cosine",
-                    cfg.reg_type,
-                    term_value,
-                    weight,
-                    term_value / weight,
-                    pref_value,
-                )
+            self._warn_unbalanced(term_value, weight, pref_value)
         total = pref_loss + term
         return (total, out[1]) if return_outputs else total
+
+    def _warn_unbalanced(self, term_value: float, weight: float, pref_value: float) -> None:
+        """Warn once when the first step's penalty term exceeds the preference loss, which the user did not
+        intend: with ``reg_weight=auto`` only when it is over twice ``reg_balance`` x the preference loss (the
+        balance sets their ratio by design, from other batches), else whenever it exceeds it."""
+        cfg = self.args
+        if is_auto(cfg.reg_weight):
+            if term_value <= 2 * cfg.reg_balance * pref_value:
+                return
+            intent, change = f"twice reg_balance ({cfg.reg_balance:g}) x", "a smaller reg_balance"
+        elif term_value > pref_value:
+            intent, change = "", "a smaller reg_weight"
+        else:
+            return
+        if cfg.reg_type == "decorrelation" and cfg.reg_form != "cosine":
+            change += " or reg_form=cosine"
+        logger.warning(
+            "the %s term (%.4g = %.3g x %.4g) exceeds %sthe preference loss (%.4g) at the first step: training "
+            "may optimise the penalty alone; consider %s",
+            cfg.reg_type,
+            term_value,
+            weight,
+            term_value / weight,
+            f"{intent} " if intent else "",
+            pref_value,
+            change,
+        )
 
     def _save_checkpoint(self, model, trial) -> None:
         try:
