@@ -163,3 +163,149 @@ def test_a_folder_with_content_is_kept_after_a_failed_start(tmp_path):
         (out / "metrics.jsonl").write_text("{}\n")  # work was done
         raise RuntimeError("late failure")
     assert (out / "metrics.jsonl").is_file()
+
+
+def test_a_failed_start_with_dotdot_in_the_output_dir_leaves_no_folder(tmp_path, capsys):
+    out = tmp_path / "new" / "sub" / ".." / "run"  # mkdir(parents=True) makes new/sub too
+    assert main(["train", "--config", SMOKE, "--output-dir", str(out), "train.reg_layers=[9]"]) == 2
+    assert "layer 9 does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--probes", "decorelation"],
+            "--probes: unknown probe 'decorelation'; did you mean 'decorrelation'?",
+        ),
+        (["--sites", "mlp.upproj"], "--sites: unknown site 'mlp.upproj'; did you mean 'mlp.up_proj'?"),
+        (["--layers", "abc"], "--layers: layers must be 'all' or comma-separated integers or ranges"),
+        (["--sparse-layers", "1-x"], "--sparse-layers: layers must be 'all'"),
+    ],
+)
+def test_a_bad_probe_option_is_one_line_before_any_model_loads(tmp_path, capsys, monkeypatch, flags, message):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model loaded")
+
+    monkeypatch.setattr("decpo.probes.runner.load_model", no_loading)
+    out = tmp_path / "new" / "probes"
+    assert (
+        main(["probe", "--model", "tiny-random-llama", "--num-texts", "4", "--output-dir", str(out), *flags])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_missing_local_model_is_a_missing_path_before_any_probing_or_evaluation(
+    tmp_path, capsys, monkeypatch
+):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model loaded")
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()  # runs/dpo reads like a Hub id (org/name); runs/ is a folder here
+    monkeypatch.setattr("decpo.probes.runner.load_model", no_loading)
+    argv = ["probe", "--model", "base=tiny-random-llama", "--model", "dpo=runs/dpo", "--num-texts", "4"]
+    assert main([*argv, "--output-dir", "probes"]) == 2
+    err = capsys.readouterr().err
+    assert "no such directory: runs/dpo (read as a local path, as ./runs is a folder here" in err
+    assert "Hugging Face cache" not in err and not (tmp_path / "probes").exists()
+
+    monkeypatch.setattr("decpo.evaluation.context.load_model", no_loading)
+    assert main(["eval", "--task", "synthetic", "--model", "runs/dpo", "--limit", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "no such directory: runs/dpo" in err and "Hugging Face cache" not in err
+    assert not (tmp_path / "evals").exists()
+    assert main(["eval", "--task", "synthetic", "--model", "runs/dpo/final", "--limit", "4"]) == 2
+    assert "no such directory: runs/dpo/final" in capsys.readouterr().err
+    assert not (tmp_path / "evals").exists()
+
+
+def test_an_unreachable_judge_endpoint_fails_before_any_generation(tmp_path, capsys, monkeypatch):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model loaded")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("decpo.evaluation.context.load_model", no_loading)
+    monkeypatch.setattr("decpo.scoring.judge.time.sleep", lambda s: None)
+    monkeypatch.setenv("DECPO_JUDGE_BASE_URL", "http://127.0.0.1:9/v1")  # nothing listens on port 9
+    argv = [
+        "eval",
+        "--task",
+        "toxicity",
+        "--model",
+        "tiny-random-llama",
+        "--judge",
+        "openai:gpt-x",
+        "--limit",
+        "2",
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(
+        "decpo: error: judge endpoint http://127.0.0.1:9/v1/chat/completions did not answer"
+    )
+    assert "DECPO_JUDGE_BASE_URL" in err[-1] and "Traceback" not in "\n".join(err)
+    assert not (tmp_path / "evals").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--model", "runs/dpo"], "no such directory: runs/dpo (read as a local path"),
+        (["--model", "tiny-random-llama", "--scorer", "nosuch"], "unknown scorer 'nosuch'"),
+    ],
+)
+def test_a_failed_decpo_pairs_leaves_no_folder(tmp_path, capsys, monkeypatch, flags, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "prompts.txt").write_text("hello\nworld\n")
+    assert main(["pairs", "--prompts", "prompts.txt", "--output", "new/sub/pairs.jsonl", *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_verbose_adds_the_traceback_to_the_one_line_error(tmp_path, capsys):
+    argv = ["probe", "--probes", "decorelation", "--output-dir", str(tmp_path / "p")]
+    assert main(argv) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    assert main(["-v", *argv]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith(
+        "decpo: error: --probes: unknown probe"
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides, why",
+    [
+        (["train.per_device_train_batch_size=1", "train.reg_rows=chosen"], "train.reg_rows='chosen'"),
+        (
+            ["train.per_device_eval_batch_size=1", "train.reg_tokens=prompt_last"],
+            "train.reg_tokens=prompt_last",
+        ),
+    ],
+)
+def test_a_one_row_decorrelation_batch_is_refused_at_config_load(
+    tmp_path, capsys, monkeypatch, overrides, why
+):
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr("decpo.training.run.train", no_training)
+    out = tmp_path / "run"
+    assert main(["train", "--config", SMOKE, "--output-dir", str(out), *overrides]) == 2
+    err = capsys.readouterr().err
+    assert f"batch_size=1 with {why} gives the decorrelation penalty 1 row per forward" in err
+    assert "Traceback" not in err and not out.exists()
+    # DPO has no penalty, and two pairs give two rows: both accepted
+    from decpo.config import load_config
+
+    load_config(SMOKE, [*overrides, "objective.name=dpo"])
+    load_config(
+        SMOKE, [*overrides, "train.per_device_train_batch_size=2", "train.per_device_eval_batch_size=2"]
+    )

@@ -53,6 +53,20 @@ def test_smoke_run_writes_the_run_directory(tmp_path, capsys):
     assert "eval/rewards/accuracies" in capsys.readouterr().out
 
 
+def test_the_smoke_preset_keeps_every_pair_and_shows_no_warning_a_user_cannot_act_on(
+    tmp_path, recwarn, caplog
+):
+    assert main(["train", "--config", SMOKE, "--output-dir", str(tmp_path / "run")]) == 0
+    shown = [str(w.message) for w in recwarn]
+    assert not [m for m in shown if "gradient_checkpointing` is deprecated" in m], shown
+    assert not [m for m in shown if "tiny-random-llama" in m], (
+        shown
+    )  # peft's config look-up, at each checkpoint
+    assert (
+        "are skipped" not in caplog.text
+    )  # the first try trains on all its pairs (max_length 96 dropped 23 of 32)
+
+
 def test_rerun_resumes_and_does_not_duplicate_steps(tmp_path):
     run = tmp_path / "run"
     assert main(["train", "--config", SMOKE, "--output-dir", str(run), "train.max_steps=2"]) == 0
@@ -212,6 +226,7 @@ def test_prompts_longer_than_max_length_are_counted_or_refused(tmp_path, capsys,
         str(tmp_path / "run"),
         f"data.path={data}",
         "train.max_steps=1",
+        "train.max_length=96",
     ]
     with caplog.at_level("WARNING"):
         assert main([*args, "data.eval_fraction=0.25"]) == 0

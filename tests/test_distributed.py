@@ -27,8 +27,8 @@ pytestmark = pytest.mark.slow  # two extra Python processes: about a minute
 SMOKE = str(REPO / "configs" / "smoke.yaml")
 # Plain DPO (the decorrelation penalty is a property of each process's own rows), no LoRA dropout (random).
 # 8 pairs = one global batch: every step sees all of them whatever the order, since accelerate's sharded
-# sampler draws another permutation than the single-process one. max_length 160: the smoke preset's 96
-# drops 5 of these 8 synthetic pairs (prompts of 108-122 tokens).
+# sampler draws another permutation than the single-process one. max_length 160 (the smoke preset's): every
+# one of these 8 synthetic pairs kept (prompts of 108-122 tokens).
 COMMON = [
     "train.max_length=160",
     "objective.name=dpo",

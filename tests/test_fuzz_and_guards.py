@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 
 from decpo.data import DataError, load_pairs
 from decpo.io import check_writable
-from decpo.training.callbacks import NonFiniteGuardCallback
-from decpo.training.trainer import NonFiniteError
+from decpo.training.callbacks import NonFiniteError, NonFiniteGuardCallback
 
 from conftest import make_trainer
 
@@ -106,6 +105,49 @@ def test_non_finite_gradient_is_caught():
 
     with pytest.raises(FloatingPointError, match=r"step 5 .*weight"):
         NonFiniteGuardCallback().on_pre_optimizer_step(None, State(), None, model=model)
+
+
+def test_a_diverging_training_is_one_line_naming_the_step_not_a_traceback(tmp_path, capsys):
+    from decpo.cli import main
+
+    from conftest import REPO
+
+    smoke = str(REPO / "configs" / "smoke.yaml")
+    argv = ["train", "--config", smoke, "--output-dir", str(tmp_path / "run"), "train.learning_rate=1e8"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "decpo: error: non-finite gradient at step " in err and "lower the learning rate" in err
+
+
+def test_a_damaged_optimizer_state_is_named_at_resume_not_a_divergence(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=1, save_strategy="steps", save_steps=1)
+    trainer.train()
+    ckpt = tmp_path / "out" / "checkpoint-1"
+    state = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    next(iter(state["state"].values()))["exp_avg"].view(-1)[0] = float("nan")
+    torch.save(state, ckpt / "optimizer.pt")
+    resumed = make_trainer(tmp_path, max_steps=2, save_strategy="no")
+    with pytest.raises(NonFiniteError, match=r"optimizer state in .*checkpoint-1 holds non-finite values"):
+        resumed.train(resume_from_checkpoint=str(ckpt))
+
+
+@pytest.mark.parametrize(
+    "error",
+    [OSError(28, "No space left on device"), RuntimeError("[enforce fail] unexpected pos 704 vs 598")],
+)
+def test_a_full_disk_at_a_checkpoint_names_the_checkpoint(tmp_path, monkeypatch, error):
+    import collections
+
+    def full(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(torch, "save", full)  # the optimizer's state; torch's own error on a full disk
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr("decpo.training.trainer.shutil.disk_usage", lambda path: usage(1, 1, 0))
+    trainer = make_trainer(tmp_path, max_steps=1, save_strategy="steps", save_steps=1)
+    with pytest.raises(OSError, match=r"no space left on the device while writing .*checkpoint-1: free some"):
+        trainer.train()
 
 
 def test_unwritable_output_directory_fails_before_training(tmp_path):

@@ -1,13 +1,14 @@
-"""The leaf `decpo.io`: atomic writes give the mode the umask allows."""
+"""The leaf `decpo.io`: atomic writes give the mode the umask allows; a full disk names the file being written."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
 import pytest
 
-from decpo.io import atomic_write_json, atomic_write_text, current_umask
+from decpo.io import append_jsonl, atomic_write_json, atomic_write_text, current_umask
 
 
 @pytest.fixture
@@ -33,3 +34,19 @@ def test_atomic_writes_honour_the_umask(tmp_path, umask, mask, mode):
     umask(0o022)
     atomic_write_text(tmp_path / "a.txt", "y")
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+
+
+def test_a_full_disk_names_the_file_being_written(tmp_path, monkeypatch):
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")  # a write's error names no file
+
+    monkeypatch.setattr("decpo.io.os.fsync", full)
+    log = tmp_path / "metrics.jsonl"
+    with pytest.raises(OSError, match=f"no space left on the device while writing {log}: free some space"):
+        append_jsonl(log, {"step": 1})
+    log.unlink()
+    target = tmp_path / "results.json"
+    with pytest.raises(OSError, match=f"while writing {target}: ") as e:
+        atomic_write_json(target, {"a": 1})
+    assert e.value.errno == errno.ENOSPC
+    assert list(tmp_path.iterdir()) == []  # no temporary file left

@@ -221,3 +221,23 @@ def test_split_batches_over_processes_down_to_one_row_is_refused(tmp_path, monke
     monkeypatch.setattr(Accelerator, "num_processes", property(lambda self: 2))
     with pytest.raises(ValueError, match="split over 2 processes.*1 pair"):
         trainer._check_rows_per_device()
+
+
+@pytest.mark.parametrize(
+    "args, warns",
+    [
+        ({"reg_weight": "auto", "reg_balance": 1.0}, False),  # the default preset: equal by design
+        ({"reg_weight": "auto", "reg_balance": 1.5}, False),  # what the user asked for, not a surprise
+        ({"reg_weight": 1e3}, True),  # a fixed lambda whose term dwarfs the preference loss
+    ],
+)
+def test_the_term_exceeding_the_preference_loss_warns_only_when_not_asked_for(tmp_path, caplog, args, warns):
+    trainer = make_trainer(
+        tmp_path, reg_calibration_batches=2, per_device_train_batch_size=4, max_steps=1, **args
+    )
+    trainer.model.train()
+    with caplog.at_level("WARNING", logger="decpo.training.trainer"):
+        trainer.compute_loss(trainer.model, _batch(trainer))
+    assert ("exceeds" in caplog.text) is warns
+    if warns:
+        assert "consider a smaller reg_weight" in caplog.text

@@ -38,6 +38,26 @@ def current_umask() -> int:
     return mask
 
 
+def disk_full_error(path: str | Path) -> OSError:
+    """The one-line error of a full disk, naming what was being written and what to do (a write's own
+    ``[Errno 28] No space left on device`` names no file)."""
+    error = OSError(
+        f"no space left on the device while writing {path}: free some space there (or choose another output "
+        "folder) and rerun the same command, which resumes"
+    )
+    error.errno = errno.ENOSPC
+    return error
+
+
+def named_write_error(error: OSError, path: str | Path) -> OSError:
+    """``error`` raised while writing ``path``, with the path when it names none."""
+    if error.errno == errno.ENOSPC:
+        return disk_full_error(path)
+    if error.filename is None:
+        return OSError(error.errno, error.strerror or str(error), str(path))
+    return error
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -50,6 +70,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             # mkstemp makes the file 0o600: results and configs must stay readable by a group on shared clusters
             os.fchmod(f.fileno(), 0o666 & ~current_umask())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise named_write_error(e, path) from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -67,10 +90,13 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
     """Append one JSON line and flush it to disk (a crash loses at most the line being written)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise named_write_error(e, path) from e
 
 
 def check_writable(directory: str | Path, min_free_bytes: int = 50 * 2**20) -> None:
@@ -125,10 +151,16 @@ def remove_failed_start(directory: Path, top: Path | None = None) -> bool:
     if any(not p.is_dir() and p.name not in START_FILES for p in directory.rglob("*")):
         return False
     shutil.rmtree(directory)
-    parent = directory.parent
-    while top is not None and parent != top.parent and parent.is_dir() and not any(parent.iterdir()):
+    # the path as written: with ``..`` in it (``out/new/../run``), ``mkdir(parents=True)`` also made ``out/new``,
+    # a parent of ``out/new/..`` that no resolved path names; ``..`` itself is never removed
+    for parent in directory.parents if top is not None else ():
+        if parent == top.parent:
+            break
+        if parent.name == "..":
+            continue
+        if not parent.is_dir() or any(parent.iterdir()):
+            break
         parent.rmdir()
-        parent = parent.parent
     return True
 
 

@@ -1,4 +1,7 @@
-"""Names shared by several layers: activation sites, the label of the untrained model and of a seed's model."""
+"""Names shared by several layers: activation sites, block lists as written, the label of the untrained model
+and of a seed's model."""
+
+import re
 
 # the output of the MLP's up projection: the paper's regularized and probed site
 MLP_UP_PROJ = "mlp.up_proj"
@@ -15,3 +18,24 @@ def split_label(label: str) -> tuple[str, int | None]:
     if sep and head and tail.isdigit():
         return head, int(tail)
     return label, None
+
+
+# one item of a block list: a block (negative from the end), or a range lo-hi with an optional :step
+_LAYER_ITEM = re.compile(r"(-?\d+)(?:\s*-\s*(-?\d+)(?::(\d+))?)?")
+
+
+def layer_items(spec: str) -> list[int]:
+    """The blocks of ``"3,15,27"``, ``"0-29"``, ``"0-29:4"`` (every 4th) or ``"-1"`` as written (negative ones
+    unresolved; `decpo.models.hooks.parse_layers` resolves them against a model); ValueError on other text."""
+    layers: list[int] = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        match = _LAYER_ITEM.fullmatch(part)
+        if match is None:
+            raise ValueError(
+                f"layers must be 'all' or comma-separated integers or ranges (0-29, 0-29:4), got {spec!r}"
+            )
+        lo, hi, step = match.groups()
+        layers += [int(lo)] if hi is None else list(range(int(lo), int(hi) + 1, int(step or 1)))
+    if not layers:
+        raise ValueError(f"no layers in {spec!r}")
+    return layers

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from decpo.cli.flags import add_dataclass_flags, dataclass_values
 from decpo.evaluation.config import EvalConfig
 from decpo.evaluation.registry import BUILTIN_TASK_NAMES, EvalError
+from decpo.io import removed_if_start_fails
 from decpo.scoring.classifiers import ScorerError
 from decpo.scoring.judge import JudgeError
 
@@ -53,7 +54,8 @@ def run_eval(args: argparse.Namespace) -> int:
     try:
         cfg = EvalConfig(**dataclass_values(args, args.config_fields))
         out = Path(args.output_dir) if args.output_dir else default_output_dir(args.task, args.model)
-        result = evaluate(cfg, out)
+        with removed_if_start_fails(out):  # a failed evaluation leaves no empty folder
+            result = evaluate(cfg, out)
     except (EvalError, ScorerError, JudgeError) as e:
         print(f"decpo: error: {e}", file=sys.stderr)
         return 2

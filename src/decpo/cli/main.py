@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import re
 import shutil
 import sys
+import traceback
 from pathlib import Path
 
 import decpo
@@ -18,7 +20,7 @@ from decpo.cli.flags import positive_int
 from decpo.config.errors import ConfigError
 from decpo.errors import DecPOError
 from decpo.experiment.executors.base import StagesFailed
-from decpo.io import LOCK_FILE, output_lock, remove_failed_start, removed_if_start_fails
+from decpo.io import LOCK_FILE, disk_full_error, output_lock, remove_failed_start, removed_if_start_fails
 from decpo.log import setup_logging
 
 # the embedded demo's preset (configs/default.yaml in the repository links to it)
@@ -285,6 +287,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _message(error: Exception, args: argparse.Namespace) -> str:
+    """The error's message; a full disk's ``[Errno 28] No space left on device`` (a write names no file) with the
+    command's output and what to do."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC and error.filename is None:
+        where = getattr(args, "output_dir", None) or getattr(args, "output", None)
+        if where and str(where) not in str(error):
+            return str(disk_full_error(where))
+    return str(error)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.raw_argv = list(argv) if argv is not None else sys.argv[1:]
@@ -296,7 +308,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"decpo: {e}", file=sys.stderr)
         return 1
     except (DecPOError, OSError) as e:  # OSError: FileNotFoundError, a full disk, a permission
-        print(f"decpo: error: {e}", file=sys.stderr)
+        if args.verbose:  # -v: where it was raised, for a bug report
+            traceback.print_exc()
+        print(f"decpo: error: {_message(e, args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

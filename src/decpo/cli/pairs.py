@@ -4,14 +4,13 @@ sampling flags are generated from `SamplingSettings`."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from decpo.cli.flags import add_dataclass_flags, dataclass_values, positive_int
 from decpo.config.sampling import PREFER, SamplingSettings, scorer_spec
 from decpo.data.prompts import PROMPT_TASKS, load_prompts
-from decpo.io import check_writable, file_lock_path, output_lock
-from decpo.scoring.classifiers import ScorerError, make_scorer
+from decpo.io import check_writable, file_lock_path, output_lock, removed_if_start_fails
+from decpo.scoring.classifiers import make_scorer
 
 
 def add_parser(subparsers) -> None:
@@ -71,8 +70,12 @@ def run_pairs(args: argparse.Namespace) -> int:
         r["prompt"] for r in load_prompts(args.prompts, split=split, data_dir=args.data_dir, limit=args.limit)
     ]
     output = Path(args.output)
-    # one writer per output (the pairs, their sample log and summary), before any write
-    with output_lock(file_lock_path(output), f"pairs output {output}", "decpo pairs"):
+    # no folder left by a failed start; one writer per output (the pairs, their sample log and summary), before
+    # any write
+    with (
+        removed_if_start_fails(output.parent),
+        output_lock(file_lock_path(output), f"pairs output {output}", "decpo pairs"),
+    ):
         return _build(args, settings, prompts, split, output)
 
 
@@ -80,15 +83,12 @@ def _build(
     args: argparse.Namespace, settings: SamplingSettings, prompts: list[str], split: str, output: Path
 ) -> int:
     # lazy: the model and the sampling pull in torch and transformers (slow for `decpo --help`)
-    from decpo.models import load_model, load_tokenizer
+    from decpo.models import check_model_spec, load_model, load_tokenizer
     from decpo.pairs.sampling import build_pairs, side_files
 
+    scorer = make_scorer(scorer_spec(args.scorer))  # a ScorerError: one line (a DecPOError)
+    check_model_spec(args.model)  # a missing model before any write
     check_writable(output.parent)
-    try:
-        scorer = make_scorer(scorer_spec(args.scorer))
-    except ScorerError as e:
-        print(f"decpo: error: {e}", file=sys.stderr)
-        return 2
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model, dtype=args.dtype)
     summary = build_pairs(

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from decpo.cli.flags import add_dataclass_flags, comma_list, dataclass_values, positive_int
+from decpo.io import removed_if_start_fails
 from decpo.probes.concepts import CONCEPTS, labelled_texts
-from decpo.probes.options import ACTIVATION_PROBES, SPARSE_PROBING, ProbeOptions
+from decpo.probes.options import SPARSE_PROBING, ProbeOptions
 from decpo.probes.proxy_check import proxy_tracking
 
 if TYPE_CHECKING:
@@ -65,20 +66,18 @@ def add_parser(subparsers) -> None:
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
+    options = ProbeOptions(**dataclass_values(args, args.option_fields))  # a bad name fails here, in a second
     # lazy: the probes pull in torch and transformers (slow for `decpo --help`)
     from decpo.probes.runner import load_texts, parse_model_specs, probe_models
 
     models = parse_model_specs(args.model or ["default"])
-    options = ProbeOptions(**dataclass_values(args, args.option_fields))
     labels = None
     if SPARSE_PROBING in options.measures:  # the texts' concepts label them: texts and labels come together
         texts, labels = labelled_texts(args.texts, args.num_texts, args.data_dir, names=args.concepts)
     else:
         texts = load_texts(args.texts, args.num_texts, args.data_dir, token=options.token)
-    unknown = [p for p in options.probes if p not in ACTIVATION_PROBES]
-    if unknown:
-        raise ValueError(f"unknown probe(s) {unknown}; available: {', '.join(ACTIVATION_PROBES)}")
-    report = probe_models(models, texts, args.output_dir, options, labels=labels)
+    with removed_if_start_fails(args.output_dir):  # a failed probe leaves no empty folder
+        report = probe_models(models, texts, args.output_dir, options, labels=labels)
     _print_summary(report, models, options.sites[0], len(texts), Path(args.output_dir))
     return 0
 

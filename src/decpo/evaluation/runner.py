@@ -14,9 +14,10 @@ import torch
 
 from decpo.env import environment
 from decpo.evaluation.config import EvalConfig
-from decpo.evaluation.context import EvalContext
+from decpo.evaluation.context import EvalContext, resolve_model_spec
 from decpo.evaluation.registry import get_task
 from decpo.io import atomic_write_json, atomic_write_text, check_writable
+from decpo.models import check_model_spec
 from decpo.scoring.judge import make_judge
 
 logger = logging.getLogger(__name__)
@@ -42,9 +43,15 @@ def evaluate(cfg: EvalConfig, output_dir: str | Path) -> EvalResult:
     task = get_task(cfg.task)
     if task.check_data is not None:
         task.check_data(cfg)
+    # before any work: the models exist (a missing local path said as such) and the judge answers
+    check_model_spec(resolve_model_spec(cfg.model))
+    if cfg.reference:
+        check_model_spec(resolve_model_spec(cfg.reference))
+    judge = make_judge(cfg.judge) if cfg.judge else None
+    if judge is not None:
+        judge.check()
     check_writable(output_dir)
     torch.manual_seed(cfg.seed)
-    judge = make_judge(cfg.judge) if cfg.judge else None
     ctx = EvalContext(cfg)
     logger.info(
         "evaluating %s on %s (reference %s)",

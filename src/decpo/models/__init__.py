@@ -12,6 +12,7 @@ from decpo.models.hooks import (
 )
 from decpo.models.loading import (
     check_model_config,
+    check_model_spec,
     frozen_copy,
     load_model,
     load_model_from_config,
@@ -38,6 +39,7 @@ __all__ = [
     "capture_activations",
     "check_attn_implementation",
     "check_model_config",
+    "check_model_spec",
     "check_quantizable",
     "decoder_layers",
     "frozen_copy",

@@ -16,14 +16,13 @@ forward saves the same tensors.
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from decpo.models.errors import ModelError
-from decpo.names import MLP_UP_PROJ, SITES
+from decpo.names import MLP_UP_PROJ, SITES, layer_items
 
 # per family: (up projection, down projection) module paths inside a block's MLP
 _MLP_NAMES = (
@@ -90,25 +89,10 @@ def parse_layers(spec: str | Sequence[int] | None, model: nn.Module | None = Non
         if model is None:
             raise ValueError("'all' layers needs the model")
         return list(range(num_layers(model)))
-    if isinstance(spec, str):
-        layers: list[int] = []
-        for part in filter(None, (p.strip() for p in spec.split(","))):
-            match = _LAYER_ITEM.fullmatch(part)
-            if match is None:
-                raise ValueError(
-                    f"layers must be 'all' or comma-separated integers or ranges (0-29, 0-29:4), got {spec!r}"
-                )
-            lo, hi, step = match.groups()
-            layers += [int(lo)] if hi is None else list(range(int(lo), int(hi) + 1, int(step or 1)))
-    else:
-        layers = list(spec)
+    layers = layer_items(spec) if isinstance(spec, str) else list(spec)
     if not layers:
         raise ValueError(f"no layers in {spec!r}")
     return sorted(set(resolve_layers(model, layers))) if model is not None else layers
-
-
-# one item of a layer list: a block (negative from the end), or a range lo-hi with an optional :step
-_LAYER_ITEM = re.compile(r"(-?\d+)(?:\s*-\s*(-?\d+)(?::(\d+))?)?")
 
 
 def _get(module: nn.Module, path: str) -> nn.Module | None:

@@ -47,6 +47,35 @@ def resolve_model_path(name: str, gguf_file: str | None = None) -> str:
     return name
 
 
+def check_model_spec(name: str, revision: str | None = None) -> None:
+    """Before any work: a ModelError when ``name`` cannot load, as far as that is known without loading it (a
+    local path that does not exist; a Hub id in no cache while the Hub is off or unreachable).
+
+    ``runs/dpo`` reads as a Hub id (``org/name``); while ``runs/`` is a folder here and no cached model
+    has that id, it is a missing local path, said as such."""
+    if name == TINY_NAME or is_gguf(name):
+        if name.endswith(".gguf") and not Path(name).expanduser().is_file():
+            raise ModelError(f"no such file: {name}")
+        return
+    path = resolve_model_path(name)  # a path-like spec that does not exist: "no such directory"
+    if path != name or Path(path).is_dir():
+        return
+    first = name.split("/", 1)[0]
+    if "/" in name and Path(first).is_dir() and not _in_hub_cache(name, revision):
+        raise ModelError(
+            f"no such directory: {name} (read as a local path, as ./{first} is a folder here; create it first, "
+            "e.g. with decpo train, or name another model)"
+        )
+    _hub_kwargs(name, path, revision)
+
+
+def _in_hub_cache(name: str, revision: str | None) -> bool:
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json", revision=revision), str)
+    except HFValidationError:
+        return False
+
+
 def _hub_kwargs(name: str, path: str, revision: str | None) -> dict[str, bool]:
     """``from_pretrained`` options for a Hub id: ``local_files_only`` when the Hub cannot be reached but the
     model is in the local cache; a ModelError at once when it is in neither (instead of retrying for a minute)."""

@@ -3,11 +3,12 @@ runner so that the command line builds its flags without importing torch."""
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 
 from decpo.config.fields import described
 from decpo.errors import DecPOError
-from decpo.names import MLP_UP_PROJ
+from decpo.names import MLP_UP_PROJ, SITES, layer_items
 
 # the streamed activation probes (`decpo.probes.stats.ActivationStats` computes them)
 ACTIVATION_PROBES = (
@@ -29,6 +30,24 @@ MEASURES = (SPARSE_PROBING,)  # measures beyond the streamed probes, each needin
 
 class ProbeOptionError(DecPOError, ValueError):
     """A measure or its inputs that `probe_models` cannot use (the command line prints it, no traceback)."""
+
+
+def _unknown_names(flag: str, what: str, given: tuple[str, ...], valid: tuple[str, ...]) -> None:
+    """ProbeOptionError naming the first of ``given`` not in ``valid``, the closest valid name and all of them."""
+    for name in given:
+        if name not in valid:
+            close = difflib.get_close_matches(name, valid, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ProbeOptionError(f"--{flag}: unknown {what} {name!r}{hint} (valid: {', '.join(valid)})")
+
+
+def _check_layers(flag: str, spec: object) -> None:
+    """A block list's syntax (the blocks themselves are checked against the model once it loads)."""
+    if isinstance(spec, str) and spec != "all":
+        try:
+            layer_items(spec)
+        except ValueError as e:
+            raise ProbeOptionError(f"--{flag}: {e}") from e
 
 
 @dataclass(frozen=True)
@@ -116,3 +135,11 @@ class ProbeOptions:
         default=None, metadata=described("cpu, cuda, ... (default: cuda when available).")
     )
     progress: bool = field(default=True, metadata=described("Show progress bars."))
+
+    def __post_init__(self) -> None:
+        # before any model loads: a typo in a name or a block list costs no loading and leaves no folder
+        _unknown_names("sites", "site", tuple(self.sites), SITES)
+        _unknown_names("probes", "probe", tuple(self.probes), ACTIVATION_PROBES)
+        _unknown_names("measure", "measure", tuple(self.measures), MEASURES)
+        _check_layers("layers", self.layers)
+        _check_layers("sparse-layers", self.sparse_layers)

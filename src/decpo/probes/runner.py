@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from decpo.data import TASKS, DataError, load_pairs, load_task
 from decpo.io import atomic_write_json, atomic_write_text, check_writable
-from decpo.models import ModelError, load_model, load_tokenizer
+from decpo.models import ModelError, check_model_spec, load_model, load_tokenizer
 from decpo.models.hooks import parse_layers
 from decpo.probes.activation import CSV_COLUMNS, probe_pass, relative_depth
 from decpo.probes.options import MEASURES, PROBE_TOKENS, SPARSE_PROBING, ProbeOptionError, ProbeOptions
@@ -151,6 +151,8 @@ def probe_models(
     """
     opts = dataclasses.replace(options or ProbeOptions(), **overrides)
     _check_measures(opts, labels, len(texts))
+    for spec in models.values():  # every model before the first loads: a missing one costs no probing
+        check_model_spec(spec)
     try:
         check_token(opts.token, texts)
     except ValueError as e:

@@ -92,6 +92,9 @@ class LocalJudge:
         self.model, self.tokenizer, self.method = model, tokenizer, method
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
 
+    def check(self) -> None:
+        """Nothing to reach: the model loaded when the judge was built."""
+
     def _format(self, question: str) -> tuple[str, tuple[str, str]]:
         """The prompt text and the two answer continuations (YES, NO)."""
         if getattr(self.tokenizer, "chat_template", None):
@@ -181,7 +184,15 @@ class OpenAIJudge:
             logger.warning(
                 "judge request to %s failed (%s), try %d of %d", url, last, attempt + 1, self.retries
             )
-        raise JudgeError(f"judge endpoint {url} did not answer: {last}")
+        raise JudgeError(
+            f"judge endpoint {url} did not answer: {last}; check {BASE_URL_ENV} and {API_KEY_ENV}, or judge "
+            "with a local model (--judge local:<model>)"
+        )
+
+    def check(self) -> None:
+        """One short question before any generation: an endpoint that does not answer (unreachable, a wrong key
+        or model name) fails the evaluation at its start, not after all outputs are generated."""
+        self.complete("Is this a test? Answer YES or NO.")
 
     def ask(self, questions: Sequence[str], progress: bool = False) -> list[str | None]:
         return [parse_yes_no(self.complete(q)) for q in tqdm(questions, desc="judge", disable=not progress)]

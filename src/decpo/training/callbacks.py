@@ -14,6 +14,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from decpo.errors import DecPOError
 from decpo.integrity import read_jsonl_log, write_manifest
 from decpo.io import append_jsonl, atomic_write_text
 
@@ -118,6 +119,15 @@ class LogLineCallback(TrainerCallback):
             )
 
 
+class NonFiniteError(DecPOError, FloatingPointError):
+    """A loss term, a gradient or a resumed optimizer state became NaN or infinite (the command line prints its
+    message in one line)."""
+
+
+# what a user can change when training diverges
+DIVERGED_HINT = "lower the learning rate or reg_weight, or use float32"
+
+
 class NonFiniteGuardCallback(TrainerCallback):
     """Stops the run when a gradient becomes NaN/inf, naming the step and the parameters."""
 
@@ -128,14 +138,32 @@ class NonFiniteGuardCallback(TrainerCallback):
             if p.grad is not None and not torch.isfinite(p.grad).all()
         ]
         if bad:
-            raise FloatingPointError(
-                f"non-finite gradient at step {state.global_step + 1} in {len(bad)} parameter(s), e.g. {bad[:3]}"
+            raise NonFiniteError(
+                f"non-finite gradient at step {state.global_step + 1} in {len(bad)} parameter(s), e.g. "
+                f"{', '.join(bad[:2])}; {DIVERGED_HINT}"
             )
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         grad_norm = (logs or {}).get("grad_norm")
         if isinstance(grad_norm, float) and not math.isfinite(grad_norm):
-            raise FloatingPointError(f"non-finite gradient norm at step {state.global_step}")
+            raise NonFiniteError(f"non-finite gradient norm at step {state.global_step}; {DIVERGED_HINT}")
+
+
+def check_optimizer_state(optimizer: torch.optim.Optimizer, checkpoint: str | Path) -> None:
+    """After a resume: NonFiniteError naming the checkpoint when a loaded optimizer state holds NaN or inf (a
+    damaged file: the next steps would turn the weights into NaN, shown as a diverged training)."""
+    for state in optimizer.state.values():
+        for name, value in state.items():
+            if (
+                isinstance(value, torch.Tensor)
+                and value.is_floating_point()
+                and not torch.isfinite(value).all()
+            ):
+                raise NonFiniteError(
+                    f"the optimizer state in {checkpoint} holds non-finite values ({name}): the checkpoint is "
+                    f"damaged; remove {checkpoint} to resume from the previous checkpoint, or train into a new "
+                    "--output-dir"
+                )
 
 
 class QuietProgressCallback(ProgressCallback):

@@ -29,21 +29,25 @@ losses as the plain trainer on the same batch (``tests/test_trainer.py::test_eve
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
+import shutil
+from pathlib import Path
 
 import torch
-from transformers.trainer_utils import has_length
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length
 from trl import DPOTrainer
 from trl.experimental.cpo import CPOTrainer
 
 from decpo.env import warm_up_cpu_math
-from decpo.errors import DecPOError
 from decpo.functional import activation_penalty, select_spans, token_spans
+from decpo.io import disk_full_error
 from decpo.models.hooks import capture_activations, resolve_layers
 from decpo.records import is_auto
 from decpo.training.batching import LengthGroupedMixin
 from decpo.training.calibration import calibrate
+from decpo.training.callbacks import DIVERGED_HINT, NonFiniteError, check_optimizer_state
 from decpo.training.prefix_sharing import SharedPromptMixin
 from decpo.training.ref_cache import CachedReferenceMixin
 from decpo.training.resume_counters import ResumedCountersMixin
@@ -52,10 +56,6 @@ logger = logging.getLogger(__name__)
 
 # metric name of each regularizer's weighted term, beside TRL's `loss`
 TERM_NAMES = {"decorrelation": "decorr", "l1": "l1"}
-
-
-class NonFiniteError(DecPOError, FloatingPointError):
-    """A loss term became NaN or infinite."""
 
 
 class ActivationRegularizerMixin:
@@ -250,25 +250,61 @@ class ActivationRegularizerMixin:
         self._record(mode, f"{name}/value", term_value / weight)
         if mode == "train" and not self._warned_balance:
             self._warned_balance = True
-            if term_value > pref_value:
-                logger.warning(
-                    "the %s term (%.4g = %.3g x %.4g) exceeds the preference loss (%.4g) at the first step: "
-                    "training may optimise the penalty alone; consider a smaller reg_weight or reg_form=cosine",
-                    cfg.reg_type,
-                    term_value,
-                    weight,
-                    term_value / weight,
-                    pref_value,
-                )
+            self._warn_unbalanced(term_value, weight, pref_value)
         total = pref_loss + term
         return (total, out[1]) if return_outputs else total
+
+    def _warn_unbalanced(self, term_value: float, weight: float, pref_value: float) -> None:
+        """Warn once when the first step's penalty term exceeds the preference loss, which the user did not
+        intend: with ``reg_weight=auto`` only when it is over twice ``reg_balance`` x the preference loss (the
+        balance sets their ratio by design, from other batches), else whenever it exceeds it."""
+        cfg = self.args
+        if is_auto(cfg.reg_weight):
+            if term_value <= 2 * cfg.reg_balance * pref_value:
+                return
+            intent, change = f"twice reg_balance ({cfg.reg_balance:g}) x", "a smaller reg_balance"
+        elif term_value > pref_value:
+            intent, change = "", "a smaller reg_weight"
+        else:
+            return
+        if cfg.reg_type == "decorrelation" and cfg.reg_form != "cosine":
+            change += " or reg_form=cosine"
+        logger.warning(
+            "the %s term (%.4g = %.3g x %.4g) exceeds %sthe preference loss (%.4g) at the first step: training "
+            "may optimise the penalty alone; consider %s",
+            cfg.reg_type,
+            term_value,
+            weight,
+            term_value / weight,
+            f"{intent} " if intent else "",
+            pref_value,
+            change,
+        )
+
+    def _save_checkpoint(self, model, trial) -> None:
+        try:
+            super()._save_checkpoint(model, trial)
+        except (OSError, RuntimeError) as e:  # torch.save on a full disk: a RuntimeError naming no file
+            folder = Path(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            full = (
+                getattr(e, "errno", None) == errno.ENOSPC
+                or shutil.disk_usage(self.args.output_dir).free < 2**20
+            )
+            if full:
+                raise disk_full_error(folder) from e
+            raise
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None:  # a damaged state would turn the weights into NaN, seen as a divergence
+            check_optimizer_state(self.optimizer, checkpoint)
 
     def _check_finite(self, value: torch.Tensor, what: str) -> None:
         v = value.detach().float()
         if not torch.isfinite(v).all():
             raise NonFiniteError(
                 f"non-finite {what} ({v.item() if v.numel() == 1 else v}) at step {self.state.global_step + 1} "
-                f"(epoch {self.state.epoch or 0:.2f}); lower the learning rate or reg_weight, or use float32"
+                f"(epoch {self.state.epoch or 0:.2f}); {DIVERGED_HINT}"
             )
 
 
