@@ -247,6 +247,16 @@ def _accumulate(
     return stats
 
 
+def _within_length(tokenizer, texts: Sequence, max_length: int) -> Sequence:
+    """Plain texts as given; `AnsweredText` items whose prompt fits ``max_length`` tokens (at least 2 left)."""
+    if not texts or not isinstance(texts[0], AnsweredText):
+        return texts
+    kept = usable(tokenizer, texts, max_length)
+    if len(kept) < 2:
+        raise ValueError(f"{len(kept)} pair(s) left within max_length={max_length} tokens; the probes need 2")
+    return kept
+
+
 def probe_pass(
     model: nn.Module,
     tokenizer,
@@ -285,12 +295,7 @@ def probe_pass(
         stats_kwargs: passed to `ActivationStats` (``eps_zero``, ``gram_dim_limit``, ``max_gram_rows``, ...).
     """
     _check_inputs(tokenizer, texts, sites, extra_pairs, token)
-    if texts and isinstance(texts[0], AnsweredText):
-        texts = usable(tokenizer, texts, max_length)
-        if len(texts) < 2:
-            raise ValueError(
-                f"{len(texts)} pair(s) left within max_length={max_length} tokens; the probes need 2"
-            )
+    texts = _within_length(tokenizer, texts, max_length)
     pairs = _measured_pairs(model, sites, layers, extra_pairs)
     was_training = model.training
     saved_sides = (tokenizer.padding_side, tokenizer.truncation_side)
