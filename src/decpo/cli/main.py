@@ -17,6 +17,7 @@ from decpo.cli import eval as eval_command
 from decpo.cli import pairs as pairs_command
 from decpo.cli import probe as probe_command
 from decpo.cli.flags import positive_int
+from decpo.config.catalogue import precheck
 from decpo.config.errors import ConfigError
 from decpo.errors import DecPOError
 from decpo.experiment.executors.base import StagesFailed
@@ -55,6 +56,7 @@ def _train_lock(output_dir: Path) -> contextlib.AbstractContextManager:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    precheck(config_path(args.config), args.overrides)  # a typo answers before torch is imported
     # lazy: the config's sections and training pull in torch, transformers and trl
     from decpo.config import load_config
     from decpo.training.launch import check_launched_world
@@ -107,20 +109,21 @@ def config_path(path: str | None) -> Path:
 
 
 def _experiment_config(args: argparse.Namespace):
-    from decpo.config import load_config  # lazy: the config's sections pull in trl, transformers and torch
-
     overrides = list(args.overrides)
     if getattr(args, "seeds", None):
         overrides.append(f"experiment.seeds=[{args.seeds}]")
     if getattr(args, "methods", None):
         overrides.append(f"experiment.methods=[{args.methods}]")
+    precheck(config_path(args.config), overrides)  # a typo answers before torch is imported
+    from decpo.config import load_config  # lazy: the config's sections pull in trl, transformers and torch
+
     return load_config(config_path(args.config), overrides)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    cfg = _experiment_config(args)
     from decpo.experiment.recipes import run_experiment  # lazy: pulls in the trainer (torch, trl)
 
-    cfg = _experiment_config(args)
     out = Path(args.output_dir)
     with removed_if_start_fails(out), output_lock(out / LOCK_FILE, f"experiment folder {out}", "decpo run"):
         report = run_experiment(cfg, out, argv=args.raw_argv, num_processes=args.num_processes)
@@ -129,13 +132,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    cfg = _experiment_config(args)
     # lazy: the config's sections, the experiment and the hooks pull in torch, transformers and trl (slow for
     # `decpo --help`)
     from decpo.config.sweeps import parse_values
     from decpo.experiment.recipes import sweep_layers, sweep_strength
     from decpo.models.hooks import parse_layers
 
-    cfg = _experiment_config(args)
     try:
         values = parse_values(args.reg_weights) if args.reg_weights is not None else None
         layers = parse_layers(args.layers) if args.layers is not None else None
@@ -160,6 +163,8 @@ def _cmd_config_keys(args: argparse.Namespace) -> int:
         raise ConfigError(f"config-keys: {args.pattern!r} is not a regular expression ({e})") from e
     # wrapped to a terminal's width; one line per key into a pipe or a file
     width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    if args.config:
+        precheck(args.config, ())
     text = describe_keys(load_config(args.config) if args.config else None, pattern=pattern, width=width)
     if not text:
         print(f"decpo: no config key's name or help matches {args.pattern!r}", file=sys.stderr)

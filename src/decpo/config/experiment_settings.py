@@ -258,6 +258,12 @@ class ExperimentSettings:
             raise ConfigError(f"experiment.executor must be one of {EXECUTORS}, got {self.executor!r}")
         if self.max_parallel < 0:
             raise ConfigError(f"experiment.max_parallel must be >= 0, got {self.max_parallel}")
+        if self.methods and not self.seeds:  # it would train nothing and report on the base model alone
+            raise ConfigError(
+                f"experiment.seeds is empty: methods {self.methods} need at least one seed (e.g. [0, 1, 2])"
+            )
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"experiment.seeds lists a seed twice: {self.seeds}")
         _check_counts("experiment", self, curve_limit=1, eval_transfer_limit=1, eval_num_samples=0)
         steps = self.curve_steps
         if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in steps) or any(

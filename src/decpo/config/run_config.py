@@ -18,16 +18,15 @@ dataclass annotations both use.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 import textwrap
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from decpo.config.catalogue import flatten, groups_of, leaves, read_flat, unknown_key
 from decpo.config.errors import ConfigError
 from decpo.config.experiment_settings import ExperimentSettings
 from decpo.config.sections import DataConfig, ObjectiveConfig, PairsSettings, ProbeSettings
@@ -35,38 +34,6 @@ from decpo.config.trl_sections import ModelSection, TrainSection
 from decpo.config.typecheck import check_value
 from decpo.io import atomic_write_text
 from decpo.records import is_auto
-
-# keys of earlier decpo versions -> the TRL field that replaced them (with a value that changed form)
-RENAMED = {
-    "model.name": "model.model_name_or_path",
-    "model.revision": "model.model_revision",
-    "lora.enabled": "model.use_peft",
-    "lora.r": "model.lora_r",
-    "lora.alpha": "model.lora_alpha",
-    "lora.dropout": "model.lora_dropout",
-    "lora.target_modules": "model.lora_target_modules",
-    "objective.loss_type": "train.loss_type",
-    "objective.beta": "train.beta",
-    "objective.reg_weight": "train.reg_weight",
-    "objective.reg_balance": "train.reg_balance",
-    "objective.reg_form": "train.reg_form",
-    "objective.layers": "train.reg_layers",
-    "objective.site": "train.reg_site",
-    "objective.tokens": "train.reg_tokens",
-    "objective.rows": "train.reg_rows",
-    "objective.simpo_gamma": "train.simpo_gamma",
-    "train.lr": "train.learning_rate",
-    "train.lr_scheduler": "train.lr_scheduler_type",
-    "train.epochs": "train.num_train_epochs",
-    "train.batch_size": "train.per_device_train_batch_size",
-    "train.eval_batch_size": "train.per_device_eval_batch_size",
-    "train.grad_accum": "train.gradient_accumulation_steps",
-    "train.precompute_ref": "train.precompute_ref_log_probs",
-    "train.ref_cache": "train.ref_logps_cache (auto or null)",
-    "train.group_by_length": "train.train_sampling_strategy=group_by_length",
-    "train.resume": "train.resume_from_checkpoint (last or null)",
-    "train.warmup_ratio": "train.warmup_steps (transformers 5: a number in [0, 1) is a ratio of the steps)",
-}
 
 
 @dataclass
@@ -194,27 +161,12 @@ def _build(tree: dict[str, dict[str, Any]]) -> RunConfig:
         raise ConfigError(f"bad config value: {e}") from e
 
 
-def _leaves(prefix: str, cls: type) -> dict[str, tuple[dataclasses.Field, Any]]:
-    """The dotted keys of a section with their field and type annotation; a field holding a dataclass is a
-    subsection (``experiment.slurm.*``)."""
-    out: dict[str, tuple[dataclasses.Field, Any]] = {}
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        sub = f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
-        if dataclasses.is_dataclass(sub):
-            SUBSECTIONS.add(f"{prefix}{f.name}")
-            out.update(_leaves(f"{prefix}{f.name}.", type(sub)))
-        else:
-            out[f"{prefix}{f.name}"] = (f, hints[f.name])
-    return out
-
-
 # dotted names of the sections inside sections ("experiment.slurm", "experiment.resources.train", ...)
-SUBSECTIONS: set[str] = set()
-_LEAVES = {key: fh for section, cls in SECTIONS.items() for key, fh in _leaves(f"{section}.", cls).items()}  # type: ignore[arg-type]
+_LEAVES = {key: fh for section, cls in SECTIONS.items() for key, fh in leaves(f"{section}.", cls).items()}  # type: ignore[arg-type]
 FIELDS: dict[str, dataclasses.Field] = {key: f for key, (f, _) in _LEAVES.items()}
 HINTS: dict[str, Any] = {key: hint for key, (_, hint) in _LEAVES.items()}
 VALID_KEYS = tuple(FIELDS)
+GROUPS = groups_of(FIELDS)
 
 
 def _check_type(key: str, value: Any) -> Any:
@@ -222,70 +174,16 @@ def _check_type(key: str, value: Any) -> Any:
 
 
 def _unknown_key(key: str, source: str) -> ConfigError:
-    if key in RENAMED:
-        return ConfigError(
-            f"config key {key!r} in {source} was renamed: use {RENAMED[key]} (TRL's name; see `decpo config-keys`)"
-        )
-    # the old names too: a typo of a renamed key (`objective.betta`) is pointed at its new home (`train.beta`)
-    names = (*VALID_KEYS, *RENAMED)
-    close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
-    if not close:  # a right leaf under a wrong section, e.g. `beta` for `train.beta`
-        close = [k for k in names if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]][:1]
-    if not close:
-        hint = ""
-    elif close[0] in RENAMED:
-        hint = f"; did you mean {RENAMED[close[0]]}? ({close[0]!r} was renamed to it)"
-    else:
-        hint = f"; did you mean {close[0]!r}?"
-    return ConfigError(f"unknown config key {key!r} in {source}{hint} (see `decpo config-keys`)")
+    return unknown_key(key, source, VALID_KEYS)
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and (key in SECTIONS or key in SUBSECTIONS or key == "lora"):
-            flat.update(_flatten(v, key + "."))
-        else:
-            flat[key] = v
-    return flat
-
-
-def parse_override(item: str) -> tuple[str, Any]:
-    """``"train.beta=0.2"`` -> ``("train.beta", 0.2)``; the value is parsed as YAML."""
-    if "=" not in item:
-        raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.beta=0.2")
-    key, raw = item.split("=", 1)
-    if not raw.strip():
-        return key.strip(), None
-    try:
-        return key.strip(), yaml.safe_load(raw)
-    except yaml.YAMLError as e:  # e.g. a !!python tag, which the safe loader refuses (as in a file)
-        raise ConfigError(f"override {item!r}: not valid YAML: {e}") from e
+def _flatten(tree: dict[str, Any]) -> dict[str, Any]:
+    return flatten(tree, GROUPS)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Build a RunConfig from a YAML file (safe loader) and dotted overrides, in that order."""
-    flat: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from e
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
-        for key, value in _flatten(tree).items():
-            if key not in FIELDS:
-                raise _unknown_key(key, str(path))
-            flat[key] = _check_type(key, value)
-    for item in overrides:
-        key, value = parse_override(item)
-        if key not in FIELDS:
-            raise _unknown_key(key, "the command line")
-        flat[key] = _check_type(key, value)
+    flat = read_flat(path, overrides, dict.fromkeys(FIELDS, _check_type))
     sections: dict[str, dict[str, Any]] = {}
     for key, value in flat.items():
         _set(sections, key, value)

@@ -55,7 +55,7 @@ def _conform(value: Any, hint: Any, wrap: bool) -> Any:
             if value is None and type(None) in arms:
                 return None
             for e in enums:
-                names = {m.value for m in e}
+                names = [m.value for m in e]  # a list: a YAML list or mapping is not hashable
                 if value is False and "no" in names:  # YAML 1.1 reads `eval_strategy: no` as false
                     return "no"
                 if isinstance(value, e) or (isinstance(value, str) and value in names):
@@ -106,7 +106,7 @@ def _conform_one(value: Any, hint: Any, wrap: bool) -> Any:
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         if isinstance(value, hint):
             return value.value
-        if value in {m.value for m in hint}:
+        if value in [m.value for m in hint]:
             return value
         raise _Mismatch
     if origin in (list, tuple) or hint in (list, tuple):

@@ -1,0 +1,119 @@
+"""The config catalogue without trl: the saved TRL keys match the installed TRL, check values as the live
+annotations do, and a config error answers from the command line before torch is imported."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from decpo.config import ConfigError, load_config
+from decpo.config.catalogue import (
+    HEAVY_SECTIONS,
+    TRL_KEYS_FILE,
+    KeySpec,
+    catalogue,
+    precheck,
+    saved_specs,
+    trl_keys_json,
+)
+from decpo.config.run_config import FIELDS, HINTS
+
+from conftest import REPO
+
+SMOKE = str(REPO / "configs" / "smoke.yaml")
+
+# values a YAML file or an override can give, of every shape `check_value` tells apart
+PROBES = [None, True, False, 0, 1, -3, 0.5, "1e-3", "abc", "no", "auto", "cosine", "adamw_torch", "steps",
+          "bfloat16", [], [1, 2], ["q_proj"], "q_proj", {"a": 1}, {"a": "b"}]  # fmt: skip
+
+
+def _live() -> dict[str, KeySpec]:
+    return {k: KeySpec(HINTS[k], tuple(FIELDS[k].metadata.get("choices") or ())) for k in FIELDS}
+
+
+def test_the_saved_trl_keys_are_those_of_the_installed_trl():
+    """Fails when TRL (or decpo's model/train sections) gains, loses or retypes a key: then run
+    `python -m decpo.config.catalogue` to rewrite decpo/config/trl_keys.json."""
+    assert TRL_KEYS_FILE.read_text() == trl_keys_json(_live())
+
+
+def test_the_catalogue_has_every_key_in_order():
+    assert list(catalogue()) == list(FIELDS)
+
+
+def _outcome(spec: KeySpec, key: str, value):
+    try:
+        return ("ok", spec.check(key, value))
+    except ConfigError as e:
+        return ("error", str(e))
+
+
+def test_the_saved_annotations_accept_refuse_and_convert_as_the_live_ones():
+    saved, live = saved_specs(), _live()
+    checked = 0
+    for key in saved:
+        assert key.split(".", 1)[0] in HEAVY_SECTIONS
+        for value in PROBES:
+            assert _outcome(saved[key], key, value) == _outcome(live[key], key, value), (key, value)
+            checked += 1
+    assert checked > 100 * len(PROBES) // 2
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["objective.betta=0.1"], "did you mean train.beta"),
+        (["train.beta=abc"], "'train.beta' expects a number"),
+        (["train.lr_scheduler_type=cosinus"], "'train.lr_scheduler_type' expects one of"),
+        (["model.lora_r=1.5"], "'model.lora_r' expects an integer"),
+        (["experiment.seeds=[]"], "experiment.seeds is empty"),
+        (["experiment.seeds=[1, 1]"], "lists a seed twice"),
+        (["experiment.curve_steps=[3, 2]"], "strictly increasing"),
+        (["probe.sites=7"], "probe.sites"),
+    ],
+)
+def test_the_precheck_refuses_what_load_config_refuses(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        precheck(SMOKE, overrides)
+    with pytest.raises(ConfigError, match=match):
+        load_config(SMOKE, overrides)
+
+
+def test_the_precheck_passes_the_shipped_presets():
+    for path in sorted((REPO / "configs").rglob("*.yaml")):
+        if "accelerate" in path.parts:
+            continue
+        precheck(path, ())
+
+
+# `decpo <argv>` in a fresh interpreter: its exit code and error, and the heavy libraries it imported
+PROBE = """
+import json, sys
+from decpo.cli import main
+rc = main(sys.argv[1:])
+print(json.dumps([rc, [m for m in ("torch", "transformers", "trl") if m in sys.modules]]), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "objective.betta=0.1"],
+        ["run", "--seeds", "1,1"],
+        ["run", "--config", SMOKE, "train.learning_rate=fast"],
+        ["sweep", "--layers", "3", "experiment.seeds=[]"],
+        ["run", "--config", "configs/nope.yaml"],
+    ],
+)
+def test_a_config_error_answers_before_torch_is_imported(argv):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, env=env, timeout=120, cwd=REPO
+    )
+    rc, heavy = json.loads(done.stderr.strip().splitlines()[-1])
+    assert rc == 2 and "decpo: error:" in done.stderr
+    assert heavy == []
