@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -65,6 +66,23 @@ def test_the_smoke_preset_keeps_every_pair_and_shows_no_warning_a_user_cannot_ac
     assert (
         "are skipped" not in caplog.text
     )  # the first try trains on all its pairs (max_length 96 dropped 23 of 32)
+
+
+def test_the_log_line_gives_the_step_of_the_total_and_the_time_left(tmp_path, caplog):
+    with caplog.at_level("INFO", logger="decpo.training.callbacks"):
+        assert main(["train", "--config", SMOKE, "--output-dir", str(tmp_path / "run")]) == 0
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert [line.split(" |")[0] for line in lines] == [f"step {s}/4" for s in (1, 2, 3, 4)]
+    assert re.search(r"\| eta \d+ s$", lines[0]) and lines[-1].endswith("| eta 0 s")
+
+
+@pytest.mark.parametrize(
+    "seconds, said", [(0.4, "0 s"), (59.6, "1 min 00 s"), (200, "3 min 20 s"), (3900, "1 h 05 min")]
+)
+def test_eta_reads_as_minutes_and_hours(seconds, said):
+    from decpo.training.callbacks import eta
+
+    assert eta(seconds) == said
 
 
 def test_rerun_resumes_and_does_not_duplicate_steps(tmp_path):

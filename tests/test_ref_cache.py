@@ -105,6 +105,22 @@ def files(cache):
     return sorted(cache.glob("*.safetensors")) if cache.exists() else []
 
 
+def test_computing_the_reference_log_probs_is_announced_before_it_starts(tmp_path, monkeypatch, caplog):
+    """The first run's silent minutes: the line comes before the reference's first forward."""
+    said_before = []
+    original = DecPOTrainer.compute_ref_log_probs
+
+    def spy(self, model, inputs):
+        said_before.append("reference log-probs for train: computing" in caplog.text)
+        return original(self, model, inputs)
+
+    monkeypatch.setattr(DecPOTrainer, "compute_ref_log_probs", spy)
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        build(tmp_path / "a", tmp_path / "cache")
+    assert said_before and all(said_before)
+    assert f"computing {len(PAIRS)} pairs with the reference model" in caplog.text
+
+
 def test_second_trainer_hits_with_identical_values(tmp_path, ref_calls, caplog):
     cache = tmp_path / "cache"
     first = build(tmp_path / "a", cache, eval_pairs=PAIRS[:5])

@@ -63,7 +63,7 @@ def gguf_folder(name: str, gguf_file: str | None = None) -> str:
 def convert_gguf(gguf_path: Path, target: Path) -> Path:
     """Dequantise a GGUF file into a safetensors folder, atomically (temp folder, then rename)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    logger.info("converting %s to %s (once)", gguf_path.name, target)
+    logger.info("converting %s to %s (once: later runs reuse it)", gguf_path.name, target)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
         tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it 0o700; a shared cache is read by a group

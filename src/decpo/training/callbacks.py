@@ -82,8 +82,19 @@ class ManifestCallback(TrainerCallback):
             write_manifest(folder)
 
 
+def eta(seconds: float) -> str:
+    """``"45 s"``, ``"3 min 20 s"``, ``"1 h 05 min"``: the time left at the pace so far."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
 class LogLineCallback(TrainerCallback):
-    """``step 20 | loss 0.512 (pref 0.498, decorr 0.014) | margin 0.83 | acc 0.75 | 410 ms/step``."""
+    """``step 20/40 | loss 0.512 (pref 0.498, decorr 0.014) | margin 0.83 | acc 0.75 | 410 ms/step | eta 8 s``:
+    the step of the total, and the time left at this run's pace (evaluations included)."""
 
     def __init__(self):
         self._t0 = None
@@ -101,13 +112,15 @@ class LogLineCallback(TrainerCallback):
                 f"{k.split('/')[1]} {logs[k]:.4g}" for k in sorted(logs) if k.startswith("loss/")
             )
             logger.info(
-                "step %d | loss %.4g%s | margin %.3g | acc %.2f | %.0f ms/step",
+                "step %d/%d | loss %.4g%s | margin %.3g | acc %.2f | %.0f ms/step | eta %s",
                 state.global_step,
+                state.max_steps,
                 logs["loss"],
                 f" ({terms})" if terms else "",
                 logs.get("rewards/margins", float("nan")),
                 logs.get("rewards/accuracies", float("nan")),
                 ms,
+                eta(ms * max(state.max_steps - state.global_step, 0) / 1000),
             )
         elif "eval_loss" in logs:
             logger.info(
@@ -167,7 +180,13 @@ def check_optimizer_state(optimizer: torch.optim.Optimizer, checkpoint: str | Pa
 
 
 class QuietProgressCallback(ProgressCallback):
-    """The Trainer's progress bar without its print of every log dict."""
+    """The Trainer's progress bar (in a terminal: steps of the total, ETA), named, without its print of every log
+    dict."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        if getattr(self, "training_bar", None) is not None:  # rank 0 only
+            self.training_bar.set_description("train")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         pass

@@ -249,6 +249,7 @@ class CachedReferenceMixin:
             dataset = self._file_backed(dataset, name)
         cache = getattr(self.args, "ref_logps_cache", None)
         if not cache or not isinstance(dataset, Dataset):
+            logger.info("reference log-probs for %s: computing them with the reference model (not cached)", name)
             return super()._precompute_ref_logps(dataset, name, batch_size)
 
         # Every rank hashes (a DTensor gather is collective); rank 0's key and cached values are used by all
@@ -271,6 +272,11 @@ class CachedReferenceMixin:
             chosen, rejected = cached
             return dataset.add_column(REF_COLUMNS[0], chosen).add_column(REF_COLUMNS[1], rejected)
 
+        logger.info(
+            "reference log-probs for %s: computing %d pairs with the reference model (once: then cached)",
+            name,
+            len(dataset),
+        )
         out = super()._precompute_ref_logps(dataset, name, batch_size)
         if self.accelerator.is_main_process:
             table = out.select_columns(list(REF_COLUMNS)).with_format("arrow")[:]
