@@ -175,3 +175,54 @@ def test_every_option_has_help_and_shows_its_default(command):
         if valued:
             assert "default" in action.help, f"decpo {command} {action.option_strings[0]}: no default shown"
     assert "(default: )" not in parser.format_help()
+
+
+def test_in_flag_terms_names_flags_where_fields_stand_and_leaves_words_alone():
+    from decpo.cli.flags import in_flag_terms
+
+    names = ["limit", "batch_size", "max_new_tokens", "synthetic_answer", "task", "prompts_path"]
+    assert in_flag_terms("limit must be >= 1, got 0", names) == "--limit must be >= 1, got 0"
+    assert (
+        in_flag_terms("max_new_tokens and batch_size must be >= 1", names)
+        == "--max-new-tokens and --batch-size must be >= 1"
+    )
+    assert in_flag_terms("synthetic_answer=number is the reading task's alone", names).startswith(
+        "--synthetic-answer number is"
+    )
+    assert (
+        in_flag_terms("prompts_path must exist", names, {"prompts_path": "prompts"}) == "--prompts must exist"
+    )
+    assert in_flag_terms("the task 'x' has no limit", names) == "the task 'x' has no limit"
+
+
+@pytest.mark.parametrize(
+    "argv, said",
+    [
+        (["eval", "--model", "default", "--task", "reading", "--limit", "0"], "--limit must be >= 1, got 0"),
+        (
+            ["eval", "--model", "default", "--task", "reading", "--batch-size", "0"],
+            "--batch-size must be >= 1",
+        ),
+        (
+            ["pairs", "--prompts", "toxicity", "--num-samples", "0", "--output", "x.jsonl"],
+            "--num-samples must",
+        ),
+    ],
+)
+def test_a_bad_flag_value_is_said_as_the_flag(argv, said, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert said in err and "batch_size" not in err and "num_samples" not in err
+    assert list(tmp_path.iterdir()) == []  # no folder left behind
+
+
+def test_an_unknown_scorer_is_listed_with_the_names_the_help_uses():
+    from decpo.scoring.classifiers import ScorerError, make_scorer
+
+    with pytest.raises(ScorerError) as e:
+        make_scorer("toxcity")
+    said = str(e.value)
+    assert "did you mean 'toxicity'?" in said
+    assert "toxicity (profanity-check)" in said and "sentiment (vader)" in said and "jigsaw-bilstm" in said
+    assert make_scorer("toxicity").__class__.__name__ == "ProfanityCheckScorer"  # the alias, here too

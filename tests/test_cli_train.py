@@ -34,6 +34,10 @@ def test_smoke_run_writes_the_run_directory(tmp_path, capsys):
     assert cfg["objective"]["name"] == "decpo" and cfg["train"]["max_steps"] == 4
     env = json.loads((run / "env.json").read_text())
     assert {"torch", "transformers", "trl", "peft", "device", "git"} <= set(env)
+    card = (run / "README.md").read_text()  # decpo's card, not TRL's "fine-tuned version of [None]"
+    assert (
+        "Fine-tuned from `tiny-random-llama`" in card and "None" not in card and "huggingface.co" not in card
+    )
     rows = read_metrics(run)
     train_keys = set().union(*(r for r in rows if "train/loss" in r))
     for key in (

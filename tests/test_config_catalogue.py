@@ -20,7 +20,7 @@ from decpo.config.catalogue import (
     saved_specs,
     trl_keys_json,
 )
-from decpo.config.run_config import FIELDS, HINTS
+from decpo.config.run_config import FIELDS, live_specs
 
 from conftest import REPO
 
@@ -31,14 +31,10 @@ PROBES = [None, True, False, 0, 1, -3, 0.5, "1e-3", "abc", "no", "auto", "cosine
           "bfloat16", [], [1, 2], ["q_proj"], "q_proj", {"a": 1}, {"a": "b"}]  # fmt: skip
 
 
-def _live() -> dict[str, KeySpec]:
-    return {k: KeySpec(HINTS[k], tuple(FIELDS[k].metadata.get("choices") or ())) for k in FIELDS}
-
-
 def test_the_saved_trl_keys_are_those_of_the_installed_trl():
     """Fails when TRL (or decpo's model/train sections) gains, loses or retypes a key: then run
-    `python -m decpo.config.catalogue` to rewrite decpo/config/trl_keys.json."""
-    assert TRL_KEYS_FILE.read_text() == trl_keys_json(_live())
+    `python -m decpo.config.run_config` to rewrite decpo/config/trl_keys.json."""
+    assert TRL_KEYS_FILE.read_text() == trl_keys_json(live_specs())
 
 
 def test_the_catalogue_has_every_key_in_order():
@@ -53,7 +49,7 @@ def _outcome(spec: KeySpec, key: str, value):
 
 
 def test_the_saved_annotations_accept_refuse_and_convert_as_the_live_ones():
-    saved, live = saved_specs(), _live()
+    saved, live = saved_specs(), live_specs()
     checked = 0
     for key in saved:
         assert key.split(".", 1)[0] in HEAVY_SECTIONS

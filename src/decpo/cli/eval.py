@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from decpo.cli.flags import add_dataclass_flags, dataclass_values
+from decpo.cli.flags import add_dataclass_flags, from_flags
 from decpo.evaluation.config import EvalConfig
 from decpo.evaluation.registry import BUILTIN_TASK_NAMES, EvalError
 from decpo.io import removed_if_start_fails
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 # EvalConfig fields without a flag (as before: the library's defaults; a config of your own sets them)
 NO_FLAG = ("n_boot", "pair_max_length", "dtype", "generate")
+FLAGS = {"prompts_path": "prompts", "pairs_path": "pairs"}  # fields whose flag has another name
 
 
 def add_parser(subparsers) -> None:
@@ -35,7 +36,7 @@ def add_parser(subparsers) -> None:
         p,
         EvalConfig,
         exclude=NO_FLAG,
-        flags={"prompts_path": "prompts", "pairs_path": "pairs"},
+        flags=FLAGS,
         extra_help={"task": f"Built in: {', '.join(BUILTIN_TASK_NAMES)}."},
     )
     p.add_argument("--output-dir", default=None, help="where to write (default: evals/<task>-<model>)")
@@ -52,7 +53,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from decpo.evaluation.runner import evaluate  # lazy: the evaluation pulls in torch and transformers
 
     try:
-        cfg = EvalConfig(**dataclass_values(args, args.config_fields))
+        cfg = from_flags(EvalConfig, args, args.config_fields, FLAGS)
         out = Path(args.output_dir) if args.output_dir else default_output_dir(args.task, args.model)
         with removed_if_start_fails(out):  # a failed evaluation leaves no empty folder
             result = evaluate(cfg, out)

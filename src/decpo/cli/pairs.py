@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from decpo.cli.flags import add_dataclass_flags, dataclass_values, positive_int
+from decpo.cli.flags import add_dataclass_flags, from_flags, positive_int
 from decpo.config.sampling import PREFER, SamplingSettings, scorer_spec
 from decpo.data.prompts import PROMPT_TASKS, load_prompts
 from decpo.io import check_writable, file_lock_path, output_lock, removed_if_start_fails
 from decpo.scoring.classifiers import make_scorer
+
+FLAGS = {"include_greedy": "greedy"}  # fields whose flag has another name
 
 
 def add_parser(subparsers) -> None:
@@ -44,7 +46,7 @@ def add_parser(subparsers) -> None:
         p,
         SamplingSettings,
         exclude=("max_prompt_tokens",),  # a run config's setting (pairs.max_prompt_tokens), no flag
-        flags={"include_greedy": "greedy"},
+        flags=FLAGS,
         choices={"prefer": (*PREFER, "auto")},
     )
     p.add_argument(
@@ -65,7 +67,7 @@ def add_parser(subparsers) -> None:
 
 def run_pairs(args: argparse.Namespace) -> int:
     split = args.split or ("train" if args.prompts in PROMPT_TASKS else "all")
-    settings = SamplingSettings(**dataclass_values(args, args.settings_fields))
+    settings = from_flags(SamplingSettings, args, args.settings_fields, FLAGS)
     prompts = [
         r["prompt"] for r in load_prompts(args.prompts, split=split, data_dir=args.data_dir, limit=args.limit)
     ]

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from decpo.cli.flags import add_dataclass_flags, comma_list, dataclass_values, positive_int
+from decpo.cli.flags import add_dataclass_flags, comma_list, from_flags, positive_int
 from decpo.io import removed_if_start_fails
 from decpo.probes.concepts import CONCEPTS, labelled_texts
 from decpo.probes.options import SPARSE_PROBING, ProbeOptions
@@ -16,6 +16,9 @@ from decpo.probes.proxy_check import proxy_tracking
 
 if TYPE_CHECKING:
     from decpo.probes.runner import ProbeReport
+
+
+FLAGS = {"measures": "measure"}  # fields whose flag has another name
 
 
 def add_parser(subparsers) -> None:
@@ -61,12 +64,12 @@ def add_parser(subparsers) -> None:
         "texts carry)",
     )
     # progress bars: always shown; --measure (one flag, names comma-separated), as in "--measure sparse_probing"
-    options = add_dataclass_flags(p, ProbeOptions, exclude=("progress",), flags={"measures": "measure"})
+    options = add_dataclass_flags(p, ProbeOptions, exclude=("progress",), flags=FLAGS)
     p.set_defaults(func=_cmd_probe, option_fields=options)
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
-    options = ProbeOptions(**dataclass_values(args, args.option_fields))  # a bad name fails here, in a second
+    options = from_flags(ProbeOptions, args, args.option_fields, FLAGS)  # a bad name fails here, in a second
     # lazy: the probes pull in torch and transformers (slow for `decpo --help`)
     from decpo.probes.runner import load_texts, parse_model_specs, probe_models
 

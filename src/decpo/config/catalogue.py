@@ -7,7 +7,7 @@ dataclasses, which import nothing heavy. The ``model`` and ``train`` sections ar
 type annotations are saved in ``trl_keys.json`` beside this module, as JSON forms of the annotations that
 `annotation_from_json` turns back into annotations `decpo.config.typecheck.check_value` checks exactly as it
 checks the live ones. ``tests/test_config_catalogue.py`` regenerates the file from the installed TRL and fails
-when it differs (then run ``python -m decpo.config.catalogue``), and checks that both annotations accept, refuse
+when it differs (then run ``python -m decpo.config.run_config``), and checks that both annotations accept, refuse
 and convert the same values.
 
 `read_flat` is the one reader of a config: `decpo.config.run_config.load_config` calls it with the live
@@ -314,11 +314,3 @@ def precheck(path: str | Path | None, overrides: typing.Sequence[str]) -> None:
                 cls(**tree[name])  # its own checks; a subsection's dict is built by the section
             except TypeError as e:  # a value of the wrong shape
                 raise ConfigError(f"bad config value: {e}") from e
-
-
-if __name__ == "__main__":  # regenerate trl_keys.json from the installed TRL
-    from decpo.config.run_config import FIELDS, HINTS
-
-    live = {k: KeySpec(HINTS[k], tuple(FIELDS[k].metadata.get("choices") or ())) for k in FIELDS}
-    TRL_KEYS_FILE.write_text(trl_keys_json(live))
-    print(f"wrote {TRL_KEYS_FILE}")

@@ -26,7 +26,16 @@ from typing import Any
 
 import yaml
 
-from decpo.config.catalogue import flatten, groups_of, leaves, read_flat, unknown_key
+from decpo.config.catalogue import (
+    TRL_KEYS_FILE,
+    KeySpec,
+    flatten,
+    groups_of,
+    leaves,
+    read_flat,
+    trl_keys_json,
+    unknown_key,
+)
 from decpo.config.errors import ConfigError
 from decpo.config.experiment_settings import ExperimentSettings
 from decpo.config.sections import DataConfig, ObjectiveConfig, PairsSettings, ProbeSettings
@@ -231,3 +240,13 @@ def describe_keys(
             line = textwrap.fill(line, width=max(width, 40), subsequent_indent="    ", break_on_hyphens=False)
         lines.append(line)
     return "\n".join(lines)
+
+
+def live_specs() -> dict[str, KeySpec]:
+    """Every key's `KeySpec` from the live sections (TRL's included)."""
+    return {k: KeySpec(HINTS[k], tuple(FIELDS[k].metadata.get("choices") or ())) for k in FIELDS}
+
+
+if __name__ == "__main__":  # rewrite decpo/config/trl_keys.json from the installed TRL
+    TRL_KEYS_FILE.write_text(trl_keys_json(live_specs()))
+    print(f"wrote {TRL_KEYS_FILE}")

@@ -13,6 +13,7 @@ and :meth:`VaderScorer.compound` gives the raw compound.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import time
@@ -20,6 +21,7 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
+from decpo.config.sampling import SCORER_ALIASES, scorer_spec
 from decpo.errors import DecPOError
 from decpo.scoring import jigsaw_bilstm
 
@@ -229,8 +231,13 @@ class VaderScorer:
         return [(c + 1) / 2 for c in self.compound(texts)]
 
 
+NAMED_SCORERS = ("profanity-check", "jigsaw-bilstm", "vader", "perspective")
+
+
 def make_scorer(spec: str = DEFAULT_TOXICITY_SCORER) -> Scorer:
-    """A scorer from its spec (see the module docstring)."""
+    """A scorer from its spec (see the module docstring), or from an alias of the config's (``toxicity``,
+    ``sentiment``: `decpo.config.sampling.SCORER_ALIASES`)."""
+    spec = scorer_spec(spec)
     if spec == "profanity-check":
         return ProfanityCheckScorer()
     if spec == "jigsaw-bilstm":
@@ -243,7 +250,17 @@ def make_scorer(spec: str = DEFAULT_TOXICITY_SCORER) -> Scorer:
         return HFClassifierScorer(spec[3:])
     if spec.startswith("detoxify:"):
         return DetoxifyScorer(spec[len("detoxify:") :])
-    raise ScorerError(
-        f"unknown scorer {spec!r}; expected profanity-check, jigsaw-bilstm, vader, perspective, hf:<id|dir> "
-        "or detoxify:<ckpt>"
-    )
+    raise ScorerError(f"unknown scorer {spec!r}{suggest(spec)}; expected {scorer_names()}")
+
+
+def scorer_names() -> str:
+    """The scorer names a user may give, as the help and the README say them."""
+    aliased = {target: alias for alias, target in SCORER_ALIASES.items()}
+    named = [f"{aliased[n]} ({n})" if n in aliased else n for n in NAMED_SCORERS]
+    return ", ".join([*named, "hf:<id|dir>", "detoxify:<ckpt>"])
+
+
+def suggest(spec: str) -> str:
+    """``"; did you mean 'jigsaw-bilstm'?"`` for the closest name, else ``""``."""
+    close = difflib.get_close_matches(spec, [*SCORER_ALIASES, *NAMED_SCORERS], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""

@@ -249,7 +249,9 @@ class CachedReferenceMixin:
             dataset = self._file_backed(dataset, name)
         cache = getattr(self.args, "ref_logps_cache", None)
         if not cache or not isinstance(dataset, Dataset):
-            logger.info("reference log-probs for %s: computing them with the reference model (not cached)", name)
+            logger.info(
+                "reference log-probs for %s: computing them with the reference model (not cached)", name
+            )
             return super()._precompute_ref_logps(dataset, name, batch_size)
 
         # Every rank hashes (a DTensor gather is collective); rank 0's key and cached values are used by all
