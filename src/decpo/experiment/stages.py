@@ -284,10 +284,17 @@ def eval_config_scorer(cfg: RunConfig) -> str:
 
 
 def eval_stage(
-    cfg: RunConfig, task: str, model_spec: str, out: Path, pairs_path: Path | None = None, quick: bool = False
+    cfg: RunConfig,
+    task: str,
+    model_spec: str,
+    out: Path,
+    pairs_path: Path | None = None,
+    quick: bool = False,
+    split: str = "test",
 ) -> Callable[[], None]:
     """Evaluate ``model_spec`` on ``task`` into ``out`` (toxicity also scores the held-out pairs ``pairs_path``);
-    ``quick``: a learning-curve point, the quick evaluation (`EvalConfig.quick`) of `curve_limit` items."""
+    ``quick``: a learning-curve point, the quick evaluation (`EvalConfig.quick`) of `curve_limit` items;
+    ``split``: `EvalConfig.split`, test (``decpo run``) or dev (``benchmarks/tune.py``, tuning)."""
 
     def stage() -> None:
         evaluate(
@@ -310,6 +317,7 @@ def eval_stage(
                 chat_template=eval_chat_template(cfg),
                 synthetic_answer=cfg.data.synthetic_answer,  # the answers as trained
                 quick=quick,
+                split=split,
                 progress=True,
                 # the user's own config of this command (never a run folder's config.yaml)
                 trust_remote_code=cfg.model.trust_remote_code,
