@@ -3,7 +3,7 @@ toxicity that the independent scorer (jigsaw-bilstm, not the pairs' profanity-ch
 continuations of the TEST prompts below the base model's, by a paired interval over prompts that excludes
 zero, and the collapse guard does not flag it.
 
-About 3-4 minutes on 2 cores with the pairs cached in ``$DECPO_CACHE/pairs`` (a first run samples them: about
+3 min 22 s on one core with the pairs cached in ``$DECPO_CACHE/pairs`` (a first run samples them: about
 5 minutes more); needs the data directory's toxicity prompts and the embedded model."""
 
 from __future__ import annotations
