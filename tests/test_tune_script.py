@@ -77,7 +77,7 @@ def _row(variant, seed, step, tox, ppl):
 
 def test_toxicity_tuning_evaluates_dev_checkpoints_it_keeps(tune, tune_tox, tmp_path, monkeypatch) -> None:
     """--task toxicity: the preset's toxicity config, checkpoints checked before any training (the preset saves
-    every 20 steps, keeping 2: step 10 does not exist, step 20 of 40 is kept)."""
+    every 20 steps: step 10 does not exist; at 40 steps, keeping them all, step 20 is kept)."""
     monkeypatch.setenv("DECPO_DATA_DIR", str(tmp_path))
     args, variants = tune.parse(
         ["--task", "toxicity", "--out", str(tmp_path), "--steps", "10", "--variant", "dpo"]
@@ -86,7 +86,7 @@ def test_toxicity_tuning_evaluates_dev_checkpoints_it_keeps(tune, tune_tox, tmp_
     with pytest.raises(SystemExit, match="--steps.*multiple of train.save_steps"):
         tune_tox.variant_config(args, [], 0)
     args.steps = [20]
-    cfg = tune_tox.variant_config(args, ["train.save_total_limit=null"], 1)
+    cfg = tune_tox.variant_config(args, ["train.max_steps=40", "train.save_total_limit=null"], 1)
     assert cfg.train.seed == 1 and cfg.experiment.curve_steps == [20] and cfg.experiment.eval_num_samples == 0
     assert tune_tox.variant_config(args, [], 0, untrained=True).experiment.eval_scorer == args.scorer
     with pytest.raises(SystemExit, match="dev part"):
