@@ -1,5 +1,10 @@
 """Choose a preset's settings on the DEV split: train variants of a preset, evaluate each on the dev split of
-the reading task, and print one markdown row per variant (with its held-out curve).
+the reading task, and print one markdown row per variant (with its held-out curve); ``--task toxicity``: the
+toxicity / fluency trade-off on the dev prompts along training and across strengths (`tune_toxicity`)::
+
+    python benchmarks/tune.py --task toxicity --out /tmp/tox --seeds 0 1 2 --steps 10 20 30 \\
+        --plot tradeoff.png --variant base --variant dpo objective.name=dpo train.save_steps=10 \\
+        train.save_total_limit=null --variant decpo-b1 train.save_steps=10 train.save_total_limit=null
 
 The test split is the report's and is never used for tuning: this script evaluates ``--split dev`` only and
 refuses ``--split test`` (and an override that would evaluate on it). Each variant is a list of dotted
@@ -64,13 +69,34 @@ def refuse_test(split: str, overrides: list[str] | None = None) -> None:
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, list[str]]]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder for the runs")
-    parser.add_argument("--config", default=str(REPO / "configs" / "default.yaml"))
+    parser.add_argument("--task", choices=("reading", "toxicity"), default="reading")
+    parser.add_argument(
+        "--config", default=None, help="default: configs/default.yaml, toxicity: configs/toxicity.yaml"
+    )
     parser.add_argument("--split", default="dev", help="the evaluated split: dev (test is refused)")
     parser.add_argument("--limit", type=int, default=96, help="first N dev (and transfer) items")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--no-generate", action="store_true", help="log-prob measures only")
     parser.add_argument("--write", default=None, help="append the table to this markdown file")
     parser.add_argument("--plot", default=None, help="PNG of the trade-off: dev primary vs penalty removed")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        nargs="*",
+        default=[],
+        help="toxicity: checkpoints evaluated besides the final model",
+    )
+    parser.add_argument(
+        "--scorer",
+        default="jigsaw-bilstm,profanity-check",
+        help="toxicity: evaluation scorers (the first: gen/ measures)",
+    )
+    parser.add_argument(
+        "--num-samples",
+        type=int,
+        default=0,
+        help="toxicity: sampled continuations per prompt (0: greedy only)",
+    )
     args, rest = parser.parse_known_args(argv)
     variants: list[tuple[str, list[str]]] = []
     for token in rest:
@@ -85,6 +111,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, list[str
     if not variants:
         parser.error("give at least one --variant NAME override ...")
     refuse_test(args.split, [o for _, overrides in variants for o in overrides])
+    if args.config is None:
+        args.config = str(REPO / "configs" / ("toxicity.yaml" if args.task == "toxicity" else "default.yaml"))
     return args, variants
 
 
@@ -146,6 +174,10 @@ def main(argv: list[str]) -> None:
     from decpo.training.run import train
 
     args, variants = parse(argv)
+    if args.task == "toxicity":
+        import tune_toxicity
+
+        return tune_toxicity.main(args, variants, argv)
     out = Path(args.out)
     lines = [
         f"Tuning on dev (`python benchmarks/tune.py {' '.join(argv)}`), reading task, first {args.limit} dev "

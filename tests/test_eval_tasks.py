@@ -608,11 +608,12 @@ def test_real_data_tasks_run_on_tiny_model(task, tmp_path):
 
 
 def test_toxicity_reads_the_eval_split_and_reports_the_fluency_guard(tiny, tmp_path):
-    """The eval split of the prompts only (never the train split used for pairs); valid, valid-and-non-toxic
+    """The test part of the eval split of the prompts only (never the train split used for pairs, nor the dev
+    part used for tuning); valid, valid-and-non-toxic
     and perplexity under the base model per continuation, each measure the mean of its per-item scores."""
     import math
 
-    from decpo.data.prompts import prompt_split
+    from decpo.data.prompts import prompt_part
     from decpo.inference.encoding import encode_completions
     from decpo.inference.logprobs import completion_token_logps, pad_id
     from decpo.scoring.fluency import is_valid
@@ -637,7 +638,7 @@ def test_toxicity_reads_the_eval_split_and_reports_the_fluency_guard(tiny, tmp_p
     )
     result = evaluate(cfg, tmp_path / "out")
     gens = [s for s in result.samples if s["kind"] == "generation"]
-    assert [s["prompt"] for s in gens] == [t for t in texts if prompt_split(t) == "eval"]
+    assert [s["prompt"] for s in gens] == [t for t in texts if prompt_part(t) == "test"]
     assert result.results["n"] == len(gens) > 0
     m = result.results["metrics"]
     # valid: fluent alone and no duplicate of another prompt's continuation (the collapse guard)

@@ -10,7 +10,7 @@ from decpo.cli import main
 from decpo.config import load_config
 from decpo.config.sampling import SamplingSettings
 from decpo.data import DataError
-from decpo.data.prompts import check_disjoint, load_prompts, prompt_split, read_prompt_file
+from decpo.data.prompts import check_disjoint, load_prompts, prompt_part, prompt_split, read_prompt_file
 from decpo.integrity import DamagedLogError
 from decpo.models import load_model, load_tokenizer
 from decpo.pairs.sampling import build_pairs, select_pair, side_files
@@ -284,6 +284,29 @@ def test_split_depends_on_the_text_only_and_is_disjoint(tmp_path):
         check_disjoint(train, [next(t for t in train if t not in texts[:5])], "train", "eval")
 
 
+def test_eval_split_divides_into_disjoint_stable_dev_and_test(tmp_path):
+    """train, dev and test: three disjoint sets, the eval split their dev + test, each a function of the text
+    alone (stable: the pinned parts below change only if the hash does, which would move tuned-on prompts
+    into the reported test part)."""
+    assert [prompt_part(f"text {i}") for i in range(12)] == [
+        "train", "test", "train", "train", "train", "train", "train", "train", "train", "dev", "train", "dev"
+    ]  # fmt: skip
+    texts = [f"text {i}" for i in range(600)]
+    f = tmp_path / "p.txt"
+    f.write_text("\n".join(texts))
+    sets = {s: [r["prompt"] for r in load_prompts(str(f), split=s)] for s in ("train", "eval", "dev", "test")}
+    assert sorted(sets["dev"] + sets["test"]) == sorted(sets["eval"])
+    assert len(sets["train"]) + len(sets["dev"]) + len(sets["test"]) == 600
+    for a, b in (("train", "dev"), ("train", "test"), ("dev", "test")):
+        assert not set(sets[a]) & set(sets[b])
+        check_disjoint(sets[a], sets[b], a, b)
+    assert 0.35 < len(sets["dev"]) / len(sets["eval"]) < 0.65  # about half each
+    assert prompt_part("a  b\n") == prompt_part("a b")  # whitespace-normalized
+    assert sets["dev"] == [r["prompt"] for r in load_prompts(str(f), split="dev")]  # deterministic
+    with pytest.raises(DataError, match="no dev/test division"):
+        load_prompts("reframing", split="dev")
+
+
 def write_fake_rtp(data_dir: Path, n: int = 30) -> list[str]:
     texts = [f"Challenging prompt {i} about" for i in range(n)]
     (data_dir / "toxicity").mkdir(parents=True, exist_ok=True)
@@ -295,13 +318,34 @@ def write_fake_rtp(data_dir: Path, n: int = 30) -> list[str]:
     return texts
 
 
+def test_toxicity_evaluation_reads_test_and_tuning_reads_dev(tmp_path):
+    from decpo.evaluation.config import EvalConfig
+    from decpo.evaluation.tasks.toxicity import toxicity_prompts
+
+    texts = write_fake_rtp(tmp_path / "data")
+    read = {
+        split: [
+            r["prompt"]
+            for r in toxicity_prompts(
+                EvalConfig(task="toxicity", data_dir=str(tmp_path / "data"), split=split)
+            )
+        ]
+        for split in ("test", "dev")
+    }
+    assert EvalConfig(task="toxicity").split == "test"  # decpo eval and decpo run report on test
+    for split, prompts in read.items():
+        assert prompts == [t for t in texts if prompt_part(t) == split] and prompts
+
+
 def test_toxicity_preset_loader_asserts_disjoint_prompts(tmp_path):
     from decpo.experiment.stages import check_pair_split
 
     texts = write_fake_rtp(tmp_path / "data")
     cfg = load_config(REPO / "configs" / "toxicity.yaml", [f"data.data_dir={tmp_path / 'data'}"])
     info = check_pair_split(cfg, ["toxicity"])
-    assert info["shared"] == 0 and info["n_train"] + info["n_eval"] == len(texts) and info["n_eval"] > 0
+    assert info["shared"] == 0 and info["n_train"] + info["n_eval"] + info["n_dev"] == len(texts)
+    assert info["n_eval"] == sum(prompt_part(t) == "test" for t in texts) > 0  # the reported part: test
+    assert info["n_dev"] == sum(prompt_part(t) == "dev" for t in texts) > 0
     leak = tmp_path / "leak.jsonl"  # evaluation pointed at a file holding a training prompt
     train_prompt = next(t for t in texts if prompt_split(t) == "train")
     leak.write_text(json.dumps({"prompt": {"text": train_prompt}}) + "\n")

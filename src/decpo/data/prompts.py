@@ -10,8 +10,15 @@ A source is one of:
 
 The split never lets a prompt be trained on and evaluated: for ``toxicity`` and prompt files a prompt's
 split is a function of its text alone (`prompt_split`: a hash, so a prompt repeated in the file, or found in
-another copy of the data, always lands in the same split), about a third ``eval``. ``reframing`` uses the
-task's own split (`decpo.data.load_task`), whose eval situations share no situation with train.
+another copy of the data, always lands in the same split), about a third ``eval``. The eval split is divided
+once more by the text's hash (`eval_part`, other bits of the same digest), about half each:
+
+    dev   the prompts settings are chosen on (``benchmarks/tune.py --task toxicity``: `EvalConfig.split` dev)
+    test  the prompts ``decpo run`` and ``decpo eval`` report on (`EvalConfig.split` test, the default)
+
+so train, dev and test are three disjoint sets, each a function of the prompt's text alone.
+``reframing`` uses the task's own split (`decpo.data.load_task`), whose eval situations share no situation
+with train (it has no dev/test division: ``dev`` and ``test`` are refused for it).
 """
 
 from __future__ import annotations
@@ -25,7 +32,8 @@ from decpo.data.errors import DataError
 from decpo.data.tasks import load_rtp_prompts, load_task
 
 PROMPT_TASKS = ("toxicity", "reframing")
-PROMPT_SPLITS = ("train", "eval", "all")
+PROMPT_SPLITS = ("train", "eval", "dev", "test", "all")
+EVAL_PARTS = ("dev", "test")  # the eval split's two parts (`eval_part`)
 EVAL_BUCKETS = 3  # one bucket of three is eval
 
 
@@ -34,10 +42,29 @@ def normalize(text: str) -> str:
     return " ".join(text.split())
 
 
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(normalize(text).encode("utf-8")).digest()
+
+
 def prompt_split(text: str) -> str:
     """``"eval"`` for about a third of texts, else ``"train"``; depends on the (normalized) text only."""
-    digest = hashlib.sha256(normalize(text).encode("utf-8")).digest()
-    return "eval" if int.from_bytes(digest[:8], "big") % EVAL_BUCKETS == 0 else "train"
+    return "eval" if int.from_bytes(_digest(text)[:8], "big") % EVAL_BUCKETS == 0 else "train"
+
+
+def eval_part(text: str) -> str:
+    """The part of the eval split a text falls in: ``"dev"`` for about half, else ``"test"`` (bytes 8-15 of
+    the digest `prompt_split` reads 0-7 of, so the parts are independent of the train/eval division);
+    depends on the (normalized) text only. Meaningful for texts whose `prompt_split` is ``"eval"``."""
+    return EVAL_PARTS[int.from_bytes(_digest(text)[8:16], "big") % 2]
+
+
+def prompt_part(text: str) -> str:
+    """``"train"``, ``"dev"`` or ``"test"``: `prompt_split`, with an eval text's `eval_part`."""
+    return "train" if prompt_split(text) == "train" else eval_part(text)
+
+
+def _in_split(text: str, split: str) -> bool:
+    return split in ("all", prompt_split(text), prompt_part(text))
 
 
 def _from_object(raw: Any, where: str) -> str:
@@ -94,6 +121,8 @@ def load_prompts(
     if limit is not None and limit < 1:
         raise DataError(f"prompt limit must be >= 1, got {limit}")
     if source == "reframing":
+        if split in EVAL_PARTS:
+            raise DataError(f"prompt split {split!r}: reframing has no dev/test division (use eval)")
         splits = ("train", "eval") if split == "all" else (split,)
         seen: dict[str, None] = {}
         for s in splits:
@@ -109,8 +138,7 @@ def load_prompts(
             raise DataError(
                 f"unknown prompt source {source!r}: expected a task ({', '.join(PROMPT_TASKS)}) or a file"
             )
-        if split != "all":
-            records = [r for r in records if prompt_split(r["prompt"]) == split]
+        records = [r for r in records if _in_split(r["prompt"], split)]
     if not records:
         raise DataError(f"no prompts in split {split!r} of {source}")
     return records[:limit] if limit is not None else records
@@ -130,11 +158,14 @@ def check_disjoint(train: list[str], evals: list[str], train_name: str, eval_nam
 
 __all__ = [
     "EVAL_BUCKETS",
+    "EVAL_PARTS",
     "PROMPT_SPLITS",
     "PROMPT_TASKS",
     "check_disjoint",
     "load_prompts",
     "normalize",
+    "eval_part",
+    "prompt_part",
     "prompt_split",
     "read_prompt_file",
 ]

@@ -142,8 +142,8 @@ class EvalConfig:
     prompts_path: str | None = field(
         default=None,
         metadata=described(
-            "Toxicity: a RealToxicityPrompts-format (or {prompt: ...}) JSONL, used whole; None: the eval split "
-            "of the data directory's challenging prompts."
+            "Toxicity: a RealToxicityPrompts-format (or {prompt: ...}) JSONL, used whole; None: the `split` "
+            "part (test or dev) of the eval split of the data directory's challenging prompts."
         ),
     )
     pairs_path: str | None = field(
@@ -155,8 +155,9 @@ class EvalConfig:
     split: str = field(
         default="test",
         metadata=described(
-            "reading: the split scored beside transfer: test (the reported split) or dev (for tuning; "
-            "benchmarks/tune.py uses it and refuses test)."
+            "reading: the split scored beside transfer; toxicity: the part of the eval prompts (disjoint "
+            "halves by text hash, `decpo.data.prompts.eval_part`; ignored with prompts_path). test: the "
+            "reported split; dev: for tuning (benchmarks/tune.py uses it and refuses test)."
         ),
     )
     quick: bool = field(

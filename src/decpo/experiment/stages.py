@@ -19,7 +19,7 @@ from typing import Any
 
 from decpo.config import ConfigError, RunConfig, save_config
 from decpo.data import DataError, resolve_data_dir
-from decpo.data.prompts import check_disjoint
+from decpo.data.prompts import EVAL_PARTS, check_disjoint
 from decpo.evaluation.config import EvalConfig, scorer_specs
 from decpo.evaluation.registry import EvalError, get_task, task_names
 from decpo.evaluation.runner import evaluate
@@ -90,18 +90,24 @@ def check_pair_split(cfg: RunConfig, tasks: list[str]) -> dict[str, Any]:
         "n_train": len(train_prompts),
     }
     if "toxicity" in tasks:
-        ecfg = EvalConfig(
-            task="toxicity",
-            data_dir=cfg.data.data_dir,
-            prompts_path=cfg.experiment.eval_prompts,
-            limit=cfg.experiment.eval_limit,
-        )
-        evals = [r["prompt"] for r in toxicity_prompts(ecfg)]
-        where = cfg.experiment.eval_prompts or "toxicity (split eval)"
-        check_disjoint(
-            train_prompts, evals, f"pairs.source={cfg.pairs.source} (split {cfg.pairs.split})", where
-        )
-        info.update(eval_prompts=where, n_eval=len(evals), shared=0)
+        pairs_name = f"pairs.source={cfg.pairs.source} (split {cfg.pairs.split})"
+        file = cfg.experiment.eval_prompts  # a file is evaluated whole; else the test part, dev for tuning
+        parts: dict[str, list[str]] = {}
+        for part in ("test",) if file else EVAL_PARTS:
+            ecfg = EvalConfig(
+                task="toxicity",
+                data_dir=cfg.data.data_dir,
+                prompts_path=file,
+                limit=cfg.experiment.eval_limit,
+                split=part,
+            )
+            parts[part] = [r["prompt"] for r in toxicity_prompts(ecfg)]
+            check_disjoint(train_prompts, parts[part], pairs_name, file or f"toxicity (eval split, {part})")
+        if "dev" in parts:
+            check_disjoint(parts["dev"], parts["test"], "the dev prompts (tuning)", "the test prompts")
+            info["n_dev"] = len(parts["dev"])
+        where = file or "toxicity (eval split, test part)"
+        info.update(eval_prompts=where, n_eval=len(parts["test"]), shared=0)
     return info
 
 
@@ -278,10 +284,17 @@ def eval_config_scorer(cfg: RunConfig) -> str:
 
 
 def eval_stage(
-    cfg: RunConfig, task: str, model_spec: str, out: Path, pairs_path: Path | None = None, quick: bool = False
+    cfg: RunConfig,
+    task: str,
+    model_spec: str,
+    out: Path,
+    pairs_path: Path | None = None,
+    quick: bool = False,
+    split: str = "test",
 ) -> Callable[[], None]:
     """Evaluate ``model_spec`` on ``task`` into ``out`` (toxicity also scores the held-out pairs ``pairs_path``);
-    ``quick``: a learning-curve point, the quick evaluation (`EvalConfig.quick`) of `curve_limit` items."""
+    ``quick``: a learning-curve point, the quick evaluation (`EvalConfig.quick`) of `curve_limit` items;
+    ``split``: `EvalConfig.split`, test (``decpo run``) or dev (``benchmarks/tune.py``, tuning)."""
 
     def stage() -> None:
         evaluate(
@@ -304,6 +317,7 @@ def eval_stage(
                 chat_template=eval_chat_template(cfg),
                 synthetic_answer=cfg.data.synthetic_answer,  # the answers as trained
                 quick=quick,
+                split=split,
                 progress=True,
                 # the user's own config of this command (never a run folder's config.yaml)
                 trust_remote_code=cfg.model.trust_remote_code,
@@ -323,9 +337,11 @@ def add_eval(
     plan: Plan, cfg: RunConfig, task: str, label: str, spec: str, model_key: str, out: Path, after: list[str]
 ) -> None:
     """``eval/<task>/<label>``: model ``spec`` (of key ``model_key``) on ``task``, after the stages ``after``."""
-    key = stage_key({"model": model_key, "task": task, "eval": eval_settings(cfg)})
+    key = {"model": model_key, "task": task, "eval": eval_settings(cfg)}
+    if task == "toxicity":  # its prompts: the test part of the eval split since the dev/test division
+        key["prompts"] = cfg.experiment.eval_prompts or "eval split, test part"
     stage = eval_stage(cfg, task, spec, out / "eval" / task / label, heldout_path(cfg, out))
-    plan.add(f"eval/{task}/{label}", key, stage, after=after)
+    plan.add(f"eval/{task}/{label}", stage_key(key), stage, after=after)
 
 
 def add_evals(

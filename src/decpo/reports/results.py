@@ -218,5 +218,11 @@ def data_lines(output_dir: Path, cfg: RunConfig, tasks: Sequence[str]) -> list[s
             f"Evaluated prompts: {split['eval_prompts']} ({split['n_eval']} prompts). Shared with the "
             f"{split['n_train']} prompts the pairs were sampled from: {split['shared']} (checked before "
             "training; a shared prompt stops the run)."
+            + (
+                f" The other part of the eval split, {split['n_dev']} dev prompts (disjoint from both), is "
+                "for choosing settings (benchmarks/tune.py) and is not evaluated here."
+                if "n_dev" in split
+                else ""
+            )
         )
     return [*lines, ""]

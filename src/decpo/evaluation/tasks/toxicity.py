@@ -1,5 +1,5 @@
-"""toxicity: 20-token greedy continuations of the eval split of the RealToxicityPrompts challenging prompts
-(or ``prompts_path``), the continuation alone scored by a toxicity classifier (``cfg.scorer``): mean toxicity
+"""toxicity: 20-token greedy continuations of the test part (``cfg.split``; dev for tuning) of the eval split
+of the RealToxicityPrompts challenging prompts (or ``prompts_path``), the continuation alone scored by a toxicity classifier (``cfg.scorer``): mean toxicity
 and share below `TOXIC_THRESHOLD`; the fluency guard beside them: share of valid continuations (a word, no
 repetition loop, `decpo.scoring.fluency`, and no duplicate of another prompt's continuation), share valid
 and non-toxic (the paper's measure), perplexity under the base model; the collapse guard
@@ -41,11 +41,12 @@ RTP_TEMPERATURE = 1.0
 
 
 def toxicity_prompts(cfg: EvalConfig) -> list[dict[str, Any]]:
-    """The toxicity evaluation's prompts: ``cfg.prompts_path`` whole, else the eval split of the data
-    directory's challenging prompts (`decpo.data.prompts`: disjoint from the train split that pairs use)."""
+    """The toxicity evaluation's prompts: ``cfg.prompts_path`` whole, else the ``cfg.split`` part (test, or
+    dev for tuning) of the eval split of the data directory's challenging prompts (`decpo.data.prompts`:
+    train, dev and test are disjoint, each a function of the prompt's text)."""
     if cfg.prompts_path:
         return load_prompts(cfg.prompts_path, split="all", limit=cfg.limit)
-    return load_prompts("toxicity", split="eval", data_dir=cfg.data_dir, limit=cfg.limit)
+    return load_prompts("toxicity", split=cfg.split, data_dir=cfg.data_dir, limit=cfg.limit)
 
 
 def _toxicity_pairs(cfg: EvalConfig) -> list[dict[str, Any]]:
