@@ -22,7 +22,9 @@ from decpo.probes.sae_measures import (  # noqa: E402
 )
 from decpo.probes.sae_runner import SaeRun, load_sae, save_sae, token_rows  # noqa: E402
 
-TEXTS = [f"text number {i}: the {w} sat on the {v} mat today." for i in range(40) for w, v in [("cat", "red")]]
+TEXTS = [
+    f"text number {i}: the {w} sat on the {v} mat today." for i in range(40) for w, v in [("cat", "red")]
+]
 TEXTS += [f"question {i}? answer {i * 7 % 13} and more words here" for i in range(40)]
 
 
@@ -83,7 +85,9 @@ def test_a_width_mismatch_names_both_widths(tiny, tmp_path):
     model, tok = tiny
     save_sae(new_sae(24, SaeSettings(expansion_factor=2, k=3)), tmp_path / "sae")
     run = SaeRun([], TEXTS[:4], site="mlp.up_proj", layer=1, sae_path=str(tmp_path / "sae"), progress=False)
-    with pytest.raises(SaeError, match=r"reads 24-wide activations but mlp.up_proj of block 1 of base is 32 wide"):
+    with pytest.raises(
+        SaeError, match=r"reads 24-wide activations but mlp.up_proj of block 1 of base is 32 wide"
+    ):
         run.measure("base", model, tok)
 
 
@@ -98,7 +102,7 @@ def test_the_ks_statistic_and_p_value_equal_scipys_on_fixed_data():
 
 def test_latent_shift_on_fixed_codes():
     rng = np.random.default_rng(0)
-    n, k = 400, 2
+    n = 400
     # latent 0 fires on every token with the same law in both; latent 1 fires twice as strongly in other;
     # latent 2 fires in base only; latent 3 never
     acts_a = np.stack([rng.exponential(1.0, n), rng.exponential(1.0, n)], 1).astype(np.float32)

@@ -24,38 +24,9 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from decpo.errors import DecPOError
+from decpo.probes.sae_settings import SaeError, SaeSettings
 
 logger = logging.getLogger(__name__)
-
-
-class SaeError(DecPOError, ValueError):
-    """An SAE that cannot be used here (a width that is not the site's, a folder that is not an SAE)."""
-
-
-@dataclass(frozen=True)
-class SaeSettings:
-    """How the SAE is built and trained. The defaults train in under 10 minutes on SmolLM2-135M's block 15
-    ``mlp.up_proj`` (1536 wide) on one CPU core, model forwards included (README: its FVU and L0)."""
-
-    expansion_factor: int = 4  # latents = expansion_factor x the site's width
-    k: int = 32  # latents kept per token (TopK)
-    train_tokens: int = 60_000  # activation rows seen in training
-    batch_tokens: int = 512  # rows per optimizer step
-    buffer_tokens: int = 8192  # rows held at once by the shuffling buffer
-    lr: float | None = None  # Adam; None: sparsify's 2e-4 / sqrt(latents / 2**14), x 4 for short trainings
-    auxk_alpha: float = 1 / 32
-    dead_after_tokens: int = 20_000  # a latent silent this many training tokens gets the AuxK loss
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("expansion_factor", "k", "train_tokens", "batch_tokens", "buffer_tokens"):
-            if getattr(self, name) < 1:
-                raise SaeError(f"SAE setting {name} must be >= 1, got {getattr(self, name)}")
-        if self.buffer_tokens < self.batch_tokens:
-            raise SaeError(
-                f"SAE buffer_tokens ({self.buffer_tokens}) must hold one batch ({self.batch_tokens} tokens)"
-            )
 
 
 def load_sparsify():
@@ -143,14 +114,16 @@ def learning_rate(settings: SaeSettings, num_latents: int) -> float:
 def train_sae(
     batches: Iterable[torch.Tensor],
     d_in: int,
-    settings: SaeSettings = SaeSettings(),
+    settings: SaeSettings | None = None,
     *,
     device: str | torch.device = "cpu",
     progress: bool = True,
     desc: str = "SAE training",
 ) -> TrainedSae:
     """Train a new SAE on the ``(n, d_in)`` rows of ``batches`` until ``settings.train_tokens`` rows have
-    been trained on (or ``batches`` ends: fewer tokens, logged), through a `TokenBuffer`."""
+    been trained on (or ``batches`` ends: fewer tokens, logged), through a `TokenBuffer` (``settings`` None:
+    the defaults)."""
+    settings = settings or SaeSettings()
     sae = new_sae(d_in, settings, device)
     trainer = _Steps(sae, settings)
     buffer = TokenBuffer(settings.buffer_tokens, settings.seed)
@@ -174,7 +147,9 @@ def train_sae(
         trainer.step(buffer.take(min(settings.batch_tokens, len(buffer))), bar)
     bar.close()
     if trainer.seen < settings.train_tokens:
-        logger.warning("SAE trained on %d tokens, fewer than the %d asked", trainer.seen, settings.train_tokens)
+        logger.warning(
+            "SAE trained on %d tokens, fewer than the %d asked", trainer.seen, settings.train_tokens
+        )
     if not trainer.seen:
         raise SaeError("no activation rows to train the SAE on")
     sae.set_decoder_norm_to_unit_norm()  # as the next step would

@@ -11,6 +11,7 @@ codes (for the shift test) are held.
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import json
 import logging
@@ -22,6 +23,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from decpo.io import atomic_write_bytes, atomic_write_json
+from decpo.models import load_model, load_tokenizer
 from decpo.models.hooks import num_layers, resolve_layers, site_module
 from decpo.names import MLP_UP_PROJ
 from decpo.probes.activation import backbone, relative_depth
@@ -59,7 +61,14 @@ def _stop_at(model, site: str, layer: int, store: list):
 
 @torch.no_grad()
 def token_rows(
-    model, tokenizer, texts: Sequence[str], site: str, layer: int, *, batch_size: int = 16, max_length: int = 256
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    site: str,
+    layer: int,
+    *,
+    batch_size: int = 16,
+    max_length: int = 256,
 ) -> Iterator[torch.Tensor]:
     """``(n_tokens, width)`` activation rows of ``(site, layer)``, one batch of ``texts`` at a time: every
     real token but each text's first (texts cut to their first ``max_length`` tokens)."""
@@ -95,7 +104,9 @@ def _cycled(model, tokenizer, texts, site, layer, batch_size, max_length) -> Ite
     """`token_rows` over ``texts`` again and again (the trainer stops when it has its tokens)."""
     for epoch in itertools.count():
         n = 0
-        for rows in token_rows(model, tokenizer, texts, site, layer, batch_size=batch_size, max_length=max_length):
+        for rows in token_rows(
+            model, tokenizer, texts, site, layer, batch_size=batch_size, max_length=max_length
+        ):
             n += rows.size(0)
             yield rows
         if not n:
@@ -141,6 +152,23 @@ class SaeRun:
     base_codes: object = None
     info: dict = field(default_factory=dict)
 
+    @classmethod
+    def from_options(cls, opts, train_texts, eval_texts, regularized: Sequence[int] = ()) -> SaeRun:
+        """From `decpo.probes.options.ProbeOptions`' ``sae_*`` fields; the block: ``opts.sae_layer``, else the
+        first ``regularized`` block, else the middle one."""
+        layer = opts.sae_layer if opts.sae_layer is not None else (regularized[0] if regularized else None)
+        return cls(
+            list(train_texts),
+            list(eval_texts),
+            site=opts.sae_site,
+            layer=layer,
+            settings=opts.sae_settings(),
+            sae_path=opts.sae_path,
+            batch_size=opts.batch_size,
+            max_length=opts.max_length,
+            progress=opts.progress,
+        )
+
     def resolved_layer(self, model) -> int:
         layer = num_layers(model) // 2 if self.layer is None else self.layer
         return resolve_layers(model, [layer])[0]
@@ -153,7 +181,13 @@ class SaeRun:
             self._fit_or_load(model, tokenizer, layer, where)
         stats = SaeStats(self.sae)
         for rows in token_rows(
-            model, tokenizer, self.eval_texts, self.site, layer, batch_size=self.batch_size, max_length=self.max_length
+            model,
+            tokenizer,
+            self.eval_texts,
+            self.site,
+            layer,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
         ):
             check_width(self.sae, rows.size(-1), f"{where} of {name}", self._source())
             stats.update(rows)
@@ -181,10 +215,16 @@ class SaeRun:
             return
         if not self.train_texts:
             raise SaeError("no texts to train the SAE on")
-        batches = _cycled(model, tokenizer, self.train_texts, self.site, layer, self.batch_size, self.max_length)
+        batches = _cycled(
+            model, tokenizer, self.train_texts, self.site, layer, self.batch_size, self.max_length
+        )
         first = next(batches)
         self.trained = train_sae(
-            itertools.chain([first], batches), first.size(-1), self.settings, device=device, progress=self.progress
+            itertools.chain([first], batches),
+            first.size(-1),
+            self.settings,
+            device=device,
+            progress=self.progress,
         )
         batches.close()
         self.sae = self.trained.sae
@@ -202,8 +242,14 @@ class SaeRun:
             "latents": self.sae.num_latents,
             "d_in": self.sae.d_in,
         }
-        logger.info("SAE of %s: %d tokens in %.0f s, training FVU %.3f -> %.3f", where, self.trained.tokens,
-                    self.trained.seconds, curve[0][1], curve[-1][1])
+        logger.info(
+            "SAE of %s: %d tokens in %.0f s, training FVU %.3f -> %.3f",
+            where,
+            self.trained.tokens,
+            self.trained.seconds,
+            curve[0][1],
+            curve[-1][1],
+        )
 
     def write(self, output_dir: Path) -> list[Path]:
         """sae.json (where the SAE came from, its training) and, when trained here, the SAE itself."""
@@ -213,6 +259,23 @@ class SaeRun:
             files.append(output_dir / SAE_FOLDER)
         atomic_write_json(files[0], {**self.info, "dense_threshold": DENSE_THRESHOLD, "shift_q": SHIFT_Q})
         return files
+
+
+def sae_models(
+    models: dict[str, str], run: SaeRun, *, dtype: str = "float32", device: str | None = None
+) -> list[dict]:
+    """``run``'s rows of each model of ``models`` (label -> spec; the first is the base), one loaded at a
+    time, all read with the base model's tokenizer."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = load_tokenizer(next(iter(models.values())))
+    rows: list[dict] = []
+    for name, spec in models.items():
+        logger.info("SAE measures of %s (%s)", name, spec)
+        model = load_model(spec, dtype=dtype, device=device)
+        rows += run.measure(name, model, tokenizer)
+        del model
+        gc.collect()
+    return rows
 
 
 def read_sae_info(output_dir: Path) -> dict:
