@@ -121,7 +121,7 @@ def test_decpo_probe_measure_sae_trains_saves_and_loads(tmp_path, capsys):
                 str(tmp_path / "c"),
             ]
         )
-        == 1
+        == 2  # a user error: one line, no traceback
     )
     err = capsys.readouterr().err
     assert (
