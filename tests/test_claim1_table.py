@@ -60,6 +60,18 @@ def test_the_table_cells_are_intervals_over_seeds_and_read_the_monosemantic_side
     assert dec[7] == "DPO higher: more monosemantic"
 
 
+def test_a_shares_interval_over_seeds_is_clipped_to_its_range():
+    rows = _rows()
+    dense = {"base": 0.1, "dpo-s0": 0.0, "dpo-s1": 0.0, "dpo-s2": 0.3}  # t-interval reaches below 0
+    rows += [
+        {"model": m, "layer": "3", "site": SITE, "probe": "sae/dense_frac", "value": str(v)}
+        for m, v in dense.items()
+    ]
+    cells = _cells(claim1_three_ways(rows, SITE), "SAE: dense latents", 3)
+    high = stats.t.interval(0.95, 2, loc=0.1, scale=stats.sem([0.0, 0.0, 0.3]))[1]
+    assert cells[4] == f"0.1000 [0.0000, {high:.4f}]"
+
+
 def test_each_sentence_gives_spearmans_rho_on_the_same_points():
     sentences = proxy_sentences(_rows(), SITE)
     assert len(sentences) == 2  # neurons needed, L0

@@ -92,6 +92,8 @@ def test_decpo_probe_measure_sae_trains_saves_and_loads(tmp_path, capsys):
     )
     printed = capsys.readouterr().out
     assert "base: SAE (mlp.up_proj, layer 1) l0" in printed
+    # does the proxy track it: 2 models at one block are too few points for a correlation
+    assert "decorrelation vs SAE fvu (mlp.up_proj, block 1): too few points (2); no correlation" in printed
     a = {
         (r["model"], r["probe"]): r["value"]
         for r in _rows(tmp_path / "a" / "probes.csv")

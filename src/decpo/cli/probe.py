@@ -153,10 +153,20 @@ def _print_sae(report: ProbeReport, name: str) -> None:
 
 
 def _print_tracking(report: ProbeReport, site: str) -> None:
-    """Whether decorrelation tracks each concept's neurons needed, over every model and layer of ``site``."""
+    """Whether decorrelation tracks each concept's neurons needed, over every model and layer of ``site``, and
+    each SAE measure, over the models at the SAE's block (`decpo.probes.proxy_check.proxy_tracking`)."""
     needed = sorted(
         {r["probe"] for r in report.rows if r["probe"].startswith("sparse_probe/neurons_needed/")}
     )
     for measure in needed:
         concept = measure.rsplit("/", 1)[1]
         print(proxy_tracking(report.rows, measure, site=site).sentence(f"neurons needed ({concept}, {site})"))
+    sae = [r for r in report.rows if r["probe"].startswith("sae/")]
+    for measure in ("sae/l0", "sae/fvu", "sae/dead_frac", "sae/dense_frac"):
+        if any(r["probe"] == measure for r in sae):  # the models at the SAE's block
+            where = f"{sae[0]['site']}, block {sae[0]['layer']}"
+            print(
+                proxy_tracking(report.rows, measure, site=sae[0]["site"]).sentence(
+                    f"SAE {measure[4:]} ({where})"
+                )
+            )

@@ -218,7 +218,9 @@ class SaeRun:
         batches = _cycled(
             model, tokenizer, self.train_texts, self.site, layer, self.batch_size, self.max_length
         )
-        first = next(batches)
+        first = next(batches, None)
+        if first is None:
+            raise SaeError(f"the {len(self.train_texts)} training texts have no token to train the SAE on")
         self.trained = train_sae(
             itertools.chain([first], batches),
             first.size(-1),

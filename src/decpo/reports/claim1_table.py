@@ -10,36 +10,42 @@ base over seeds (claim 1's contrast, base being one model), DecPO - DPO paired b
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from decpo.names import BASE
 from decpo.probes.proxy_check import proxy_tracking
 from decpo.reports import probes as P
+from decpo.reports.sparse_probing import clipped
 from decpo.reports.stats import Estimate
 from decpo.reports.tables import markdown_table
 
 PROXY = "decorrelation"
-# (probe or its prefix, name, digits, the side that reads as more monosemantic: +1 higher, -1 lower, 0 none)
+INF = math.inf
+# (probe or its prefix, name, digits, the side that reads as more monosemantic: +1 higher, -1 lower, 0 none,
+# the range a t-interval over seeds is clipped to, as the sparse-probing and SAE tables clip theirs)
 SPARSE = (
-    ("sparse_probe/acc_k1/", "sparse probing: accuracy at k = 1", 3, 1),
-    ("sparse_probe/neurons_needed/", "sparse probing: neurons needed", 1, -1),
+    ("sparse_probe/acc_k1/", "sparse probing: accuracy at k = 1", 3, 1, (0.0, 1.0)),
+    ("sparse_probe/neurons_needed/", "sparse probing: neurons needed", 1, -1, (1.0, INF)),
 )
 SAE = (
-    ("sae/l0", "SAE: L0 (latents per token)", 2, -1),
-    ("sae/fvu", "SAE: FVU", 4, 0),
-    ("sae/dead_frac", "SAE: dead latents", 4, 0),
-    ("sae/dense_frac", "SAE: dense latents", 4, -1),
+    ("sae/l0", "SAE: L0 (latents per token)", 2, -1, (0.0, INF)),
+    ("sae/fvu", "SAE: FVU", 4, 0, (0.0, INF)),
+    ("sae/dead_frac", "SAE: dead latents", 4, 0, (0.0, 1.0)),
+    ("sae/dense_frac", "SAE: dense latents", 4, -1, (0.0, 1.0)),
 )
 SIDE_WORDS = {1: "higher", -1: "lower", 0: "no better side"}
 
 
-def _measures(rows: Sequence[dict]) -> list[tuple[str, str, int, int]]:
-    """``(probe, name, digits, side)`` of each measure the rows hold, the proxy first."""
+def _measures(rows: Sequence[dict]) -> list[tuple]:
+    """``(probe, name, digits, side, bounds)`` of each measure the rows hold, the proxy first."""
     probes = {r["probe"] for r in rows}
-    out = [(PROXY, "decorrelation (the paper's proxy)", 4, 1)] if PROXY in probes else []
-    for prefix, name, digits, side in SPARSE:
+    out: list[tuple] = (
+        [(PROXY, "decorrelation (the paper's proxy)", 4, 1, (-INF, INF))] if PROXY in probes else []
+    )
+    for prefix, name, digits, side, bounds in SPARSE:
         for probe in sorted(p for p in probes if p.startswith(prefix)):
-            out.append((probe, f"{name} ({probe.rsplit('/', 1)[1]})", digits, side))
+            out.append((probe, f"{name} ({probe.rsplit('/', 1)[1]})", digits, side, bounds))
     out += [m for m in SAE if m[0] in probes]
     return out
 
@@ -72,14 +78,15 @@ def _table(rows: Sequence[dict], site: str, layers: Sequence[int]) -> str:
         "DecPO - DPO",
     ]
     table = [head]
-    for probe, name, digits, side in _measures(rows):
+    for probe, name, digits, side, (low, high) in _measures(rows):
         c = P.curves(rows, probe, site)
         if BASE not in c:
             continue
         base = next(iter(c[BASE].values()))
-        means = {m: P.method_mean(c[m]) if m in c else {} for m in ("dpo", "decpo")}
-        claim = P.change_vs_base(c["dpo"], base)[0] if "dpo" in c else {}
-        diff = P.paired_change(c["decpo"], c["dpo"])[0] if "dpo" in c and "decpo" in c else {}
+        means = {m: clipped(P.method_mean(c[m]), (low, high)) if m in c else {} for m in ("dpo", "decpo")}
+        span = (low - high, high - low)  # a difference's range
+        claim = clipped(P.change_vs_base(c["dpo"], base)[0], span) if "dpo" in c else {}
+        diff = clipped(P.paired_change(c["decpo"], c["dpo"])[0], span) if "dpo" in c and "decpo" in c else {}
         for layer in [L for L in layers if L in base]:
             table.append(
                 [
@@ -112,7 +119,7 @@ def proxy_sentences(rows: Sequence[dict], site: str) -> list[str]:
     """One sentence per measure: does decorrelation track it over the (model, layer) points of ``site``."""
     return [
         "- " + proxy_tracking(rows, probe, site=site).sentence(name) + "."
-        for probe, name, _, _ in _measures(rows)
+        for probe, name, *_ in _measures(rows)
         if probe != PROXY
     ]
 

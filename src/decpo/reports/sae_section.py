@@ -88,6 +88,7 @@ def _table(rows: Sequence[dict], site: str) -> str:
         base = next(iter(c.get(BASE, {None: {}}).values()))
         means = {m: clipped(P.method_mean(c[m]), bounds) if m in c else {} for m in methods}
         diff = P.paired_change(c["decpo"], c["dpo"])[0] if paired and "dpo" in c and "decpo" in c else {}
+        diff = clipped(diff, (bounds[0] - bounds[1], bounds[1] - bounds[0]))  # a difference's range
         for layer in sorted(set(base) | {L for m in means.values() for L in m}):
             table.append(
                 [
