@@ -22,9 +22,7 @@ from decpo.probes.sae_measures import (  # noqa: E402
 )
 from decpo.probes.sae_runner import SaeRun, load_sae, save_sae, token_rows  # noqa: E402
 
-TEXTS = [
-    f"text number {i}: the {w} sat on the {v} mat today." for i in range(40) for w, v in [("cat", "red")]
-]
+TEXTS = [f"text number {i}: the cat sat on the red mat today." for i in range(40)]
 TEXTS += [f"question {i}? answer {i * 7 % 13} and more words here" for i in range(40)]
 
 
