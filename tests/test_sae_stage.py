@@ -130,3 +130,19 @@ def test_decpo_probe_measure_sae_trains_saves_and_loads(tmp_path, capsys):
         "the SAE of" in err
         and "reads 32-wide activations but resid_post of block 1 of base is 16 wide" in err
     )
+
+
+def test_without_sparsify_both_commands_stop_before_any_work(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "sparsify" else real(name, *a)
+    )
+    probe = ["probe", "--model", "tiny-random-llama", "--num-texts", "4", "--measure", "sae"]
+    assert main([*probe, "--output-dir", str(tmp_path / "p")]) == 2
+    assert "--measure sae need EleutherAI's sparsify: pip install 'decpo[sae]'" in capsys.readouterr().err
+    run = ["run", "--config", SMOKE, "--output-dir", str(tmp_path / "r"), "experiment.sae=true"]
+    assert main(run) == 2
+    assert "experiment.sae need EleutherAI's sparsify" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists() and not (tmp_path / "r" / "train").exists()

@@ -79,6 +79,7 @@ from decpo.experiment.stages import (
 )
 from decpo.io import check_writable
 from decpo.names import BASE
+from decpo.probes.sae_settings import require_sparsify
 from decpo.records import StageLog, write_primary
 from decpo.reports.experiment_report import write_report
 from decpo.reports.primary import resolve_primary
@@ -143,6 +144,7 @@ def _add_probes(
     stage = probe_stage(cfg, models, output_dir / "probes", layers)
     plan.add("probes", probe_key(cfg, keys, layers), stage, after=[*first, *trainings])
     if cfg.experiment.sae:  # opt-in: minutes of SAE training
+        require_sparsify("experiment.sae")  # before any stage runs
         sae = sae_stage(cfg, models, output_dir / SAE_DIR)
         plan.add(SAE_STAGE, sae_key(cfg, keys), sae, after=[*first, *trainings])
 

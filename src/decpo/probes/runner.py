@@ -27,6 +27,7 @@ from decpo.probes.activation import CSV_COLUMNS, probe_pass, relative_depth
 from decpo.probes.options import MEASURES, PROBE_TOKENS, SAE, SPARSE_PROBING, ProbeOptionError, ProbeOptions
 from decpo.probes.plots import plot_probes
 from decpo.probes.sae_runner import SaeRun
+from decpo.probes.sae_settings import require_sparsify
 from decpo.probes.sparse_probing import KS, check_labels, sparse_probe
 from decpo.probes.tokens import NEEDS_ANSWER, AnsweredText, check_token
 from decpo.probes.vocab import vocab_view
@@ -156,6 +157,8 @@ def probe_models(
     _check_measures(opts, labels, len(texts))
     if SAE in opts.measures and not sae_texts:
         raise ProbeOptionError("the sae measure needs its texts (training, measured)")
+    if SAE in opts.measures:
+        require_sparsify("--measure sae")
     for spec in models.values():  # every model before the first loads: a missing one costs no probing
         check_model_spec(spec)
     try:

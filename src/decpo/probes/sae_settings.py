@@ -3,6 +3,7 @@ the training (`decpo.probes.sae`) so that `decpo probe`'s flags are built withou
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 
 from decpo.errors import DecPOError
@@ -35,3 +36,9 @@ class SaeSettings:
             raise SaeError(
                 f"SAE buffer_tokens ({self.buffer_tokens}) must hold one batch ({self.batch_tokens} tokens)"
             )
+
+
+def require_sparsify(what: str = "the SAE measures") -> None:
+    """SaeError before any work when EleutherAI's sparsify (the extra ``decpo[sae]``) is not installed."""
+    if importlib.util.find_spec("sparsify") is None:
+        raise SaeError(f"{what} need EleutherAI's sparsify: pip install 'decpo[sae]' (eai-sparsify==1.3.3)")
