@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Collection, Mapping, Sequence
@@ -121,3 +122,27 @@ def add_dataclass_flags(
 def dataclass_values(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
     """The parsed values of the fields ``add_dataclass_flags`` added: ``cls(**dataclass_values(args, added))``."""
     return {name: getattr(args, name) for name in names}
+
+
+def in_flag_terms(message: str, names: Sequence[str], flags: Mapping[str, str] | None = None) -> str:
+    """A settings dataclass's error message with its field names said as the flags that set them: ``"limit
+    must be >= 1"`` -> ``"--limit must be >= 1"``, ``"synthetic_answer=number ..."`` -> ``"--synthetic-answer
+    number ..."``. A name is replaced only where it stands as a field (before ``must``, ``=`` or ``and``)."""
+    flags = flags or {}
+    for name in sorted(names, key=len, reverse=True):
+        flag = "--" + flags.get(name, name.replace("_", "-"))
+        message = re.sub(rf"(?<![\w.-]){re.escape(name)}=", f"{flag} ", message)
+        message = re.sub(rf"(?<![\w.-]){re.escape(name)}(?= must| and )", flag, message)
+    return message
+
+
+def from_flags(
+    cls: type, args: argparse.Namespace, names: Sequence[str], flags: Mapping[str, str] | None = None
+) -> Any:
+    """``cls`` built from the parsed flags; a `DecPOError` its checks raise names the flags, not the fields."""
+    from decpo.errors import DecPOError
+
+    try:
+        return cls(**dataclass_values(args, names))
+    except DecPOError as e:
+        raise type(e)(in_flag_terms(str(e), names, flags)) from None

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from decpo.cli.flags import add_dataclass_flags, comma_list, from_flags, positive_int
 from decpo.io import removed_if_start_fails
 from decpo.probes.concepts import CONCEPTS, labelled_texts
-from decpo.probes.options import SPARSE_PROBING, ProbeOptions
+from decpo.probes.options import SAE, SPARSE_PROBING, ProbeOptionError, ProbeOptions
 from decpo.probes.proxy_check import proxy_tracking
 
 if TYPE_CHECKING:
@@ -79,10 +79,27 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         texts, labels = labelled_texts(args.texts, args.num_texts, args.data_dir, names=args.concepts)
     else:
         texts = load_texts(args.texts, args.num_texts, args.data_dir, token=options.token)
+    sae_texts = _sae_texts(args, options) if SAE in options.measures else None
     with removed_if_start_fails(args.output_dir):  # a failed probe leaves no empty folder
-        report = probe_models(models, texts, args.output_dir, options, labels=labels)
+        report = probe_models(models, texts, args.output_dir, options, labels=labels, sae_texts=sae_texts)
     _print_summary(report, models, options.sites[0], len(texts), Path(args.output_dir))
     return 0
+
+
+def _sae_texts(args: argparse.Namespace, options: ProbeOptions) -> tuple[list[str], list[str]]:
+    """The SAE's (training texts, measured texts): of --texts, the first --num-texts are measured and the next
+    --sae-train-texts train it (none when it is loaded), each prompt + chosen answer of a task or pairs file."""
+    from decpo.probes.runner import load_texts  # lazy: torch
+
+    extra = 0 if options.sae_path else options.sae_train_texts
+    texts = load_texts(args.texts, args.num_texts + extra, args.data_dir, with_answer=True)
+    measured, train = texts[: args.num_texts], texts[args.num_texts :]
+    if extra and not train:
+        raise ProbeOptionError(
+            f"--texts {args.texts!r} has no text after the first {args.num_texts} to train the SAE "
+            "on: lower --num-texts, give more texts, or load an SAE with --sae-path"
+        )
+    return list(train), list(measured)
 
 
 def _print_summary(report: ProbeReport, models: dict[str, str], site: str, n_texts: int, out: Path) -> None:
@@ -103,6 +120,7 @@ def _print_summary(report: ProbeReport, models: dict[str, str], site: str, n_tex
                 f"{name}: decorrelation ({site}) mean over {len(values)} layers {sum(values) / len(values):.4f}"
             )
         _print_sparse(report, name, site)
+        _print_sae(report, name)
     _print_tracking(report, site)
     print(f"{len(report.rows)} rows, {n_texts} texts -> {report.files[0]}")
     print(f"{len(report.files) - 1} other file(s) in {out}")
@@ -124,11 +142,34 @@ def _print_sparse(report: ProbeReport, name: str, site: str) -> None:
             )
 
 
+def _print_sae(report: ProbeReport, name: str) -> None:
+    """The SAE measures of ``name`` on one line."""
+    values = {
+        r["probe"][4:]: (r["value"], r["site"], r["layer"])
+        for r in report.rows
+        if r["model"] == name and r["probe"].startswith("sae/")
+    }
+    if values:
+        site, layer = next(iter(values.values()))[1:]
+        shown = ", ".join(f"{k} {v[0]:.3f}" for k, v in values.items())
+        print(f"{name}: SAE ({site}, layer {layer}) {shown}")
+
+
 def _print_tracking(report: ProbeReport, site: str) -> None:
-    """Whether decorrelation tracks each concept's neurons needed, over every model and layer of ``site``."""
+    """Whether decorrelation tracks each concept's neurons needed, over every model and layer of ``site``, and
+    each SAE measure, over the models at the SAE's block (`decpo.probes.proxy_check.proxy_tracking`)."""
     needed = sorted(
         {r["probe"] for r in report.rows if r["probe"].startswith("sparse_probe/neurons_needed/")}
     )
     for measure in needed:
         concept = measure.rsplit("/", 1)[1]
         print(proxy_tracking(report.rows, measure, site=site).sentence(f"neurons needed ({concept}, {site})"))
+    sae = [r for r in report.rows if r["probe"].startswith("sae/")]
+    for measure in ("sae/l0", "sae/fvu", "sae/dead_frac", "sae/dense_frac"):
+        if any(r["probe"] == measure for r in sae):  # the models at the SAE's block
+            where = f"{sae[0]['site']}, block {sae[0]['layer']}"
+            print(
+                proxy_tracking(report.rows, measure, site=sae[0]["site"]).sentence(
+                    f"SAE {measure[4:]} ({where})"
+                )
+            )

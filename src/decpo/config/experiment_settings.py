@@ -224,6 +224,39 @@ class ExperimentSettings:
             "of fits per model, concept, layer and site on 2 cores); empty list: off."
         ),
     )
+    sae: bool = field(
+        default=False,
+        metadata=described(
+            "Add the SAE stage (decpo.probes.sae_runner; needs pip install 'decpo[sae]', EleutherAI's sparsify): "
+            "a TopK sparse autoencoder trained on the base model's activations at experiment.sae_layer and the "
+            "penalty's site (train.reg_site), on every token but the first of the training pairs' prompt + "
+            "chosen answer (or loaded, experiment.sae_path); then L0, FVU, dead and dense latents, and the "
+            "share of latents whose activations shifted vs base, of base and every trained model on the first "
+            "experiment.probe_num_texts held-out pairs; in sae/ and the report. About 6 minutes of training "
+            "on one CPU core with the embedded model."
+        ),
+    )
+    sae_layer: int | None = field(
+        default=None,
+        metadata=described(
+            "Block of the SAE stage, negative from the end; null: the first of train.reg_layers."
+        ),
+    )
+    sae_path: str | None = field(
+        default=None,
+        metadata=described(
+            "A local SAE folder of sparsify's format (cfg.json, sae.safetensors) the SAE stage loads instead of "
+            "training one (its width must be the site's)."
+        ),
+    )
+    sae_train_tokens: int | None = field(
+        default=None,
+        metadata=described(
+            "Tokens the SAE stage trains on; null: decpo.probes.sae_settings.SaeSettings' default (150000, "
+            "about 6 minutes on one CPU core with the embedded model; on a GPU train longer or load a "
+            "published SAE)."
+        ),
+    )
     strength_sweep_dir: str = field(
         default="strength",
         metadata=described(
@@ -264,7 +297,9 @@ class ExperimentSettings:
             )
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"experiment.seeds lists a seed twice: {self.seeds}")
-        _check_counts("experiment", self, curve_limit=1, eval_transfer_limit=1, eval_num_samples=0)
+        _check_counts(
+            "experiment", self, curve_limit=1, eval_transfer_limit=1, eval_num_samples=0, sae_train_tokens=1
+        )
         steps = self.curve_steps
         if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in steps) or any(
             b <= a for a, b in zip(steps, steps[1:], strict=False)

@@ -6,6 +6,8 @@ Stages and where they write (under the experiment folder), in run order:
     probes/                     one stage probing base and every trained model (labels ``dpo-s0``,
                                 ``decpo-s1``, ...): probes.csv (all probe sets), probe_sets.json, and one
                                 subfolder per probe set with its own probes.csv and plots
+    sae/                        with experiment.sae: the SAE stage (``probes/sae``, `decpo.experiment.sae_stage`):
+                                sae.csv, sae.json and the SAE trained on base (sae/sae/, sparsify's format)
     eval/<task>/<model>/        results.json, samples.jsonl per model and task
     eval/<task>@<N>/<model>/    with experiment.curve_steps: the learning curve's points, each trained
                                 model's checkpoint-<N> (quick evaluation, `decpo.reports.learning_curves`)
@@ -65,6 +67,7 @@ from decpo.config.sweeps import (
 )
 from decpo.experiment.executors.dispatch import make_engine
 from decpo.experiment.plan import Plan, stage_key, training_key
+from decpo.experiment.sae_stage import SAE_DIR, SAE_STAGE, sae_key, sae_stage
 from decpo.experiment.stages import (
     add_curve_evals,
     add_evals,
@@ -76,6 +79,7 @@ from decpo.experiment.stages import (
 )
 from decpo.io import check_writable
 from decpo.names import BASE
+from decpo.probes.sae_settings import require_sparsify
 from decpo.records import StageLog, write_primary
 from decpo.reports.experiment_report import write_report
 from decpo.reports.primary import resolve_primary
@@ -139,6 +143,10 @@ def _add_probes(
     trainings = [f"train/{label}" for label in models if label != BASE]
     stage = probe_stage(cfg, models, output_dir / "probes", layers)
     plan.add("probes", probe_key(cfg, keys, layers), stage, after=[*first, *trainings])
+    if cfg.experiment.sae:  # opt-in: minutes of SAE training
+        require_sparsify("experiment.sae")  # before any stage runs
+        sae = sae_stage(cfg, models, output_dir / SAE_DIR)
+        plan.add(SAE_STAGE, sae_key(cfg, keys), sae, after=[*first, *trainings])
 
 
 def run_experiment(
@@ -212,7 +220,11 @@ def sweep_layers(
         for label, overrides in arms.items():
             run_cfg = cfg.replace(**{**overrides, "train.seed": seed})
             models[label], keys[label] = _add_training(plan, run_cfg, label, output_dir, first, num_processes)
-    _add_probes(plan, cfg, models, keys, output_dir, first, layers=layers)
+    # sparse probing at every swept layer (unless set, or off): the base model's neurons needed at each
+    probe_cfg = cfg
+    if cfg.experiment.sparse_probing_layers is None:
+        probe_cfg = cfg.replace(**{"experiment.sparse_probing_layers": list(layers)})
+    _add_probes(plan, probe_cfg, models, keys, output_dir, first, layers=layers)
     add_evals(plan, cfg, tasks, models, keys, output_dir, first)
     _run(plan, cfg, output_dir, num_processes)
     return write_layers(output_dir, cfg, runs, reference, tasks, command, stage_order=plan.order)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from decpo.config.fields import described
 from decpo.errors import DecPOError
 from decpo.names import MLP_UP_PROJ, SITES, layer_items
+from decpo.probes.sae_settings import SaeSettings
 
 # the streamed activation probes (`decpo.probes.stats.ActivationStats` computes them)
 ACTIVATION_PROBES = (
@@ -25,7 +26,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 # that the command line builds its flags without importing torch
 PROBE_TOKENS = ("last", "prompt_last", "completion_mean")
 SPARSE_PROBING = "sparse_probing"
-MEASURES = (SPARSE_PROBING,)  # measures beyond the streamed probes, each needing more than a pass
+SAE = "sae"
+MEASURES = (SPARSE_PROBING, SAE)  # measures beyond the streamed probes, each needing more than a pass
 
 
 class ProbeOptionError(DecPOError, ValueError):
@@ -120,7 +122,44 @@ class ProbeOptions:
         metadata=described(
             "Comma-separated measures beyond the streamed probes: sparse_probing (k-sparse probing of the "
             "texts' labelled concepts, k = 1..32 and dense, per probed layer and site; needs labelled texts, "
-            "--texts synthetic or reading; keeps n_texts x width floats per layer and site)."
+            "--texts synthetic or reading; keeps n_texts x width floats per layer and site); sae (a sparse "
+            "autoencoder trained on the first model's activations at one block and site, or loaded with "
+            "--sae-path, then L0, FVU, dead and dense latents and the share of latents shifted vs the first model, "
+            "for each model, on the texts' every token but the first; needs pip install 'decpo[sae]')."
+        ),
+    )
+    sae_layer: int | None = field(
+        default=None,
+        metadata=described(
+            "Block of the SAE measures, negative from the end (default: the first --regularized-layers block, "
+            "else the middle block)."
+        ),
+    )
+    sae_site: str = field(default=MLP_UP_PROJ, metadata=described("Activation site of the SAE measures."))
+    sae_path: str | None = field(
+        default=None,
+        metadata=described(
+            "Load this SAE (a local folder of EleutherAI sparsify's format: cfg.json, sae.safetensors) instead of "
+            "training one; its width must be the site's."
+        ),
+    )
+    sae_train_texts: int = field(
+        default=2000,
+        metadata=described(
+            "Texts that train the SAE: the ones after the first --num-texts of --texts (disjoint from the "
+            "measured ones), each prompt + chosen answer for a task or pairs file; read again when they hold "
+            "fewer tokens than --sae-train-tokens."
+        ),
+    )
+    sae_expansion: int = field(
+        default=SaeSettings.expansion_factor, metadata=described("SAE latents per dimension of the site.")
+    )
+    sae_k: int = field(default=SaeSettings.k, metadata=described("SAE latents kept per token (TopK)."))
+    sae_train_tokens: int = field(
+        default=SaeSettings.train_tokens,
+        metadata=described(
+            "Activation rows (tokens) the SAE trains on (the default trains in about 6 minutes on one CPU core "
+            "on SmolLM2-135M; on a GPU train longer or load a published SAE)."
         ),
     )
     sparse_folds: int = field(default=5, metadata=described("Stratified folds of sparse probing."))
@@ -139,7 +178,19 @@ class ProbeOptions:
     def __post_init__(self) -> None:
         # before any model loads: a typo in a name or a block list costs no loading and leaves no folder
         _unknown_names("sites", "site", tuple(self.sites), SITES)
+        _unknown_names("sae-site", "site", (self.sae_site,), SITES)
         _unknown_names("probes", "probe", tuple(self.probes), ACTIVATION_PROBES)
         _unknown_names("measure", "measure", tuple(self.measures), MEASURES)
         _check_layers("layers", self.layers)
         _check_layers("sparse-layers", self.sparse_layers)
+        if SAE in self.measures:
+            self.sae_settings()  # a bad size fails here, before any model loads
+
+    def sae_settings(self) -> SaeSettings:
+        """The SAE's settings from the ``sae_*`` fields (the others at their defaults)."""
+        try:
+            return SaeSettings(
+                expansion_factor=self.sae_expansion, k=self.sae_k, train_tokens=self.sae_train_tokens
+            )
+        except ValueError as e:
+            raise ProbeOptionError(str(e)) from None

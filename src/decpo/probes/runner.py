@@ -24,8 +24,10 @@ from decpo.io import atomic_write_json, atomic_write_text, check_writable
 from decpo.models import ModelError, check_model_spec, load_model, load_tokenizer
 from decpo.models.hooks import parse_layers
 from decpo.probes.activation import CSV_COLUMNS, probe_pass, relative_depth
-from decpo.probes.options import MEASURES, PROBE_TOKENS, SPARSE_PROBING, ProbeOptionError, ProbeOptions
+from decpo.probes.options import MEASURES, PROBE_TOKENS, SAE, SPARSE_PROBING, ProbeOptionError, ProbeOptions
 from decpo.probes.plots import plot_probes
+from decpo.probes.sae_runner import SaeRun
+from decpo.probes.sae_settings import require_sparsify
 from decpo.probes.sparse_probing import KS, check_labels, sparse_probe
 from decpo.probes.tokens import NEEDS_ANSWER, AnsweredText, check_token
 from decpo.probes.vocab import vocab_view
@@ -141,16 +143,22 @@ def probe_models(
     output_dir: str | Path,
     options: ProbeOptions | None = None,
     labels: Mapping[str, Sequence[int]] | None = None,
+    sae_texts: tuple[Sequence[str], Sequence[str]] | None = None,
     **overrides,
 ) -> ProbeReport:
     """Probe each model (one loaded at a time); write probes.csv, a PNG per (probe, site), vocab.json.
 
     ``labels``: ``{concept: 0/1 per text}`` (`decpo.probes.concepts.concept_labels`), needed by the
-    ``sparse_probing`` measure. ``overrides``: `ProbeOptions` fields by keyword (``batch_size=4``), over
+    ``sparse_probing`` measure. ``sae_texts``: the ``sae`` measure's (training texts, measured texts), the
+    SAE trained on (and the shift measured against) the first model. ``overrides``: `ProbeOptions` fields by keyword (``batch_size=4``), over
     ``options`` (default: the defaults).
     """
     opts = dataclasses.replace(options or ProbeOptions(), **overrides)
     _check_measures(opts, labels, len(texts))
+    if SAE in opts.measures and not sae_texts:
+        raise ProbeOptionError("the sae measure needs its texts (training, measured)")
+    if SAE in opts.measures:
+        require_sparsify("--measure sae")
     for spec in models.values():  # every model before the first loads: a missing one costs no probing
         check_model_spec(spec)
     try:
@@ -165,6 +173,7 @@ def probe_models(
     reference_weights = None  # the first model's MLP input weights, for the weight-change proxy
     first_name = next(iter(models))
     regularized: list[int] = []  # the marked blocks, resolved on the first model
+    sae_run: SaeRun | None = None
     for name, spec in models.items():
         logger.info("probing %s (%s) on %d texts", name, spec, len(texts))
         model = load_model(spec, dtype=opts.dtype, device=device)
@@ -172,6 +181,9 @@ def probe_models(
         if opts.regularized_layers is not None and name == first_name:
             regularized = _marked_blocks(opts.regularized_layers, model)
         _activation_rows(name, model, tokenizer, texts, opts, report, labels or {})
+        if sae_texts and SAE in opts.measures:
+            sae_run = sae_run or SaeRun.from_options(opts, *sae_texts, regularized=regularized)
+            report.rows += sae_run.measure(name, model, tokenizer)
         if opts.weights:
             rows, pairs = _weight_rows(name, model, report, first_name, reference_weights)
             report.rows += rows
@@ -182,6 +194,8 @@ def probe_models(
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     _write(report, output_dir, regularized)
+    if sae_run is not None:
+        report.files += sae_run.write(output_dir)
     return report
 
 
@@ -298,9 +312,12 @@ def _sparse_rows(name: str, result, pairs, labels: Mapping, opts: ProbeOptions) 
 
 
 def _plotted(row: dict) -> bool:
-    """Whether ``row`` gets a figure: all but the sparse-probing rows other than `PLOTTED_SPARSE`."""
+    """Whether ``row`` gets a figure: all but the sparse-probing rows other than `PLOTTED_SPARSE` and the SAE's
+    (one block)."""
     parts = row["probe"].split("/")
-    return parts[0] != "sparse_probe" or parts[1] in PLOTTED_SPARSE
+    return (
+        parts[0] not in ("sparse_probe", "sae") or parts[0] == "sparse_probe" and parts[1] in PLOTTED_SPARSE
+    )
 
 
 def _write(report: ProbeReport, output_dir: Path, regularized: Sequence[int] = ()) -> None:

@@ -37,6 +37,7 @@ from decpo.reports.results import (
     scorer_warning_lines,
     training_data,
 )
+from decpo.reports.sae_section import read_sae
 from decpo.reports.style import method_color, pyplot
 from decpo.reports.tables import (
     Results,
@@ -86,7 +87,7 @@ def write_report(
     lines += _minus_base_lines(output_dir, results, columns, cfg.experiment.methods)
     lines += data_lines(output_dir, cfg, tasks)
     if views:
-        lines += probe_section(views, regularized, rows, cfg, figures)
+        lines += probe_section(views, regularized, rows, cfg, figures, read_sae(output_dir))
     lines += _training_lines(output_dir, models, figures)
     lines += _strength_link(output_dir, cfg)
     lines += provenance_lines(output_dir, total_wall_s, stage_order)

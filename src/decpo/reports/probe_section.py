@@ -14,6 +14,8 @@ from pathlib import Path
 from decpo.config import RunConfig
 from decpo.names import BASE, MLP_UP_PROJ
 from decpo.reports import probes as P
+from decpo.reports.claim1_table import claim1_three_ways
+from decpo.reports.sae_section import sae_lines
 from decpo.reports.sparse_probing import sparse_probing_lines
 from decpo.reports.stats import Estimate, t_interval
 from decpo.reports.tables import markdown_table
@@ -72,7 +74,12 @@ def probe_views(
 
 
 def probe_section(
-    views: list[ProbeSetView], regularized: list[int], rows: list[dict], cfg: RunConfig, figures: Path
+    views: list[ProbeSetView],
+    regularized: list[int],
+    rows: list[dict],
+    cfg: RunConfig,
+    figures: Path,
+    sae: tuple[list[dict], dict] = ([], {}),
 ) -> list[str]:
     """The report's probe section: where the penalty sits, each probe set, the other probes, sparse probing."""
     lines = ["## Monosemanticity probes (Fig. 3-5)", ""]
@@ -82,6 +89,9 @@ def probe_section(
     lines += _other_probe_lines(rows, views[0].site if views else CLAIM_SITE)
     heldout = next((v for v in views if v.name == "heldout_prompts"), None)
     lines += sparse_probing_lines(rows, heldout.info.get("sparse_probing") if heldout else None, regularized)
+    lines += sae_lines(*sae)  # the SAE stage's rows and sae.json (experiment.sae)
+    # at the SAE's site (the penalty's) when it ran, else the paper's
+    lines += claim1_three_ways([*rows, *sae[0]], sae[0][0]["site"] if sae[0] else CLAIM_SITE)
     lines += [
         "All probes per layer and model (every seed): `probes/probes.csv`; per probe set, its own probes.csv and "
         "one plot per probe: `probes/<set>/`.",

@@ -73,9 +73,9 @@ def _table(rows: Sequence[dict], site: str, regularized: Sequence[int]) -> str:
         for measure, name, digits, bounds in SHOWN:
             c = P.curves(rows, f"{PREFIX}{measure}/{concept}", site)
             base = next(iter(c.get(BASE, {None: {}}).values()))
-            means = {m: _clipped(P.method_mean(c[m]), bounds) if m in c else {} for m in methods}
+            means = {m: clipped(P.method_mean(c[m]), bounds) if m in c else {} for m in methods}
             diff = P.paired_change(c["decpo"], c["dpo"])[0] if paired and "dpo" in c and "decpo" in c else {}
-            diff = _clipped(diff, (bounds[0] - bounds[1], bounds[1] - bounds[0]))  # a difference's range
+            diff = clipped(diff, (bounds[0] - bounds[1], bounds[1] - bounds[0]))  # a difference's range
             for layer in sorted(set(base) | {L for m in means.values() for L in m}):
                 table.append(
                     [
@@ -90,7 +90,7 @@ def _table(rows: Sequence[dict], site: str, regularized: Sequence[int]) -> str:
     return markdown_table(table)
 
 
-def _clipped(estimates: dict[int, Estimate], bounds: tuple[float, float]) -> dict[int, Estimate]:
+def clipped(estimates: dict[int, Estimate], bounds: tuple[float, float]) -> dict[int, Estimate]:
     """Each t-interval clipped to the measure's range ``bounds``."""
     low, high = bounds
     return {

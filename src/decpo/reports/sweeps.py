@@ -14,6 +14,7 @@ from decpo.config.sweeps import strength_overrides
 from decpo.io import atomic_write_text
 from decpo.names import BASE
 from decpo.records import is_auto, resolved_reg_weight
+from decpo.reports.initial_mono import initial_mono_section
 from decpo.reports.primary import resolve_primary
 from decpo.reports.probe_section import ProbeSetView, probe_views
 from decpo.reports.probes import split_label
@@ -196,7 +197,7 @@ def write_layers(
     method_of = {L: split_label(next(iter(runs[L].values())))[0] for L in layers}
     ref = split_label(next(iter(reference.values())))[0]
     sweep = Sweep(method_of, ref, {L: [L] for L in layers}, name_layer=False)
-    views, _, _ = probe_views(output_dir, cfg, cfg.train.reg_site)
+    views, _, probe_rows = probe_views(output_dir, cfg, cfg.train.reg_site)
     checks = probe_points(views, sweep)
     primary = _primary_measure(cfg, tasks)
     outcomes = task_points(
@@ -216,6 +217,7 @@ def write_layers(
         lines += [f"## Layer {L}", ""]
         lines += _check_lines(L, [p for p in checks if p.value == L], views, cfg.train.reg_site)
         lines += _outcome_lines(L, [p for p in outcomes if p.value == L], primary, results, ref, tasks)
+    lines += initial_mono_section(output_dir, probe_rows, cfg.train.reg_site, layers, outcomes)
     rows = [(L, f"train.reg_layers=[{L}]", cfg.train.reg_weight, runs[L]) for L in layers]
     lines += _lambda_lines(output_dir, "layer", rows)
     lines += provenance_lines(output_dir, None, stage_order)

@@ -1,0 +1,152 @@
+"""Claim 1 three ways (`claim1_three_ways`): does DPO make the base model's activations more monosemantic, by
+the paper's proxy (feature decorrelation), by k-sparse probing (accuracy at k = 1, neurons needed) and by the
+SAE (L0, FVU, dead and dense latents), at the layers the latter two measured; and whether the proxy tracks
+each of the others (`decpo.probes.proxy_check`, one sentence per measure).
+
+Pure: rows in (probes.csv's and sae.csv's, the probe and SAE stages'), markdown lines out. Statistics: those
+of the decorrelation tables (`decpo.reports.probes`): each method's mean [95% t-interval over seeds], DPO -
+base over seeds (claim 1's contrast, base being one model), DecPO - DPO paired by seed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from decpo.names import BASE
+from decpo.probes.proxy_check import proxy_tracking
+from decpo.reports import probes as P
+from decpo.reports.sparse_probing import clipped
+from decpo.reports.stats import Estimate
+from decpo.reports.tables import markdown_table
+
+PROXY = "decorrelation"
+INF = math.inf
+# (probe or its prefix, name, digits, the side that reads as more monosemantic: +1 higher, -1 lower, 0 none,
+# the range a t-interval over seeds is clipped to, as the sparse-probing and SAE tables clip theirs)
+SPARSE = (
+    ("sparse_probe/acc_k1/", "sparse probing: accuracy at k = 1", 3, 1, (0.0, 1.0)),
+    ("sparse_probe/neurons_needed/", "sparse probing: neurons needed", 1, -1, (1.0, INF)),
+)
+SAE = (
+    ("sae/l0", "SAE: L0 (latents per token)", 2, -1, (0.0, INF)),
+    ("sae/fvu", "SAE: FVU", 4, 0, (0.0, INF)),
+    ("sae/dead_frac", "SAE: dead latents", 4, 0, (0.0, 1.0)),
+    ("sae/dense_frac", "SAE: dense latents", 4, -1, (0.0, 1.0)),
+)
+SIDE_WORDS = {1: "higher", -1: "lower", 0: "no better side"}
+
+
+def _measures(rows: Sequence[dict]) -> list[tuple]:
+    """``(probe, name, digits, side, bounds)`` of each measure the rows hold, the proxy first."""
+    probes = {r["probe"] for r in rows}
+    out: list[tuple] = (
+        [(PROXY, "decorrelation (the paper's proxy)", 4, 1, (-INF, INF))] if PROXY in probes else []
+    )
+    for prefix, name, digits, side, bounds in SPARSE:
+        for probe in sorted(p for p in probes if p.startswith(prefix)):
+            out.append((probe, f"{name} ({probe.rsplit('/', 1)[1]})", digits, side, bounds))
+    out += [m for m in SAE if m[0] in probes]
+    return out
+
+
+def _reading(est: Estimate | None, side: int) -> str:
+    """What DPO - base says about claim 1 for a measure whose more monosemantic side is ``side``."""
+    if est is None:
+        return "n/a"
+    if not est.has_interval:
+        return "direction only (no interval)"
+    moved = est.side()
+    if moved == 0:
+        return "no clear change"
+    word = "higher" if moved > 0 else "lower"
+    if side == 0:
+        return f"DPO {word}"
+    return f"DPO {word}: {'more' if moved == side else 'less'} monosemantic"
+
+
+def _table(rows: Sequence[dict], site: str, layers: Sequence[int]) -> str:
+    head = [
+        "measure",
+        "layer",
+        "more monosemantic",
+        BASE,
+        "dpo",
+        "decpo",
+        "DPO - base",
+        "reads",
+        "DecPO - DPO",
+    ]
+    table = [head]
+    for probe, name, digits, side, (low, high) in _measures(rows):
+        c = P.curves(rows, probe, site)
+        if BASE not in c:
+            continue
+        base = next(iter(c[BASE].values()))
+        means = {m: clipped(P.method_mean(c[m]), (low, high)) if m in c else {} for m in ("dpo", "decpo")}
+        span = (low - high, high - low)  # a difference's range
+        claim = clipped(P.change_vs_base(c["dpo"], base)[0], span) if "dpo" in c else {}
+        diff = clipped(P.paired_change(c["decpo"], c["dpo"])[0], span) if "dpo" in c and "decpo" in c else {}
+        for layer in [L for L in layers if L in base]:
+            table.append(
+                [
+                    name,
+                    str(layer),
+                    SIDE_WORDS[side],
+                    f"{base[layer]:.{digits}f}",
+                    P.cell(means["dpo"].get(layer), digits),
+                    P.cell(means["decpo"].get(layer), digits),
+                    P.cell(claim.get(layer), digits, sign=True),
+                    _reading(claim.get(layer), side),
+                    P.cell(diff.get(layer), digits, sign=True),
+                ]
+            )
+    return markdown_table(table)
+
+
+def measured_layers(rows: Sequence[dict], site: str) -> list[int]:
+    """The blocks where sparse probing or the SAE measured at ``site``."""
+    return sorted(
+        {
+            int(r["layer"])
+            for r in rows
+            if r["site"] == site and r["probe"].startswith(("sparse_probe/", "sae/"))
+        }
+    )
+
+
+def proxy_sentences(rows: Sequence[dict], site: str) -> list[str]:
+    """One sentence per measure: does decorrelation track it over the (model, layer) points of ``site``."""
+    return [
+        "- " + proxy_tracking(rows, probe, site=site).sentence(name) + "."
+        for probe, name, *_ in _measures(rows)
+        if probe != PROXY
+    ]
+
+
+def claim1_three_ways(rows: Sequence[dict], site: str) -> list[str]:
+    """The subsection (nothing when neither sparse probing nor the SAE measured at ``site``)."""
+    layers = measured_layers(rows, site)
+    if not layers:
+        return []
+    return [
+        "### Claim 1 three ways: the proxy, sparse probing and the SAE",
+        "",
+        f"At {site}, the blocks sparse probing or the SAE measured: base, each method's mean [95% t-interval "
+        "over seeds], DPO - base over seeds (claim 1: does DPO move the measure, and to the more monosemantic "
+        "side?), and DecPO - DPO paired by seed. Decorrelation and sparse probing read the last token of the "
+        "held-out prompts; the SAE every token of the held-out prompt + chosen answer. The SAE's FVU and dead "
+        "latents have no monosemantic side under an SAE trained on base: they say how far a model's "
+        "activations moved from the base's dictionary.",
+        "",
+        _table(rows, site, layers),
+        "",
+        "Does the proxy track the others? Spearman's rho between decorrelation and each measure over every "
+        "(model, layer) point of the site where both were measured (seeds apart), 95% percentile bootstrap "
+        "interval over the points; the points share models and texts, so it is a rough guide, not a test. A "
+        "more monosemantic point has a higher decorrelation, a higher k = 1 accuracy and fewer neurons "
+        "needed, so the proxy tracks neurons needed when rho is negative.",
+        "",
+        *proxy_sentences(rows, site),
+        "",
+    ]
