@@ -129,8 +129,12 @@ def in_flag_terms(message: str, names: Sequence[str], flags: Mapping[str, str] |
     must be >= 1"`` -> ``"--limit must be >= 1"``, ``"synthetic_answer=number ..."`` -> ``"--synthetic-answer
     number ..."``. A name is replaced only where it stands as a field (before ``must``, ``=`` or ``and``)."""
     flags = flags or {}
+    if message.startswith("--"):  # it already names its flag (`--sparse-layers: layers must ...`)
+        return message
     for name in sorted(names, key=len, reverse=True):
         flag = "--" + flags.get(name, name.replace("_", "-"))
+        if flag in message:  # the message already says the flag (`--layers: layers must ...`)
+            continue
         message = re.sub(rf"(?<![\w.-]){re.escape(name)}=", f"{flag} ", message)
         message = re.sub(rf"(?<![\w.-]){re.escape(name)}(?= must| and )", flag, message)
     return message
