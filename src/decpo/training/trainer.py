@@ -48,6 +48,7 @@ from decpo.records import is_auto
 from decpo.training.batching import LengthGroupedMixin
 from decpo.training.calibration import calibrate
 from decpo.training.callbacks import DIVERGED_HINT, NonFiniteError, check_optimizer_state
+from decpo.training.model_card import ModelCardMixin
 from decpo.training.prefix_sharing import SharedPromptMixin
 from decpo.training.ref_cache import CachedReferenceMixin
 from decpo.training.resume_counters import ResumedCountersMixin
@@ -309,6 +310,7 @@ class ActivationRegularizerMixin:
 
 
 class DecPOTrainer(
+    ModelCardMixin,
     ResumedCountersMixin,
     ActivationRegularizerMixin,
     SharedPromptMixin,
@@ -334,7 +336,7 @@ class DecPOTrainer(
         self._metrics[mode][key].append(value)
 
 
-class SimPOTrainer(ResumedCountersMixin, ActivationRegularizerMixin, CPOTrainer):
+class SimPOTrainer(ModelCardMixin, ResumedCountersMixin, ActivationRegularizerMixin, CPOTrainer):
     """TRL's `CPOTrainer` with `SimPOConfig` (SimPO), plus the same activation regularizer."""
 
     def __init__(self, *args, **kwargs):
