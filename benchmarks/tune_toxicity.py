@@ -5,7 +5,7 @@ Each variant (dotted overrides of ``configs/toxicity.yaml`` unless ``--config``)
 the preset's pairs (built, or reused from ``$DECPO_CACHE/pairs``), saving checkpoints; its checkpoints at
 ``--steps`` (``experiment.curve_steps``, checked as `decpo.config.run_config.check_curve_steps` checks them: multiples of ``train.save_steps``,
 kept by ``train.save_total_limit``) and its final model are evaluated as ``decpo run`` evaluates toxicity
-(`decpo.experiment.stages.eval_stage`, the preset's ``experiment.eval_*`` settings) but on the **dev** part of
+(`decpo.experiment.eval_stages.eval_stage`, the preset's ``experiment.eval_*`` settings) but on the **dev** part of
 the eval prompts (`decpo.data.prompts.eval_part`), never the test part the run reports on. A variant whose
 name starts with ``base`` is the untrained base model (step 0). Per variant and step: every measure's mean
 over seeds with its 95% t-interval over seeds (`decpo.reports.tables.over_seeds`); one figure (``--plot``):
@@ -88,7 +88,7 @@ def trained(cfg, run_dir: Path, pairs_path: Path) -> float:
 
 def evaluated(cfg, spec: str, eval_dir: Path, heldout: Path) -> dict:
     """The dev toxicity evaluation of model ``spec`` (reused when ``eval_dir`` holds one on dev)."""
-    from decpo.experiment.stages import eval_stage
+    from decpo.experiment.eval_stages import eval_stage
 
     path = eval_dir / "results.json"
     if not path.exists():

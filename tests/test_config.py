@@ -234,7 +234,7 @@ def test_config_keys_lists_every_key_with_help_and_the_presets_values():
 
 
 def test_eval_chat_template_is_true_false_or_auto_and_auto_follows_training():
-    from decpo.experiment.stages import eval_chat_template
+    from decpo.experiment.eval_stages import eval_chat_template
 
     assert load_config(None).experiment.eval_chat_template == "auto"
     assert load_config(None, ["experiment.eval_chat_template=null"]).experiment.eval_chat_template == "auto"

@@ -504,9 +504,9 @@ def test_a_run_trained_in_the_chat_template_is_evaluated_in_it(tmp_path, chat_ti
 
 
 def test_the_experiments_evaluation_follows_the_training_layout(tmp_path, monkeypatch):
-    import decpo.experiment.stages as stages
+    import decpo.experiment.eval_stages as stages
     from decpo.config import load_config
-    from decpo.experiment.stages import eval_stage as _eval_stage
+    from decpo.experiment.eval_stages import eval_stage as _eval_stage
 
     seen = []
     monkeypatch.setattr(stages, "evaluate", lambda cfg, out: seen.append(cfg.chat_template))
@@ -522,7 +522,7 @@ def test_the_experiments_evaluation_follows_the_training_layout(tmp_path, monkey
 
 def test_the_experiments_evaluation_takes_remote_code_from_its_own_config(tmp_path, monkeypatch):
     """`decpo run` evaluates with the model.trust_remote_code of the config the user gave it."""
-    import decpo.experiment.stages as stages
+    import decpo.experiment.eval_stages as stages
     from decpo.config import load_config
 
     seen = []

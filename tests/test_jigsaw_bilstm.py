@@ -127,7 +127,7 @@ def test_the_default_eval_scorer_is_not_the_pairs_scorer(tmp_path, monkeypatch):
     assert EvalConfig(task="toxicity", pairs_scorer="jigsaw-bilstm").scorer == "profanity-check"
     assert EvalConfig(task="toxicity", scorer="profanity-check").scorer == "profanity-check"
 
-    import decpo.experiment.stages as stages
+    import decpo.experiment.eval_stages as stages
 
     seen = []
     monkeypatch.setattr(stages, "evaluate", lambda cfg, out: seen.append((cfg.scorer, cfg.pairs_scorer)))
@@ -181,7 +181,7 @@ def test_the_same_scorer_opens_the_results_and_the_report_with_a_warning(tmp_pat
 
 
 def test_decpo_run_builds_the_eval_scorers_before_any_stage(tmp_path, monkeypatch):
-    import decpo.experiment.stages as stages
+    import decpo.experiment.eval_stages as stages
 
     cfg = load_config(None, ["pairs.source=toxicity"])
     assert stages.eval_config_scorer(cfg) == "jigsaw-bilstm"

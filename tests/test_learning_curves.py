@@ -15,7 +15,7 @@ from decpo.config import ConfigError, load_config
 from decpo.evaluation.config import EvalConfig
 from decpo.evaluation.registry import EvalError
 from decpo.evaluation.runner import evaluate
-from decpo.experiment.stages import curve_points
+from decpo.experiment.eval_stages import curve_points
 from decpo.names import BASE
 from decpo.reports.learning_curves import (
     curve_estimates,

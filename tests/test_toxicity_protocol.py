@@ -207,7 +207,7 @@ def test_num_samples_is_checked(toxicity_cfg):
 
 
 def test_decpo_run_evaluates_with_experiment_eval_num_samples(tmp_path, monkeypatch):
-    import decpo.experiment.stages as stages
+    import decpo.experiment.eval_stages as stages
     from decpo.config import load_config
 
     seen = []

@@ -65,12 +65,11 @@ from decpo.config.sweeps import (
     strength_overrides,
     sweep_layer_values,
 )
+from decpo.experiment.eval_stages import add_curve_evals, add_evals
 from decpo.experiment.executors.dispatch import make_engine
 from decpo.experiment.plan import Plan, stage_key, training_key
 from decpo.experiment.sae_stage import SAE_DIR, SAE_STAGE, sae_key, sae_stage
 from decpo.experiment.stages import (
-    add_curve_evals,
-    add_evals,
     add_pairs,
     eval_tasks,
     probe_key,

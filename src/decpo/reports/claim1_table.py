@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from decpo.names import BASE
 from decpo.probes.proxy_check import proxy_tracking
 from decpo.reports import probes as P
-from decpo.reports.sparse_probing import clipped
 from decpo.reports.stats import Estimate
 from decpo.reports.tables import markdown_table
 
@@ -82,11 +81,10 @@ def _table(rows: Sequence[dict], site: str, layers: Sequence[int]) -> str:
         c = P.curves(rows, probe, site)
         if BASE not in c:
             continue
-        base = next(iter(c[BASE].values()))
-        means = {m: clipped(P.method_mean(c[m]), (low, high)) if m in c else {} for m in ("dpo", "decpo")}
+        r = P.measure_rows(c, ("dpo", "decpo"), (low, high))
+        base, means, diff = r.base, r.means, r.diff
         span = (low - high, high - low)  # a difference's range
-        claim = clipped(P.change_vs_base(c["dpo"], base)[0], span) if "dpo" in c else {}
-        diff = clipped(P.paired_change(c["decpo"], c["dpo"])[0], span) if "dpo" in c and "decpo" in c else {}
+        claim = P.clipped(P.change_vs_base(c["dpo"], base)[0], span) if "dpo" in c else {}
         for layer in [L for L in layers if L in base]:
             table.append(
                 [

@@ -171,10 +171,7 @@ def _other_probe_lines(rows: list[dict], site: str) -> list[str]:
     if not extra:
         return []
     table = [["model", *extra]]
-    methods = sorted(
-        {P.split_label(r["model"])[0] for r in rows if r["site"] == site},
-        key=lambda m: (m != BASE, m != "dpo", m != "decpo", m),
-    )
+    methods = P.method_order({P.split_label(r["model"])[0] for r in rows if r["site"] == site})
     for m in methods:
         cells = []
         for p in extra:

@@ -12,6 +12,7 @@ One seed gives the value with no interval (``probes.csv`` holds no per-text valu
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -100,6 +101,42 @@ def method_mean(method: Mapping[int | None, Mapping[int, float]]) -> dict[int, E
     return {L: t_interval([method[s][L] for s in seeds]) for L in layers}
 
 
+def method_order(methods: set[str]) -> list[str]:
+    """The methods in the tables' order: dpo, decpo, then the others by name (base first when present)."""
+    return sorted(methods, key=lambda m: (m != BASE, m != "dpo", m != "decpo", m))
+
+
+def clipped(estimates: dict[int, Estimate], bounds: tuple[float, float]) -> dict[int, Estimate]:
+    """Each t-interval clipped to the measure's range ``bounds``."""
+    low, high = bounds
+    return {
+        L: dataclasses.replace(e, low=max(e.low, low), high=min(e.high, high)) if e.has_interval else e
+        for L, e in estimates.items()
+    }
+
+
+@dataclass
+class MeasureRows:
+    """One measure's table rows by layer: the base model's value, each method's mean over seeds and
+    DecPO - DPO paired by seed (empty without both), every interval clipped to the measure's range."""
+
+    base: dict[int, float]
+    means: dict[str, dict[int, Estimate]]
+    diff: dict[int, Estimate]
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(set(self.base) | {L for m in self.means.values() for L in m})
+
+
+def measure_rows(c: Curves, methods: Sequence[str], bounds: tuple[float, float]) -> MeasureRows:
+    """`MeasureRows` of the curves ``c`` for ``methods``; the difference's range is ``bounds``' width."""
+    base = next(iter(c.get(BASE, {None: {}}).values()))
+    means = {m: clipped(method_mean(c[m]), bounds) if m in c else {} for m in methods}
+    diff = paired_change(c["decpo"], c["dpo"])[0] if "dpo" in c and "decpo" in c else {}
+    return MeasureRows(base, means, clipped(diff, (bounds[0] - bounds[1], bounds[1] - bounds[0])))
+
+
 def cell(est: Estimate | None, digits: int = 4, sign: bool = False) -> str:
     """A table cell: ``mean [low, high]`` (`Estimate.fmt`), or n/a."""
     return "n/a" if est is None else est.fmt(digits, sign=sign)
@@ -167,7 +204,7 @@ def decorrelation_figure(c: Curves, *, regularized: Sequence[int], title: str, y
     base = c[BASE][None] if None in c[BASE] else next(iter(c[BASE].values()))
     fig, (ax, dx) = plt.subplots(1, 2, figsize=(11.5, 4))
     n_seeds = max(len([s for s in per if s is not None]) for m, per in c.items() if m != BASE)
-    for method in sorted(c, key=lambda m: (m != BASE, m != "dpo", m != "decpo", m)):
+    for method in method_order(set(c)):
         est = (
             method_mean(c[method])
             if method != BASE

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from decpo.names import BASE
 from decpo.reports import probes as P
-from decpo.reports.sparse_probing import clipped
 from decpo.reports.tables import markdown_table
 
 PREFIX = "sae/"
@@ -76,26 +75,21 @@ def sae_lines(rows: Sequence[dict], info: dict) -> list[str]:
 
 
 def _table(rows: Sequence[dict], site: str) -> str:
-    methods = sorted(
-        {P.split_label(r["model"])[0] for r in rows} - {BASE}, key=lambda m: (m != "dpo", m != "decpo", m)
-    )
+    methods = P.method_order({P.split_label(r["model"])[0] for r in rows} - {BASE})
     paired = "dpo" in methods and "decpo" in methods
     table = [["measure", BASE, *methods, *(["DecPO - DPO"] if paired else [])]]
     for measure, name, digits, bounds in SHOWN:
         c = P.curves(rows, PREFIX + measure, site)
         if not c:
             continue
-        base = next(iter(c.get(BASE, {None: {}}).values()))
-        means = {m: clipped(P.method_mean(c[m]), bounds) if m in c else {} for m in methods}
-        diff = P.paired_change(c["decpo"], c["dpo"])[0] if paired and "dpo" in c and "decpo" in c else {}
-        diff = clipped(diff, (bounds[0] - bounds[1], bounds[1] - bounds[0]))  # a difference's range
-        for layer in sorted(set(base) | {L for m in means.values() for L in m}):
+        r = P.measure_rows(c, methods, bounds)
+        for layer in r.layers:
             table.append(
                 [
                     name,
-                    f"{base[layer]:.{digits}f}" if layer in base else "n/a",
-                    *(P.cell(means[m].get(layer), digits) for m in methods),
-                    *([P.cell(diff.get(layer), digits, sign=True)] if paired else []),
+                    f"{r.base[layer]:.{digits}f}" if layer in r.base else "n/a",
+                    *(P.cell(r.means[m].get(layer), digits) for m in methods),
+                    *([P.cell(r.diff.get(layer), digits, sign=True)] if paired else []),
                 ]
             )
     return markdown_table(table)

@@ -10,13 +10,11 @@ the statistics are those of the decorrelation tables (`decpo.reports.probes`: `m
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 
 from decpo.names import BASE
 from decpo.reports import probes as P
-from decpo.reports.stats import Estimate
 from decpo.reports.tables import markdown_table
 
 PREFIX = "sparse_probe/"
@@ -63,37 +61,21 @@ def sparse_probing_lines(rows: Sequence[dict], info: dict | None, regularized: S
 def _table(rows: Sequence[dict], site: str, regularized: Sequence[int]) -> str:
     """Rows (layer, concept, measure): base, each method's mean [t-interval], DecPO - DPO paired by seed."""
     concepts = sorted({r["probe"].rsplit("/", 1)[1] for r in rows if r["site"] == site})
-    methods = sorted(
-        {P.split_label(r["model"])[0] for r in rows if r["site"] == site} - {BASE},
-        key=lambda m: (m != "dpo", m != "decpo", m),
-    )
+    methods = P.method_order({P.split_label(r["model"])[0] for r in rows if r["site"] == site} - {BASE})
     paired = "dpo" in methods and "decpo" in methods
     table = [["layer", "concept", "measure", BASE, *methods, *(["DecPO - DPO"] if paired else [])]]
     for concept in concepts:
         for measure, name, digits, bounds in SHOWN:
-            c = P.curves(rows, f"{PREFIX}{measure}/{concept}", site)
-            base = next(iter(c.get(BASE, {None: {}}).values()))
-            means = {m: clipped(P.method_mean(c[m]), bounds) if m in c else {} for m in methods}
-            diff = P.paired_change(c["decpo"], c["dpo"])[0] if paired and "dpo" in c and "decpo" in c else {}
-            diff = clipped(diff, (bounds[0] - bounds[1], bounds[1] - bounds[0]))  # a difference's range
-            for layer in sorted(set(base) | {L for m in means.values() for L in m}):
+            r = P.measure_rows(P.curves(rows, f"{PREFIX}{measure}/{concept}", site), methods, bounds)
+            for layer in r.layers:
                 table.append(
                     [
                         f"{layer} (regularized)" if layer in regularized else str(layer),
                         concept,
                         name,
-                        f"{base[layer]:.{digits}f}" if layer in base else "n/a",
-                        *(P.cell(means[m].get(layer), digits) for m in methods),
-                        *([P.cell(diff.get(layer), digits, sign=True)] if paired else []),
+                        f"{r.base[layer]:.{digits}f}" if layer in r.base else "n/a",
+                        *(P.cell(r.means[m].get(layer), digits) for m in methods),
+                        *([P.cell(r.diff.get(layer), digits, sign=True)] if paired else []),
                     ]
                 )
     return markdown_table(table)
-
-
-def clipped(estimates: dict[int, Estimate], bounds: tuple[float, float]) -> dict[int, Estimate]:
-    """Each t-interval clipped to the measure's range ``bounds``."""
-    low, high = bounds
-    return {
-        L: dataclasses.replace(e, low=max(e.low, low), high=min(e.high, high)) if e.has_interval else e
-        for L, e in estimates.items()
-    }
