@@ -133,3 +133,23 @@ def test_a_second_command_on_a_held_output_is_refused_before_any_write(
         assert err.startswith("decpo: error: ") and "\n" not in err and "Traceback" not in err
         assert f"is in use by holder (pid {holder.pid} on host {socket.gethostname()}" in err
         assert [p.name for p in out.iterdir()] == [lock.name]  # nothing written beside the holder's lock
+
+
+def test_a_refused_start_never_removes_the_holders_new_folder(tmp_path):
+    """Two starts on a folder that does not exist yet: both see it missing, the first makes it and holds the
+    lock, the second is refused; its clean-up must leave the holder's folder (config, lock) alone."""
+    from decpo.io import removed_if_start_fails
+
+    out = tmp_path / "new" / "run"
+    refused = removed_if_start_fails(out)  # the second start looks before the first has made anything
+    refused.__enter__()
+    with output_lock(out / LOCK_FILE, "run folder"):
+        (out / "config.yaml").write_text("x: 1\n")  # the holder's start files
+        with pytest.raises(OutputLocked):
+            try:
+                with output_lock(out / LOCK_FILE, "run folder"):
+                    pass
+            except OutputLocked as e:
+                refused.__exit__(type(e), e, e.__traceback__)
+                raise
+        assert (out / "config.yaml").exists() and (out / LOCK_FILE).exists()

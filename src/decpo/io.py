@@ -132,11 +132,14 @@ START_FILES = frozenset(
 @contextlib.contextmanager
 def removed_if_start_fails(directory: str | Path) -> Iterator[None]:
     """Remove ``directory`` (and the parents made for it) when the body raises, if this call created it and
-    it holds nothing but `START_FILES` and empty folders; a folder that existed before is never touched."""
+    it holds nothing but `START_FILES` and empty folders; a folder that existed before, or that a concurrent
+    start made and holds (`OutputLocked`), is never touched."""
     directory = Path(directory).absolute()
     created = [p for p in (directory, *directory.parents) if not p.exists()]
     try:
         yield
+    except OutputLocked:
+        raise  # another start made the folder and holds it: its files are not ours to remove
     except Exception:
         if created:
             remove_failed_start(directory, top=created[-1])
