@@ -94,8 +94,10 @@ def test_a_waiting_writer_runs_after_the_holder(tmp_path):
 
 def _refused(monkeypatch):
     """The work of each command, replaced: a start that gets past the lock fails the test at once."""
+    import decpo.evaluation.runner as eval_runner
     import decpo.experiment.recipes as recipes
     import decpo.pairs.sampling as pairs_sampling
+    import decpo.probes.runner as probe_runner
     import decpo.training.run as training
 
     def wrote(*args, **kwargs):
@@ -106,11 +108,13 @@ def _refused(monkeypatch):
         (recipes, "run_experiment"),
         (recipes, "sweep_strength"),
         (pairs_sampling, "build_pairs"),
+        (eval_runner, "evaluate"),
+        (probe_runner, "probe_models"),
     ):
         monkeypatch.setattr(module, name, wrote)
 
 
-@pytest.mark.parametrize("command", ["train", "run", "sweep", "pairs"])
+@pytest.mark.parametrize("command", ["train", "run", "sweep", "pairs", "eval", "probe"])
 def test_a_second_command_on_a_held_output_is_refused_before_any_write(
     tmp_path, capsys, monkeypatch, command
 ):
@@ -123,6 +127,10 @@ def test_a_second_command_on_a_held_output_is_refused_before_any_write(
         lock = file_lock_path(output)
         argv = ["pairs", "--model", "tiny-random-llama", "--prompts", str(tmp_path / "prompts.txt")]
         argv += ["--output", str(output)]
+    elif command in ("eval", "probe"):
+        lock = out / LOCK_FILE
+        argv = [command, "--model", "tiny-random-llama", "--output-dir", str(out)]
+        argv += ["--task", "synthetic"] if command == "eval" else ["--num-texts", "4"]
     else:
         lock = out / LOCK_FILE
         argv = [command, "--config", SMOKE, "--output-dir", str(out)]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from decpo.cli.flags import add_dataclass_flags, from_flags
 from decpo.evaluation.config import EvalConfig
 from decpo.evaluation.registry import BUILTIN_TASK_NAMES, EvalError
-from decpo.io import removed_if_start_fails
+from decpo.io import LOCK_FILE, output_lock, removed_if_start_fails
 from decpo.scoring.classifiers import ScorerError
 from decpo.scoring.judge import JudgeError
 
@@ -55,7 +55,10 @@ def run_eval(args: argparse.Namespace) -> int:
     try:
         cfg = from_flags(EvalConfig, args, args.config_fields, FLAGS)
         out = Path(args.output_dir) if args.output_dir else default_output_dir(args.task, args.model)
-        with removed_if_start_fails(out):  # a failed evaluation leaves no empty folder
+        with (
+            removed_if_start_fails(out),  # a failed evaluation leaves no empty folder
+            output_lock(out / LOCK_FILE, f"evaluation folder {out}", "decpo eval"),  # one writer at a time
+        ):
             result = evaluate(cfg, out)
     except (EvalError, ScorerError, JudgeError) as e:
         print(f"decpo: error: {e}", file=sys.stderr)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from decpo.cli.flags import add_dataclass_flags, comma_list, from_flags, positive_int
-from decpo.io import removed_if_start_fails
+from decpo.io import LOCK_FILE, output_lock, removed_if_start_fails
 from decpo.probes.concepts import CONCEPTS, labelled_texts
 from decpo.probes.options import SAE, SPARSE_PROBING, ProbeOptionError, ProbeOptions
 from decpo.probes.proxy_check import proxy_tracking
@@ -80,7 +80,11 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     else:
         texts = load_texts(args.texts, args.num_texts, args.data_dir, token=options.token)
     sae_texts = _sae_texts(args, options) if SAE in options.measures else None
-    with removed_if_start_fails(args.output_dir):  # a failed probe leaves no empty folder
+    out = Path(args.output_dir)
+    with (
+        removed_if_start_fails(out),  # a failed probe leaves no empty folder
+        output_lock(out / LOCK_FILE, f"probe folder {out}", "decpo probe"),  # one writer at a time
+    ):
         report = probe_models(models, texts, args.output_dir, options, labels=labels, sae_texts=sae_texts)
     _print_summary(report, models, options.sites[0], len(texts), Path(args.output_dir))
     return 0
