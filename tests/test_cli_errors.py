@@ -182,6 +182,10 @@ def test_a_failed_start_with_dotdot_in_the_output_dir_leaves_no_folder(tmp_path,
         (["--sites", "mlp.upproj"], "--sites: unknown site 'mlp.upproj'; did you mean 'mlp.up_proj'?"),
         (["--layers", "abc"], "--layers: layers must be 'all' or comma-separated integers or ranges"),
         (["--sparse-layers", "1-x"], "--sparse-layers: layers must be 'all'"),
+        (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+        (["--max-length", "0"], "--max-length must be >= 2, got 0"),
+        (["--eps-zero", "-1"], "--eps-zero must be > 0"),
+        (["--sparse-folds", "1"], "--sparse-folds must be >= 2, got 1"),
     ],
 )
 def test_a_bad_probe_option_is_one_line_before_any_model_loads(tmp_path, capsys, monkeypatch, flags, message):

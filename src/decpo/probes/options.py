@@ -52,6 +52,18 @@ def _check_layers(flag: str, spec: object) -> None:
             raise ProbeOptionError(f"--{flag}: {e}") from e
 
 
+# the lowest value of each whole-number setting (a size, a count)
+_LOWEST = {
+    "batch_size": 1,
+    "max_length": 2,  # a text and the token after it
+    "vocab_top_dims": 1,
+    "vocab_top_tokens": 1,
+    "max_gram_rows": 2,
+    "sparse_folds": 2,
+    "sae_train_texts": 0,
+}
+
+
 @dataclass(frozen=True)
 class ProbeOptions:
     """How `probe_models` probes: where, which probes, in what batches, and what else it writes."""
@@ -183,6 +195,14 @@ class ProbeOptions:
         _unknown_names("measure", "measure", tuple(self.measures), MEASURES)
         _check_layers("layers", self.layers)
         _check_layers("sparse-layers", self.sparse_layers)
+        for name, low in _LOWEST.items():
+            if getattr(self, name) < low:
+                flag = "--" + name.replace("_", "-")
+                raise ProbeOptionError(f"{flag} must be >= {low}, got {getattr(self, name)}")
+        if not self.eps_zero > 0:
+            raise ProbeOptionError(
+                f"--eps-zero must be > 0 (|z| below it counts as near zero), got {self.eps_zero}"
+            )
         if SAE in self.measures:
             self.sae_settings()  # a bad size fails here, before any model loads
 
