@@ -226,3 +226,16 @@ def test_an_unknown_scorer_is_listed_with_the_names_the_help_uses():
     assert "did you mean 'toxicity'?" in said
     assert "toxicity (profanity-check)" in said and "sentiment (vader)" in said and "jigsaw-bilstm" in said
     assert make_scorer("toxicity").__class__.__name__ == "ProfanityCheckScorer"  # the alias, here too
+
+
+def test_eval_refuses_an_unknown_scorer_before_the_model_loads(capsys, tmp_path, monkeypatch):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model loaded")
+
+    monkeypatch.setattr("decpo.evaluation.runner.evaluate", no_loading)
+    monkeypatch.chdir(tmp_path)
+    argv = ["eval", "--task", "toxicity", "--model", "tiny-random-llama", "--scorer", "jigsaw-bilstm,toxcity"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "unknown scorer 'toxcity'; did you mean 'toxicity'?" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # no folder left behind

@@ -8,7 +8,7 @@ from decpo.config.fields import described
 from decpo.config.sampling import scorer_spec
 from decpo.data.reading import ANSWER_FORMATS
 from decpo.evaluation.registry import TASKS, EvalError, get_task
-from decpo.scoring.classifiers import default_eval_scorer
+from decpo.scoring.classifiers import check_scorer_name, default_eval_scorer
 
 SAME_SCORER = "evaluated by the scorer it was trained on"
 
@@ -204,6 +204,8 @@ class EvalConfig:
             raise EvalError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.scorer is None:
             self.scorer = default_eval_scorer(scorer_spec(self.pairs_scorer) if self.pairs_scorer else None)
+        for spec in scorer_specs(self.scorer) if self.task == "toxicity" else ():
+            check_scorer_name(spec)  # a typo fails here, before the model loads and the prompts are read
         if self.num_samples < 0:
             raise EvalError(f"num_samples must be >= 0 (0: greedy only), got {self.num_samples}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:

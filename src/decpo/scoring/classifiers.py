@@ -253,6 +253,14 @@ def make_scorer(spec: str = DEFAULT_TOXICITY_SCORER) -> Scorer:
     raise ScorerError(f"unknown scorer {spec!r}{suggest(spec)}; expected {scorer_names()}")
 
 
+def check_scorer_name(spec: str) -> None:
+    """`ScorerError` for a spec `make_scorer` does not know, without building it (no weights, no import):
+    a name is checked before any model loads."""
+    spec = scorer_spec(spec)
+    if spec not in NAMED_SCORERS and not spec.startswith(("hf:", "detoxify:")):
+        raise ScorerError(f"unknown scorer {spec!r}{suggest(spec)}; expected {scorer_names()}")
+
+
 def scorer_names() -> str:
     """The scorer names a user may give, as the help and the README say them."""
     aliased = {target: alias for alias, target in SCORER_ALIASES.items()}
