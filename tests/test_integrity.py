@@ -41,3 +41,17 @@ def test_a_damaged_middle_line_is_an_error_naming_file_and_line(tmp_path):
     log.write_text('{"step": 1}\n[1, 2]\n{"step": 3}\n')
     with pytest.raises(DamagedLogError, match=r"metrics.jsonl line 2 is damaged"):
         read_jsonl_log(log)
+
+
+def test_the_reports_read_metrics_through_the_checked_reader(tmp_path):
+    """The report's reader of metrics.jsonl (curves, the penalty's share) drops only a torn last line and
+    names a damaged line before it, as training's resume does (it skipped every bad line silently)."""
+    from decpo.integrity import DamagedLogError
+    from decpo.reports.curves import read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "train/loss": 0.7}\n{"step": 2, "train/lo')
+    assert read_metrics(path) == [{"step": 1, "train/loss": 0.7}]
+    path.write_text('{"step": 1, "train/loss": 0.7}\n{"step": 2, "tr\n{"step": 3, "train/loss": 0.6}\n')
+    with pytest.raises(DamagedLogError, match=r"metrics.jsonl line 2 is damaged"):
+        read_metrics(path)

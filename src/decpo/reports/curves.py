@@ -12,12 +12,12 @@ left out of the line and drawn as a hollow marker at 0.5 labelled "tie".
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from decpo.integrity import read_jsonl_log
 from decpo.reports.probes import split_label
 from decpo.reports.stats import t_interval
 from decpo.reports.style import method_color, pyplot
@@ -92,14 +92,9 @@ CAPTION = (
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """The rows of a ``metrics.jsonl`` (a line cut short by a crash is skipped)."""
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+    """The rows of a ``metrics.jsonl`` (`decpo.integrity.read_jsonl_log`: a torn last line is dropped with a
+    warning, a damaged line before it is an error naming the file and line)."""
+    return read_jsonl_log(path)
 
 
 def series(rows: Sequence[dict], key: str) -> tuple[list[int], list[float]]:
