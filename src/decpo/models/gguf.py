@@ -17,6 +17,7 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from decpo.env import cache_dir
+from decpo.integrity import manifest_problem, write_manifest
 from decpo.io import current_umask
 from decpo.models.errors import ModelError
 
@@ -49,15 +50,26 @@ def gguf_folder(name: str, gguf_file: str | None = None) -> str:
     """The converted safetensors folder of a GGUF spec (`is_gguf`), converting it on first use."""
     if name == DEFAULT_NAME:
         target = cache_dir() / "smollm2-135m-instruct"
-        return str(
-            target if (target / "config.json").is_file() else convert_gguf(embedded_gguf_path(), target)
-        )
+        return str(target if _reusable(target) else convert_gguf(embedded_gguf_path(), target))
     path = Path(name)
     gguf_path = path if name.endswith(".gguf") else path / gguf_file  # type: ignore[operator]
     if not gguf_path.is_file():
         raise ModelError(f"GGUF file not found: {gguf_path}")
     target = cache_dir() / f"gguf-{gguf_path.stem}-{gguf_path.stat().st_size}"
-    return str(target if (target / "config.json").is_file() else convert_gguf(gguf_path, target))
+    return str(target if _reusable(target) else convert_gguf(gguf_path, target))
+
+
+def _reusable(target: Path) -> bool:
+    """Whether the converted folder ``target`` exists and matches its manifest; a damaged one (a flipped bit,
+    a truncated file, no manifest) is removed with a warning, to be converted again."""
+    if not target.exists():
+        return False
+    problem = manifest_problem(target)
+    if problem is None:
+        return True
+    logger.warning("the converted model in %s cannot be trusted (%s): converting it again", target, problem)
+    shutil.rmtree(target, ignore_errors=True)
+    return False
 
 
 def convert_gguf(gguf_path: Path, target: Path) -> Path:
@@ -73,6 +85,7 @@ def convert_gguf(gguf_path: Path, target: Path) -> Path:
         _clear_quantizer(model)
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        write_manifest(tmp)  # last: each file's size and sha256, checked at every reuse (`_reusable`)
         if target.exists():  # another process finished first
             shutil.rmtree(tmp)
         else:
