@@ -17,7 +17,7 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from decpo.env import cache_dir
-from decpo.integrity import manifest_problem, write_manifest
+from decpo.integrity import MANIFEST, manifest_problem, write_manifest
 from decpo.io import current_umask
 from decpo.models.errors import ModelError
 
@@ -67,6 +67,8 @@ def _reusable(target: Path) -> bool:
     problem = manifest_problem(target)
     if problem is None:
         return True
+    if not (target / MANIFEST).exists():
+        problem = f"no {MANIFEST}: made by a decpo older than its manifests, or interrupted"
     logger.warning("the converted model in %s cannot be trusted (%s): converting it again", target, problem)
     shutil.rmtree(target, ignore_errors=True)
     return False
