@@ -344,7 +344,6 @@ def test_run_trains_each_stage_in_two_processes_and_evaluates_in_one(tmp_path, m
 
 # tests/launched/sitecustomize.py: FSDP on CPU and pairs in file order in the processes `decpo run` launches
 LAUNCHED = REPO / "tests" / "launched"
-RUN_EQUAL = {"rel": 1e-5, "abs": 1e-7}
 
 
 def numbers(tree, path=()):
@@ -421,4 +420,4 @@ def test_run_with_fsdp_in_two_processes_per_stage_equals_one(tmp_path, monkeypat
             f"{part}: {len(keys)} numbers, largest relative difference {rel[0]:.1e} ({rel[1]}), {at_zero:.1e} at 0"
         )
     for key in a:
-        assert b[key] == pytest.approx(a[key], **RUN_EQUAL), key
+        assert b[key] == pytest.approx(a[key], rel=1e-5), key  # measured: 6.4e-7 at most (README)
