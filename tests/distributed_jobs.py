@@ -5,6 +5,8 @@ python tests/distributed_jobs.py sharded <out.json>                  FSDP2 probe
 python tests/distributed_jobs.py fsdp <decpo train arguments...>    `decpo train` under FSDP2 on CPU processes
 python tests/distributed_jobs.py deepspeed <decpo train arguments...>  `decpo train`, pairs in file order, saying
     what the penalty's hook is attached to (run under `accelerate launch` with a DeepSpeed config)
+
+The processes `decpo run --num-processes N` launches get `launched_fsdp_on_cpu` through tests/launched/sitecustomize.py.
 """
 
 from __future__ import annotations
@@ -144,6 +146,13 @@ def fsdp_on_cpu() -> None:
 
     state.AcceleratorState.__init__ = fsdp_init
     accelerate.Accelerator.get_state_dict = full_state_dict
+
+
+def launched_fsdp_on_cpu() -> None:
+    """In a training process that `decpo run --num-processes N` launched (tests/launched/sitecustomize.py):
+    FSDP2 on CPU (`fsdp_on_cpu`) and the pairs in file order (`sequential_trainer_args`), as the ``fsdp`` job."""
+    fsdp_on_cpu()
+    run.trainer_args = sequential_trainer_args
 
 
 def report_penalty_hook() -> None:

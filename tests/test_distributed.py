@@ -1,6 +1,7 @@
 """Data parallelism through accelerate: 2 CPU processes (gloo) equal 1 process with the same global batch,
 for DPO, DecPO and the probes during training, also sharded by FSDP2 and by DeepSpeed ZeRO-2/3 (and resumed);
-the logged penalty under a short last batch; the probes on an FSDP2-sharded model on every process."""
+the logged penalty under a short last batch; the probes on an FSDP2-sharded model on every process; `decpo run
+--num-processes 2` with FSDP2, end to end, equal to 1 process."""
 
 from __future__ import annotations
 
@@ -339,3 +340,84 @@ def test_run_trains_each_stage_in_two_processes_and_evaluates_in_one(tmp_path, m
     for label in ("dpo-s0", "decpo-s0"):
         assert json.loads((out / "train" / label / "env.json").read_text())["world_size"] == 2
     assert (out / "report.md").is_file()
+
+
+# tests/launched/sitecustomize.py: FSDP on CPU and pairs in file order in the processes `decpo run` launches
+LAUNCHED = REPO / "tests" / "launched"
+
+
+def numbers(tree, path=()):
+    """The numeric leaves of a JSON tree, by path (bools and strings left out)."""
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in numbers(sub, (*path, key)).items()}
+    if isinstance(tree, list):
+        return {k: v for i, sub in enumerate(tree) for k, v in numbers(sub, (*path, i)).items()}
+    return {path: tree} if isinstance(tree, int | float) and not isinstance(tree, bool) else {}
+
+
+def report_numbers(out) -> dict:
+    """What the report's tables are made from: each evaluation's metrics, each probes.csv's values and the
+    trainings' logged metrics (clock and token-pooled keys left out, see TOKEN_POOLED), by where they come from."""
+    found: dict = {}
+    for results in sorted(out.glob("eval/*/*/results.json")):
+        where = str(results.relative_to(out))
+        found |= {(where, *k): v for k, v in numbers(json.loads(results.read_text())["metrics"]).items()}
+    for csv in sorted(out.glob("probes/**/probes.csv")):
+        where = str(csv.relative_to(out))
+        for line in csv.read_text().splitlines()[1:]:
+            model, layer, site, probe, value, *_ = line.split(",")
+            found[(where, model, layer, site, probe)] = float(value)
+    pooled = {f"{mode}/{key}" for mode in ("train", "eval") for key in TOKEN_POOLED}
+    for metrics in sorted(out.glob("train/*/metrics.jsonl")):
+        where = str(metrics.relative_to(out))
+        for i, row in enumerate(rows(metrics.parent)):
+            found |= {(where, i, key): row[key] for key in row.keys() - CLOCK - pooled}
+    return found
+
+
+def test_run_with_fsdp_in_two_processes_per_stage_equals_one(tmp_path, monkeypatch, capfd):
+    # `decpo run --num-processes 2` with FSDP2 (train.fsdp, the FSDP test's fsdp_config): each training stage in
+    # 2 CPU processes that decpo launches, patched through tests/launched/sitecustomize.py; against the same
+    # run in one process, micro-batches of 4 accumulated twice (the DecPO penalty is a function of each
+    # forward's rows: 1 process x 2 micro-batches and 2 processes x 1 see the same rows in file order)
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    common = ["--config", SMOKE, "--seeds", "0", "--methods", "dpo,decpo", "train.save_steps=100"]
+    common += ["experiment.eval_limit=8", "experiment.probe_num_texts=8", "experiment.eval_tasks=[synthetic]"]
+    common += ["train.per_device_train_batch_size=4"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    monkeypatch.setattr(run, "trainer_args", sequential_trainer_args)
+    monkeypatch.setenv("DECPO_CACHE", str(tmp_path / "cache-one"))  # each run its own reference log-probs
+    assert main(["run", "--output-dir", str(one), *common, "train.gradient_accumulation_steps=2"]) == 0
+
+    capfd.readouterr()
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([child_env()["PYTHONPATH"], str(LAUNCHED)]))
+    monkeypatch.setenv("DECPO_TEST_FSDP_ON_CPU", "1")
+    monkeypatch.setenv("DECPO_CACHE", str(tmp_path / "cache-two"))
+    fsdp = "train.fsdp_config={version: 2, transformer_layer_cls_to_wrap: [LlamaDecoderLayer]}"
+    launched = ["run", "--num-processes", "2", "--output-dir", str(two)]
+    assert main([*launched, *common, "train.fsdp=full_shard", fsdp]) == 0
+    err = capfd.readouterr().err
+    # FSDP on each of the 2 processes of both stages, the final weights gathered from the sharded model
+    assert err.count("fsdp-on-cpu: distributed type FSDP") == 4, err[-3000:]
+    assert err.count("fsdp-on-cpu: state dict of FSDP") >= 2, err[-3000:]
+    for label in ("dpo-s0", "decpo-s0"):
+        for out, size in ((one, 1), (two, 2)):
+            assert json.loads((out / "train" / label / "env.json").read_text())["world_size"] == size
+        first, second = (one / "train" / label, two / "train" / label)
+        assert_same_final_weights(first, second, "adapter_model.safetensors")
+        w1, w2 = (load_file(str(d / "final" / "adapter_model.safetensors")) for d in (first, second))
+        print(f"{label}: largest weight difference {max((w1[k] - w2[k]).abs().max().item() for k in w1):.1e}")
+
+    a, b = report_numbers(one), report_numbers(two)
+    assert a.keys() == b.keys()
+    assert any(k[0].startswith("eval/") for k in a) and any("probes.csv" in k[0] for k in a)
+    assert any(k[-1] == "train/loss/decorr" for k in a)
+    for part in ("eval", "probes", "train"):  # the figures the README gives
+        keys = [k for k in a if k[0].startswith(part)]
+        rel = max((abs(b[k] - a[k]) / abs(a[k]), k) for k in keys if a[k] != 0)
+        at_zero = max((abs(b[k]) for k in keys if a[k] == 0), default=0.0)
+        print(
+            f"{part}: {len(keys)} numbers, largest relative difference {rel[0]:.1e} ({rel[1]}), {at_zero:.1e} at 0"
+        )
+    for key in a:
+        assert b[key] == pytest.approx(a[key], rel=1e-5), key  # measured: 6.4e-7 at most (README)
