@@ -17,7 +17,6 @@ annotations, the command line first calls `precheck` (this catalogue) before any
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import enum
 import json
 import types
@@ -30,6 +29,7 @@ import yaml
 
 from decpo.config.errors import ConfigError
 from decpo.config.typecheck import check_value
+from decpo.names import closest
 
 TRL_KEYS_FILE = Path(__file__).with_name("trl_keys.json")
 HEAVY_SECTIONS = ("model", "train")  # built from TRL's dataclasses: their keys come from TRL_KEYS_FILE
@@ -214,7 +214,7 @@ def unknown_key(key: str, source: str, valid: typing.Iterable[str]) -> ConfigErr
         )
     # the old names too: a typo of a renamed key (`objective.betta`) is pointed at its new home (`train.beta`)
     names = (*valid, *RENAMED)
-    close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
+    close = [m for m in [closest(key, names, cutoff=0.5)] if m is not None]
     if not close:  # a right leaf under a wrong section, e.g. `beta` for `train.beta`
         close = [k for k in names if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]][:1]
     if not close:

@@ -8,6 +8,7 @@ from typing import Any
 
 from decpo.config.errors import ConfigError
 from decpo.config.fields import described
+from decpo.config.sections import check_method
 
 
 def _check_counts(section: str, obj: Any, **minimum: float) -> None:
@@ -291,6 +292,8 @@ class ExperimentSettings:
             raise ConfigError(f"experiment.executor must be one of {EXECUTORS}, got {self.executor!r}")
         if self.max_parallel < 0:
             raise ConfigError(f"experiment.max_parallel must be >= 0, got {self.max_parallel}")
+        for method in self.methods:
+            check_method(method, "experiment.methods")
         if self.methods and not self.seeds:  # it would train nothing and report on the base model alone
             raise ConfigError(
                 f"experiment.seeds is empty: methods {self.methods} need at least one seed (e.g. [0, 1, 2])"

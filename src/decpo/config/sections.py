@@ -8,9 +8,18 @@ from decpo.config.errors import ConfigError
 from decpo.config.fields import described
 from decpo.config.sampling import SamplingSettings
 from decpo.data.errors import DataError
-from decpo.names import MLP_UP_PROJ
+from decpo.names import MLP_UP_PROJ, did_you_mean
 
 OBJECTIVES = ("dpo", "decpo", "l1", "sft", "simpo")
+
+
+def check_method(name: object, where: str) -> None:
+    """A `ConfigError` unless ``name`` is one of `OBJECTIVES`, naming ``where`` it was chosen (``objective.name``,
+    ``experiment.methods``, ``--methods``) and the closest method."""
+    if name not in OBJECTIVES:
+        raise ConfigError(
+            f"{where} must be one of {OBJECTIVES}, got {name!r}{did_you_mean(name, OBJECTIVES)}"
+        )
 
 
 @dataclass
@@ -62,7 +71,7 @@ class DataConfig:
         if self.synthetic_answer not in ("option", "letter", "number"):
             raise ConfigError(
                 f"data.synthetic_answer must be 'option', 'letter' or 'number' (reading only), got "
-                f"{self.synthetic_answer!r}"
+                f"{self.synthetic_answer!r}{did_you_mean(self.synthetic_answer, ('option', 'letter', 'number'))}"
             )
 
 
@@ -78,8 +87,7 @@ class ObjectiveConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.name not in OBJECTIVES:
-            raise ConfigError(f"objective.name must be one of {OBJECTIVES}, got {self.name!r}")
+        check_method(self.name, "objective.name")
 
     @property
     def regularizer(self) -> str | None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +28,7 @@ from decpo.config.errors import ConfigError
 from decpo.config.fields import described
 from decpo.config.trainer_args import DecPOConfig, RegularizerArgs, SimPOConfig
 from decpo.config.typecheck import check_value
+from decpo.names import did_you_mean
 
 
 @dataclass
@@ -246,8 +246,7 @@ def check_report_to(names: str | list[str] | None) -> list[str]:
     valid = (*REPORT_TO_WORDS, *INTEGRATION_TO_CALLBACK)
     unknown = [n for n in names if n not in valid]
     if unknown:
-        close = [c for n in unknown for c in difflib.get_close_matches(str(n), valid, n=1)]
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = next((h for n in unknown if (h := did_you_mean(n, valid))), "")
         raise ConfigError(f"train.report_to: unknown tracker(s) {unknown}{hint} (valid: {', '.join(valid)})")
     if len(names) > 1 and set(names) & set(REPORT_TO_WORDS):
         raise ConfigError(f"train.report_to: 'none' and 'all' stand alone, got {names}")
