@@ -169,7 +169,10 @@ class EvalConfig:
             "`register_task(..., quick=True)` (the built-in reading and synthetic); others refuse it."
         ),
     )
-    progress: bool = field(default=True, metadata=described("Show progress bars."))
+    progress: bool = field(
+        default=True,
+        metadata=described("Show progress bars.", off="Hide the progress bars (shown by default)."),
+    )
     trust_remote_code: bool = field(
         default=False,
         metadata=described(

@@ -127,7 +127,10 @@ class ProbeOptions:
     )
     weights: bool = field(
         default=True,
-        metadata=described("Add the weight-based proxy's rows (read from the MLP input weights)."),
+        metadata=described(
+            "Add the weight-based proxy's rows (read from the MLP input weights).",
+            off="Do not add the weight-based proxy's rows (read from the MLP input weights; added by default).",
+        ),
     )
     dtype: str = field(
         default="float32",
@@ -189,7 +192,10 @@ class ProbeOptions:
     device: str | None = field(
         default=None, metadata=described("cpu, cuda, ... (default: cuda when available).")
     )
-    progress: bool = field(default=True, metadata=described("Show progress bars."))
+    progress: bool = field(
+        default=True,
+        metadata=described("Show progress bars.", off="Hide the progress bars (shown by default)."),
+    )
 
     def __post_init__(self) -> None:
         # before any model loads: a typo in a name or a block list costs no loading and leaves no folder
