@@ -11,6 +11,9 @@ MLP_UP_PROJ = "mlp.up_proj"
 SITES = (MLP_UP_PROJ, "mlp.hidden", "mlp.out", "resid_post")
 # the label of the base (untrained) model in experiments, probes and reports
 BASE = "base"
+# the decorrelation penalty's forms and token selections (`decpo.functional` computes them)
+DECORRELATION_FORMS = ("cosine", "paper", "code_literal")
+TOKEN_SELECTIONS = ("last", "prompt_last", "completion_mean")
 
 
 def split_label(label: str) -> tuple[str, int | None]:

@@ -26,7 +26,8 @@ from trl import ModelConfig as TrlModelConfig
 
 from decpo.config.errors import ConfigError
 from decpo.config.fields import described
-from decpo.config.trainer_args import DecPOConfig, RegularizerArgs, SimPOConfig
+from decpo.config.train_checks import check_regularizer, check_train_values
+from decpo.config.trainer_args import DecPOConfig, SimPOConfig
 from decpo.config.typecheck import check_value
 from decpo.names import did_you_mean
 
@@ -189,25 +190,10 @@ SIMPO_ONLY = tuple(
 
 def _validate_train(self) -> None:
     try:
-        RegularizerArgs._validate_regularizer(self)
+        check_regularizer(self)
     except ValueError as e:
         raise ConfigError(f"train.{e}") from e
-    for name in (
-        "per_device_train_batch_size",
-        "per_device_eval_batch_size",
-        "gradient_accumulation_steps",
-        "logging_steps",
-    ):
-        if not getattr(self, name) >= 1:
-            raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-    if self.max_steps == 0 or self.max_steps < -1:  # transformers would read 0 as "train num_train_epochs"
-        raise ConfigError(
-            f"train.max_steps must be >= 1, or -1 to train num_train_epochs epochs, got {self.max_steps}"
-        )
-    if self.max_length is not None and self.max_length < 1:
-        raise ConfigError(f"train.max_length must be >= 1 (or null), got {self.max_length}")
-    if not self.learning_rate > 0:
-        raise ConfigError(f"train.learning_rate must be > 0, got {self.learning_rate}")
+    check_train_values(self)
     self.report_to = check_report_to(self.report_to)
 
 
