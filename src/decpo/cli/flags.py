@@ -104,9 +104,8 @@ def add_dataclass_flags(
             continue
         prefix, kwargs = _flag_kwargs(field, hints[field.name], choices.get(field.name))
         text = field.metadata.get("help", "")
-        if (
-            prefix == "--no-"
-        ):  # the flag turns the field off: its help says what it does, not what the field does
+        # a --no- flag turns the field off: its help says what the flag does, not what the field does
+        if prefix == "--no-":
             if "off_help" not in field.metadata:
                 raise TypeError(
                     f"{cls.__name__}.{field.name} is on by default: give its --no- flag's help as "

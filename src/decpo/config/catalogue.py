@@ -67,9 +67,10 @@ RENAMED = {
 }
 
 
-# a key whose default is not saved (decpo's own sections, whose dataclasses give theirs; a default JSON cannot
-# hold)
 class _NoDefault:
+    """The default of a key whose default is not saved: decpo's own sections (their dataclasses give theirs),
+    or a default JSON cannot hold."""
+
     def __repr__(self) -> str:
         return "NO_DEFAULT"
 
@@ -240,15 +241,15 @@ def unknown_key(key: str, source: str, valid: typing.Iterable[str]) -> ConfigErr
         )
     # the old names too: a typo of a renamed key (`objective.betta`) is pointed at its new home (`train.beta`)
     names = (*valid, *RENAMED)
-    close = [m for m in [closest(key, names, cutoff=0.5)] if m is not None]
-    if not close:  # a right leaf under a wrong section, e.g. `beta` for `train.beta`
-        close = [k for k in names if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]][:1]
-    if not close:
+    match = closest(key, names, cutoff=0.5)
+    if match is None:  # a right leaf under a wrong section, e.g. `beta` for `train.beta`
+        match = next((k for k in names if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]), None)
+    if match is None:
         hint = ""
-    elif close[0] in RENAMED:
-        hint = f"; did you mean {RENAMED[close[0]]}? ({close[0]!r} was renamed to it)"
+    elif match in RENAMED:
+        hint = f"; did you mean {RENAMED[match]}? ({match!r} was renamed to it)"
     else:
-        hint = f"; did you mean {close[0]!r}?"
+        hint = f"; did you mean {match!r}?"
     return ConfigError(f"unknown config key {key!r} in {source}{hint} (see `decpo config-keys`)")
 
 
@@ -338,10 +339,8 @@ def precheck(path: str | Path | None, overrides: typing.Sequence[str]) -> None:
             node[leaf] = value
     built = {}
     for name, cls in light_sections().items():
-        try:
-            built[name] = cls(
-                **tree.get(name, {})
-            )  # its own checks; a subsection's dict is built by the section
+        try:  # its own checks; a subsection's dict is built by the section
+            built[name] = cls(**tree.get(name, {}))
         except TypeError as e:  # a value of the wrong shape
             raise ConfigError(f"bad config value: {e}") from e
     _precheck_train(specs, flat, built["objective"].regularizer)

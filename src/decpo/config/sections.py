@@ -8,6 +8,7 @@ from decpo.config.errors import ConfigError
 from decpo.config.fields import described
 from decpo.config.sampling import SamplingSettings
 from decpo.data.errors import DataError
+from decpo.data.reading import ANSWER_FORMATS
 from decpo.names import MLP_UP_PROJ, did_you_mean
 
 OBJECTIVES = ("dpo", "decpo", "l1", "sft", "simpo")
@@ -68,10 +69,10 @@ class DataConfig:
             raise ConfigError(f"data.eval_fraction must be in (0, 1), got {self.eval_fraction}")
         if self.on_error not in ("raise", "skip"):
             raise ConfigError(f"data.on_error must be 'raise' or 'skip', got {self.on_error!r}")
-        if self.synthetic_answer not in ("option", "letter", "number"):
+        if self.synthetic_answer not in ANSWER_FORMATS:
             raise ConfigError(
                 f"data.synthetic_answer must be 'option', 'letter' or 'number' (reading only), got "
-                f"{self.synthetic_answer!r}{did_you_mean(self.synthetic_answer, ('option', 'letter', 'number'))}"
+                f"{self.synthetic_answer!r}{did_you_mean(self.synthetic_answer, ANSWER_FORMATS)}"
             )
 
 

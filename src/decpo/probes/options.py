@@ -26,13 +26,9 @@ DTYPES = ("float32", "bfloat16", "float16")
 PROBE_TOKENS = ("last", "prompt_last", "completion_mean")
 SPARSE_PROBING = "sparse_probing"
 SAE = "sae"
-MEASURES = (SPARSE_PROBING, SAE)
+MEASURES = (SPARSE_PROBING, SAE)  # measures beyond the streamed probes, each needing more than a pass
 # the fields that set `SaeSettings`' fields: sae_k -> k (the flag --sae-k)
-SAE_FIELDS = {
-    "sae_expansion": "expansion_factor",
-    "sae_k": "k",
-    "sae_train_tokens": "train_tokens",
-}  # measures beyond the streamed probes, each needing more than a pass
+SAE_FIELDS = {"sae_expansion": "expansion_factor", "sae_k": "k", "sae_train_tokens": "train_tokens"}
 
 
 class ProbeOptionError(DecPOError, ValueError):
