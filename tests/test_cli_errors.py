@@ -329,6 +329,9 @@ def test_a_one_row_decorrelation_batch_is_refused_at_config_load(
         (["train", "objective.name=decpoo"], "objective.name must be one of"),
         (["train", "experiment.methods=[simop]"], "experiment.methods must be one of"),
         (["train", "data.synthetic_answer=leter"], "data.synthetic_answer must be"),
+        (["train", "data.on_error=skp"], "data.on_error must be"),
+        (["train", "pairs.split=trian"], "pairs.split must be"),
+        (["run", "experiment.executor=locl"], "experiment.executor must be one of"),
         (["pairs", "--prompts", "toxicty", "--output", "new/pairs.jsonl"], "unknown prompt source 'toxicty'"),
         (
             ["eval", "--task", "synthetic", "--model", "tiny-random-llama", "--synthetic-answer", "optoin"],
@@ -349,6 +352,9 @@ def test_a_misspelt_name_is_refused_naming_its_flag_or_key_and_the_closest_name(
         "leter": "letter",
         "toxicty": "toxicity",
         "optoin": "option",
+        "skp": "skip",
+        "trian": "train",
+        "locl": "local",
     }
     wrong = next(w for w in close if any(w in a for a in argv))
     assert message in err and err.endswith(f"did you mean {close[wrong]!r}?"), err

@@ -8,6 +8,7 @@ from decpo.config.errors import ConfigError
 from decpo.config.fields import described
 from decpo.config.sampling import SamplingSettings
 from decpo.data.errors import DataError
+from decpo.data.pairs import ON_ERROR
 from decpo.data.reading import ANSWER_FORMATS
 from decpo.names import MLP_UP_PROJ, did_you_mean
 
@@ -67,8 +68,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.eval_fraction < 1.0:
             raise ConfigError(f"data.eval_fraction must be in (0, 1), got {self.eval_fraction}")
-        if self.on_error not in ("raise", "skip"):
-            raise ConfigError(f"data.on_error must be 'raise' or 'skip', got {self.on_error!r}")
+        if self.on_error not in ON_ERROR:
+            raise ConfigError(
+                f"data.on_error must be 'raise' or 'skip', got {self.on_error!r}{did_you_mean(self.on_error, ON_ERROR)}"
+            )
         if self.synthetic_answer not in ANSWER_FORMATS:
             raise ConfigError(
                 f"data.synthetic_answer must be 'option', 'letter' or 'number' (reading only), got "
@@ -141,7 +144,10 @@ class PairsSettings(SamplingSettings):
 
     def __post_init__(self) -> None:
         if self.split not in ("train", "eval", "all"):
-            raise ConfigError(f"pairs.split must be train, eval or all, got {self.split!r}")
+            raise ConfigError(
+                f"pairs.split must be train, eval or all, got {self.split!r}"
+                f"{did_you_mean(self.split, ('train', 'eval', 'all'))}"
+            )
         try:
             super().__post_init__()
         except DataError as e:
