@@ -109,6 +109,22 @@ def test_the_precheck_refuses_what_load_config_refuses(overrides, match):
         load_config(SMOKE, overrides)
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["train.max_steps=-1"],
+        ["train.max_length=null"],
+        ["train.per_device_train_batch_size=1"],  # both sides: 2 rows
+        ["objective.name=dpo", "train.per_device_train_batch_size=1", "train.reg_rows=chosen"],  # no penalty
+        ["train.reg_weight=0", "train.per_device_train_batch_size=1", "train.reg_tokens=prompt_last"],
+    ],
+)
+def test_the_precheck_accepts_the_boundaries_load_config_accepts(overrides):
+    """The train checks on the saved defaults refuse nothing the live sections accept."""
+    precheck(SMOKE, overrides)
+    load_config(SMOKE, overrides)
+
+
 def test_the_precheck_passes_the_shipped_presets():
     for path in sorted((REPO / "configs").rglob("*.yaml")):
         if "accelerate" in path.parts:

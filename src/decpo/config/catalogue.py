@@ -3,8 +3,9 @@ without importing trl, transformers or torch: a typo in a config answers in well
 
 decpo's own sections (``objective``, ``data``, ``pairs``, ``probe``, ``experiment``) are read from their
 dataclasses, which import nothing heavy. The ``model`` and ``train`` sections are TRL's dataclasses
-(`decpo.config.trl_sections`), whose import costs seconds (trl pulls in transformers and torch); their keys and
-type annotations are saved in ``trl_keys.json`` beside this module, as JSON forms of the annotations that
+(`decpo.config.trl_sections`), whose import costs seconds (trl pulls in transformers and torch); their keys,
+defaults (for the value checks of `decpo.config.train_checks`) and type annotations are saved in
+``trl_keys.json`` beside this module, as JSON forms of the annotations that
 `annotation_from_json` turns back into annotations `decpo.config.typecheck.check_value` checks exactly as it
 checks the live ones. ``tests/test_config_catalogue.py`` regenerates the file from the installed TRL and fails
 when it differs (then run ``python -m decpo.config.run_config``), and checks that both annotations accept, refuse
