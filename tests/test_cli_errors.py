@@ -186,6 +186,13 @@ def test_a_failed_start_with_dotdot_in_the_output_dir_leaves_no_folder(tmp_path,
         (["--max-length", "0"], "--max-length must be >= 2, got 0"),
         (["--eps-zero", "-1"], "--eps-zero must be > 0"),
         (["--sparse-folds", "1"], "--sparse-folds must be >= 2, got 1"),
+        (["--measure", "sae", "--sae-k", "0"], "--sae-k must be >= 1, got 0"),
+        (["--measure", "sae", "--sae-expansion", "0"], "--sae-expansion must be >= 1, got 0"),
+        (["--measure", "sae", "--sae-train-tokens", "0"], "--sae-train-tokens must be >= 1, got 0"),
+        (
+            ["--texts", "synthetc"],
+            "--texts 'synthetc' is neither a file nor a task name; did you mean 'synthetic'?",
+        ),
     ],
 )
 def test_a_bad_probe_option_is_one_line_before_any_model_loads(tmp_path, capsys, monkeypatch, flags, message):
@@ -313,3 +320,42 @@ def test_a_one_row_decorrelation_batch_is_refused_at_config_load(
     load_config(
         SMOKE, [*overrides, "train.per_device_train_batch_size=2", "train.per_device_eval_batch_size=2"]
     )
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "--methods", "dpo,dpoo"], "--methods must be one of"),
+        (["train", "objective.name=decpoo"], "objective.name must be one of"),
+        (["train", "experiment.methods=[simop]"], "experiment.methods must be one of"),
+        (["train", "data.synthetic_answer=leter"], "data.synthetic_answer must be"),
+        (["train", "data.on_error=skp"], "data.on_error must be"),
+        (["train", "pairs.split=trian"], "pairs.split must be"),
+        (["run", "experiment.executor=locl"], "experiment.executor must be one of"),
+        (["pairs", "--prompts", "toxicty", "--output", "new/pairs.jsonl"], "unknown prompt source 'toxicty'"),
+        (
+            ["eval", "--task", "synthetic", "--model", "tiny-random-llama", "--synthetic-answer", "optoin"],
+            "--synthetic-answer must be",
+        ),
+    ],
+)
+def test_a_misspelt_name_is_refused_naming_its_flag_or_key_and_the_closest_name(
+    tmp_path, capsys, monkeypatch, argv, message
+):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    close = {
+        "dpoo": "dpo",
+        "decpoo": "decpo",
+        "simop": "simpo",
+        "leter": "letter",
+        "toxicty": "toxicity",
+        "optoin": "option",
+        "skp": "skip",
+        "trian": "train",
+        "locl": "local",
+    }
+    wrong = next(w for w in close if any(w in a for a in argv))
+    assert message in err and err.endswith(f"did you mean {close[wrong]!r}?"), err
+    assert len(err.splitlines()) == 1

@@ -177,6 +177,33 @@ def test_every_option_has_help_and_shows_its_default(command):
     assert "(default: )" not in parser.format_help()
 
 
+@pytest.mark.parametrize("command", list(_sub_parsers()))
+def test_a_no_flag_says_what_it_does_not_what_the_feature_does(command):
+    """``--no-weights``: "Do not add the weight-based proxy's rows ...", never the feature's own "Add ..."."""
+    for action in _sub_parsers()[command]._actions:
+        flag = next((o for o in action.option_strings if o.startswith("--no-")), None)
+        if flag is None or isinstance(action, argparse.BooleanOptionalAction):
+            continue
+        first = action.help.split()[0].lower()
+        assert first in ("do", "hide", "skip"), f"decpo {command} {flag}: {action.help!r}"
+        assert "this flag turns it off" not in action.help
+
+
+def test_an_on_by_default_switch_without_an_off_help_is_refused():
+    """A new on-by-default bool field cannot get a --no- flag worded as the feature."""
+    import dataclasses
+
+    from decpo.cli.flags import add_dataclass_flags
+    from decpo.config.fields import described
+
+    @dataclasses.dataclass
+    class Settings:
+        colour: bool = dataclasses.field(default=True, metadata=described("Colour the output."))
+
+    with pytest.raises(TypeError, match="Settings.colour is on by default"):
+        add_dataclass_flags(argparse.ArgumentParser(), Settings)
+
+
 def test_in_flag_terms_names_flags_where_fields_stand_and_leaves_words_alone():
     from decpo.cli.flags import in_flag_terms
 

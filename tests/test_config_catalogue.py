@@ -70,6 +70,36 @@ def test_the_saved_annotations_accept_refuse_and_convert_as_the_live_ones():
         (["experiment.seeds=[1, 1]"], "lists a seed twice"),
         (["experiment.curve_steps=[3, 2]"], "strictly increasing"),
         (["probe.sites=7"], "probe.sites"),
+        (["train.max_steps=0"], "train.max_steps must be >= 1, or -1"),
+        (["train.max_steps=-2"], "train.max_steps must be >= 1, or -1"),
+        (["train.per_device_train_batch_size=0"], "train.per_device_train_batch_size must be >= 1"),
+        (["train.per_device_eval_batch_size=0"], "train.per_device_eval_batch_size must be >= 1"),
+        (["train.gradient_accumulation_steps=0"], "train.gradient_accumulation_steps must be >= 1"),
+        (["train.logging_steps=0"], "train.logging_steps must be >= 1"),
+        (["train.max_length=0"], "train.max_length must be >= 1"),
+        (["train.learning_rate=0"], "train.learning_rate must be > 0"),
+        (["train.reg_form=cosin"], "train.reg_form must be one of .*did you mean 'cosine'"),
+        (["train.reg_weight=-1"], "train.reg_weight must be >= 0"),
+        (
+            [
+                "objective.name=decpo",
+                "train.reg_weight=auto",
+                "train.per_device_train_batch_size=1",
+                "train.reg_rows=chosen",
+            ],
+            "train.per_device_train_batch_size=1 with train.reg_rows='chosen'",
+        ),
+        (
+            [
+                "objective.name=decpo",
+                "train.reg_weight=auto",
+                "train.per_device_eval_batch_size=1",
+                "train.reg_tokens=prompt_last",
+            ],
+            "train.per_device_eval_batch_size=1 with train.reg_tokens=prompt_last",
+        ),
+        (["objective.name=dpoo"], "objective.name must be one of .*did you mean 'dpo'"),
+        (["experiment.methods=[dpo, decpoo]"], "experiment.methods must be one of .*did you mean 'decpo'"),
     ],
 )
 def test_the_precheck_refuses_what_load_config_refuses(overrides, match):
@@ -77,6 +107,22 @@ def test_the_precheck_refuses_what_load_config_refuses(overrides, match):
         precheck(SMOKE, overrides)
     with pytest.raises(ConfigError, match=match):
         load_config(SMOKE, overrides)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["train.max_steps=-1"],
+        ["train.max_length=null"],
+        ["train.per_device_train_batch_size=1"],  # both sides: 2 rows
+        ["objective.name=dpo", "train.per_device_train_batch_size=1", "train.reg_rows=chosen"],  # no penalty
+        ["train.reg_weight=0", "train.per_device_train_batch_size=1", "train.reg_tokens=prompt_last"],
+    ],
+)
+def test_the_precheck_accepts_the_boundaries_load_config_accepts(overrides):
+    """The train checks on the saved defaults refuse nothing the live sections accept."""
+    precheck(SMOKE, overrides)
+    load_config(SMOKE, overrides)
 
 
 def test_the_precheck_passes_the_shipped_presets():
@@ -103,6 +149,12 @@ print(json.dumps([rc, [m for m in ("torch", "transformers", "trl") if m in sys.m
         ["run", "--config", SMOKE, "train.learning_rate=fast"],
         ["sweep", "--layers", "3", "experiment.seeds=[]"],
         ["run", "--config", "configs/nope.yaml"],
+        ["train", "train.max_steps=0"],
+        ["train", "train.learning_rate=0"],
+        ["train", "train.max_length=0"],
+        ["train", "train.per_device_train_batch_size=1", "train.reg_rows=chosen"],
+        ["run", "--methods", "dpoo"],
+        ["sweep", "--layers", "3", "objective.name=dpoo"],
     ],
 )
 def test_a_config_error_answers_before_torch_is_imported(argv):

@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-DECORRELATION_FORMS = ("cosine", "paper", "code_literal")
-TOKEN_SELECTIONS = ("last", "prompt_last", "completion_mean")
+# declared beside the other names (the config checks them without importing torch)
+from decpo.names import DECORRELATION_FORMS, TOKEN_SELECTIONS
+
 # selections that need the completion mask
 _NEEDS_COMPLETION = ("prompt_last", "completion_mean")
 

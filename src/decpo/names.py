@@ -1,7 +1,9 @@
 """Names shared by several layers: activation sites, block lists as written, the label of the untrained model
-and of a seed's model."""
+and of a seed's model, and the "did you mean" of a name the user chose among several."""
 
+import difflib
 import re
+from collections.abc import Iterable
 
 # the output of the MLP's up projection: the paper's regularized and probed site
 MLP_UP_PROJ = "mlp.up_proj"
@@ -9,6 +11,9 @@ MLP_UP_PROJ = "mlp.up_proj"
 SITES = (MLP_UP_PROJ, "mlp.hidden", "mlp.out", "resid_post")
 # the label of the base (untrained) model in experiments, probes and reports
 BASE = "base"
+# the decorrelation penalty's forms and token selections (`decpo.functional` computes them)
+DECORRELATION_FORMS = ("cosine", "paper", "code_literal")
+TOKEN_SELECTIONS = ("last", "prompt_last", "completion_mean")
 
 
 def split_label(label: str) -> tuple[str, int | None]:
@@ -39,3 +44,17 @@ def layer_items(spec: str) -> list[int]:
     if not layers:
         raise ValueError(f"no layers in {spec!r}")
     return layers
+
+
+def closest(name: object, choices: Iterable[str], cutoff: float = 0.6) -> str | None:
+    """The choice closest to ``name`` (difflib's ratio at least ``cutoff``), or None: the one place that
+    picks the suggestion of every "did you mean"."""
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=cutoff)
+    return close[0] if close else None
+
+
+def did_you_mean(name: object, choices: Iterable[str], cutoff: float = 0.6) -> str:
+    """``"; did you mean 'dpo'?"`` for the choice closest to ``name``, else ``""``: the tail of an error that
+    names a choice the user got wrong."""
+    match = closest(name, choices, cutoff)
+    return f"; did you mean {match!r}?" if match is not None else ""

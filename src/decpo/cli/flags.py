@@ -92,7 +92,7 @@ def add_dataclass_flags(
     A field ``max_new_tokens`` becomes ``--max-new-tokens`` (``flags`` renames: ``{"pairs_path": "pairs"}``)
     with the field's type (``int | None`` -> int; ``str | tuple[int, ...]`` -> str; a tuple or list alone ->
     comma-separated words), default and help, the default appended to the help. A bool field is a switch: ``--x`` when off by default, ``--no-x`` when
-    on; a bool-or-word field (``bool | str | None``) is ``--x`` / ``--no-x`` / unset. A field without a default
+    on (its help: ``described(..., off=...)``, what the flag does); a bool-or-word field (``bool | str | None``) is ``--x`` / ``--no-x`` / unset. A field without a default
     is a required flag. ``choices``: allowed values per field (else the field's ``metadata["choices"]``);
     ``extra_help``: text appended to a field's help (e.g. what is registered now).
     """
@@ -104,12 +104,18 @@ def add_dataclass_flags(
             continue
         prefix, kwargs = _flag_kwargs(field, hints[field.name], choices.get(field.name))
         text = field.metadata.get("help", "")
+        # a --no- flag turns the field off: its help says what the flag does, not what the field does
+        if prefix == "--no-":
+            if "off_help" not in field.metadata:
+                raise TypeError(
+                    f"{cls.__name__}.{field.name} is on by default: give its --no- flag's help as "
+                    "described(..., off='Do not ...')"
+                )
+            text = field.metadata["off_help"]
         if field.name in extra_help:
             text = f"{text} {extra_help[field.name]}"
         if "type" in kwargs and kwargs.get("default") is not None:
             text = f"{text} (default: {_shown(kwargs['default'])})"
-        elif prefix == "--no-":
-            text = f"{text} (on by default; this flag turns it off)"
         text = text.replace("%", "%%")  # argparse formats help with %
         name = flags.get(field.name, field.name.replace("_", "-"))
         if field.name in flags and "type" in kwargs and "choices" not in kwargs:

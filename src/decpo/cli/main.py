@@ -16,7 +16,7 @@ import decpo
 from decpo.cli import eval as eval_command
 from decpo.cli import pairs as pairs_command
 from decpo.cli import probe as probe_command
-from decpo.cli.flags import positive_int
+from decpo.cli.flags import comma_list, positive_int
 from decpo.config.catalogue import precheck
 from decpo.config.errors import ConfigError
 from decpo.errors import DecPOError
@@ -113,6 +113,10 @@ def _experiment_config(args: argparse.Namespace):
     if getattr(args, "seeds", None):
         overrides.append(f"experiment.seeds=[{args.seeds}]")
     if getattr(args, "methods", None):
+        from decpo.config.sections import check_method  # lazy: kept off `decpo --help`'s path
+
+        for method in comma_list(args.methods):  # named as the flag, not as the override it becomes
+            check_method(method, "--methods")
         overrides.append(f"experiment.methods=[{args.methods}]")
     precheck(config_path(args.config), overrides)  # a typo answers before torch is imported
     from decpo.config import load_config  # lazy: the config's sections pull in trl, transformers and torch

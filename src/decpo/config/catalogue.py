@@ -3,8 +3,9 @@ without importing trl, transformers or torch: a typo in a config answers in well
 
 decpo's own sections (``objective``, ``data``, ``pairs``, ``probe``, ``experiment``) are read from their
 dataclasses, which import nothing heavy. The ``model`` and ``train`` sections are TRL's dataclasses
-(`decpo.config.trl_sections`), whose import costs seconds (trl pulls in transformers and torch); their keys and
-type annotations are saved in ``trl_keys.json`` beside this module, as JSON forms of the annotations that
+(`decpo.config.trl_sections`), whose import costs seconds (trl pulls in transformers and torch); their keys,
+defaults (for the value checks of `decpo.config.train_checks`) and type annotations are saved in
+``trl_keys.json`` beside this module, as JSON forms of the annotations that
 `annotation_from_json` turns back into annotations `decpo.config.typecheck.check_value` checks exactly as it
 checks the live ones. ``tests/test_config_catalogue.py`` regenerates the file from the installed TRL and fails
 when it differs (then run ``python -m decpo.config.run_config``), and checks that both annotations accept, refuse
@@ -17,7 +18,6 @@ annotations, the command line first calls `precheck` (this catalogue) before any
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import enum
 import json
 import types
@@ -30,6 +30,7 @@ import yaml
 
 from decpo.config.errors import ConfigError
 from decpo.config.typecheck import check_value
+from decpo.names import closest
 
 TRL_KEYS_FILE = Path(__file__).with_name("trl_keys.json")
 HEAVY_SECTIONS = ("model", "train")  # built from TRL's dataclasses: their keys come from TRL_KEYS_FILE
@@ -67,12 +68,25 @@ RENAMED = {
 }
 
 
+class _NoDefault:
+    """The default of a key whose default is not saved: decpo's own sections (their dataclasses give theirs),
+    or a default JSON cannot hold."""
+
+    def __repr__(self) -> str:
+        return "NO_DEFAULT"
+
+
+NO_DEFAULT: Any = _NoDefault()
+
+
 @dataclasses.dataclass(frozen=True)
 class KeySpec:
-    """What a config key accepts: its type annotation and the field's ``metadata["choices"]``."""
+    """What a config key accepts: its type annotation and the field's ``metadata["choices"]``; for the heavy
+    sections, its default (as JSON holds it: an enum's value), else `NO_DEFAULT`."""
 
     hint: Any
     choices: tuple = ()
+    default: Any = NO_DEFAULT
 
     def check(self, key: str, value: Any) -> Any:
         return check_value(key, value, self.hint, _Choices(self.choices))
@@ -171,10 +185,22 @@ def annotation_from_json(obj: Any) -> Any:
     raise ValueError(f"{TRL_KEYS_FILE}: unknown annotation form {obj!r}")
 
 
+def default_to_json(value: Any) -> Any:
+    """A field's default as ``trl_keys.json`` saves it (an enum as its value), or `NO_DEFAULT` where JSON
+    cannot hold it."""
+    value = value.value if isinstance(value, enum.Enum) else value
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return NO_DEFAULT
+    return value
+
+
 def trl_keys_json(specs: Mapping[str, KeySpec]) -> str:
     """The text of ``trl_keys.json`` for the heavy sections' specs."""
     entries = {
         key: {"type": annotation_to_json(spec.hint), "choices": list(spec.choices)}
+        | ({} if spec.default is NO_DEFAULT else {"default": spec.default})
         for key, spec in specs.items()
         if key.split(".", 1)[0] in HEAVY_SECTIONS
     }
@@ -189,7 +215,9 @@ def saved_specs() -> dict[str, KeySpec]:
     except (OSError, ValueError) as e:
         raise ConfigError(f"{TRL_KEYS_FILE}: cannot read the saved config keys ({e}); reinstall decpo") from e
     return {
-        key: KeySpec(annotation_from_json(e["type"]), tuple(e.get("choices") or ()))
+        key: KeySpec(
+            annotation_from_json(e["type"]), tuple(e.get("choices") or ()), e.get("default", NO_DEFAULT)
+        )
         for key, e in entries.items()
     }
 
@@ -214,15 +242,15 @@ def unknown_key(key: str, source: str, valid: typing.Iterable[str]) -> ConfigErr
         )
     # the old names too: a typo of a renamed key (`objective.betta`) is pointed at its new home (`train.beta`)
     names = (*valid, *RENAMED)
-    close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
-    if not close:  # a right leaf under a wrong section, e.g. `beta` for `train.beta`
-        close = [k for k in names if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]][:1]
-    if not close:
+    match = closest(key, names, cutoff=0.5)
+    if match is None:  # a right leaf under a wrong section, e.g. `beta` for `train.beta`
+        match = next((k for k in names if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]), None)
+    if match is None:
         hint = ""
-    elif close[0] in RENAMED:
-        hint = f"; did you mean {RENAMED[close[0]]}? ({close[0]!r} was renamed to it)"
+    elif match in RENAMED:
+        hint = f"; did you mean {RENAMED[match]}? ({match!r} was renamed to it)"
     else:
-        hint = f"; did you mean {close[0]!r}?"
+        hint = f"; did you mean {match!r}?"
     return ConfigError(f"unknown config key {key!r} in {source}{hint} (see `decpo config-keys`)")
 
 
@@ -294,9 +322,11 @@ def read_flat(
 
 
 def precheck(path: str | Path | None, overrides: typing.Sequence[str]) -> None:
-    """What can be checked of a config without trl: its keys, every value's type, and decpo's own sections'
-    checks (built from their values). `decpo.config.run_config.load_config` checks everything again with the
-    live sections, and the checks that need TRL's (``model``, ``train``, and those across sections)."""
+    """What can be checked of a config without trl: its keys, every value's type, decpo's own sections' checks
+    (built from their values), and the ``train`` section's value checks and the 2-row refusal
+    (`decpo.config.train_checks`), on its given values over the defaults saved in ``trl_keys.json``.
+    `decpo.config.run_config.load_config` checks everything again with the live sections, and the checks that
+    need TRL's (the ``model`` section's, TRL's own ``__post_init__``, the other checks across sections)."""
     specs = catalogue()
     flat = read_flat(path, overrides, {k: s.check for k, s in specs.items()})
     tree: dict[str, dict[str, Any]] = {}
@@ -308,9 +338,43 @@ def precheck(path: str | Path | None, overrides: typing.Sequence[str]) -> None:
             for part in inner:
                 node = node.setdefault(part, {})
             node[leaf] = value
+    built = {}
     for name, cls in light_sections().items():
-        if name in tree:
-            try:
-                cls(**tree[name])  # its own checks; a subsection's dict is built by the section
-            except TypeError as e:  # a value of the wrong shape
-                raise ConfigError(f"bad config value: {e}") from e
+        try:  # its own checks; a subsection's dict is built by the section
+            built[name] = cls(**tree.get(name, {}))
+        except TypeError as e:  # a value of the wrong shape
+            raise ConfigError(f"bad config value: {e}") from e
+    _precheck_train(specs, flat, built["objective"].regularizer)
+
+
+def _precheck_train(specs: Mapping[str, KeySpec], flat: Mapping[str, Any], regularizer: str | None) -> None:
+    """The ``train`` checks of `decpo.config.train_checks` on the given values over the saved defaults; a check
+    whose fields are not all known (a default JSON cannot hold) is left to `load_config`."""
+    from decpo.config.train_checks import (  # light: no trl
+        REGULARIZER_FIELDS,
+        ROWS_FIELDS,
+        TRAIN_FIELDS,
+        check_decorrelation_rows,
+        check_regularizer,
+        check_train_values,
+    )
+
+    values = {
+        key.split(".", 1)[1]: flat.get(key, spec.default)
+        for key, spec in specs.items()
+        if key.startswith("train.")
+    }
+    train = types.SimpleNamespace(**values)
+
+    def known(names: tuple[str, ...]) -> bool:
+        return all(values.get(n, NO_DEFAULT) is not NO_DEFAULT for n in names)
+
+    if known(REGULARIZER_FIELDS):
+        try:
+            check_regularizer(train)
+        except ValueError as e:
+            raise ConfigError(f"train.{e}") from e
+    if known(TRAIN_FIELDS):
+        check_train_values(train)
+    if known(ROWS_FIELDS):
+        check_decorrelation_rows(regularizer, train)

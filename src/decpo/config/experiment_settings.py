@@ -8,6 +8,8 @@ from typing import Any
 
 from decpo.config.errors import ConfigError
 from decpo.config.fields import described
+from decpo.config.sections import check_method
+from decpo.names import did_you_mean
 
 
 def _check_counts(section: str, obj: Any, **minimum: float) -> None:
@@ -288,9 +290,14 @@ class ExperimentSettings:
             if isinstance(getattr(self, name), dict):  # built from a tree of sections
                 setattr(self, name, cls(**getattr(self, name)))
         if self.executor not in EXECUTORS:
-            raise ConfigError(f"experiment.executor must be one of {EXECUTORS}, got {self.executor!r}")
+            raise ConfigError(
+                f"experiment.executor must be one of {EXECUTORS}, got {self.executor!r}"
+                f"{did_you_mean(self.executor, EXECUTORS)}"
+            )
         if self.max_parallel < 0:
             raise ConfigError(f"experiment.max_parallel must be >= 0, got {self.max_parallel}")
+        for method in self.methods:
+            check_method(method, "experiment.methods")
         if self.methods and not self.seeds:  # it would train nothing and report on the base model alone
             raise ConfigError(
                 f"experiment.seeds is empty: methods {self.methods} need at least one seed (e.g. [0, 1, 2])"

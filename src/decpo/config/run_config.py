@@ -27,8 +27,11 @@ from typing import Any
 import yaml
 
 from decpo.config.catalogue import (
+    HEAVY_SECTIONS,
+    NO_DEFAULT,
     TRL_KEYS_FILE,
     KeySpec,
+    default_to_json,
     flatten,
     groups_of,
     leaves,
@@ -39,10 +42,10 @@ from decpo.config.catalogue import (
 from decpo.config.errors import ConfigError
 from decpo.config.experiment_settings import ExperimentSettings
 from decpo.config.sections import DataConfig, ObjectiveConfig, PairsSettings, ProbeSettings
+from decpo.config.train_checks import check_decorrelation_rows
 from decpo.config.trl_sections import ModelSection, TrainSection
 from decpo.config.typecheck import check_value
 from decpo.io import atomic_write_text
-from decpo.records import is_auto
 
 
 @dataclass
@@ -60,7 +63,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         check_curve_steps(self)  # the checks that read more than one section
         check_answer_format(self)
-        check_decorrelation_rows(self)
+        check_decorrelation_rows(self.objective.regularizer, self.train)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -73,32 +76,6 @@ class RunConfig:
                 raise _unknown_key(key, "replace()")
             _set(tree, key, _check_type(key, value))
         return _build(tree)
-
-
-def check_decorrelation_rows(cfg: RunConfig) -> None:
-    """DecPO with a batch that gives the decorrelation penalty one row per forward (one pair and one side,
-    ``train.reg_rows`` chosen or rejected, or ``reg_tokens=prompt_last``): its penalty would be exactly 0, so a
-    `ConfigError` at config load, before any model, pairs or reference log-probs. The trainer checks again what
-    only it knows (processes splitting a batch, a data set smaller than a batch)."""
-    train = cfg.train
-    if cfg.objective.regularizer != "decorrelation" or not (
-        is_auto(train.reg_weight) or train.reg_weight > 0
-    ):
-        return
-    one_side = train.reg_tokens == "prompt_last" or train.reg_rows != "both"
-    for what in ("train", "eval"):
-        key = f"per_device_{what}_batch_size"
-        if one_side and getattr(train, key) == 1:
-            why = (
-                f"train.reg_rows={train.reg_rows!r}"
-                if train.reg_rows != "both"
-                else "train.reg_tokens=prompt_last"
-            )
-            raise ConfigError(
-                f"train.{key}=1 with {why} gives the decorrelation penalty 1 row per forward, and the penalty of "
-                f"one row is exactly 0 (DecPO would train as DPO): set train.{key}=2 or more (gradient "
-                "accumulation does not help: the penalty is computed per micro-batch)"
-            )
 
 
 def check_answer_format(cfg: RunConfig) -> None:
@@ -244,7 +221,15 @@ def describe_keys(
 
 def live_specs() -> dict[str, KeySpec]:
     """Every key's `KeySpec` from the live sections (TRL's included)."""
-    return {k: KeySpec(HINTS[k], tuple(FIELDS[k].metadata.get("choices") or ())) for k in FIELDS}
+    defaults = _flatten({name: dataclasses.asdict(SECTIONS[name]()) for name in HEAVY_SECTIONS})
+    return {
+        k: KeySpec(
+            HINTS[k],
+            tuple(FIELDS[k].metadata.get("choices") or ()),
+            default_to_json(defaults.get(k, NO_DEFAULT)),
+        )
+        for k in FIELDS
+    }
 
 
 if __name__ == "__main__":  # rewrite decpo/config/trl_keys.json from the installed TRL

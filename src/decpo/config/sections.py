@@ -8,9 +8,20 @@ from decpo.config.errors import ConfigError
 from decpo.config.fields import described
 from decpo.config.sampling import SamplingSettings
 from decpo.data.errors import DataError
-from decpo.names import MLP_UP_PROJ
+from decpo.data.pairs import ON_ERROR
+from decpo.data.reading import ANSWER_FORMATS
+from decpo.names import MLP_UP_PROJ, did_you_mean
 
 OBJECTIVES = ("dpo", "decpo", "l1", "sft", "simpo")
+
+
+def check_method(name: object, where: str) -> None:
+    """A `ConfigError` unless ``name`` is one of `OBJECTIVES`, naming ``where`` it was chosen (``objective.name``,
+    ``experiment.methods``, ``--methods``) and the closest method."""
+    if name not in OBJECTIVES:
+        raise ConfigError(
+            f"{where} must be one of {OBJECTIVES}, got {name!r}{did_you_mean(name, OBJECTIVES)}"
+        )
 
 
 @dataclass
@@ -57,12 +68,14 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.eval_fraction < 1.0:
             raise ConfigError(f"data.eval_fraction must be in (0, 1), got {self.eval_fraction}")
-        if self.on_error not in ("raise", "skip"):
-            raise ConfigError(f"data.on_error must be 'raise' or 'skip', got {self.on_error!r}")
-        if self.synthetic_answer not in ("option", "letter", "number"):
+        if self.on_error not in ON_ERROR:
+            raise ConfigError(
+                f"data.on_error must be 'raise' or 'skip', got {self.on_error!r}{did_you_mean(self.on_error, ON_ERROR)}"
+            )
+        if self.synthetic_answer not in ANSWER_FORMATS:
             raise ConfigError(
                 f"data.synthetic_answer must be 'option', 'letter' or 'number' (reading only), got "
-                f"{self.synthetic_answer!r}"
+                f"{self.synthetic_answer!r}{did_you_mean(self.synthetic_answer, ANSWER_FORMATS)}"
             )
 
 
@@ -78,8 +91,7 @@ class ObjectiveConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.name not in OBJECTIVES:
-            raise ConfigError(f"objective.name must be one of {OBJECTIVES}, got {self.name!r}")
+        check_method(self.name, "objective.name")
 
     @property
     def regularizer(self) -> str | None:
@@ -132,7 +144,10 @@ class PairsSettings(SamplingSettings):
 
     def __post_init__(self) -> None:
         if self.split not in ("train", "eval", "all"):
-            raise ConfigError(f"pairs.split must be train, eval or all, got {self.split!r}")
+            raise ConfigError(
+                f"pairs.split must be train, eval or all, got {self.split!r}"
+                f"{did_you_mean(self.split, ('train', 'eval', 'all'))}"
+            )
         try:
             super().__post_init__()
         except DataError as e:

@@ -11,12 +11,9 @@ from dataclasses import dataclass, field
 from trl import DPOConfig
 from trl.experimental.cpo import CPOConfig
 
+from decpo.config.train_checks import check_regularizer
 from decpo.env import cache_dir
-from decpo.functional import DECORRELATION_FORMS, TOKEN_SELECTIONS
-from decpo.names import MLP_UP_PROJ, SITES
-from decpo.records import is_auto
-
-REGULARIZERS = ("decorrelation", "l1")
+from decpo.names import DECORRELATION_FORMS, MLP_UP_PROJ, SITES, TOKEN_SELECTIONS
 
 
 @dataclass
@@ -61,27 +58,7 @@ class RegularizerArgs:
     reg_rows: str = field(default="both", metadata={"help": "Rows of Z: 'both', 'chosen' or 'rejected'."})
 
     def _validate_regularizer(self) -> None:
-        if getattr(self, "reg_type", None) not in (None, *REGULARIZERS):  # (the config section has none)
-            raise ValueError(f"reg_type must be one of {REGULARIZERS} or None, got {self.reg_type!r}")
-        if self.reg_form not in DECORRELATION_FORMS:
-            raise ValueError(f"reg_form must be one of {DECORRELATION_FORMS}, got {self.reg_form!r}")
-        if self.reg_tokens not in TOKEN_SELECTIONS:
-            raise ValueError(f"reg_tokens must be one of {TOKEN_SELECTIONS}, got {self.reg_tokens!r}")
-        if self.reg_rows not in ("both", "chosen", "rejected"):
-            raise ValueError(f"reg_rows must be 'both', 'chosen' or 'rejected', got {self.reg_rows!r}")
-        if self.reg_site not in SITES:
-            raise ValueError(f"reg_site must be one of {SITES}, got {self.reg_site!r}")
-        if isinstance(self.reg_weight, str) and self.reg_weight != "auto":
-            raise ValueError(f"reg_weight must be a number >= 0 or 'auto', got {self.reg_weight!r}")
-        if not isinstance(self.reg_weight, str) and not self.reg_weight >= 0:
-            raise ValueError(f"reg_weight must be >= 0 or 'auto', got {self.reg_weight}")
-        if is_auto(self.reg_weight) and not self.reg_balance > 0:
-            raise ValueError(
-                f"reg_balance must be > 0 (the penalty's share of the preference loss at the start), got "
-                f"{self.reg_balance}; for no penalty set reg_weight=0"
-            )
-        if self.reg_calibration_batches < 1:
-            raise ValueError(f"reg_calibration_batches must be >= 1, got {self.reg_calibration_batches}")
+        check_regularizer(self)
 
 
 @dataclass

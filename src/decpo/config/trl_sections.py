@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,8 +26,10 @@ from trl import ModelConfig as TrlModelConfig
 
 from decpo.config.errors import ConfigError
 from decpo.config.fields import described
-from decpo.config.trainer_args import DecPOConfig, RegularizerArgs, SimPOConfig
+from decpo.config.train_checks import check_regularizer, check_train_values
+from decpo.config.trainer_args import DecPOConfig, SimPOConfig
 from decpo.config.typecheck import check_value
+from decpo.names import did_you_mean
 
 
 @dataclass
@@ -189,25 +190,10 @@ SIMPO_ONLY = tuple(
 
 def _validate_train(self) -> None:
     try:
-        RegularizerArgs._validate_regularizer(self)
+        check_regularizer(self)
     except ValueError as e:
         raise ConfigError(f"train.{e}") from e
-    for name in (
-        "per_device_train_batch_size",
-        "per_device_eval_batch_size",
-        "gradient_accumulation_steps",
-        "logging_steps",
-    ):
-        if not getattr(self, name) >= 1:
-            raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-    if self.max_steps == 0 or self.max_steps < -1:  # transformers would read 0 as "train num_train_epochs"
-        raise ConfigError(
-            f"train.max_steps must be >= 1, or -1 to train num_train_epochs epochs, got {self.max_steps}"
-        )
-    if self.max_length is not None and self.max_length < 1:
-        raise ConfigError(f"train.max_length must be >= 1 (or null), got {self.max_length}")
-    if not self.learning_rate > 0:
-        raise ConfigError(f"train.learning_rate must be > 0, got {self.learning_rate}")
+    check_train_values(self)
     self.report_to = check_report_to(self.report_to)
 
 
@@ -246,8 +232,7 @@ def check_report_to(names: str | list[str] | None) -> list[str]:
     valid = (*REPORT_TO_WORDS, *INTEGRATION_TO_CALLBACK)
     unknown = [n for n in names if n not in valid]
     if unknown:
-        close = [c for n in unknown for c in difflib.get_close_matches(str(n), valid, n=1)]
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = next((h for n in unknown if (h := did_you_mean(n, valid))), "")
         raise ConfigError(f"train.report_to: unknown tracker(s) {unknown}{hint} (valid: {', '.join(valid)})")
     if len(names) > 1 and set(names) & set(REPORT_TO_WORDS):
         raise ConfigError(f"train.report_to: 'none' and 'all' stand alone, got {names}")

@@ -30,6 +30,7 @@ from typing import Any
 
 from decpo.data.errors import DataError
 from decpo.data.tasks import load_rtp_prompts, load_task
+from decpo.names import did_you_mean
 
 PROMPT_TASKS = ("toxicity", "reframing")
 PROMPT_SPLITS = ("train", "eval", "dev", "test", "all")
@@ -137,6 +138,7 @@ def load_prompts(
         else:
             raise DataError(
                 f"unknown prompt source {source!r}: expected a task ({', '.join(PROMPT_TASKS)}) or a file"
+                f"{did_you_mean(source, PROMPT_TASKS)}"
             )
         records = [r for r in records if _in_split(r["prompt"], split)]
     if not records:

@@ -23,6 +23,7 @@ from decpo.data.pairs import collect_pairs, split_train_eval
 from decpo.data.readers import RawItem, read_raw
 from decpo.data.reading import HELD_OUT_SPLIT, make_reading
 from decpo.data.synthetic import make_synthetic
+from decpo.names import did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +209,7 @@ def load_task(
             (see :func:`decpo.data.synthetic.make_synthetic`, :func:`decpo.data.reading.make_reading`).
     """
     if name not in TASKS:
-        raise DataError(f"unknown task {name!r}; expected one of {TASKS}")
+        raise DataError(f"unknown task {name!r}{did_you_mean(name, TASKS)}; expected one of {TASKS}")
     if name == "synthetic":
         return make_synthetic(split, seed=seed, answer=synthetic_answer)
     if name == "reading":

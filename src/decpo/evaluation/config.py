@@ -8,6 +8,7 @@ from decpo.config.fields import described
 from decpo.config.sampling import scorer_spec
 from decpo.data.reading import ANSWER_FORMATS
 from decpo.evaluation.registry import TASKS, EvalError, get_task
+from decpo.names import did_you_mean
 from decpo.scoring.classifiers import check_scorer_name, default_eval_scorer
 
 SAME_SCORER = "evaluated by the scorer it was trained on"
@@ -168,7 +169,10 @@ class EvalConfig:
             "`register_task(..., quick=True)` (the built-in reading and synthetic); others refuse it."
         ),
     )
-    progress: bool = field(default=True, metadata=described("Show progress bars."))
+    progress: bool = field(
+        default=True,
+        metadata=described("Show progress bars.", off="Hide the progress bars (shown by default)."),
+    )
     trust_remote_code: bool = field(
         default=False,
         metadata=described(
@@ -188,6 +192,7 @@ class EvalConfig:
         if self.synthetic_answer is not None and self.synthetic_answer not in ANSWER_FORMATS:
             raise EvalError(
                 f"synthetic_answer must be option, letter, number or None (as trained), got {self.synthetic_answer!r}"
+                f"{did_you_mean(self.synthetic_answer, ANSWER_FORMATS)}"
             )
         if self.synthetic_answer == "number" and self.task != "reading":
             raise EvalError(f"synthetic_answer=number is the reading task's alone, not {self.task!r}'s")

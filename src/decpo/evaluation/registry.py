@@ -20,13 +20,13 @@ the judge's aligned rate) are in `decpo.evaluation.measures`.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from decpo.errors import DecPOError
+from decpo.names import did_you_mean
 
 # The registry is the bottom of the evaluation package: the config checks task names against it and the
 # tasks register into it, so it names neither `EvalConfig` nor `EvalContext` (the ``Any`` below).
@@ -120,8 +120,7 @@ def task_names() -> tuple[str, ...]:
 
 
 def _suggestion(name: str) -> str:
-    close = difflib.get_close_matches(name, task_names(), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    return did_you_mean(name, task_names())
 
 
 def get_task(name: str) -> Task:

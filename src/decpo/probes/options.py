@@ -3,13 +3,12 @@ runner so that the command line builds its flags without importing torch."""
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 
 from decpo.config.fields import described
 from decpo.errors import DecPOError
-from decpo.names import MLP_UP_PROJ, SITES, layer_items
-from decpo.probes.sae_settings import SaeSettings
+from decpo.names import MLP_UP_PROJ, SITES, did_you_mean, layer_items
+from decpo.probes.sae_settings import SaeError, SaeSettings
 
 # the streamed activation probes (`decpo.probes.stats.ActivationStats` computes them)
 ACTIVATION_PROBES = (
@@ -28,6 +27,8 @@ PROBE_TOKENS = ("last", "prompt_last", "completion_mean")
 SPARSE_PROBING = "sparse_probing"
 SAE = "sae"
 MEASURES = (SPARSE_PROBING, SAE)  # measures beyond the streamed probes, each needing more than a pass
+# the fields that set `SaeSettings`' fields: sae_k -> k (the flag --sae-k)
+SAE_FIELDS = {"sae_expansion": "expansion_factor", "sae_k": "k", "sae_train_tokens": "train_tokens"}
 
 
 class ProbeOptionError(DecPOError, ValueError):
@@ -38,8 +39,7 @@ def _unknown_names(flag: str, what: str, given: tuple[str, ...], valid: tuple[st
     """ProbeOptionError naming the first of ``given`` not in ``valid``, the closest valid name and all of them."""
     for name in given:
         if name not in valid:
-            close = difflib.get_close_matches(name, valid, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(name, valid)
             raise ProbeOptionError(f"--{flag}: unknown {what} {name!r}{hint} (valid: {', '.join(valid)})")
 
 
@@ -123,7 +123,10 @@ class ProbeOptions:
     )
     weights: bool = field(
         default=True,
-        metadata=described("Add the weight-based proxy's rows (read from the MLP input weights)."),
+        metadata=described(
+            "Add the weight-based proxy's rows (read from the MLP input weights).",
+            off="Do not add the weight-based proxy's rows (read from the MLP input weights; added by default).",
+        ),
     )
     dtype: str = field(
         default="float32",
@@ -185,7 +188,10 @@ class ProbeOptions:
     device: str | None = field(
         default=None, metadata=described("cpu, cuda, ... (default: cuda when available).")
     )
-    progress: bool = field(default=True, metadata=described("Show progress bars."))
+    progress: bool = field(
+        default=True,
+        metadata=described("Show progress bars.", off="Hide the progress bars (shown by default)."),
+    )
 
     def __post_init__(self) -> None:
         # before any model loads: a typo in a name or a block list costs no loading and leaves no folder
@@ -209,8 +215,9 @@ class ProbeOptions:
     def sae_settings(self) -> SaeSettings:
         """The SAE's settings from the ``sae_*`` fields (the others at their defaults)."""
         try:
-            return SaeSettings(
-                expansion_factor=self.sae_expansion, k=self.sae_k, train_tokens=self.sae_train_tokens
-            )
-        except ValueError as e:
-            raise ProbeOptionError(str(e)) from None
+            return SaeSettings(**{setting: getattr(self, name) for name, setting in SAE_FIELDS.items()})
+        except SaeError as e:  # said as the flag that set it: `--sae-k must be >= 1, got 0`
+            flag = next((n for n, s in SAE_FIELDS.items() if s == e.setting), None)
+            if flag is None:
+                raise ProbeOptionError(str(e)) from None
+            raise ProbeOptionError(f"--{flag.replace('_', '-')} {e.problem}") from None

@@ -10,7 +10,13 @@ from decpo.errors import DecPOError
 
 
 class SaeError(DecPOError, ValueError):
-    """An SAE that cannot be used here (a width that is not the site's, a folder that is not an SAE)."""
+    """An SAE that cannot be used here (a width that is not the site's, a folder that is not an SAE).
+    ``setting``/``problem``: the `SaeSettings` field a bad value was given to and what is wrong with it, so that
+    a caller that set it from a flag can name the flag."""
+
+    def __init__(self, message: str, setting: str | None = None, problem: str | None = None) -> None:
+        super().__init__(message)
+        self.setting, self.problem = setting, problem
 
 
 @dataclass(frozen=True)
@@ -31,7 +37,8 @@ class SaeSettings:
     def __post_init__(self) -> None:
         for name in ("expansion_factor", "k", "train_tokens", "batch_tokens", "buffer_tokens"):
             if getattr(self, name) < 1:
-                raise SaeError(f"SAE setting {name} must be >= 1, got {getattr(self, name)}")
+                problem = f"must be >= 1, got {getattr(self, name)}"
+                raise SaeError(f"SAE setting {name} {problem}", setting=name, problem=problem)
         if self.buffer_tokens < self.batch_tokens:
             raise SaeError(
                 f"SAE buffer_tokens ({self.buffer_tokens}) must hold one batch ({self.batch_tokens} tokens)"

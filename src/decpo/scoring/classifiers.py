@@ -13,7 +13,6 @@ and :meth:`VaderScorer.compound` gives the raw compound.
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import time
@@ -23,6 +22,7 @@ from typing import Protocol, runtime_checkable
 
 from decpo.config.sampling import SCORER_ALIASES, scorer_spec
 from decpo.errors import DecPOError
+from decpo.names import did_you_mean
 from decpo.scoring import jigsaw_bilstm
 
 DEFAULT_TOXICITY_SCORER = "profanity-check"
@@ -270,5 +270,4 @@ def scorer_names() -> str:
 
 def suggest(spec: str) -> str:
     """``"; did you mean 'jigsaw-bilstm'?"`` for the closest name, else ``""``."""
-    close = difflib.get_close_matches(spec, [*SCORER_ALIASES, *NAMED_SCORERS], n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    return did_you_mean(spec, [*SCORER_ALIASES, *NAMED_SCORERS])
