@@ -250,7 +250,7 @@ def make_scorer(spec: str = DEFAULT_TOXICITY_SCORER) -> Scorer:
         return HFClassifierScorer(spec[3:])
     if spec.startswith("detoxify:"):
         return DetoxifyScorer(spec[len("detoxify:") :])
-    raise ScorerError(f"unknown scorer {spec!r}{suggest(spec)}; expected {scorer_names()}")
+    raise _unknown(spec)
 
 
 def check_scorer_name(spec: str) -> None:
@@ -258,7 +258,11 @@ def check_scorer_name(spec: str) -> None:
     a name is checked before any model loads."""
     spec = scorer_spec(spec)
     if spec not in NAMED_SCORERS and not spec.startswith(("hf:", "detoxify:")):
-        raise ScorerError(f"unknown scorer {spec!r}{suggest(spec)}; expected {scorer_names()}")
+        raise _unknown(spec)
+
+
+def _unknown(spec: str) -> ScorerError:
+    return ScorerError(f"unknown scorer {spec!r}{suggest(spec)}; expected {scorer_names()}")
 
 
 def scorer_names() -> str:
