@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from decpo.evaluation import config as eval_config
 from decpo.evaluation.config import EvalConfig
 from decpo.evaluation.context import EvalContext
 from decpo.evaluation.registry import EvalError
@@ -227,6 +228,7 @@ class ConstantScorer:
 
 def test_several_scorers_side_by_side_and_their_mean(toxicity_cfg, tmp_path, monkeypatch):
     monkeypatch.setattr(toxicity, "make_scorer", lambda spec: ConstantScorer({"a": 0.2, "b": 0.9}[spec]))
+    monkeypatch.setattr(eval_config, "check_scorer_name", lambda spec: None)  # the made-up names "a", "b"
     monkeypatch.setattr(EvalContext, "generate", lambda self, prompts, desc: [varied(p) for p in prompts])
     result = evaluate(toxicity_cfg(scorer="a, b", num_samples=2, limit=4), tmp_path / "ab")
     m = {k: v["value"] for k, v in result.results["metrics"].items()}

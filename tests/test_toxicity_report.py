@@ -11,6 +11,7 @@ import numpy as np
 from scipy import stats
 
 from decpo.config import load_config
+from decpo.evaluation import config as eval_config
 from decpo.evaluation.config import EvalConfig
 from decpo.evaluation.context import EvalContext
 from decpo.evaluation.runner import evaluate
@@ -157,6 +158,7 @@ class ConstantScorer:
 
 def test_the_table_reads_the_measures_a_toxicity_evaluation_writes(tmp_path, monkeypatch):
     monkeypatch.setattr(toxicity, "make_scorer", lambda spec: ConstantScorer({"a": 0.2, "b": 0.9}[spec]))
+    monkeypatch.setattr(eval_config, "check_scorer_name", lambda spec: None)  # the made-up names "a", "b"
     monkeypatch.setattr(
         EvalContext, "generate", lambda self, prompts, desc: [f"words {i} here" for i in range(len(prompts))]
     )
