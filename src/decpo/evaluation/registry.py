@@ -94,8 +94,9 @@ def register_task(
     """Decorator: register ``fn(ctx, judge) -> (metrics, samples, n)`` as the evaluation task ``name``.
 
     ``max_new_tokens``: the task's generation length when the config gives none; ``check_data(cfg)``: raise
-    on missing data before any model is loaded (what it returns, the task finds as ``ctx.checked``); ``quick``: the task honours ``EvalConfig.quick`` (a config
-    asking a task without it for a quick evaluation is an EvalError, not a full one); ``primary``: the metric
+    on missing data before any model is loaded (what it returns, the task finds as ``ctx.checked``); ``quick``:
+    the task honours ``EvalConfig.quick`` (a config asking a task without it for a quick evaluation is an
+    EvalError, not a full one); ``primary``: the metric
     that is the task's primary outcome (`decpo.reports.primary`). A name already taken by another function is
     an EvalError unless ``replace`` (registering the same function again, e.g. on a re-import, is fine).
     """
