@@ -36,6 +36,14 @@ def test_a_model_spec_that_looks_like_a_path_says_no_such_directory(spec, load):
     with pytest.raises(ModelError, match="no such directory: ") as e:
         load(spec)
     assert f"no such directory: {spec}" in str(e.value)
+    # and what to do: a run's model is its final/ folder, made by decpo train
+    assert str(e.value).endswith(f"train it first (decpo train --output-dir {spec}), or check the path")
+
+
+def test_a_missing_run_s_final_folder_names_the_run_to_train(tmp_path):
+    with pytest.raises(ModelError) as e:
+        load_model(str(tmp_path / "runs" / "dpo" / "final"))
+    assert f"train it first (decpo train --output-dir {tmp_path / 'runs' / 'dpo'}), or check" in str(e.value)
 
 
 def test_an_invalid_hub_id_is_a_model_error():
@@ -224,6 +232,7 @@ def test_a_missing_local_model_is_a_missing_path_before_any_probing_or_evaluatio
     assert main([*argv, "--output-dir", "probes"]) == 2
     err = capsys.readouterr().err
     assert "no such directory: runs/dpo (read as a local path, as ./runs is a folder here" in err
+    assert "train it first (decpo train --output-dir runs/dpo), or check the path, or name a Hub model" in err
     assert "Hugging Face cache" not in err and not (tmp_path / "probes").exists()
 
     monkeypatch.setattr("decpo.evaluation.context.load_model", no_loading)

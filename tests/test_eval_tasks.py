@@ -607,6 +607,44 @@ def test_real_data_tasks_run_on_tiny_model(task, tmp_path):
         assert results["config"]["max_new_tokens"] == 4
 
 
+def test_toxicity_data_is_read_once_so_its_warning_shows_once(tmp_path, caplog):
+    """The hh-rlhf pairs are read before the model loads (check_data) and handed to the task: a pair the
+    data drops is one warning, not one per reading."""
+    import gzip
+
+    pytest.importorskip("profanity_check")
+    data = tmp_path / "data" / "toxicity"
+    data.mkdir(parents=True)
+    data.joinpath("challenging_prompts.jsonl").write_text(
+        "".join(
+            json.dumps({"prompt": {"text": f"Prompt {i} about", "toxicity": 0.8}}) + "\n" for i in range(24)
+        )
+    )
+    dialogues = [
+        {
+            "chosen": f"\n\nHuman: q{i}\n\nAssistant: yes {i}",
+            "rejected": f"\n\nHuman: q{i}\n\nAssistant: no {i}",
+        }
+        for i in range(20)
+    ]
+    dialogues.append({"chosen": "\n\nHuman: a\n\nAssistant: x", "rejected": "\n\nHuman: b\n\nAssistant: y"})
+    with gzip.open(data / "harmless-base_test.jsonl.gz", "wt") as f:
+        f.write("".join(json.dumps(d) + "\n" for d in dialogues))
+    cfg = EvalConfig(
+        task="toxicity",
+        model=TINY,
+        data_dir=str(tmp_path / "data"),
+        limit=4,
+        max_new_tokens=3,
+        progress=False,
+        n_boot=50,
+    )
+    with caplog.at_level("WARNING", logger="decpo.data.tasks"):
+        evaluate(cfg, tmp_path / "out")
+    dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(dropped) == 1 and "dropped 1 of 21 pairs (1 without a common prefix" in dropped[0], dropped
+
+
 def test_toxicity_reads_the_eval_split_and_reports_the_fluency_guard(tiny, tmp_path):
     """The test part of the eval split of the prompts only (never the train split used for pairs, nor the dev
     part used for tuning); valid, valid-and-non-toxic

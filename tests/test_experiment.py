@@ -66,7 +66,9 @@ def test_two_seeds_probes_every_model_and_the_report_answers_both_claims(tmp_pat
         label: yaml.safe_load((sweep / "train" / label / "config.yaml").read_text())["train"]
         for label in ("decpo-w0-s0", "decpo-w0.1-s1")
     }
-    assert lam["decpo-w0-s0"]["reg_weight"] == 0.0 and lam["decpo-w0.1-s1"]["reg_weight"] == 0.1
+    # the smoke preset's weight is auto: 0 is no penalty, another value a balance
+    assert lam["decpo-w0-s0"]["reg_weight"] == 0.0
+    assert lam["decpo-w0.1-s1"]["reg_weight"] == "auto" and lam["decpo-w0.1-s1"]["reg_balance"] == 0.1
     assert all(
         yaml.safe_load((sweep / "train" / label / "config.yaml").read_text())["objective"]["name"] == "decpo"
         for label in lam
@@ -97,7 +99,7 @@ def test_two_seeds_probes_every_model_and_the_report_answers_both_claims(tmp_pat
         float(decorr[1]["minus_strength0_high"]),
     ) == pytest.approx(_t(d)[1:])
     md = (sweep / "strength.md").read_text()
-    assert "absolute lambda" in md and "![strength](strength.png)" in md
+    assert "each value as a balance" in md and "![strength](strength.png)" in md
 
     assert main(["run", "--config", SMOKE, "--output-dir", str(out), "--seeds", "0,1", *ARGS]) == 0
     report = (out / "report.md").read_text()
@@ -323,7 +325,7 @@ def test_strength_values_and_their_config_changes():
         parse_values("0.1,0.10")
     with pytest.raises(ValueError):
         parse_values("-1")
-    cfg = load_config(SMOKE)
+    cfg = load_config(SMOKE, ["train.reg_weight=0.01"])  # a fixed weight: the values are weights
     assert strength_overrides(cfg, 0.3) == {"train.reg_weight": 0.3}
     assert strength_overrides(cfg, 0) == {"train.reg_weight": 0.0}
     assert strength_label(0.1, 2) == "decpo-w0.1-s2" and strength_label(3.0, 0) == "decpo-w3-s0"

@@ -92,10 +92,12 @@ def trained_answer_format(run: dict[str, Any] | None) -> str:
 
 
 class EvalContext:
-    """The loaded policy, its tokenizer and a lazily loaded reference for one run: what a task gets."""
+    """The loaded policy, its tokenizer and a lazily loaded reference for one run: what a task gets; ``checked``:
+    what the task's ``check_data`` read before the model loaded (None when it returns nothing)."""
 
-    def __init__(self, cfg: EvalConfig) -> None:
+    def __init__(self, cfg: EvalConfig, checked: Any = None) -> None:
         self.cfg = cfg
+        self.checked = checked
         self.model_spec = resolve_model_spec(cfg.model)
         self.run = training_config(self.model_spec)  # None unless the model is a training run's output
         self.reference_spec = (

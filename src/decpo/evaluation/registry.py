@@ -32,7 +32,9 @@ from decpo.names import did_you_mean
 # tasks register into it, so it names neither `EvalConfig` nor `EvalContext` (the ``Any`` below).
 TaskOutput = tuple[dict[str, dict[str, Any]], list[dict[str, Any]], int]
 TaskFn = Callable[[Any, Any], TaskOutput]  # (EvalContext, judge or None) -> (metrics, samples, n)
-DataCheck = Callable[[Any], None]  # EvalConfig -> None, raising on missing data
+# EvalConfig -> what it read (handed to the task as ``ctx.checked``, so that a file is read once) or None,
+# raising on missing or malformed data
+DataCheck = Callable[[Any], Any]
 
 BUILTIN_TASKS_MODULE = "decpo.evaluation.tasks"
 # the names its modules register, in order, for help texts that must not import them (torch);
@@ -92,8 +94,9 @@ def register_task(
     """Decorator: register ``fn(ctx, judge) -> (metrics, samples, n)`` as the evaluation task ``name``.
 
     ``max_new_tokens``: the task's generation length when the config gives none; ``check_data(cfg)``: raise
-    on missing data before any model is loaded; ``quick``: the task honours ``EvalConfig.quick`` (a config
-    asking a task without it for a quick evaluation is an EvalError, not a full one); ``primary``: the metric
+    on missing data before any model is loaded (what it returns, the task finds as ``ctx.checked``); ``quick``:
+    the task honours ``EvalConfig.quick`` (a config asking a task without it for a quick evaluation is an
+    EvalError, not a full one); ``primary``: the metric
     that is the task's primary outcome (`decpo.reports.primary`). A name already taken by another function is
     an EvalError unless ``replace`` (registering the same function again, e.g. on a re-import, is fine).
     """

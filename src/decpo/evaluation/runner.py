@@ -41,8 +41,7 @@ def evaluate(cfg: EvalConfig, output_dir: str | Path) -> EvalResult:
     output_dir = Path(output_dir)
     t0 = time.perf_counter()
     task = get_task(cfg.task)
-    if task.check_data is not None:
-        task.check_data(cfg)
+    checked = task.check_data(cfg) if task.check_data is not None else None
     # before any work: the models exist (a missing local path said as such) and the judge answers
     check_model_spec(resolve_model_spec(cfg.model))
     if cfg.reference:
@@ -52,7 +51,7 @@ def evaluate(cfg: EvalConfig, output_dir: str | Path) -> EvalResult:
         judge.check()
     check_writable(output_dir)
     torch.manual_seed(cfg.seed)
-    ctx = EvalContext(cfg)
+    ctx = EvalContext(cfg, checked=checked)
     logger.info(
         "evaluating %s on %s (reference %s)",
         ctx.model_spec,

@@ -32,6 +32,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def missing_model_hint(name: str) -> str:
+    """What to do about a model folder that does not exist: train it (a run's model is its ``final/``; a
+    command that takes a model reads the run folder too), or check the path."""
+    run = name.rstrip("/")
+    run = run[: -len("/final")] if run.endswith("/final") else run
+    return f"train it first (decpo train --output-dir {run}), or check the path"
+
+
 def resolve_model_path(name: str, gguf_file: str | None = None) -> str:
     """Map a model spec to something ``from_pretrained`` reads without a GGUF quantizer."""
     if is_gguf(name, gguf_file):
@@ -40,7 +48,7 @@ def resolve_model_path(name: str, gguf_file: str | None = None) -> str:
         path = Path(name).expanduser()
         shown = name if str(path) == name else f"{name} ({path})"
         if not path.exists():
-            raise ModelError(f"no such directory: {shown}")
+            raise ModelError(f"no such directory: {shown}; {missing_model_hint(name)}")
         if not path.is_dir():
             raise ModelError(f"not a directory: {shown} (a model is a folder, a .gguf file or a Hub id)")
         return str(path)
@@ -63,8 +71,8 @@ def check_model_spec(name: str, revision: str | None = None) -> None:
     first = name.split("/", 1)[0]
     if "/" in name and Path(first).is_dir() and not _in_hub_cache(name, revision):
         raise ModelError(
-            f"no such directory: {name} (read as a local path, as ./{first} is a folder here; create it first, "
-            "e.g. with decpo train, or name another model)"
+            f"no such directory: {name} (read as a local path, as ./{first} is a folder here); "
+            f"{missing_model_hint(name)}, or name a Hub model"
         )
     _hub_kwargs(name, path, revision)
 

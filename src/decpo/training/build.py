@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from trl import get_peft_config
 
 from decpo.config import ConfigError, RunConfig
@@ -111,9 +111,13 @@ def _order_callbacks(trainer, trackers: list, probe: ProbeCallback | None) -> No
         trainer.add_callback(cb)
     if probe is not None:
         probe.bind(trainer)  # it logs the step-0 values through trainer.log
-    # keep the progress bar, drop its printing of every log dict (our log line says it once)
-    trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(QuietProgressCallback())
+    # keep the progress bar (none with train.disable_tqdm), drop the printing of every log dict, the bar's or,
+    # without it, the Trainer's PrinterCallback (our log line says it once)
+    kinds = {type(cb) for cb in trainer.callback_handler.callbacks}
+    trainer.remove_callback(PrinterCallback)
+    if ProgressCallback in kinds:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(QuietProgressCallback())
 
 
 def probe_callback(cfg: RunConfig, tokenizer, records: list[dict]) -> ProbeCallback:

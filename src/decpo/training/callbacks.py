@@ -3,13 +3,18 @@ manifests."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
+import sys
 import time
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -179,14 +184,50 @@ def check_optimizer_state(optimizer: torch.optim.Optimizer, checkpoint: str | Pa
                 )
 
 
+def _prints_to_console(handler: logging.Handler) -> bool:
+    """Whether a log handler writes to the terminal (the handlers `logging_redirect_tqdm` replaces)."""
+    return isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stdout, sys.stderr)
+
+
+def bar_disabled() -> bool | None:
+    """tqdm's ``disable`` for the training bar: True under ``TQDM_DISABLE`` (read now: tqdm reads it once, when
+    imported), else None, tqdm's "in a terminal only" (a redirected log keeps the log lines, not the redraws)."""
+    return True if os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false") else None
+
+
 class QuietProgressCallback(ProgressCallback):
-    """The Trainer's progress bar (in a terminal: steps of the total, ETA), named, without its print of every log
-    dict."""
+    """The Trainer's progress bar, named ``train`` (steps of the total, ETA), without its print of every log dict.
+
+    While the bar is open, the console log lines (decpo's, through the root logger, and transformers' own) go
+    through ``tqdm.write`` (`tqdm.contrib.logging.logging_redirect_tqdm`): printed above the bar, not into its line.
+    The bar shows in a terminal only (`bar_disabled`); the handlers are restored at the end of training.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._redirect = contextlib.ExitStack()
 
     def on_train_begin(self, args, state, control, **kwargs):
-        super().on_train_begin(args, state, control, **kwargs)
-        if getattr(self, "training_bar", None) is not None:  # rank 0 only
-            self.training_bar.set_description("train")
+        self.current_step = state.global_step  # a resumed run's bar starts at its step
+        if not state.is_world_process_zero:
+            return
+        self.training_bar = tqdm(
+            total=state.max_steps,
+            initial=state.global_step,
+            desc="train",
+            dynamic_ncols=True,
+            disable=bar_disabled(),
+        )
+        if not self.training_bar.disable:
+            loggers = [logging.root, logging.getLogger("transformers")]
+            consoles = [lg for lg in loggers if any(_prints_to_console(h) for h in lg.handlers)]
+            self._redirect.enter_context(logging_redirect_tqdm(loggers=consoles))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         pass
+
+    def on_train_end(self, args, state, control, **kwargs):
+        try:
+            super().on_train_end(args, state, control, **kwargs)
+        finally:
+            self._redirect.close()

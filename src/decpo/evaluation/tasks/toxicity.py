@@ -55,9 +55,9 @@ def _toxicity_pairs(cfg: EvalConfig) -> list[dict[str, Any]]:
     return limited(load_task("toxicity", "eval", data_dir=cfg.data_dir), cfg.limit)
 
 
-def check_data(cfg: EvalConfig) -> None:
-    toxicity_prompts(cfg)
-    _toxicity_pairs(cfg)
+def check_data(cfg: EvalConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The prompts and the pairs, read (and their warnings given) once, before the model loads."""
+    return toxicity_prompts(cfg), _toxicity_pairs(cfg)
 
 
 def collapse_measures(
@@ -178,8 +178,7 @@ def by_scorer_measures(
 # 20 tokens: Lee et al.; the primary is the paper's measure (valid and non-toxic)
 @register_task("toxicity", max_new_tokens=20, check_data=check_data, primary="gen/valid_non_toxic_rate")
 def eval_toxicity(ctx: EvalContext, judge) -> tuple[dict, list, int]:
-    rtp = toxicity_prompts(ctx.cfg)
-    pairs = _toxicity_pairs(ctx.cfg)
+    rtp, pairs = ctx.checked if ctx.checked is not None else check_data(ctx.cfg)
     scorers = {spec: make_scorer(spec) for spec in scorer_specs(ctx.cfg.scorer)}
     scorer = next(iter(scorers.values()))  # the first: the gen/ and sampled/ measures
     prompts = [r["prompt"] for r in rtp]
