@@ -82,6 +82,25 @@ def test_each_sentence_gives_spearmans_rho_on_the_same_points():
     assert sentences[0].startswith("- decorrelation tracks sparse probing: neurons needed (c): Spearman -")
 
 
+def test_a_concept_no_model_decodes_reads_floor_and_a_missing_base_is_na():
+    """``decodable`` 0 for every model at layer 3: the concept's rows there read floor, not counted; at layer 5
+    only base cannot decode it (neurons needed NaN): its cell and DPO - base are n/a, the row stays."""
+    rows = []
+    for r in _rows():
+        if r["probe"] == "sparse_probe/neurons_needed/c" and r["model"] == "base" and r["layer"] == "5":
+            r = {**r, "value": "nan"}
+        rows.append(r)
+        if r["probe"] == "sparse_probe/neurons_needed/c":
+            decodes = r["layer"] == "5" and r["model"] != "base"
+            rows.append({**r, "probe": "sparse_probe/decodable/c", "value": str(float(decodes))})
+    lines = claim1_three_ways(rows, SITE)
+    floor = _cells(lines, "sparse probing: neurons needed (c)", 3)
+    assert floor[7].startswith("floor: no model's dense probe beats chance")
+    no_base = _cells(lines, "sparse probing: neurons needed (c)", 5)
+    assert no_base[3] == "n/a" and no_base[6] == "n/a" and no_base[4] != "n/a"
+    assert _cells(lines, "decorrelation (the paper's proxy)", 3)[7] == "DPO higher: more monosemantic"
+
+
 def test_nothing_without_sparse_probing_or_sae_rows():
     rows = [r for r in _rows() if r["probe"] == "decorrelation"]
     assert claim1_three_ways(rows, SITE) == []

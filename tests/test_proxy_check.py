@@ -84,3 +84,17 @@ def test_fewer_than_8_points_give_rho_but_no_verdict():
         "decorrelation vs neurons needed: Spearman -1.00 [-1.00, -1.00] over 4 (model, layer) points, "
         "too few to judge (fewer than 8)"
     )
+
+
+def test_the_verb_reads_the_sign_the_proxy_predicts():
+    """Fewer neurons as decorrelation grows is what the proxy predicts for neurons needed (side -1): tracks;
+    the same rho for a measure that should rise with monosemanticity (side +1) runs against it."""
+    falling = proxy_tracking(rows_of(DEC, NEED), NEEDED)
+    assert falling.sentence("n", -1).startswith("decorrelation tracks n: Spearman -")
+    assert falling.sentence("n", 1).startswith("decorrelation runs against n: Spearman -")
+    assert falling.sentence("n", 0).startswith("decorrelation correlates with n: Spearman -")
+    rising = proxy_tracking(rows_of(DEC, [-k for k in NEED]), NEEDED)
+    assert rising.verb(-1) == "runs against" and rising.verb(1) == "tracks"
+    rng = np.random.default_rng(0)
+    unrelated = proxy_tracking(rows_of(DEC, rng.permutation(NEED).tolist()), NEEDED)
+    assert unrelated.verb(-1) == unrelated.verb(1) == "does not track"

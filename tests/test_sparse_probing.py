@@ -52,6 +52,23 @@ def test_concept_spread_over_16_neurons_needs_16():
     assert result.accuracy[16].mean > 0.95 and result.acc_dense > 0.95
 
 
+def test_a_concept_the_dense_probe_cannot_decode_has_no_neurons_needed():
+    """Labels unrelated to the activations: the dense probe's interval reaches down to chance, so neurons
+    needed (which any k would "reach") is NaN and decodable 0; a decodable concept keeps its count."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(200, 64))
+    noise = sparse_probe(x, np.arange(200) % 2, concept="noise")
+    assert noise.accuracy[DENSE].lo <= noise.chance and not noise.decodable
+    values = noise.values()
+    assert (
+        np.isnan(values["sparse_probe/neurons_needed/noise"]) and values["sparse_probe/decodable/noise"] == 0
+    )
+    y = np.arange(200) % 2
+    x[:, 5] = 3.0 * (2 * y - 1) + 0.3 * rng.normal(size=200)
+    one = sparse_probe(x, y, concept="one").values()
+    assert one["sparse_probe/neurons_needed/one"] == 1 and one["sparse_probe/decodable/one"] == 1
+
+
 def test_ranking_uses_the_training_fold_only():
     """Neuron 0 equals the label on the first fold's test texts and is noise elsewhere: ranked on all the
     texts it would win that fold (accuracy 1 there); ranked on its training fold it is noise (about 0.5)."""
@@ -122,7 +139,8 @@ def test_cli_sparse_probing_on_a_tiny_model(tmp_path, capsys):
     assert run_cli(argv) == 0
     printed = capsys.readouterr().out
     assert "base: asked_first (mlp.up_proj, layer 1) k=1 accuracy" in printed
-    assert "decorrelation vs neurons needed (user_correct, mlp.up_proj): too few points (1)" in printed
+    # one point at most (one model, one layer; none where the concept is not decodable): no correlation
+    assert "decorrelation vs neurons needed (user_correct, mlp.up_proj): too few points (" in printed
     with open(out / "probes.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["probe"].startswith("sparse_probe/")]
     values = {r["probe"]: float(r["value"]) for r in rows}
@@ -130,7 +148,9 @@ def test_cli_sparse_probing_on_a_tiny_model(tmp_path, capsys):
         ("base", "1", "mlp.up_proj", "40")
     }
     kinds = [f"acc_k{k}" for k in (1, 2, 4, 8, 16, 32)] + ["acc_dense", "acc_k1_lo", "acc_k1_hi"]
-    assert set(values) == {f"sparse_probe/{k}/{c}" for k in [*kinds, "neurons_needed"] for c in CONCEPTS}
+    assert set(values) == {
+        f"sparse_probe/{k}/{c}" for k in [*kinds, "decodable", "neurons_needed"] for c in CONCEPTS
+    }
     assert all(0 <= values[f"sparse_probe/{k}/{c}"] <= 1 for k in kinds[:7] for c in CONCEPTS)
     assert (out / "sparse_probe_acc_k1_user_correct__mlp_up_proj.png").exists()
     headline_only = not (out / "sparse_probe_acc_k2_user_correct__mlp_up_proj.png").exists()
@@ -141,7 +161,7 @@ def test_cli_sparse_probing_on_a_tiny_model(tmp_path, capsys):
     x = probe_pass(model, tokenizer, texts, layers=[1], keep_activations=True, progress=False).activations
     for concept, y in labels.items():
         expected = sparse_probe(x[("mlp.up_proj", 1)], y, concept=concept).values()
-        assert {k: values[k] for k in expected} == pytest.approx(expected, abs=1e-5), concept
+        assert {k: values[k] for k in expected} == pytest.approx(expected, abs=1e-5, nan_ok=True), concept
 
 
 def test_sparse_layers_need_not_be_probed(tmp_path):

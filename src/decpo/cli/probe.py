@@ -12,7 +12,7 @@ from decpo.cli.flags import add_dataclass_flags, comma_list, from_flags, positiv
 from decpo.io import LOCK_FILE, output_lock, removed_if_start_fails
 from decpo.probes.concepts import CONCEPTS, labelled_texts
 from decpo.probes.options import SAE, SPARSE_PROBING, ProbeOptionError, ProbeOptions
-from decpo.probes.proxy_check import proxy_tracking
+from decpo.probes.proxy_check import monosemantic_side, proxy_tracking
 
 if TYPE_CHECKING:
     from decpo.probes.runner import ProbeReport
@@ -141,9 +141,8 @@ def _print_sparse(report: ProbeReport, name: str, site: str) -> None:
         kind, concept = probe.split("/")[1:]
         if kind == "acc_k1":
             needed = values[(layer, f"sparse_probe/neurons_needed/{concept}")]
-            print(
-                f"{name}: {concept} ({site}, layer {layer}) k=1 accuracy {acc:.3f}, neurons needed {needed:.0f}"
-            )
+            shown = f"{needed:.0f}" if math.isfinite(needed) else "n/a (the dense probe does not beat chance)"
+            print(f"{name}: {concept} ({site}, layer {layer}) k=1 accuracy {acc:.3f}, neurons needed {shown}")
 
 
 def _print_sae(report: ProbeReport, name: str) -> None:
@@ -167,13 +166,14 @@ def _print_tracking(report: ProbeReport, site: str) -> None:
     )
     for measure in needed:
         concept = measure.rsplit("/", 1)[1]
-        print(proxy_tracking(report.rows, measure, site=site).sentence(f"neurons needed ({concept}, {site})"))
+        label = f"neurons needed ({concept}, {site})"
+        print(proxy_tracking(report.rows, measure, site=site).sentence(label, monosemantic_side(measure)))
     sae = [r for r in report.rows if r["probe"].startswith("sae/")]
     for measure in ("sae/l0", "sae/fvu", "sae/dead_frac", "sae/dense_frac"):
         if any(r["probe"] == measure for r in sae):  # the models at the SAE's block
             where = f"{sae[0]['site']}, block {sae[0]['layer']}"
             print(
                 proxy_tracking(report.rows, measure, site=sae[0]["site"]).sentence(
-                    f"SAE {measure[4:]} ({where})"
+                    f"SAE {measure[4:]} ({where})", monosemantic_side(measure)
                 )
             )

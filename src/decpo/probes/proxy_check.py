@@ -21,6 +21,25 @@ from dataclasses import dataclass
 import numpy as np
 
 PROXY = "decorrelation"
+# the side of each measure that reads as more monosemantic (+1 higher, -1 lower, 0 none: an SAE trained on
+# base reads another model's FVU and dead latents as distance from the base's dictionary), by name prefix
+SIDES = {
+    PROXY: 1,
+    "sparse_probe/acc_k1/": 1,
+    "sparse_probe/neurons_needed/": -1,
+    "sae/l0": -1,
+    "sae/fvu": 0,
+    "sae/dead_frac": 0,
+    "sae/dense_frac": -1,
+}
+
+
+def monosemantic_side(measure: str) -> int | None:
+    """`SIDES`' entry for ``measure`` (its longest matching prefix), None for a measure it does not know."""
+    known = [p for p in SIDES if measure.startswith(p)]
+    return SIDES[max(known, key=len)] if known else None
+
+
 MIN_POINTS = 3  # fewer: no rho
 MIN_VERDICT = 8  # fewer: rho and its interval, but no "tracks" / "does not track"
 
@@ -40,8 +59,21 @@ class ProxyTracking:
     def tracks(self) -> bool:
         return self.n_points >= MIN_VERDICT and math.isfinite(self.lo) and (self.lo > 0 or self.hi < 0)
 
-    def sentence(self, label: str | None = None) -> str:
-        """One plain sentence: ``decorrelation tracks neurons needed: Spearman -0.62 [-0.85, -0.21] ...``."""
+    def verb(self, side: int | None = None) -> str:
+        """``tracks`` / ``does not track``; with the sign the proxy predicts (``side``: +1 the measure rises
+        with monosemanticity as decorrelation does, -1 it falls, 0 neither), a clear correlation of the other
+        sign ``runs against``, and one with no predicted sign ``correlates with``."""
+        if not self.tracks:
+            return "does not track"
+        if side is None:
+            return "tracks"
+        if side == 0:
+            return "correlates with"
+        return "tracks" if (self.rho > 0) == (side > 0) else "runs against"
+
+    def sentence(self, label: str | None = None, side: int | None = None) -> str:
+        """One plain sentence: ``decorrelation tracks neurons needed: Spearman -0.62 [-0.85, -0.21] ...``
+        (``side``: the sign the proxy predicts, see `verb`; None: no verdict on the sign)."""
         label = label or self.measure
         if not math.isfinite(self.rho):
             why = (
@@ -53,9 +85,8 @@ class ProxyTracking:
                 f"{self.proxy} vs {label}: Spearman {self.rho:.2f} [{self.lo:.2f}, {self.hi:.2f}] over "
                 f"{self.n_points} (model, layer) points, too few to judge (fewer than {MIN_VERDICT})"
             )
-        verb = "tracks" if self.tracks else "does not track"
         return (
-            f"{self.proxy} {verb} {label}: Spearman {self.rho:.2f} [{self.lo:.2f}, {self.hi:.2f}] "
+            f"{self.proxy} {self.verb(side)} {label}: Spearman {self.rho:.2f} [{self.lo:.2f}, {self.hi:.2f}] "
             f"over {self.n_points} (model, layer) points"
         )
 

@@ -14,8 +14,10 @@ Reported per k (and dense): the mean accuracy over folds and a 95% interval, the
 interval of Nadeau & Bengio (2003), ``mean +- t_{K-1} sd sqrt(1/K + n_test/n_train)``, since the folds'
 training sets overlap and the naive ``sd / sqrt(K)`` is too narrow. "Neurons needed" is the smallest k
 whose mean accuracy reaches ``threshold`` (0.95) times the dense probe's; when no k of ``ks`` does, the
-dense width (every neuron). A concept the dense probe cannot decode (accuracy near chance, see
-``chance``) makes neurons-needed meaningless: read it beside ``acc_dense``.
+dense width (every neuron). A concept the dense probe cannot decode makes neurons-needed meaningless (95% of
+a chance accuracy is reached by any k): "decodable" means the lower end of the dense probe's 95% interval
+lies above ``chance`` (the majority class's share), and where it does not, ``neurons_needed`` is NaN (left
+out of every table and correlation) and ``decodable`` is 0.
 """
 
 from __future__ import annotations
@@ -67,13 +69,20 @@ class SparseProbeResult:
     def acc_dense(self) -> float:
         return self.accuracy[DENSE].mean
 
+    @property
+    def decodable(self) -> bool:
+        """Whether the dense probe beats always guessing the majority class (its interval's lower end above it)."""
+        return self.accuracy[DENSE].lo > self.chance
+
     def values(self) -> dict[str, float]:
         """Tidy measure names -> values: ``sparse_probe/acc_k{k}/<concept>`` per k, ``acc_dense``, the 95%
-        interval of k = 1 (``acc_k1_lo``, ``acc_k1_hi``) and ``neurons_needed``."""
+        interval of k = 1 (``acc_k1_lo``, ``acc_k1_hi``), ``decodable`` (1 or 0) and ``neurons_needed`` (NaN
+        where the concept is not decodable)."""
         out = {f"acc_k{k}": a.mean for k, a in self.accuracy.items() if k != DENSE}
         out["acc_dense"] = self.acc_dense
         out["acc_k1_lo"], out["acc_k1_hi"] = self.accuracy[1].lo, self.accuracy[1].hi
-        out["neurons_needed"] = float(self.neurons_needed)
+        out["decodable"] = float(self.decodable)
+        out["neurons_needed"] = float(self.neurons_needed) if self.decodable else math.nan
         return {f"sparse_probe/{key}/{self.concept}": value for key, value in out.items()}
 
 

@@ -14,26 +14,40 @@ import math
 from collections.abc import Sequence
 
 from decpo.names import BASE
-from decpo.probes.proxy_check import proxy_tracking
+from decpo.probes.proxy_check import SIDES, proxy_tracking
 from decpo.reports import probes as P
 from decpo.reports.stats import Estimate
 from decpo.reports.tables import markdown_table
 
 PROXY = "decorrelation"
 INF = math.inf
-# (probe or its prefix, name, digits, the side that reads as more monosemantic: +1 higher, -1 lower, 0 none,
+# (probe or its prefix, name, digits, the side that reads as more monosemantic (`proxy_check.SIDES`),
 # the range a t-interval over seeds is clipped to, as the sparse-probing and SAE tables clip theirs)
 SPARSE = (
-    ("sparse_probe/acc_k1/", "sparse probing: accuracy at k = 1", 3, 1, (0.0, 1.0)),
-    ("sparse_probe/neurons_needed/", "sparse probing: neurons needed", 1, -1, (1.0, INF)),
+    (
+        "sparse_probe/acc_k1/",
+        "sparse probing: accuracy at k = 1",
+        3,
+        SIDES["sparse_probe/acc_k1/"],
+        (0.0, 1.0),
+    ),
+    (
+        "sparse_probe/neurons_needed/",
+        "sparse probing: neurons needed",
+        1,
+        SIDES["sparse_probe/neurons_needed/"],
+        (1.0, INF),
+    ),
 )
 SAE = (
-    ("sae/l0", "SAE: L0 (latents per token)", 2, -1, (0.0, INF)),
-    ("sae/fvu", "SAE: FVU", 4, 0, (0.0, INF)),
-    ("sae/dead_frac", "SAE: dead latents", 4, 0, (0.0, 1.0)),
-    ("sae/dense_frac", "SAE: dense latents", 4, -1, (0.0, 1.0)),
+    ("sae/l0", "SAE: L0 (latents per token)", 2, SIDES["sae/l0"], (0.0, INF)),
+    ("sae/fvu", "SAE: FVU", 4, SIDES["sae/fvu"], (0.0, INF)),
+    ("sae/dead_frac", "SAE: dead latents", 4, SIDES["sae/dead_frac"], (0.0, 1.0)),
+    ("sae/dense_frac", "SAE: dense latents", 4, SIDES["sae/dense_frac"], (0.0, 1.0)),
 )
 SIDE_WORDS = {1: "higher", -1: "lower", 0: "no better side"}
+DECODABLE = "sparse_probe/decodable/"
+FLOOR = "floor: no model's dense probe beats chance (not counted)"
 
 
 def _measures(rows: Sequence[dict]) -> list[tuple]:
@@ -77,29 +91,43 @@ def _table(rows: Sequence[dict], site: str, layers: Sequence[int]) -> str:
         "DecPO - DPO",
     ]
     table = [head]
+    floor = undecodable(rows, site)
     for probe, name, digits, side, (low, high) in _measures(rows):
         c = P.curves(rows, probe, site)
-        if BASE not in c:
+        if BASE not in c and not probe.startswith(SPARSE[1][0]):
             continue
         r = P.measure_rows(c, ("dpo", "decpo"), (low, high))
         base, means, diff = r.base, r.means, r.diff
         span = (low - high, high - low)  # a difference's range
-        claim = P.clipped(P.change_vs_base(c["dpo"], base)[0], span) if "dpo" in c else {}
-        for layer in [L for L in layers if L in base]:
+        claim = P.clipped(P.change_vs_base(c["dpo"], base)[0], span) if "dpo" in c and base else {}
+        shown = set(base) | set(means["dpo"]) | set(means["decpo"])
+        for layer in [L for L in layers if L in shown]:
+            at_floor = probe.startswith("sparse_probe/") and (probe.rsplit("/", 1)[1], layer) in floor
             table.append(
                 [
                     name,
                     str(layer),
                     SIDE_WORDS[side],
-                    f"{base[layer]:.{digits}f}",
+                    f"{base[layer]:.{digits}f}" if layer in base else "n/a",
                     P.cell(means["dpo"].get(layer), digits),
                     P.cell(means["decpo"].get(layer), digits),
                     P.cell(claim.get(layer), digits, sign=True),
-                    _reading(claim.get(layer), side),
+                    FLOOR if at_floor else _reading(claim.get(layer), side),
                     P.cell(diff.get(layer), digits, sign=True),
                 ]
             )
     return markdown_table(table)
+
+
+def undecodable(rows: Sequence[dict], site: str) -> set[tuple[str, int]]:
+    """``(concept, layer)`` of ``site`` where no model's dense probe beats chance (every ``decodable`` row 0):
+    there every sparse-probing number measures noise. Empty for rows without ``decodable`` (older runs)."""
+    seen: dict[tuple[str, int], bool] = {}
+    for r in rows:
+        if r["site"] == site and r["probe"].startswith(DECODABLE):
+            key = (r["probe"].rsplit("/", 1)[1], int(r["layer"]))
+            seen[key] = seen.get(key, False) or float(r["value"]) > 0
+    return {key for key, any_decodes in seen.items() if not any_decodes}
 
 
 def measured_layers(rows: Sequence[dict], site: str) -> list[int]:
@@ -116,8 +144,8 @@ def measured_layers(rows: Sequence[dict], site: str) -> list[int]:
 def proxy_sentences(rows: Sequence[dict], site: str) -> list[str]:
     """One sentence per measure: does decorrelation track it over the (model, layer) points of ``site``."""
     return [
-        "- " + proxy_tracking(rows, probe, site=site).sentence(name) + "."
-        for probe, name, *_ in _measures(rows)
+        "- " + proxy_tracking(rows, probe, site=site).sentence(name, side) + "."
+        for probe, name, _, side, _ in _measures(rows)
         if probe != PROXY
     ]
 
@@ -135,7 +163,10 @@ def claim1_three_ways(rows: Sequence[dict], site: str) -> list[str]:
         "side?), and DecPO - DPO paired by seed. Decorrelation and sparse probing read the last token of the "
         "held-out prompts; the SAE every token of the held-out prompt + chosen answer. The SAE's FVU and dead "
         "latents have no monosemantic side under an SAE trained on base: they say how far a model's "
-        "activations moved from the base's dictionary.",
+        "activations moved from the base's dictionary. Neurons needed is n/a for a model and layer whose dense "
+        "probe does not beat chance (the lower end of its 95% interval over folds at or below the majority "
+        "class's share: any k reaches 95% of a chance accuracy); where no model's does, the concept's rows read "
+        "`floor` and are not counted for or against claim 1.",
         "",
         _table(rows, site, layers),
         "",
@@ -143,7 +174,9 @@ def claim1_three_ways(rows: Sequence[dict], site: str) -> list[str]:
         "(model, layer) point of the site where both were measured (seeds apart), 95% percentile bootstrap "
         "interval over the points; the points share models and texts, so it is a rough guide, not a test. A "
         "more monosemantic point has a higher decorrelation, a higher k = 1 accuracy and fewer neurons "
-        "needed, so the proxy tracks neurons needed when rho is negative.",
+        "needed: the proxy *tracks* a measure when rho has the sign that predicts (positive for accuracy, "
+        "negative for neurons needed and dense latents) and its interval excludes 0, and *runs against* it "
+        "when the interval excludes 0 on the other side.",
         "",
         *proxy_sentences(rows, site),
         "",

@@ -42,8 +42,8 @@ def sparse_probing_lines(rows: Sequence[dict], info: dict | None, regularized: S
             f"{n_texts} held-out prompts, {info.get('folds', 5)} stratified folds: a logistic probe on the top-k "
             "neurons (ranked on each training fold by |Cohen's d|) for k = 1, 2, 4, ..., 32, and on all of them "
             "(dense). Neurons needed: the smallest k whose accuracy reaches 95% of the dense probe's (the "
-            "width when none does); fewer means a more monosemantic code for the concept, and it says little "
-            "where the dense accuracy is near chance. Each model's value is its mean over folds; cells: mean "
+            "width when none does); fewer means a more monosemantic code for the concept; n/a where the dense "
+            "probe does not beat chance (its 95% interval over folds reaches down to the majority class's share). Each model's value is its mean over folds; cells: mean "
             "[95% t-interval over seeds, clipped to the measure's range] (base: one model); DecPO - DPO paired "
             "by seed. Blocks: `experiment.sparse_probing_layers` (default: the regularized layers).",
             "",
