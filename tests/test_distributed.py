@@ -381,6 +381,19 @@ def test_run_with_fsdp_in_two_processes_per_stage_equals_one(tmp_path, monkeypat
     # run in one process, micro-batches of 4 accumulated twice (the DecPO penalty is a function of each
     # forward's rows: 1 process x 2 micro-batches and 2 processes x 1 see the same rows in file order)
     monkeypatch.setenv("TQDM_DISABLE", "1")
+    # one intra-op thread in this process and in the launched ones (which get OMP_NUM_THREADS=1): with 2 threads
+    # here and 1 there, the same sums split differently (DPO's weights differed by 1.5e-8, rewards near 0 by
+    # rel 1e-4, on 2 cores); equal thread counts leave the comparison to what FSDP itself changes
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _fsdp_run_equals_one(tmp_path, monkeypatch, capfd)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fsdp_run_equals_one(tmp_path, monkeypatch, capfd):
     common = ["--config", SMOKE, "--seeds", "0", "--methods", "dpo,decpo", "train.save_steps=100"]
     common += ["experiment.eval_limit=8", "experiment.probe_num_texts=8", "experiment.eval_tasks=[synthetic]"]
     common += ["train.per_device_train_batch_size=4"]
