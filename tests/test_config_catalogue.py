@@ -100,6 +100,9 @@ def test_the_saved_annotations_accept_refuse_and_convert_as_the_live_ones():
         ),
         (["objective.name=dpoo"], "objective.name must be one of .*did you mean 'dpo'"),
         (["experiment.methods=[dpo, decpoo]"], "experiment.methods must be one of .*did you mean 'decpo'"),
+        (["model.lora_r=0"], "model.lora_r must be >= 1"),
+        (["model.lora_alpha=0"], "model.lora_alpha must be > 0"),
+        (["model.lora_dropout=-0.1"], r"model.lora_dropout must be in \[0, 1\)"),
     ],
 )
 def test_the_precheck_refuses_what_load_config_refuses(overrides, match):
@@ -117,6 +120,8 @@ def test_the_precheck_refuses_what_load_config_refuses(overrides, match):
         ["train.per_device_train_batch_size=1"],  # both sides: 2 rows
         ["objective.name=dpo", "train.per_device_train_batch_size=1", "train.reg_rows=chosen"],  # no penalty
         ["train.reg_weight=0", "train.per_device_train_batch_size=1", "train.reg_tokens=prompt_last"],
+        ["model.lora_dropout=0"],
+        ["model.use_peft=false", "model.lora_r=0"],  # no adapter: its rank is not read
     ],
 )
 def test_the_precheck_accepts_the_boundaries_load_config_accepts(overrides):
@@ -155,12 +160,15 @@ print(json.dumps([rc, [m for m in ("torch", "transformers", "trl") if m in sys.m
         ["train", "train.per_device_train_batch_size=1", "train.reg_rows=chosen"],
         ["run", "--methods", "dpoo"],
         ["sweep", "--layers", "3", "objective.name=dpoo"],
+        ["train", "model.lora_r=0"],
+        ["run", "--config", SMOKE, "model.lora_dropout=1"],
     ],
 )
-def test_a_config_error_answers_before_torch_is_imported(argv):
+def test_a_config_error_answers_before_torch_is_imported(argv, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    # in a fresh folder: should a check fail to refuse, the command's default output folder is made there
     done = subprocess.run(
-        [sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, env=env, timeout=120, cwd=REPO
+        [sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path
     )
     rc, heavy = json.loads(done.stderr.strip().splitlines()[-1])
     assert rc == 2 and "decpo: error:" in done.stderr

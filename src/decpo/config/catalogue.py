@@ -348,26 +348,35 @@ def precheck(path: str | Path | None, overrides: typing.Sequence[str]) -> None:
 
 
 def _precheck_train(specs: Mapping[str, KeySpec], flat: Mapping[str, Any], regularizer: str | None) -> None:
-    """The ``train`` checks of `decpo.config.train_checks` on the given values over the saved defaults; a check
-    whose fields are not all known (a default JSON cannot hold) is left to `load_config`."""
+    """The ``train`` checks of `decpo.config.train_checks` (and the ``model`` section's LoRA values) on the given
+    values over the saved defaults; a check whose fields are not all known (a default JSON cannot hold) is left
+    to `load_config`."""
     from decpo.config.train_checks import (  # light: no trl
+        LORA_FIELDS,
         REGULARIZER_FIELDS,
         ROWS_FIELDS,
         TRAIN_FIELDS,
         check_decorrelation_rows,
+        check_lora_values,
         check_regularizer,
         check_train_values,
     )
 
-    values = {
-        key.split(".", 1)[1]: flat.get(key, spec.default)
-        for key, spec in specs.items()
-        if key.startswith("train.")
-    }
+    def section(name: str) -> dict[str, Any]:
+        return {
+            key.split(".", 1)[1]: flat.get(key, spec.default)
+            for key, spec in specs.items()
+            if key.startswith(f"{name}.")
+        }
+
+    values, model = section("train"), section("model")
     train = types.SimpleNamespace(**values)
 
-    def known(names: tuple[str, ...]) -> bool:
-        return all(values.get(n, NO_DEFAULT) is not NO_DEFAULT for n in names)
+    def known(names: tuple[str, ...], given: Mapping[str, Any] = values) -> bool:
+        return all(given.get(n, NO_DEFAULT) is not NO_DEFAULT for n in names)
+
+    if known(LORA_FIELDS, model):
+        check_lora_values(types.SimpleNamespace(**model))
 
     if known(REGULARIZER_FIELDS):
         try:

@@ -1,5 +1,5 @@
-"""The value checks of the ``train`` section, on plain values and without trl, transformers or torch: one home
-for each, called by the live section (`decpo.config.trl_sections`), by `RunConfig` (the check across sections),
+"""The value checks of the ``train`` section (and the ``model`` section's LoRA values, `check_lora_values`), on
+plain values and without trl, transformers or torch: one home for each, called by the live section (`decpo.config.trl_sections`), by `RunConfig` (the check across sections),
 by the trainer's arguments (`decpo.config.trainer_args`) and, before any heavy import, by
 `decpo.config.catalogue.precheck`, so that a bad value answers in well under 2 seconds.
 
@@ -84,6 +84,22 @@ def check_train_values(train: Any) -> None:
         raise ConfigError(f"train.max_length must be >= 1 (or null), got {train.max_length}")
     if not train.learning_rate > 0:
         raise ConfigError(f"train.learning_rate must be > 0, got {train.learning_rate}")
+
+
+LORA_FIELDS = ("use_peft", "lora_r", "lora_alpha", "lora_dropout")
+
+
+def check_lora_values(model: Any) -> None:
+    """A `ConfigError` naming the ``model`` key of a LoRA rank below 1, an alpha not above 0 or a dropout
+    outside [0, 1), when the adapter is on (peft would refuse the rank only once the model has loaded)."""
+    if not model.use_peft:
+        return
+    if not model.lora_r >= 1:
+        raise ConfigError(f"model.lora_r must be >= 1 (the adapter's rank), got {model.lora_r}")
+    if not model.lora_alpha > 0:
+        raise ConfigError(f"model.lora_alpha must be > 0, got {model.lora_alpha}")
+    if not 0 <= model.lora_dropout < 1:
+        raise ConfigError(f"model.lora_dropout must be in [0, 1), got {model.lora_dropout}")
 
 
 def check_decorrelation_rows(regularizer: str | None, train: Any) -> None:

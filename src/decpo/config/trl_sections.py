@@ -26,7 +26,7 @@ from trl import ModelConfig as TrlModelConfig
 
 from decpo.config.errors import ConfigError
 from decpo.config.fields import described
-from decpo.config.train_checks import check_regularizer, check_train_values
+from decpo.config.train_checks import check_lora_values, check_regularizer, check_train_values
 from decpo.config.trainer_args import DecPOConfig, SimPOConfig
 from decpo.config.typecheck import check_value
 from decpo.names import did_you_mean
@@ -151,6 +151,7 @@ _model_fields, _model_post_init = _section_class("model", (DecPOModelConfig,), (
 
 
 def _validate_model(self) -> None:
+    check_lora_values(self)
     try:
         self.to_trl()  # TRL's own checks (4-bit and 8-bit at once, ...)
     except ValueError as e:
