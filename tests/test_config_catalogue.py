@@ -168,7 +168,12 @@ def test_a_config_error_answers_before_torch_is_imported(argv, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     # in a fresh folder: should a check fail to refuse, the command's default output folder is made there
     done = subprocess.run(
-        [sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path
+        [sys.executable, "-c", PROBE, *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=tmp_path,
     )
     rc, heavy = json.loads(done.stderr.strip().splitlines()[-1])
     assert rc == 2 and "decpo: error:" in done.stderr
