@@ -162,6 +162,9 @@ print(json.dumps([rc, [m for m in ("torch", "transformers", "trl") if m in sys.m
         ["sweep", "--layers", "3", "objective.name=dpoo"],
         ["train", "model.lora_r=0"],
         ["run", "--config", SMOKE, "model.lora_dropout=1"],
+        ["probe", "--texts", "synthetc"],  # flag values of probe and eval too
+        ["probe", "--texts", "synthetc", "--measure", "sparse_probing"],
+        ["eval", "--task", "reading", "--model", "default", "--synthetic-answer", "bad"],
     ],
 )
 def test_a_config_error_answers_before_torch_is_imported(argv, tmp_path):

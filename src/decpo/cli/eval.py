@@ -50,10 +50,12 @@ def default_output_dir(task: str, model: str) -> Path:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from decpo.evaluation.runner import evaluate  # lazy: the evaluation pulls in torch and transformers
-
     try:
-        cfg = from_flags(EvalConfig, args, args.config_fields, FLAGS)
+        cfg = from_flags(
+            EvalConfig, args, args.config_fields, FLAGS
+        )  # a bad value answers before torch loads
+        from decpo.evaluation.runner import evaluate  # lazy: the evaluation pulls in torch and transformers
+
         out = Path(args.output_dir) if args.output_dir else default_output_dir(args.task, args.model)
         with (
             removed_if_start_fails(out),  # a failed evaluation leaves no empty folder

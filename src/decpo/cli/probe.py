@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from decpo.cli.flags import add_dataclass_flags, comma_list, from_flags, positive_int
 from decpo.io import LOCK_FILE, output_lock, removed_if_start_fails
 from decpo.probes.concepts import CONCEPTS, labelled_texts
-from decpo.probes.options import SAE, SPARSE_PROBING, ProbeOptionError, ProbeOptions
+from decpo.probes.options import SAE, SPARSE_PROBING, ProbeOptionError, ProbeOptions, check_texts_source
 from decpo.probes.proxy_check import monosemantic_side, proxy_tracking
 
 if TYPE_CHECKING:
@@ -70,6 +70,7 @@ def add_parser(subparsers) -> None:
 
 def _cmd_probe(args: argparse.Namespace) -> int:
     options = from_flags(ProbeOptions, args, args.option_fields, FLAGS)  # a bad name fails here, in a second
+    check_texts_source(args.texts)
     # lazy: the probes pull in torch and transformers (slow for `decpo --help`)
     from decpo.probes.runner import load_texts, parse_model_specs, probe_models
 

@@ -188,12 +188,12 @@ class EvalConfig:
         return same_scorer_warning(self.scorer, self.pairs_scorer) if self.task == "toxicity" else None
 
     def __post_init__(self) -> None:
-        task = get_task(self.task)  # EvalError for an unknown task, suggesting the closest name
         if self.synthetic_answer is not None and self.synthetic_answer not in ANSWER_FORMATS:
-            raise EvalError(
+            raise EvalError(  # before the task modules (and torch) load
                 f"synthetic_answer must be option, letter, number or None (as trained), got {self.synthetic_answer!r}"
                 f"{did_you_mean(self.synthetic_answer, ANSWER_FORMATS)}"
             )
+        task = get_task(self.task)  # EvalError for an unknown task, suggesting the closest name
         if self.synthetic_answer == "number" and self.task != "reading":
             raise EvalError(f"synthetic_answer=number is the reading task's alone, not {self.task!r}'s")
         if self.quick and not task.quick:

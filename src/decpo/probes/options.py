@@ -4,8 +4,10 @@ runner so that the command line builds its flags without importing torch."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from decpo.config.fields import described
+from decpo.data import TASKS, DataError
 from decpo.errors import DecPOError
 from decpo.names import MLP_UP_PROJ, SITES, did_you_mean, layer_items
 from decpo.probes.sae_settings import SaeError, SaeSettings
@@ -221,3 +223,13 @@ class ProbeOptions:
             if flag is None:
                 raise ProbeOptionError(str(e)) from None
             raise ProbeOptionError(f"--{flag.replace('_', '-')} {e.problem}") from None
+
+
+def check_texts_source(source: str) -> None:
+    """A `DataError` for a ``--texts`` that is neither an existing file nor a task name (light: checked before
+    torch is imported and any model loads)."""
+    if not (Path(source).exists() or source in TASKS):
+        raise DataError(
+            f"--texts {source!r} is neither a file nor a task name{did_you_mean(source, TASKS)} (tasks: "
+            f"{', '.join(TASKS)})"
+        )

@@ -23,9 +23,16 @@ from decpo.data import TASKS, DataError, load_pairs, load_task
 from decpo.io import atomic_write_json, atomic_write_text, check_writable
 from decpo.models import ModelError, check_model_spec, load_model, load_tokenizer
 from decpo.models.hooks import parse_layers
-from decpo.names import did_you_mean
 from decpo.probes.activation import CSV_COLUMNS, probe_pass, relative_depth
-from decpo.probes.options import MEASURES, PROBE_TOKENS, SAE, SPARSE_PROBING, ProbeOptionError, ProbeOptions
+from decpo.probes.options import (
+    MEASURES,
+    PROBE_TOKENS,
+    SAE,
+    SPARSE_PROBING,
+    ProbeOptionError,
+    ProbeOptions,
+    check_texts_source,
+)
 from decpo.probes.plots import plot_probes
 from decpo.probes.sae_runner import SaeRun
 from decpo.probes.sae_settings import require_sparsify
@@ -112,10 +119,7 @@ def load_texts(
             prompt_text(r["prompt"]) + (prompt_text(r["chosen"]) if with_answer else "") for r in records
         ]
     else:
-        raise DataError(
-            f"--texts {source!r} is neither a file nor a task name{did_you_mean(source, TASKS)} (tasks: "
-            f"{', '.join(TASKS)})"
-        )
+        check_texts_source(source)  # raises: neither a file nor a task
     texts = [t for t in texts if t.strip()]
     if num_texts:
         texts = texts[:num_texts]
