@@ -368,3 +368,33 @@ def test_a_misspelt_name_is_refused_naming_its_flag_or_key_and_the_closest_name(
     wrong = next(w for w in close if any(w in a for a in argv))
     assert message in err and err.endswith(f"did you mean {close[wrong]!r}?"), err
     assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "argv, said",
+    [
+        (["sweep", "--layers", "0,2"], "--layers: the model has 2 blocks (0..1); layer 2 does not exist"),
+        (["sweep", "--layers", "1", "train.reg_layers=[5]"], "train.reg_layers: the model has 2 blocks"),
+        (
+            ["run", "train.reg_layers=[-3]"],
+            "train.reg_layers: the model has 2 blocks (0..1); layer -3 does not",
+        ),
+    ],
+)
+def test_a_block_the_model_does_not_have_is_refused_before_any_training(
+    argv, said, tmp_path, monkeypatch, capsys
+):
+    """The tiny model has 2 blocks: a sweep or run naming block 2 used to train DPO first and fail at the
+    first DecPO stage; now one line before any stage, and no folder."""
+    import decpo.experiment.recipes as recipes
+
+    def started(*args, **kwargs):
+        raise AssertionError("the experiment started")
+
+    monkeypatch.setattr(recipes, "sweep_layers", started)
+    monkeypatch.setattr(recipes, "run_experiment", started)
+    out = tmp_path / "out"
+    command, *rest = argv
+    assert main([command, "--config", SMOKE, "--output-dir", str(out), *rest]) == 2
+    assert said in capsys.readouterr().err
+    assert not out.exists()

@@ -70,7 +70,12 @@ def num_layers(model: nn.Module) -> int:
 
 def resolve_layers(model: nn.Module, layers: Sequence[int]) -> list[int]:
     """Absolute block indices; negative ones count from the end. Out of range -> error with the count."""
-    n = num_layers(model)
+    return block_indices(num_layers(model), layers)
+
+
+def block_indices(n: int, layers: Sequence[int]) -> list[int]:
+    """``layers`` of a model of ``n`` blocks as absolute indices (negative ones count from the end); a
+    `ModelError` with the count for one out of range."""
     out = []
     for layer in layers:
         if not -n <= layer < n:

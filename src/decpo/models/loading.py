@@ -24,7 +24,7 @@ from decpo.models.errors import ModelError
 from decpo.models.gguf import DEFAULT_NAME, gguf_folder, is_gguf
 from decpo.models.options import DTYPES, check_attn_implementation, check_dtype, raise_attn_error, torch_dtype
 from decpo.models.quantization import check_quantizable, kbit_device_map, quantization_config
-from decpo.models.tiny import TINY_NAME, build_tiny_llama, build_tiny_tokenizer
+from decpo.models.tiny import TINY_NAME, TINY_NUM_LAYERS, build_tiny_llama, build_tiny_tokenizer
 
 if TYPE_CHECKING:
     from decpo.config.trl_sections import DecPOModelConfig
@@ -53,6 +53,23 @@ def resolve_model_path(name: str, gguf_file: str | None = None) -> str:
             raise ModelError(f"not a directory: {shown} (a model is a folder, a .gguf file or a Hub id)")
         return str(path)
     return name
+
+
+def block_count(name: str, gguf_file: str | None = None, revision: str | None = None) -> int | None:
+    """The number of transformer blocks of model ``name``, read from its config alone (no weights): the tiny
+    model's, a local or converted folder's ``config.json``, a cached Hub model's; None when it is not known
+    here (the model loads later and `decpo.models.hooks.resolve_layers` checks then)."""
+    if name == TINY_NAME:
+        return TINY_NUM_LAYERS
+    from transformers import AutoConfig
+
+    try:
+        path = resolve_model_path(name, gguf_file)
+        config = AutoConfig.from_pretrained(path, revision=revision, local_files_only=True)
+    except (ModelError, OSError, ValueError):
+        return None
+    n = getattr(config, "num_hidden_layers", None)
+    return n if isinstance(n, int) else None
 
 
 def check_model_spec(name: str, revision: str | None = None) -> None:

@@ -42,8 +42,15 @@ def build_tiny_tokenizer(
     )
 
 
+TINY_NUM_LAYERS = 2  # the blocks of the tiny model `load_model(TINY_NAME)` builds
+
+
 def build_tiny_llama(
-    vocab_size: int, num_layers: int = 2, hidden_size: int = 16, intermediate_size: int = 32, seed: int = 0
+    vocab_size: int,
+    num_layers: int = TINY_NUM_LAYERS,
+    hidden_size: int = 16,
+    intermediate_size: int = 32,
+    seed: int = 0,
 ) -> LlamaForCausalLM:
     """A randomly initialised Llama with the same module names as the real ones (mlp.up_proj, ...)."""
     config = LlamaConfig(
