@@ -109,3 +109,20 @@ def test_nothing_without_sparse_probing_or_sae_rows():
 @pytest.mark.parametrize("site", ["resid_post"])
 def test_another_site_has_no_rows(site):
     assert claim1_three_ways(_rows(), site) == []
+
+
+def test_points_whose_dense_probe_is_at_chance_are_left_out_of_the_sentences():
+    """An accuracy row of a (model, layer) whose concept is not decodable is not a point of the correlation."""
+    rows = []
+    for r in _rows():
+        rows.append(r)
+        if r["probe"] == "sparse_probe/neurons_needed/c":
+            acc = {**r, "probe": "sparse_probe/acc_k1/c", "value": str(0.5 + 0.01 * float(r["value"]))}
+            decodes = r["model"] != "base"
+            rows += [acc, {**r, "probe": "sparse_probe/decodable/c", "value": str(float(decodes))}]
+    sentence = next(s for s in proxy_sentences(rows, SITE) if "accuracy at k = 1 (c)" in s)
+    assert "over 12 (model, layer) points" in sentence  # 14 points less base's 2
+    kept = [r for r in rows if not (r["model"] == "base" and r["probe"].startswith("sparse_probe/"))]
+    x = [float(r["value"]) for r in kept if r["probe"] == "decorrelation" and r["model"] != "base"]
+    y = [float(r["value"]) for r in kept if r["probe"] == "sparse_probe/acc_k1/c"]
+    assert f"Spearman {stats.spearmanr(x, y).statistic:.2f} [" in sentence

@@ -142,11 +142,31 @@ def measured_layers(rows: Sequence[dict], site: str) -> list[int]:
 
 
 def proxy_sentences(rows: Sequence[dict], site: str) -> list[str]:
-    """One sentence per measure: does decorrelation track it over the (model, layer) points of ``site``."""
+    """One sentence per measure: does decorrelation track it over the (model, layer) points of ``site``. A
+    sparse-probing point whose dense probe does not beat chance is left out (`decodable_rows`)."""
+    rows = decodable_rows(rows)
     return [
         "- " + proxy_tracking(rows, probe, site=site).sentence(name, side) + "."
         for probe, name, _, side, _ in _measures(rows)
         if probe != PROXY
+    ]
+
+
+def decodable_rows(rows: Sequence[dict]) -> list[dict]:
+    """``rows`` without the sparse-probing rows of a (model, layer, site, concept) whose ``decodable`` row is 0:
+    there the concept is not linearly present at all, so its accuracies measure chance, not monosemanticity."""
+    floor = {
+        (r["model"], str(r["layer"]), r["site"], r["probe"].rsplit("/", 1)[1])
+        for r in rows
+        if r["probe"].startswith(DECODABLE) and not float(r["value"]) > 0
+    }
+    return [
+        r
+        for r in rows
+        if not (
+            r["probe"].startswith("sparse_probe/")
+            and (r["model"], str(r["layer"]), r["site"], r["probe"].rsplit("/", 1)[1]) in floor
+        )
     ]
 
 
@@ -174,7 +194,8 @@ def claim1_three_ways(rows: Sequence[dict], site: str) -> list[str]:
         "(model, layer) point of the site where both were measured (seeds apart), 95% percentile bootstrap "
         "interval over the points; the points share models and texts, so it is a rough guide, not a test. A "
         "more monosemantic point has a higher decorrelation, a higher k = 1 accuracy and fewer neurons "
-        "needed: the proxy *tracks* a measure when rho has the sign that predicts (positive for accuracy, "
+        "needed (sparse probing's points where the dense probe does not beat chance are left out): the proxy "
+        "*tracks* a measure when rho has the sign that predicts (positive for accuracy, "
         "negative for neurons needed and dense latents) and its interval excludes 0, and *runs against* it "
         "when the interval excludes 0 on the other side.",
         "",
