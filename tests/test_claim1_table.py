@@ -126,3 +126,7 @@ def test_points_whose_dense_probe_is_at_chance_are_left_out_of_the_sentences():
     x = [float(r["value"]) for r in kept if r["probe"] == "decorrelation" and r["model"] != "base"]
     y = [float(r["value"]) for r in kept if r["probe"] == "sparse_probe/acc_k1/c"]
     assert f"Spearman {stats.spearmanr(x, y).statistic:.2f} [" in sentence
+    nowhere = [{**r, "value": "0.0"} if r["probe"] == "sparse_probe/decodable/c" else r for r in rows]
+    lines = proxy_sentences(nowhere, SITE)
+    assert lines[-1] == "- Left out: c, which no model's dense probe decodes at any block measured."
+    assert not any("(c)" in line for line in lines)

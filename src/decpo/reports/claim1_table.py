@@ -144,12 +144,21 @@ def measured_layers(rows: Sequence[dict], site: str) -> list[int]:
 def proxy_sentences(rows: Sequence[dict], site: str) -> list[str]:
     """One sentence per measure: does decorrelation track it over the (model, layer) points of ``site``. A
     sparse-probing point whose dense probe does not beat chance is left out (`decodable_rows`)."""
-    rows = decodable_rows(rows)
-    return [
-        "- " + proxy_tracking(rows, probe, site=site).sentence(name, side) + "."
-        for probe, name, _, side, _ in _measures(rows)
+    kept = decodable_rows(rows)
+    lines = [
+        "- " + proxy_tracking(kept, probe, site=site).sentence(name, side) + "."
+        for probe, name, _, side, _ in _measures(kept)
         if probe != PROXY
     ]
+    concepts = {r["probe"].rsplit("/", 1)[1] for r in rows if r["probe"].startswith(SPARSE[0][0])}
+    left = sorted(
+        concepts - {r["probe"].rsplit("/", 1)[1] for r in kept if r["probe"].startswith(SPARSE[0][0])}
+    )
+    if left:
+        lines.append(
+            f"- Left out: {', '.join(left)}, which no model's dense probe decodes at any block measured."
+        )
+    return lines
 
 
 def decodable_rows(rows: Sequence[dict]) -> list[dict]:
