@@ -109,3 +109,16 @@ def test_the_layer_sweep_probes_sparse_concepts_at_every_swept_layer(tmp_path, m
     off = cfg.replace(**{"experiment.sparse_probing_layers": []})
     recipes.sweep_layers(off, tmp_path / "b", [0, 1])
     assert seen[-1].experiment.sparse_probing_layers == []  # off stays off
+
+
+def test_neurons_needed_spanning_decades_gets_a_log_axis(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    from decpo.reports.initial_mono import plot_initial_mono
+
+    scales = []
+    monkeypatch.setattr(Axes, "set_xscale", lambda self, value, **kw: scales.append(value))
+    effects = {L: Estimate(0.1 * L, 0.1 * L - 0.05, 0.1 * L + 0.05, 2, "seeds") for L in (0, 1, 2)}
+    base = {"decorrelation": {0: 0.01, 1: 0.02, 2: 0.03}, "neurons needed (c)": {0: 1.0, 1: 16.0, 2: 1536.0}}
+    assert plot_initial_mono(base, effects, "acc", tmp_path / "f.png").stat().st_size > 0
+    assert scales == ["log"]  # the neurons-needed panel only

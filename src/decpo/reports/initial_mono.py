@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from decpo.names import BASE
+from decpo.probes.plots import axis_scale
 from decpo.probes.proxy_check import MIN_VERDICT, proxy_tracking
 from decpo.reports.stats import Estimate
 from decpo.reports.style import pyplot
@@ -116,6 +117,8 @@ def plot_initial_mono(
         for x, e, L in zip(xs, ests, layers, strict=True):
             ax.annotate(f"L{L}", (x, e.mean), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.axhline(0.0, color="grey", lw=0.8, ls=":")
+        if axis_scale(xs) == "log":  # neurons needed runs from 1 to the layer's width
+            ax.set_xscale("log")
         ax.set_xlabel(f"base model's {name} at L")
         ax.set_ylabel(f"DecPO(L) - DPO, {outcome}")
     fig.tight_layout()
