@@ -124,7 +124,7 @@ def _experiment_config(args: argparse.Namespace):
     return load_config(config_path(args.config), overrides)
 
 
-def check_layers_exist(cfg, layers: list[int], flag: str) -> None:
+def check_layers_exist(cfg, layers: list[int] | None = None, flag: str = "--layers") -> None:
     """A `ConfigError` before any training when ``layers`` (of ``flag``) or ``train.reg_layers`` name a block the
     model does not have, as far as its config says without loading it (`decpo.models.loading.block_count`)."""
     from decpo.models.errors import ModelError
@@ -135,7 +135,7 @@ def check_layers_exist(cfg, layers: list[int], flag: str) -> None:
     n = block_count(m.model_name_or_path, getattr(m, "gguf_file", None), getattr(m, "model_revision", None))
     if n is None:
         return
-    for name, values in ((flag, layers), ("train.reg_layers", cfg.train.reg_layers or [])):
+    for name, values in ((flag, layers or []), ("train.reg_layers", cfg.train.reg_layers or [])):
         try:
             block_indices(n, values)
         except ModelError as e:
@@ -144,7 +144,7 @@ def check_layers_exist(cfg, layers: list[int], flag: str) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     cfg = _experiment_config(args)
-    check_layers_exist(cfg, [], "")
+    check_layers_exist(cfg)  # train.reg_layers
     from decpo.experiment.recipes import run_experiment  # lazy: pulls in the trainer (torch, trl)
 
     out = Path(args.output_dir)
@@ -167,7 +167,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         layers = parse_layers(args.layers) if args.layers is not None else None
     except ValueError as e:
         raise ConfigError(f"sweep: {e}") from e
-    check_layers_exist(cfg, layers or [], "--layers")
+    check_layers_exist(cfg, layers)
     out = Path(args.output_dir or ("runs/strength" if values is not None else "runs/layer-sweep"))
     with removed_if_start_fails(out), output_lock(out / LOCK_FILE, f"sweep folder {out}", "decpo sweep"):
         if values is not None:
