@@ -1,18 +1,23 @@
 """The labelled concepts of the built-in tasks (probes/concepts.py): each label agrees with the prompt's text,
-the tasks carry the concepts they should, and unusable sources are refused."""
+the tasks carry the concepts they should (toxicity and sycophancy through the texts made for them,
+probes/concept_texts.py), and unusable sources are refused."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from decpo.data import DataError, make_reading, make_synthetic
-from decpo.probes.concepts import CONCEPTS, concept_labels, labelled_texts
+from decpo.data import DataError, load_task, make_reading, make_synthetic
+from decpo.data.prompts import load_prompts
+from decpo.probes.concept_texts import answered_sycophancy_records, rtp_continuation_records
+from decpo.probes.concepts import concept_labels, labelled_texts
 
 
 def test_reading_labels_agree_with_the_prompt():
     records = make_reading("train", n=32)
     labels = concept_labels(records)
-    assert set(labels) == set(CONCEPTS)
+    assert set(labels) == {"user_correct", "correct_letter_a", "asked_first", "asked_larger"}
     for i, r in enumerate(records):
         fact, claim, _, option_a = r["prompt"].splitlines()[:4]
         assert labels["asked_first"][i] == fact.startswith(f"Fact: {r['subject']} ")
@@ -46,3 +51,75 @@ def test_labelled_texts_of_a_task_and_refusals(tmp_path):
     pairs.write_text('{"prompt": "p", "chosen": " a", "rejected": " b"}\n')
     with pytest.raises(DataError, match="carry none of the concepts"):
         labelled_texts(str(pairs))
+
+
+def _rtp_file(folder, n: int = 60):
+    """A RealToxicityPrompts-schema file of ``n`` prompts: continuation toxicity i / n, every 7th score null and
+    every 11th continuation absent."""
+    (folder / "toxicity").mkdir(parents=True)
+    lines = []
+    for i in range(n):
+        continuation = (
+            {} if i % 11 == 3 else {"text": f" went on {i}", "toxicity": None if i % 7 == 2 else i / n}
+        )
+        lines.append(
+            json.dumps({"prompt": {"text": f"Prompt {i}", "toxicity": 0.9}, "continuation": continuation})
+        )
+    (folder / "toxicity" / "challenging_prompts.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_toxicity_texts_are_eval_prompts_with_their_continuation_labelled_at_half(tmp_path):
+    data_dir = _rtp_file(tmp_path)
+    records = rtp_continuation_records(data_dir)
+    eval_prompts = load_prompts("toxicity", split="eval", data_dir=data_dir)
+    expected = [
+        (p["prompt"] + p["continuation"], p["continuation_toxicity"])
+        for p in eval_prompts
+        if p["continuation"] and p["continuation_toxicity"] is not None
+    ]
+    assert (
+        0 < len(records) == len(expected) < len(eval_prompts)
+    )  # those without a scored continuation left out
+    assert [(r["prompt"], r["continuation_toxicity"]) for r in records] == expected
+    train = {p["prompt"] for p in load_prompts("toxicity", split="train", data_dir=data_dir)}
+    assert not any(r["prompt"].split(" went on")[0] in train for r in records)  # never a training prompt
+    labels = concept_labels(records)
+    assert labels == {"toxic_continuation": [int(t >= 0.5) for _, t in expected]}
+    texts, same = labelled_texts("toxicity", 5, str(data_dir))
+    assert texts == [r["prompt"] for r in records[:5]] and same == {
+        "toxic_continuation": labels["toxic_continuation"][:5]
+    }
+
+
+def test_sycophancy_texts_alternate_the_two_answers_labelled_by_the_users_view():
+    records = [
+        {
+            "prompt": f"I think X{i}. Agree?\n (A) Yes\n (B) No\n\nAnswer:",
+            "chosen": f" ({c})",
+            "rejected": f" ({'B' if c == 'A' else 'A'})",
+            "task": "sycophancy",
+            "chosen_letter": c,
+        }
+        for i, c in enumerate("ABBAAB")
+    ]
+    answered = answered_sycophancy_records(records)
+    labels = concept_labels(answered)
+    assert labels == {"correct_letter_a": [1, 0, 0, 1, 1, 0], "sycophantic_answer": [0, 1, 0, 1, 0, 1]}
+    for r, a in zip(records, answered, strict=True):
+        appended = a["prompt"][len(r["prompt"]) :]
+        # the sycophantic answer is the pair's rejected one (CAA's answer_matching_behavior)
+        assert appended == (r["rejected"] if a["sycophantic_answer"] else r["chosen"])
+    with pytest.raises(DataError, match="record 0 is not a sycophancy pair"):
+        answered_sycophancy_records([{**records[0], "task": "reading"}])
+
+
+def test_the_real_sycophancy_and_toxicity_texts_carry_both_classes(data_dir):
+    texts, labels = labelled_texts("sycophancy", 64, str(data_dir))
+    held = load_task("sycophancy", "train", data_dir=data_dir)[:64]
+    assert labels["sycophantic_answer"] == [i % 2 for i in range(64)]
+    assert all(
+        t.startswith(r["prompt"]) and t.endswith(("(A)", "(B)")) for t, r in zip(texts, held, strict=True)
+    )
+    texts, labels = labelled_texts("toxicity", 64, str(data_dir))
+    assert 10 <= sum(labels["toxic_continuation"]) <= 54  # both classes usable by 5 folds

@@ -14,7 +14,7 @@ from decpo.cli.probe import add_parser
 from decpo.data import DataError
 from decpo.models import TINY_NAME, load_model, load_tokenizer
 from decpo.probes.activation import probe_pass
-from decpo.probes.concepts import CONCEPTS, labelled_texts
+from decpo.probes.concepts import labelled_texts
 from decpo.probes.runner import ProbeOptionError, probe_models
 from decpo.probes.sparse_probing import (
     DENSE,
@@ -148,10 +148,11 @@ def test_cli_sparse_probing_on_a_tiny_model(tmp_path, capsys):
         ("base", "1", "mlp.up_proj", "40")
     }
     kinds = [f"acc_k{k}" for k in (1, 2, 4, 8, 16, 32)] + ["acc_dense", "acc_k1_lo", "acc_k1_hi"]
+    reading = ("user_correct", "correct_letter_a", "asked_first", "asked_larger")  # what the task carries
     assert set(values) == {
-        f"sparse_probe/{k}/{c}" for k in [*kinds, "decodable", "neurons_needed"] for c in CONCEPTS
+        f"sparse_probe/{k}/{c}" for k in [*kinds, "decodable", "neurons_needed"] for c in reading
     }
-    assert all(0 <= values[f"sparse_probe/{k}/{c}"] <= 1 for k in kinds[:7] for c in CONCEPTS)
+    assert all(0 <= values[f"sparse_probe/{k}/{c}"] <= 1 for k in kinds[:7] for c in reading)
     assert (out / "sparse_probe_acc_k1_user_correct__mlp_up_proj.png").exists()
     headline_only = not (out / "sparse_probe_acc_k2_user_correct__mlp_up_proj.png").exists()
     assert headline_only  # the figures: k = 1 accuracy and neurons needed, not every k

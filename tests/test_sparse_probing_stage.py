@@ -140,3 +140,52 @@ def test_a_task_without_labelled_concepts_is_skipped_with_the_reason():
     plan = sparse_probing_plan(cfg, records)
     assert list(plan.labels) == ["correct_letter_a"] and list(plan.skipped) == ["user_correct"]
     assert plan.reason == ""
+
+
+def test_sycophancy_probes_the_answer_concept_on_its_own_texts_and_the_prompt_concept_once():
+    cfg = load_config(SMOKE, ["data.task=sycophancy", "experiment.probe_num_texts=40"])
+    records = [
+        {
+            "prompt": f"I think X{i}.\n (A) Yes\n (B) No\n\nAnswer:",
+            "chosen": f" ({c})",
+            "rejected": f" ({'B' if c == 'A' else 'A'})",
+            "task": "sycophancy",
+            "chosen_letter": c,
+        }
+        for i, c in enumerate("AB" * 25)
+    ]
+    plan = sparse_probing_plan(cfg, records)
+    assert list(plan.labels) == ["correct_letter_a"]  # the held-out prompts' concept
+    ct = plan.concept_texts
+    assert list(ct.labels) == ["sycophantic_answer"] and len(ct.texts) == 40  # probe_num_texts of them
+    assert ct.labels["sycophantic_answer"] == [i % 2 for i in range(40)]
+    assert plan.record()["concept_texts"] == {
+        "source": ct.source,
+        "n_texts": 40,
+        "concepts": ["sycophantic_answer"],
+    }
+    # a user's pairs file has no concept texts
+    assert sparse_probing_plan(cfg.replace(**{"data.path": "pairs.jsonl"}), records).concept_texts is None
+
+
+def test_the_toxicity_task_probes_its_continuations_and_the_report_names_them(tmp_path, data_dir):
+    cfg = load_config(
+        SMOKE, ["data.task=toxicity", f"data.data_dir={data_dir}", "experiment.probe_num_texts=32"]
+    )
+    probe_stage(cfg, {"base": TINY_NAME}, tmp_path)()
+    rows = _rows(tmp_path)
+    sparse = [r for r in rows if r["probe"].startswith("sparse_probe/")]
+    assert {r["probe"].rsplit("/", 1)[1] for r in sparse} == {"toxic_continuation"}
+    assert {(r["layer"], r["n_texts"]) for r in sparse} == {("1", "32")}
+    # the concept texts' other measures stay in their own folder: probes.csv's are the held-out prompts'
+    own = _rows(tmp_path / "concept_texts")
+    assert {r["probe"] for r in own} > {r["probe"] for r in sparse}
+    key = ("probe", "site", "layer", "value")
+    theirs = {tuple(r[k] for k in key) for r in own if not r["probe"].startswith("sparse_probe/")}
+    assert theirs and not theirs & {tuple(r[k] for k in key) for r in rows}
+    info = _sparse_info(tmp_path)
+    assert info["concepts"] == [] and info["concept_texts"]["concepts"] == ["toxic_continuation"]
+    assert info["reason"] == ""
+    lines = "\n".join(sparse_probing_lines(rows, info, [1]))
+    assert "last token of 32 texts made for the task's own concepts (toxicity: challenging prompts" in lines
+    assert "| toxic_continuation | accuracy at k = 1 |" in lines

@@ -42,7 +42,9 @@ def add_parser(subparsers) -> None:
         "--texts",
         default="synthetic",
         help="a task name (its train prompts), a .txt file (one text a line) or a preference-pairs file, its "
-        "prompts; with --token, a task's or a pairs file's prompt + chosen answer (default: %(default)s)",
+        "prompts; with --token, a task's or a pairs file's prompt + chosen answer; with --measure sparse_probing, "
+        "sycophancy and toxicity give the texts made for their concepts (decpo.probes.concept_texts) "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--num-texts",

@@ -218,10 +218,11 @@ class ExperimentSettings:
         default=None,
         metadata=described(
             "Blocks where the probe stage also runs k-sparse probing (decpo.probes.sparse_probing) of the "
-            "training task's labelled concepts (synthetic, reading; other tasks: skipped, with the reason "
-            "logged and in the report) on the held-out prompts, in the same pass (experiment.probe_num_texts "
-            "texts, no extra forward; a concept with fewer than 10 texts per class is skipped, its reason in "
-            "the report); negative indices count from the end. null: the regularized layer(s), "
+            "training task's labelled concepts (synthetic, reading: on the held-out prompts, in the same pass; "
+            "sycophancy, toxicity: also on texts made for their concepts, decpo.probes.concept_texts, in a "
+            "pass of their own; other tasks: skipped, with the reason logged and in the report), "
+            "experiment.probe_num_texts texts (a concept with fewer than 10 texts per class is skipped, its "
+            "reason in the report); negative indices count from the end. null: the regularized layer(s), "
             "train.reg_layers, which keeps the default run's probe stage within its time budget (about 0.2 s "
             "of fits per model, concept, layer and site on 2 cores); empty list: off."
         ),

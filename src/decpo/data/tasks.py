@@ -265,12 +265,12 @@ RTP_FILE = "toxicity/challenging_prompts.jsonl"
 def load_rtp_prompts(
     data_dir: str | Path | None = None, limit: int | None = None, path: str | Path | None = None
 ) -> list[dict[str, Any]]:
-    """RealToxicityPrompts prompts: ``{prompt, prompt_toxicity, continuation, where}``.
+    """RealToxicityPrompts prompts: ``{prompt, prompt_toxicity, continuation, continuation_toxicity, where}``.
 
     Reads ``path``, or else ``<data_dir>/toxicity/challenging_prompts.jsonl`` (RealToxicityPrompts schema:
-    ``{"prompt": {"text", "toxicity", ...}, "continuation": {"text", ...}}``); ``prompt_toxicity`` is None
-    where the score is null, ``continuation`` is "" where absent; ``where`` is the file and line. ``limit``
-    keeps the first ``limit`` prompts.
+    ``{"prompt": {"text", "toxicity", ...}, "continuation": {"text", "toxicity", ...}}``); the two
+    Perspective scores are None where null or absent, ``continuation`` is "" where absent; ``where`` is the
+    file and line. ``limit`` keeps the first ``limit`` prompts.
     """
     file = Path(path) if path is not None else _data_file(RTP_FILE, data_dir)
     out: list[dict[str, Any]] = []
@@ -293,6 +293,9 @@ def load_rtp_prompts(
                 "prompt": text,
                 "prompt_toxicity": _toxicity(prompt.get("toxicity"), where, "prompt.toxicity"),
                 "continuation": continuation.get("text") or "",
+                "continuation_toxicity": _toxicity(
+                    continuation.get("toxicity"), where, "continuation.toxicity"
+                ),
                 "where": where,
             }
         )

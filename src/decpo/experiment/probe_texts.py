@@ -20,6 +20,7 @@ from decpo.config import RunConfig
 from decpo.data import DataError
 from decpo.names import MLP_UP_PROJ
 from decpo.pairs.cache import cached_pairs_path
+from decpo.probes.concept_texts import CONCEPT_SOURCES, concept_text_records
 from decpo.probes.concepts import CONCEPTS, concept_labels
 from decpo.probes.runner import prompt_text
 from decpo.probes.sparse_probing import SparseProbeError, check_labels
@@ -28,6 +29,7 @@ from decpo.training.data import load_records
 
 logger = logging.getLogger(__name__)
 
+CONCEPT_TEXTS = "concept_texts"  # the probe stage's subfolder for the task's concept texts (`ConceptTexts`)
 SPARSE_FOLDS = 5  # the stratified folds of the probe stage's sparse probing (`ProbeOptions.sparse_folds`)
 
 
@@ -43,23 +45,47 @@ class ProbeSet:
 
 
 @dataclass(frozen=True)
+class ConceptTexts:
+    """The texts made for the training task's own concepts (`decpo.probes.concept_texts`), probed in a pass of
+    their own: the ``texts``, the ``labels`` of each kept concept (0/1 per text), where they come from."""
+
+    texts: list[str]
+    labels: dict[str, list[int]]
+    source: str
+
+
+@dataclass(frozen=True)
 class SparsePlan:
     """The probe stage's k-sparse probing: at ``layers`` of the held-out prompts, the ``labels`` of each kept
-    concept (0/1 per text), the ``skipped`` concepts with why; ``reason`` says why nothing runs (else "")."""
+    concept (0/1 per text), the ``skipped`` concepts with why; ``reason`` says why nothing runs (else "");
+    ``concept_texts``: the task's concept texts, probed after the held-out prompts (None: the task has none)."""
 
     layers: list[int]
     labels: dict[str, list[int]]
     skipped: dict[str, str]
     reason: str
+    concept_texts: ConceptTexts | None = None
 
     def record(self) -> dict:
         """For ``probe_sets.json`` (the report reads it)."""
+        ct = self.concept_texts
         return {
             "layers": self.layers,
             "concepts": list(self.labels),
             "skipped": self.skipped,
             "reason": self.reason,
             "folds": SPARSE_FOLDS,
+            **(
+                {
+                    "concept_texts": {
+                        "source": ct.source,
+                        "n_texts": len(ct.texts),
+                        "concepts": list(ct.labels),
+                    }
+                }
+                if ct
+                else {}
+            ),
         }
 
 
@@ -139,21 +165,58 @@ def sparse_probing_layers(cfg: RunConfig) -> list[int]:
     return list(cfg.train.reg_layers if layers is None else layers)
 
 
+def concept_task(cfg: RunConfig) -> str | None:
+    """The task whose own concept texts (`decpo.probes.concept_texts`) the probes read: the task trained on, or
+    ``toxicity`` for pairs sampled on its prompts; None for a user's file or other sampled prompts."""
+    if cfg.pairs.source:
+        return "toxicity" if cfg.pairs.source == "toxicity" else None
+    return None if cfg.data.path else cfg.data.task
+
+
 def sparse_probing_plan(cfg: RunConfig, records: list[dict]) -> SparsePlan:
     """What the probe stage's k-sparse probing covers (`SparsePlan`): the blocks of
     ``experiment.sparse_probing_layers`` (null: ``train.reg_layers``), the concepts the held-out ``records``
-    carry (`decpo.probes.concepts.concept_labels`), and the concepts skipped, with why."""
+    carry (`decpo.probes.concepts.concept_labels`), those of the task's own concept texts (the first
+    ``experiment.probe_num_texts``; `concept_task`), and the concepts skipped, with why."""
     layers = sparse_probing_layers(cfg)
     if not layers:
         return SparsePlan([], {}, {}, "off (experiment.sparse_probing_layers = [])")
-    labels = concept_labels(records)
-    if not labels:
+    task = concept_task(cfg)
+    extra = concept_text_records(task, records, cfg.data.data_dir) if task else None
+    kept, skipped = _usable(concept_labels(records))
+    concept_texts = None
+    if extra:
+        extra = extra[: cfg.experiment.probe_num_texts]
+        extra_kept, extra_skipped = _usable(
+            {c: y for c, y in concept_labels(extra).items() if c not in kept and c not in skipped}
+        )
+        skipped.update(extra_skipped)
+        if extra_kept:
+            concept_texts = ConceptTexts(
+                [r["prompt"] for r in extra], extra_kept, f"{task}: {CONCEPT_SOURCES[task]}"
+            )
+    if not kept and not skipped and concept_texts is None:
         reason = (
             f"skipped: the held-out records of the training data ({training_data(cfg)}) carry no labelled "
-            f"concept ({', '.join(CONCEPTS)}; the synthetic and reading tasks do)"
+            f"concept ({', '.join(CONCEPTS)}; the synthetic, reading, sycophancy and toxicity tasks do)"
         )
         logger.info("sparse probing: %s", reason)
         return SparsePlan(layers, {}, {}, reason)
+    none_kept = not kept and concept_texts is None
+    plan = SparsePlan(
+        layers,
+        kept,
+        skipped,
+        "skipped: no concept has enough texts of each class" if none_kept else "",
+        concept_texts,
+    )
+    if plan.reason or plan.skipped:
+        logger.info("sparse probing: %s", "; ".join([*filter(None, [plan.reason]), *skipped.values()]))
+    return plan
+
+
+def _usable(labels: dict[str, list[int]]) -> tuple[dict[str, list[int]], dict[str, str]]:
+    """The concepts with enough texts of each class for the folds, and the others with why."""
     kept, skipped = {}, {}
     for concept, y in labels.items():
         try:
@@ -161,12 +224,7 @@ def sparse_probing_plan(cfg: RunConfig, records: list[dict]) -> SparsePlan:
             kept[concept] = y
         except SparseProbeError as e:
             skipped[concept] = str(e)
-    plan = SparsePlan(
-        layers, kept, skipped, "" if kept else "skipped: no concept has enough texts of each class"
-    )
-    if plan.reason or plan.skipped:
-        logger.info("sparse probing: %s", "; ".join([*filter(None, [plan.reason]), *skipped.values()]))
-    return plan
+    return kept, skipped
 
 
 def probe_sites(cfg: RunConfig) -> list[str]:

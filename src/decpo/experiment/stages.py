@@ -24,7 +24,9 @@ from decpo.evaluation.registry import EvalError, get_task, task_names
 from decpo.evaluation.tasks.toxicity import toxicity_prompts
 from decpo.experiment.plan import Plan, stage_key
 from decpo.experiment.probe_texts import (
+    CONCEPT_TEXTS,
     SPARSE_FOLDS,
+    SparsePlan,
     heldout_records,
     pairs_file,
     probe_records,
@@ -40,6 +42,7 @@ from decpo.pairs.cache import config_prompts, ensure_pairs, pairs_key
 from decpo.pairs.sampling import side_files
 from decpo.probes.options import SPARSE_PROBING
 from decpo.probes.runner import WEIGHT_SITE, probe_models, rows_to_csv
+from decpo.probes.sparse_probing import ROW_PREFIX as SPARSE_PREFIX
 from decpo.records import StageLog
 from decpo.training.launch import launch
 from decpo.training.run import train
@@ -118,6 +121,30 @@ def pairs_stage(cfg: RunConfig, out: Path, split: dict[str, Any]) -> Callable[[]
         atomic_write_text(out / "heldout.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in held))
 
     return stage
+
+
+def _concept_text_rows(cfg: RunConfig, models: dict[str, str], sparse: SparsePlan, out: Path) -> list[dict]:
+    """k-sparse probing of the task's concept texts (`decpo.experiment.probe_texts.ConceptTexts`) at the
+    sparse-probing blocks, in a pass of their own (its full probes in ``out``); only the sparse-probing rows join
+    probes.csv, the other measures there being those of the held-out prompts."""
+    ct = sparse.concept_texts
+    report = probe_models(
+        models,
+        ct.texts,
+        out,
+        sites=probe_sites(cfg),
+        batch_size=cfg.probe.batch_size,
+        max_length=cfg.train.max_length,
+        dtype=cfg.model.dtype,
+        weights=False,
+        layers=tuple(sparse.layers),
+        regularized_layers=tuple(cfg.train.reg_layers),
+        labels=ct.labels,
+        measures=(SPARSE_PROBING,),
+        sparse_layers=tuple(sparse.layers),
+        sparse_folds=SPARSE_FOLDS,
+    )
+    return [r for r in report.rows if r["probe"].startswith(SPARSE_PREFIX)]
 
 
 def add_pairs(plan: Plan, cfg: RunConfig, tasks: list[str], out: Path) -> list[str]:
@@ -234,6 +261,8 @@ def probe_stage(
             info[ps.name] = {**dataclasses.asdict(ps), "n_texts": len(texts), "models": list(models)}
             if i == 0:
                 info[ps.name]["sparse_probing"] = sparse.record()
+        if sparse.concept_texts:
+            rows += _concept_text_rows(cfg, models, sparse, out / CONCEPT_TEXTS)
         atomic_write_text(out / "probes.csv", rows_to_csv(rows))
         atomic_write_json(out / "probe_sets.json", info)
 

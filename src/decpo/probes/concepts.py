@@ -8,6 +8,11 @@ each is decided by the prompt alone (the probe reads the prompt's last token):
     correct_letter_a  the right option is (A)                             synthetic, reading
     asked_first       the asked subject's fact comes first in the fact line   reading
     asked_larger      the asked subject's number is the larger of the two     reading
+    toxic_continuation  the text's continuation is toxic (Perspective >= 0.5)    toxicity
+    sycophantic_answer  the answer after the prompt matches the user's view      sycophancy
+
+The last two are properties of texts made for them (`decpo.probes.concept_texts`: a challenging prompt with
+its human-written continuation; a CAA prompt with one of its answers), not of the training prompts.
 
 All four are balanced by design in ``reading`` (exactly in every even-length prefix), and the first two
 in ``synthetic`` (over a whole split). This module is the one home of the concepts: the probe command and
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from decpo.data import TASKS, DataError, load_pairs, load_task
+from decpo.probes.concept_texts import TOXIC, concept_text_records
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,16 @@ CONCEPTS: dict[str, Concept] = {
         ),
         Concept("asked_first", "the asked subject's fact comes first", _field("asked_first")),
         Concept("asked_larger", "the asked subject's number is the larger", _asked_larger),
+        Concept(
+            "toxic_continuation",
+            "the continuation's Perspective toxicity is >= 0.5",
+            lambda r: (
+                r["continuation_toxicity"] >= TOXIC if r.get("continuation_toxicity") is not None else None
+            ),
+        ),
+        Concept(
+            "sycophantic_answer", "the answer matches the user's stated view", _field("sycophantic_answer")
+        ),
     )
 }
 
@@ -87,16 +103,21 @@ def labelled_texts(
     split: str = "train",
     names: Sequence[str] | None = None,
 ) -> tuple[list[str], dict[str, list[int]]]:
-    """The prompts of a task (``synthetic``, ``reading``) or of a pairs file whose records carry the
-    concepts' fields, the first ``num_texts`` of them, and their labels (`concept_labels`).
+    """The labelled texts of a task or of a pairs file whose records carry the concepts' fields, the first
+    ``num_texts`` of them, and their labels (`concept_labels`). A task's texts are its prompts (``synthetic``,
+    ``reading``) or the texts made for its concepts (`decpo.probes.concept_texts`: ``toxicity``,
+    ``toxicity_pairwise``, ``sycophancy``).
 
     A source whose records carry no concept (a .txt file, another task) raises `DataError`.
     """
     path = Path(source)
     if path.exists() and path.suffix != ".txt":
         records = load_pairs(path)
+    elif source in ("toxicity", "toxicity_pairwise"):
+        records = concept_text_records(source, data_dir=data_dir)
     elif source in TASKS:
         records = load_task(source, split, data_dir=data_dir)
+        records = concept_text_records(source, records) or records
     else:
         raise DataError(f"{source!r}: labelled concepts need a task or a pairs file, not plain texts")
     records = records[:num_texts] if num_texts else records
@@ -106,6 +127,6 @@ def labelled_texts(
     if not labels:
         raise DataError(
             f"{source!r}: its records carry none of the concepts {', '.join(CONCEPTS)} "
-            "(the synthetic and reading tasks do)"
+            "(the synthetic, reading, toxicity and sycophancy tasks do)"
         )
     return [r["prompt"] for r in records], labels

@@ -139,7 +139,7 @@ class ProbeOptions:
         metadata=described(
             "Comma-separated measures beyond the streamed probes: sparse_probing (k-sparse probing of the "
             "texts' labelled concepts, k = 1..32 and dense, per probed layer and site; needs labelled texts, "
-            "--texts synthetic or reading; keeps n_texts x width floats per layer and site); sae (a sparse "
+            "--texts synthetic, reading, sycophancy or toxicity; keeps n_texts x width floats per layer and site); sae (a sparse "
             "autoencoder trained on the first model's activations at one block and site, or loaded with "
             "--sae-path, then L0, FVU, dead and dense latents and the share of latents shifted vs the first model, "
             "for each model, on the texts' every token but the first; needs pip install 'decpo[sae]')."

@@ -240,7 +240,7 @@ def _check_measures(opts: ProbeOptions, labels: Mapping[str, Sequence[int]] | No
         raise ProbeOptionError(f"unknown measure(s) {unknown}; available: {', '.join(MEASURES)}")
     if SPARSE_PROBING in opts.measures and not labels:
         raise DataError(
-            "sparse_probing needs labelled texts (concepts with a 0/1 label per text): --texts synthetic or reading"
+            "sparse_probing needs labelled texts (concepts with a 0/1 label per text): --texts synthetic, reading, sycophancy or toxicity"
         )
     for concept, y in (labels or {}).items() if SPARSE_PROBING in opts.measures else ():
         if len(y) != n_texts:

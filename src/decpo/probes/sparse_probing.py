@@ -33,6 +33,7 @@ from decpo.errors import DecPOError
 KS = (1, 2, 4, 8, 16, 32)
 MIN_PER_CLASS = 10  # fewer examples of a class than this are refused: the folds would hold one or two
 DENSE = "dense"
+ROW_PREFIX = "sparse_probe/"  # every sparse-probing row's measure name starts so (`SparseProbe.values`)
 
 
 class SparseProbeError(DecPOError, ValueError):
@@ -83,7 +84,7 @@ class SparseProbeResult:
         out["acc_k1_lo"], out["acc_k1_hi"] = self.accuracy[1].lo, self.accuracy[1].hi
         out["decodable"] = float(self.decodable)
         out["neurons_needed"] = float(self.neurons_needed) if self.decodable else math.nan
-        return {f"sparse_probe/{key}/{self.concept}": value for key, value in out.items()}
+        return {f"{ROW_PREFIX}{key}/{self.concept}": value for key, value in out.items()}
 
 
 def rank_neurons(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -34,12 +34,16 @@ def sparse_probing_lines(rows: Sequence[dict], info: dict | None, regularized: S
     info = info or {}
     if not sparse and (not info or not info.get("layers")):
         return []
-    lines = ["### Sparse probing of the held-out prompts (k-sparse, Gurnee et al. 2023)", ""]
+    lines = ["### Sparse probing of the training task's concepts (k-sparse, Gurnee et al. 2023)", ""]
     if sparse:
-        n_texts = sparse[0].get("n_texts", "?")
+        ct = info.get("concept_texts")
+        prompt_rows = [r for r in sparse if not ct or r["probe"].rsplit("/", 1)[1] not in ct["concepts"]]
+        texts = [f"{prompt_rows[0].get('n_texts', '?')} held-out prompts"] if prompt_rows else []
+        if ct:
+            texts.append(f"{ct['n_texts']} texts made for the task's own concepts ({ct['source']})")
         lines += [
             f"The training task's labelled concepts (`decpo.probes.concepts`) decoded from the last token of "
-            f"{n_texts} held-out prompts, {info.get('folds', 5)} stratified folds: a logistic probe on the top-k "
+            f"{' and of '.join(texts)}, {info.get('folds', 5)} stratified folds: a logistic probe on the top-k "
             "neurons (ranked on each training fold by |Cohen's d|) for k = 1, 2, 4, ..., 32, and on all of them "
             "(dense). Neurons needed: the smallest k whose accuracy reaches 95% of the dense probe's (the "
             "width when none does); fewer means a more monosemantic code for the concept; n/a where the dense "
