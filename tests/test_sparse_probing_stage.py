@@ -189,3 +189,14 @@ def test_the_toxicity_task_probes_its_continuations_and_the_report_names_them(tm
     lines = "\n".join(sparse_probing_lines(rows, info, [1]))
     assert "last token of 32 texts made for the task's own concepts (toxicity: challenging prompts" in lines
     assert "| toxic_continuation | accuracy at k = 1 |" in lines
+
+
+def test_the_probe_key_holds_the_concept_texts_so_an_older_run_probes_again(monkeypatch):
+    from decpo.experiment import stages
+
+    cfg = load_config(SMOKE, ["data.task=sycophancy"])
+    key = probe_key(cfg, {"base": "k"})
+    monkeypatch.setattr(stages, "concept_task", lambda cfg: None)  # as a probe stage before they existed
+    assert probe_key(cfg, {"base": "k"}) != key
+    reading = cfg.replace(**{"data.task": "reading"})  # a task without concept texts keeps its key
+    assert probe_key(reading, {"base": "k"}) == (monkeypatch.undo() or probe_key(reading, {"base": "k"}))

@@ -27,6 +27,7 @@ from decpo.experiment.probe_texts import (
     CONCEPT_TEXTS,
     SPARSE_FOLDS,
     SparsePlan,
+    concept_task,
     heldout_records,
     pairs_file,
     probe_records,
@@ -40,6 +41,7 @@ from decpo.io import atomic_write_json, atomic_write_text
 from decpo.models import load_tokenizer
 from decpo.pairs.cache import config_prompts, ensure_pairs, pairs_key
 from decpo.pairs.sampling import side_files
+from decpo.probes.concept_texts import CONCEPT_SOURCES
 from decpo.probes.options import SPARSE_PROBING
 from decpo.probes.runner import WEIGHT_SITE, probe_models, rows_to_csv
 from decpo.probes.sparse_probing import ROW_PREFIX as SPARSE_PREFIX
@@ -213,6 +215,8 @@ def probe_key(cfg: RunConfig, model_keys: dict[str, str], layers: list[int] | No
             "dtype": cfg.model.dtype,
             # absent when off, so that turning it off gives the key of a stage without it
             **({"sparse_probing": sparse} if (sparse := sparse_probing_layers(cfg)) else {}),
+            # the task's concept texts (`decpo.probes.concept_texts`): a run probed before they existed re-probes
+            **({"concept_texts": task} if sparse and (task := concept_task(cfg)) in CONCEPT_SOURCES else {}),
         }
     )
 
