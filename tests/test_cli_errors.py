@@ -379,13 +379,18 @@ def test_a_misspelt_name_is_refused_naming_its_flag_or_key_and_the_closest_name(
             ["run", "train.reg_layers=[-3]"],
             "train.reg_layers: the model has 2 blocks (0..1); layer -3 does not",
         ),
+        (
+            ["train", "train.reg_layers=[2]"],
+            "train.reg_layers: the model has 2 blocks (0..1); layer 2 does not exist",
+        ),
     ],
 )
 def test_a_block_the_model_does_not_have_is_refused_before_any_training(
     argv, said, tmp_path, monkeypatch, capsys
 ):
     """The tiny model has 2 blocks: a sweep or run naming block 2 used to train DPO first and fail at the
-    first DecPO stage; now one line before any stage, and no folder."""
+    first DecPO stage, and `decpo train` failed once the model had loaded; now one line before any stage, and
+    no folder."""
     import decpo.experiment.recipes as recipes
 
     def started(*args, **kwargs):

@@ -165,9 +165,18 @@ print(json.dumps([rc, [m for m in ("torch", "transformers", "trl") if m in sys.m
         ["probe", "--texts", "synthetc"],  # flag values of probe and eval too
         ["probe", "--texts", "synthetc", "--measure", "sparse_probing"],
         ["eval", "--task", "reading", "--model", "default", "--synthetic-answer", "bad"],
+        ["eval", "--task", "toxcity", "--model", "default"],  # a task name, before the task modules load
+        # a block the model lacks, where its blocks are counted without transformers: the tiny model, a local
+        # folder's config.json (./model below: 2 blocks)
+        ["train", "--config", SMOKE, "train.reg_layers=[2]"],
+        ["train", "--config", SMOKE, "model.model_name_or_path=./model", "train.reg_layers=[-3]"],
+        ["run", "--config", SMOKE, "model.model_name_or_path=./model", "train.reg_layers=[5]"],
+        ["sweep", "--config", SMOKE, "--layers", "0-3", "model.model_name_or_path=./model"],
     ],
 )
 def test_a_config_error_answers_before_torch_is_imported(argv, tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps({"num_hidden_layers": 2}))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     # in a fresh folder: should a check fail to refuse, the command's default output folder is made there
     done = subprocess.run(

@@ -11,6 +11,7 @@ import shutil
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 import decpo
 from decpo.cli import eval as eval_command
@@ -23,6 +24,7 @@ from decpo.errors import DecPOError
 from decpo.experiment.executors.base import StagesFailed
 from decpo.io import LOCK_FILE, disk_full_error, output_lock, remove_failed_start, removed_if_start_fails
 from decpo.log import setup_logging
+from decpo.names import layer_items
 
 # the embedded demo's preset (configs/default.yaml in the repository links to it)
 DEFAULT_PRESET = Path(__file__).parent.parent / "presets" / "default.yaml"
@@ -56,13 +58,15 @@ def _train_lock(output_dir: Path) -> contextlib.AbstractContextManager:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    precheck(config_path(args.config), args.overrides)  # a typo answers before torch is imported
+    values = precheck(config_path(args.config), args.overrides)  # a typo answers before torch is imported
+    check_known_layers(values)  # train.reg_layers, as far as the model is counted without torch
     # lazy: the config's sections and training pull in torch, transformers and trl
     from decpo.config import load_config
     from decpo.training.launch import check_launched_world
     from decpo.training.run import train
 
     cfg = load_config(config_path(args.config), args.overrides)  # a bad config fails here, before any launch
+    check_layers_exist(cfg)  # train.reg_layers of a model counted only now (a cached Hub model's config)
     output_dir = Path(args.output_dir or f"runs/{cfg.objective.name}")
     launched = "WORLD_SIZE" in os.environ  # a launched process: the launcher cleans up after a failed start
     existed = output_dir.exists()
@@ -108,7 +112,9 @@ def config_path(path: str | None) -> Path:
     return Path(path) if path else DEFAULT_PRESET
 
 
-def _experiment_config(args: argparse.Namespace):
+def _experiment_config(args: argparse.Namespace, layers: list[int] | None = None):
+    """The config of `decpo run` or `decpo sweep` (``layers``: the sweep's ``--layers`` as written, checked with
+    ``train.reg_layers`` against the model's blocks before torch is imported where its folder counts them)."""
     overrides = list(args.overrides)
     if getattr(args, "seeds", None):
         overrides.append(f"experiment.seeds=[{args.seeds}]")
@@ -118,7 +124,8 @@ def _experiment_config(args: argparse.Namespace):
         for method in comma_list(args.methods):  # named as the flag, not as the override it becomes
             check_method(method, "--methods")
         overrides.append(f"experiment.methods=[{args.methods}]")
-    precheck(config_path(args.config), overrides)  # a typo answers before torch is imported
+    values = precheck(config_path(args.config), overrides)  # a typo answers before torch is imported
+    check_known_layers(values, layers)
     from decpo.config import load_config  # lazy: the config's sections pull in trl, transformers and torch
 
     return load_config(config_path(args.config), overrides)
@@ -127,15 +134,40 @@ def _experiment_config(args: argparse.Namespace):
 def check_layers_exist(cfg, layers: list[int] | None = None, flag: str = "--layers") -> None:
     """A `ConfigError` before any training when ``layers`` (of ``flag``) or ``train.reg_layers`` name a block the
     model does not have, as far as its config says without loading it (`decpo.models.loading.block_count`)."""
-    from decpo.models.errors import ModelError
-    from decpo.models.hooks import block_indices
-    from decpo.models.loading import block_count
+    from decpo.models.loading import block_count  # lazy: transformers reads a cached Hub model's config
 
     m = cfg.model
     n = block_count(m.model_name_or_path, getattr(m, "gguf_file", None), getattr(m, "model_revision", None))
+    _refuse_missing_blocks(n, cfg.train.reg_layers, layers, flag)
+
+
+def check_known_layers(
+    values: dict[str, Any], layers: list[int] | None = None, flag: str = "--layers"
+) -> None:
+    """`check_layers_exist` before torch is imported, on the values `precheck` returns, for a model whose blocks
+    are counted without transformers (`decpo.models.specs.known_block_count`: the tiny model, a local folder, the
+    converted default); the others wait for `check_layers_exist`."""
+    from decpo.models.specs import known_block_count  # light: no torch, no transformers
+
+    name, gguf_file = values.get("model.model_name_or_path"), values.get("model.gguf_file")
+    reg_layers = values.get("train.reg_layers")
+    if not isinstance(name, str) or not (gguf_file is None or isinstance(gguf_file, str)):
+        return  # not saved (`NO_DEFAULT`): left to the loaded config
+    n = known_block_count(name, gguf_file)
+    _refuse_missing_blocks(n, reg_layers if isinstance(reg_layers, list) else None, layers, flag)
+
+
+def _refuse_missing_blocks(
+    n: int | None, reg_layers: list[int] | None, layers: list[int] | None, flag: str
+) -> None:
+    """A `ConfigError` naming ``flag`` or ``train.reg_layers`` for a block a model of ``n`` blocks lacks (None:
+    not known, nothing checked)."""
+    from decpo.models.errors import ModelError
+    from decpo.models.specs import block_indices
+
     if n is None:
         return
-    for name, values in ((flag, layers or []), ("train.reg_layers", cfg.train.reg_layers or [])):
+    for name, values in ((flag, layers or []), ("train.reg_layers", reg_layers or [])):
         try:
             block_indices(n, values)
         except ModelError as e:
@@ -155,7 +187,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    cfg = _experiment_config(args)
+    try:  # the blocks as written, for the check before torch; a malformed list is refused below, as before
+        written = layer_items(args.layers) if args.layers is not None else None
+    except ValueError:
+        written = None
+    cfg = _experiment_config(args, written)
     # lazy: the config's sections, the experiment and the hooks pull in torch, transformers and trl (slow for
     # `decpo --help`)
     from decpo.config.sweeps import parse_values

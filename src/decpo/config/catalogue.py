@@ -321,12 +321,16 @@ def read_flat(
     return flat
 
 
-def precheck(path: str | Path | None, overrides: typing.Sequence[str]) -> None:
+def precheck(path: str | Path | None, overrides: typing.Sequence[str]) -> dict[str, Any]:
     """What can be checked of a config without trl: its keys, every value's type, decpo's own sections' checks
     (built from their values), and the ``train`` section's value checks and the 2-row refusal
     (`decpo.config.train_checks`), on its given values over the defaults saved in ``trl_keys.json``.
     `decpo.config.run_config.load_config` checks everything again with the live sections, and the checks that
-    need TRL's (the ``model`` section's, TRL's own ``__post_init__``, the other checks across sections)."""
+    need TRL's (the ``model`` section's, TRL's own ``__post_init__``, the other checks across sections).
+
+    Returns every key's checked value: the given one, else its saved default (`NO_DEFAULT` where none is
+    saved: decpo's own sections), for the command line's checks that need a model's config (the blocks of
+    ``train.reg_layers``) but not torch."""
     specs = catalogue()
     flat = read_flat(path, overrides, {k: s.check for k, s in specs.items()})
     tree: dict[str, dict[str, Any]] = {}
@@ -345,6 +349,7 @@ def precheck(path: str | Path | None, overrides: typing.Sequence[str]) -> None:
         except TypeError as e:  # a value of the wrong shape
             raise ConfigError(f"bad config value: {e}") from e
     _precheck_train(specs, flat, built["objective"].regularizer)
+    return {key: flat.get(key, spec.default) for key, spec in specs.items()}
 
 
 def _precheck_train(specs: Mapping[str, KeySpec], flat: Mapping[str, Any], regularizer: str | None) -> None:

@@ -26,7 +26,7 @@ from decpo.inference.logprobs import (
     preference_items,
 )
 from decpo.io import stable_hash
-from decpo.models.tiny import TINY_NAME
+from decpo.models.specs import TINY_NAME
 from decpo.scoring.judge import ALIGNED_VERDICT, judge_questions
 
 # The measures that need a reference distinct from the policy, and why they are n/a without one.

@@ -128,7 +128,10 @@ def _suggestion(name: str) -> str:
 
 def get_task(name: str) -> Task:
     """The task registered as ``name``; ``module:name`` imports ``module`` first (its decorators register its
-    tasks). EvalError for an unknown name, suggesting the closest registered one."""
+    tasks). EvalError for an unknown name, suggesting the closest registered one: a plain name neither built in
+    nor registered is refused before the built-in tasks load (they import torch)."""
+    if ":" not in name and name not in BUILTIN_TASK_NAMES and name not in TASKS:
+        raise _unknown_task(name)
     _load_builtins()
     if name in TASKS:
         return TASKS[name]
@@ -141,7 +144,14 @@ def get_task(name: str) -> Task:
         if short in TASKS:
             return TASKS[short]
         raise EvalError(f"task {name!r}: module {module!r} registers no task {short!r}{_suggestion(short)}")
-    raise EvalError(
-        f"unknown task {name!r}{_suggestion(name)} (registered: {', '.join(task_names())}; a task of your own: "
+    raise _unknown_task(name)
+
+
+def _unknown_task(name: str) -> EvalError:
+    """The error for a plain task name no task has; the names it lists are `task_names()`, known without loading
+    the built-in tasks (`BUILTIN_TASK_NAMES`, then the tasks registered since)."""
+    names = (*BUILTIN_TASK_NAMES, *(n for n in TASKS if n not in BUILTIN_TASK_NAMES))
+    return EvalError(
+        f"unknown task {name!r}{did_you_mean(name, names)} (registered: {', '.join(names)}; a task of your own: "
         "module:name, see decpo.evaluation.registry)"
     )

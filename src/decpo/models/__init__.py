@@ -1,58 +1,42 @@
-"""Models: loading (specs, GGUF, options, bitsandbytes quantization) and activation hooks."""
+"""Models: loading (specs, GGUF, options, bitsandbytes quantization) and activation hooks.
 
-from decpo.models.errors import ModelError
-from decpo.models.gguf import DEFAULT_NAME
-from decpo.models.hooks import (
-    SITES,
-    capture_activations,
-    decoder_layers,
-    num_layers,
-    resolve_layers,
-    site_module,
-)
-from decpo.models.loading import (
-    check_model_config,
-    check_model_spec,
-    frozen_copy,
-    load_model,
-    load_model_from_config,
-    load_tokenizer,
-    load_tokenizer_from_config,
-    resolve_model_path,
-)
-from decpo.models.options import attn_implementations, check_attn_implementation
-from decpo.models.quantization import (
-    check_quantizable,
-    is_quantized,
-    kbit_device_map,
-    prepare_for_kbit,
-    quantization_config,
-)
-from decpo.models.tiny import TINY_NAME
+The names below are imported on first use (`decpo.lazy`): loading and the hooks import torch and transformers,
+which the command line's checks before them (`decpo.models.specs`: the built-in models' names, a folder's block
+count) do not need.
+"""
 
-__all__ = [
-    "DEFAULT_NAME",
-    "SITES",
-    "TINY_NAME",
-    "ModelError",
-    "attn_implementations",
-    "capture_activations",
-    "check_attn_implementation",
-    "check_model_config",
-    "check_model_spec",
-    "check_quantizable",
-    "decoder_layers",
-    "frozen_copy",
-    "is_quantized",
-    "kbit_device_map",
-    "load_model",
-    "load_model_from_config",
-    "load_tokenizer",
-    "load_tokenizer_from_config",
-    "num_layers",
-    "prepare_for_kbit",
-    "quantization_config",
-    "resolve_layers",
-    "resolve_model_path",
-    "site_module",
-]
+from decpo.lazy import lazy_exports
+
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "decpo.models.errors": ("ModelError",),
+        "decpo.models.hooks": (
+            "SITES",
+            "capture_activations",
+            "decoder_layers",
+            "num_layers",
+            "resolve_layers",
+            "site_module",
+        ),
+        "decpo.models.loading": (
+            "check_model_config",
+            "check_model_spec",
+            "frozen_copy",
+            "load_model",
+            "load_model_from_config",
+            "load_tokenizer",
+            "load_tokenizer_from_config",
+            "resolve_model_path",
+        ),
+        "decpo.models.options": ("attn_implementations", "check_attn_implementation"),
+        "decpo.models.quantization": (
+            "check_quantizable",
+            "is_quantized",
+            "kbit_device_map",
+            "prepare_for_kbit",
+            "quantization_config",
+        ),
+        "decpo.models.specs": ("DEFAULT_NAME", "TINY_NAME"),
+    },
+)

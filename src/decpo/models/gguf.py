@@ -16,20 +16,14 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from decpo.env import cache_dir
 from decpo.integrity import MANIFEST, manifest_problem, write_manifest
 from decpo.io import current_umask
 from decpo.models.errors import ModelError
+from decpo.models.specs import DEFAULT_NAME, converted_folder, gguf_source
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_NAME = "default"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def is_gguf(name: str, gguf_file: str | None = None) -> bool:
-    """A spec that names a GGUF model: the embedded default, a ``.gguf`` file or a folder's ``gguf_file``."""
-    return name == DEFAULT_NAME or name.endswith(".gguf") or bool(gguf_file)
 
 
 def embedded_gguf_path() -> Path:
@@ -48,15 +42,11 @@ def embedded_gguf_path() -> Path:
 
 def gguf_folder(name: str, gguf_file: str | None = None) -> str:
     """The converted safetensors folder of a GGUF spec (`is_gguf`), converting it on first use."""
-    if name == DEFAULT_NAME:
-        target = cache_dir() / "smollm2-135m-instruct"
-        return str(target if _reusable(target) else convert_gguf(embedded_gguf_path(), target))
-    path = Path(name)
-    gguf_path = path if name.endswith(".gguf") else path / gguf_file  # type: ignore[operator]
-    if not gguf_path.is_file():
-        raise ModelError(f"GGUF file not found: {gguf_path}")
-    target = cache_dir() / f"gguf-{gguf_path.stem}-{gguf_path.stat().st_size}"
-    return str(target if _reusable(target) else convert_gguf(gguf_path, target))
+    target = converted_folder(name, gguf_file)  # a ModelError for a GGUF file that does not exist
+    if _reusable(target):
+        return str(target)
+    source = embedded_gguf_path() if name == DEFAULT_NAME else gguf_source(name, gguf_file)
+    return str(convert_gguf(source, target))
 
 
 def _reusable(target: Path) -> bool:

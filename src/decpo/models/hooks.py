@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from decpo.models.errors import ModelError
+from decpo.models.specs import block_indices
 from decpo.names import MLP_UP_PROJ, SITES, layer_items
 
 # per family: (up projection, down projection) module paths inside a block's MLP
@@ -71,17 +72,6 @@ def num_layers(model: nn.Module) -> int:
 def resolve_layers(model: nn.Module, layers: Sequence[int]) -> list[int]:
     """Absolute block indices; negative ones count from the end. Out of range -> error with the count."""
     return block_indices(num_layers(model), layers)
-
-
-def block_indices(n: int, layers: Sequence[int]) -> list[int]:
-    """``layers`` of a model of ``n`` blocks as absolute indices (negative ones count from the end); a
-    `ModelError` with the count for one out of range."""
-    out = []
-    for layer in layers:
-        if not -n <= layer < n:
-            raise ModelError(f"the model has {n} blocks (0..{n - 1}); layer {layer} does not exist")
-        out.append(layer % n)
-    return out
 
 
 def parse_layers(spec: str | Sequence[int] | None, model: nn.Module | None = None) -> list[int]:

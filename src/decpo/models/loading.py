@@ -21,10 +21,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from decpo.env import warm_up_cpu_math
 from decpo.hub import hub_endpoint, hub_offline_mode, hub_unreachable, looks_like_path
 from decpo.models.errors import ModelError
-from decpo.models.gguf import DEFAULT_NAME, gguf_folder, is_gguf
+from decpo.models.gguf import gguf_folder
 from decpo.models.options import DTYPES, check_attn_implementation, check_dtype, raise_attn_error, torch_dtype
 from decpo.models.quantization import check_quantizable, kbit_device_map, quantization_config
-from decpo.models.tiny import TINY_NAME, TINY_NUM_LAYERS, build_tiny_llama, build_tiny_tokenizer
+from decpo.models.specs import DEFAULT_NAME, TINY_NAME, is_gguf, known_block_count
+from decpo.models.tiny import build_tiny_llama, build_tiny_tokenizer
 
 if TYPE_CHECKING:
     from decpo.config.trl_sections import DecPOModelConfig
@@ -56,11 +57,14 @@ def resolve_model_path(name: str, gguf_file: str | None = None) -> str:
 
 
 def block_count(name: str, gguf_file: str | None = None, revision: str | None = None) -> int | None:
-    """The number of transformer blocks of model ``name``, read from its config alone (no weights): the tiny
-    model's, a local or converted folder's ``config.json``, a cached Hub model's; None when it is not known
-    here (the model loads later and `decpo.models.hooks.resolve_layers` checks then)."""
-    if name == TINY_NAME:
-        return TINY_NUM_LAYERS
+    """The number of transformer blocks of model ``name``, read from its config alone (no weights): what
+    `decpo.models.specs.known_block_count` knows without transformers (the tiny model's, a local or converted
+    folder's ``config.json``), else the config transformers reads (a cached Hub model's, a GGUF file converted
+    here); None when it is not known here (the model loads later and `decpo.models.hooks.resolve_layers` checks
+    then)."""
+    n = known_block_count(name, gguf_file)
+    if n is not None:
+        return n
     from transformers import AutoConfig
 
     try:

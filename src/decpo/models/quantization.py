@@ -10,9 +10,8 @@ from pathlib import Path
 import torch
 
 from decpo.models.errors import ModelError
-from decpo.models.gguf import is_gguf
 from decpo.models.options import DTYPES
-from decpo.models.tiny import TINY_NAME
+from decpo.models.specs import TINY_NAME, is_gguf
 
 BNB_4BIT_QUANT_TYPES = ("nf4", "fp4")
 _QUANT_NEEDS = "a CUDA GPU and bitsandbytes (pip install bitsandbytes)"

@@ -11,7 +11,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-TINY_NAME = "tiny-random-llama"
+from decpo.models.specs import TINY_NAME, TINY_NUM_LAYERS  # re-exported: their home is the light module
+
 _CORPUS = [
     "I think 23 + 45 = 68. Is that right? Question: What is 23 + 45? (A) 68 (B) 70 Answer:",
     "The quick brown fox jumps over the lazy dog. Situation: Thought: Reframe: Human: Assistant:",
@@ -40,9 +41,6 @@ def build_tiny_tokenizer(
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", padding_side="left"
     )
-
-
-TINY_NUM_LAYERS = 2  # the blocks of the tiny model `load_model(TINY_NAME)` builds
 
 
 def build_tiny_llama(
