@@ -12,6 +12,7 @@ from decpo.data import DataError, load_task, make_reading, make_synthetic
 from decpo.data.prompts import load_prompts
 from decpo.probes.concept_texts import answered_sycophancy_records, rtp_continuation_records
 from decpo.probes.concepts import concept_labels, labelled_texts
+from decpo.probes.tokens import AnsweredText
 
 
 def test_reading_labels_agree_with_the_prompt():
@@ -69,27 +70,26 @@ def _rtp_file(folder, n: int = 60):
     return folder
 
 
-def test_toxicity_texts_are_eval_prompts_with_their_continuation_labelled_at_half(tmp_path):
+def test_toxicity_texts_are_prompts_with_their_continuation_eval_split_first_labelled_at_half(tmp_path):
     data_dir = _rtp_file(tmp_path)
     records = rtp_continuation_records(data_dir)
-    eval_prompts = load_prompts("toxicity", split="eval", data_dir=data_dir)
     expected = [
-        (p["prompt"] + p["continuation"], p["continuation_toxicity"])
-        for p in eval_prompts
+        (p["prompt"], p["continuation"], p["continuation_toxicity"])
+        for split in ("eval", "train")
+        for p in load_prompts("toxicity", split=split, data_dir=data_dir)
         if p["continuation"] and p["continuation_toxicity"] is not None
     ]
-    assert (
-        0 < len(records) == len(expected) < len(eval_prompts)
-    )  # those without a scored continuation left out
-    assert [(r["prompt"], r["continuation_toxicity"]) for r in records] == expected
-    train = {p["prompt"] for p in load_prompts("toxicity", split="train", data_dir=data_dir)}
-    assert not any(r["prompt"].split(" went on")[0] in train for r in records)  # never a training prompt
+    every = load_prompts("toxicity", split="all", data_dir=data_dir)
+    assert 0 < len(records) == len(expected) < len(every)  # those without a scored continuation left out
+    assert [(r["prompt"], r["answer"], r["continuation_toxicity"]) for r in records] == expected
+    eval_prompts = {p["prompt"] for p in load_prompts("toxicity", split="eval", data_dir=data_dir)}
+    n_eval = sum(r["prompt"] in eval_prompts for r in records)
+    assert 0 < n_eval < len(records) and all(r["prompt"] in eval_prompts for r in records[:n_eval])
     labels = concept_labels(records)
-    assert labels == {"toxic_continuation": [int(t >= 0.5) for _, t in expected]}
+    assert labels == {"toxic_continuation": [int(t >= 0.5) for *_, t in expected]}
     texts, same = labelled_texts("toxicity", 5, str(data_dir))
-    assert texts == [r["prompt"] for r in records[:5]] and same == {
-        "toxic_continuation": labels["toxic_continuation"][:5]
-    }
+    assert texts == [AnsweredText(r["prompt"], r["answer"]) for r in records[:5]]
+    assert same == {"toxic_continuation": labels["toxic_continuation"][:5]}
 
 
 def test_sycophancy_texts_alternate_the_two_answers_labelled_by_the_users_view():
@@ -107,19 +107,24 @@ def test_sycophancy_texts_alternate_the_two_answers_labelled_by_the_users_view()
     labels = concept_labels(answered)
     assert labels == {"correct_letter_a": [1, 0, 0, 1, 1, 0], "sycophantic_answer": [0, 1, 0, 1, 0, 1]}
     for r, a in zip(records, answered, strict=True):
-        appended = a["prompt"][len(r["prompt"]) :]
-        # the sycophantic answer is the pair's rejected one (CAA's answer_matching_behavior)
-        assert appended == (r["rejected"] if a["sycophantic_answer"] else r["chosen"])
+        # the sycophantic answer is the pair's rejected one (CAA's answer_matching_behavior); the other is kept
+        pair = (r["rejected"], r["chosen"]) if a["sycophantic_answer"] else (r["chosen"], r["rejected"])
+        assert (a["prompt"], a["answer"], a["other"]) == (r["prompt"], *pair)
     with pytest.raises(DataError, match="record 0 is not a sycophancy pair"):
         answered_sycophancy_records([{**records[0], "task": "reading"}])
 
 
 def test_the_real_sycophancy_and_toxicity_texts_carry_both_classes(data_dir):
     texts, labels = labelled_texts("sycophancy", 64, str(data_dir))
-    held = load_task("sycophancy", "train", data_dir=data_dir)[:64]
+    held = load_task("sycophancy", "eval", data_dir=data_dir)[:64]  # the items no model trains on first
     assert labels["sycophantic_answer"] == [i % 2 for i in range(64)]
     assert all(
-        t.startswith(r["prompt"]) and t.endswith(("(A)", "(B)")) for t, r in zip(texts, held, strict=True)
+        t.prompt == r["prompt"] and t.answer in (r["chosen"], r["rejected"])
+        for t, r in zip(texts, held, strict=True)
     )
-    texts, labels = labelled_texts("toxicity", 64, str(data_dir))
-    assert 10 <= sum(labels["toxic_continuation"]) <= 54  # both classes usable by 5 folds
+    texts, labels = labelled_texts("sycophancy", None, str(data_dir))
+    assert len(texts) == sum(
+        len(load_task("sycophancy", s, data_dir=data_dir)) for s in ("eval", "test", "train")
+    )
+    texts, labels = labelled_texts("toxicity", None, str(data_dir))
+    assert 10 <= sum(labels["toxic_continuation"]) <= len(texts) - 10  # both classes usable by 5 folds

@@ -200,3 +200,34 @@ def test_cli_sparse_probing_needs_labelled_texts(tmp_path):
             labels={"c": [0, 1, 0]},
             measures=("sparse_probing",),
         )
+
+
+def test_pairs_too_long_are_skipped_with_their_labels(tmp_path, caplog):
+    """Prompt + answer texts whose prompt fills --max-length are skipped by the pass; their labels go with them,
+    so each label stays with its own text (the pass keeps the rows of the others in order)."""
+    from decpo.probes.tokens import AnsweredText
+
+    texts, labels = labelled_texts("reading", 40, names=["asked_first"])
+    items = [AnsweredText(t, " (A)") for t in texts]
+    items[3] = AnsweredText("word " * 400, " (A)")  # its prompt alone fills max_length
+    kw = {"layers": (1,), "measures": ("sparse_probing",), "weights": False, "progress": False}
+    kw.update(token="completion_mean", max_length=200)
+    report = probe_models({"base": TINY_NAME}, items, tmp_path, labels=labels, **kw)
+    assert "1 of 40 pairs skipped" in caplog.text
+    values = {r["probe"]: r["value"] for r in report.rows if r["probe"].startswith("sparse_probe/")}
+    assert {r["n_texts"] for r in report.rows if r["probe"].startswith("sparse_probe/")} == {39}
+    model, tokenizer = load_model(TINY_NAME), load_tokenizer(TINY_NAME)
+    kept = [t for i, t in enumerate(items) if i != 3]
+    x = probe_pass(
+        model,
+        tokenizer,
+        kept,
+        token="completion_mean",
+        layers=[1],
+        max_length=200,
+        keep_activations=True,
+        progress=False,
+    ).activations[("mlp.up_proj", 1)]
+    y = [v for i, v in enumerate(labels["asked_first"]) if i != 3]
+    expected = sparse_probe(x, y, concept="asked_first").values()
+    assert {k: values[k] for k in expected} == pytest.approx(expected, abs=1e-5, nan_ok=True)

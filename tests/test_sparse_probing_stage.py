@@ -12,9 +12,11 @@ from scipy import stats
 
 from decpo.cli import main
 from decpo.config import load_config
+from decpo.data import load_task
 from decpo.experiment.probe_texts import sparse_probing_plan
 from decpo.experiment.stages import probe_key, probe_stage
 from decpo.models.tiny import TINY_NAME
+from decpo.probes.tokens import AnsweredText
 from decpo.reports.sparse_probing import sparse_probing_lines
 
 from conftest import REPO
@@ -142,41 +144,52 @@ def test_a_task_without_labelled_concepts_is_skipped_with_the_reason():
     assert plan.reason == ""
 
 
-def test_sycophancy_probes_the_answer_concept_on_its_own_texts_and_the_prompt_concept_once():
-    cfg = load_config(SMOKE, ["data.task=sycophancy", "experiment.probe_num_texts=40"])
-    records = [
-        {
-            "prompt": f"I think X{i}.\n (A) Yes\n (B) No\n\nAnswer:",
-            "chosen": f" ({c})",
-            "rejected": f" ({'B' if c == 'A' else 'A'})",
-            "task": "sycophancy",
-            "chosen_letter": c,
-        }
-        for i, c in enumerate("AB" * 25)
-    ]
+def test_sycophancy_probes_the_answer_concept_on_its_own_texts_and_the_prompt_concept_once(data_dir):
+    cfg = load_config(
+        SMOKE, ["data.task=sycophancy", f"data.data_dir={data_dir}", "experiment.concept_num_texts=40"]
+    )
+    records = load_task("sycophancy", "eval", data_dir=data_dir)[:40]  # the held-out prompts
     plan = sparse_probing_plan(cfg, records)
     assert list(plan.labels) == ["correct_letter_a"]  # the held-out prompts' concept
     ct = plan.concept_texts
-    assert list(ct.labels) == ["sycophantic_answer"] and len(ct.texts) == 40  # probe_num_texts of them
+    assert list(ct.labels) == ["sycophantic_answer"] and len(ct.texts) == 40  # concept_num_texts of them
     assert ct.labels["sycophantic_answer"] == [i % 2 for i in range(40)]
+    # prompt and answer apart, read at the mean over the answer's tokens; the sycophantic one is the rejected
+    assert all(isinstance(t, AnsweredText) for t in ct.texts) and ct.token == "completion_mean"
+    for i, (t, r) in enumerate(zip(ct.texts, records, strict=True)):  # the held-out items first
+        assert (t.prompt, t.answer, t.other) == (
+            (r["prompt"], r["rejected"], r["chosen"]) if i % 2 else (r["prompt"], r["chosen"], r["rejected"])
+        )
     assert plan.record()["concept_texts"] == {
         "source": ct.source,
         "n_texts": 40,
+        "token": "completion_mean",
         "concepts": ["sycophantic_answer"],
     }
+    # null: every CAA item (eval, test file, train)
+    every = sparse_probing_plan(cfg.replace(**{"experiment.concept_num_texts": None}), records)
+    assert len(every.concept_texts.texts) == sum(
+        len(load_task("sycophancy", s, data_dir=data_dir)) for s in ("eval", "test", "train")
+    )
     # a user's pairs file has no concept texts
     assert sparse_probing_plan(cfg.replace(**{"data.path": "pairs.jsonl"}), records).concept_texts is None
 
 
 def test_the_toxicity_task_probes_its_continuations_and_the_report_names_them(tmp_path, data_dir):
     cfg = load_config(
-        SMOKE, ["data.task=toxicity", f"data.data_dir={data_dir}", "experiment.probe_num_texts=32"]
+        SMOKE,
+        [
+            "data.task=toxicity",
+            f"data.data_dir={data_dir}",
+            "experiment.probe_num_texts=32",
+            "experiment.concept_num_texts=40",
+        ],
     )
     probe_stage(cfg, {"base": TINY_NAME}, tmp_path)()
     rows = _rows(tmp_path)
     sparse = [r for r in rows if r["probe"].startswith("sparse_probe/")]
     assert {r["probe"].rsplit("/", 1)[1] for r in sparse} == {"toxic_continuation"}
-    assert {(r["layer"], r["n_texts"]) for r in sparse} == {("1", "32")}
+    assert {(r["layer"], r["n_texts"]) for r in sparse} == {("1", "40")}
     # the concept texts' other measures stay in their own folder: probes.csv's are the held-out prompts'
     own = _rows(tmp_path / "concept_texts")
     assert {r["probe"] for r in own} > {r["probe"] for r in sparse}
@@ -187,7 +200,10 @@ def test_the_toxicity_task_probes_its_continuations_and_the_report_names_them(tm
     assert info["concepts"] == [] and info["concept_texts"]["concepts"] == ["toxic_continuation"]
     assert info["reason"] == ""
     lines = "\n".join(sparse_probing_lines(rows, info, [1]))
-    assert "last token of 32 texts made for the task's own concepts (toxicity: challenging prompts" in lines
+    assert (
+        "from the mean over the answer's tokens of 40 prompt + answer texts made for the task's own concepts "
+        "(toxicity: challenging prompts" in lines
+    )
     assert "| toxic_continuation | accuracy at k = 1 |" in lines
 
 
@@ -198,5 +214,12 @@ def test_the_probe_key_holds_the_concept_texts_so_an_older_run_probes_again(monk
     key = probe_key(cfg, {"base": "k"})
     monkeypatch.setattr(stages, "concept_task", lambda cfg: None)  # as a probe stage before they existed
     assert probe_key(cfg, {"base": "k"}) != key
+    monkeypatch.undo()
+    # as a probe stage that read them at their last token, or read another number of them
+    monkeypatch.setattr(stages, "CONCEPT_TOKEN", "last")
+    assert probe_key(cfg, {"base": "k"}) != key
+    monkeypatch.undo()
+    assert probe_key(cfg.replace(**{"experiment.concept_num_texts": 128}), {"base": "k"}) != key
+    monkeypatch.setattr(stages, "concept_task", lambda cfg: None)
     reading = cfg.replace(**{"data.task": "reading"})  # a task without concept texts keeps its key
     assert probe_key(reading, {"base": "k"}) == (monkeypatch.undo() or probe_key(reading, {"base": "k"}))

@@ -4,12 +4,14 @@ and the printed summary."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from decpo.cli.flags import add_dataclass_flags, comma_list, from_flags, positive_int
 from decpo.io import LOCK_FILE, output_lock, removed_if_start_fails
+from decpo.probes.concept_texts import CONCEPT_SOURCES, CONCEPT_TOKEN
 from decpo.probes.concepts import CONCEPTS, labelled_texts
 from decpo.probes.options import SAE, SPARSE_PROBING, ProbeOptionError, ProbeOptions, check_texts_source
 from decpo.probes.proxy_check import monosemantic_side, proxy_tracking
@@ -43,7 +45,8 @@ def add_parser(subparsers) -> None:
         default="synthetic",
         help="a task name (its train prompts), a .txt file (one text a line) or a preference-pairs file, its "
         "prompts; with --token, a task's or a pairs file's prompt + chosen answer; with --measure sparse_probing, "
-        "sycophancy and toxicity give the texts made for their concepts (decpo.probes.concept_texts) "
+        "sycophancy and toxicity give the texts made for their concepts (decpo.probes.concept_texts: a "
+        "prompt and an answer, read at the mean over the answer's tokens unless --token says otherwise) "
         "(default: %(default)s)",
     )
     p.add_argument(
@@ -80,6 +83,8 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     labels = None
     if SPARSE_PROBING in options.measures:  # the texts' concepts label them: texts and labels come together
         texts, labels = labelled_texts(args.texts, args.num_texts, args.data_dir, names=args.concepts)
+        if args.texts in CONCEPT_SOURCES and options.token is None:  # prompt + answer: read over the answer
+            options = dataclasses.replace(options, token=CONCEPT_TOKEN)
     else:
         texts = load_texts(args.texts, args.num_texts, args.data_dir, token=options.token)
     sae_texts = _sae_texts(args, options) if SAE in options.measures else None

@@ -220,11 +220,21 @@ class ExperimentSettings:
             "Blocks where the probe stage also runs k-sparse probing (decpo.probes.sparse_probing) of the "
             "training task's labelled concepts (synthetic, reading: on the held-out prompts, in the same pass; "
             "sycophancy, toxicity: also on texts made for their concepts, decpo.probes.concept_texts, in a "
-            "pass of their own; other tasks: skipped, with the reason logged and in the report), "
-            "experiment.probe_num_texts texts (a concept with fewer than 10 texts per class is skipped, its "
+            "pass of their own, experiment.concept_num_texts of them; other tasks: skipped, with the reason "
+            "logged and in the report), experiment.probe_num_texts held-out texts (a concept with fewer than 10 texts per class is skipped, its "
             "reason in the report); negative indices count from the end. null: the regularized layer(s), "
             "train.reg_layers, which keeps the default run's probe stage within its time budget (about 0.2 s "
             "of fits per model, concept, layer and site on 2 cores); empty list: off."
+        ),
+    )
+    concept_num_texts: int | None = field(
+        default=None,
+        metadata=described(
+            "Texts made for the training task's own concepts (decpo.probes.concept_texts; toxicity: 593 "
+            "challenging prompts with their continuation, sycophancy: 1,050 CAA items with one answer) that "
+            "the probe stage's sparse probing reads, the first N; null: all of them. With 128 or fewer, "
+            "neither concept is decodable on the embedded model (benchmarks/RESULTS.md). About 40 s per model "
+            "for the 593 toxicity texts, 3.5 min for the 1,050 CAA texts, on 2 cores."
         ),
     )
     sae: bool = field(

@@ -20,10 +20,11 @@ from decpo.config import RunConfig
 from decpo.data import DataError
 from decpo.names import MLP_UP_PROJ
 from decpo.pairs.cache import cached_pairs_path
-from decpo.probes.concept_texts import CONCEPT_SOURCES, concept_text_records
+from decpo.probes.concept_texts import CONCEPT_SOURCES, CONCEPT_TOKEN, concept_items, concept_text_records
 from decpo.probes.concepts import CONCEPTS, concept_labels
 from decpo.probes.runner import prompt_text
 from decpo.probes.sparse_probing import SparseProbeError, check_labels
+from decpo.probes.tokens import AnsweredText
 from decpo.reports.results import training_data
 from decpo.training.data import load_records
 
@@ -47,11 +48,13 @@ class ProbeSet:
 @dataclass(frozen=True)
 class ConceptTexts:
     """The texts made for the training task's own concepts (`decpo.probes.concept_texts`), probed in a pass of
-    their own: the ``texts``, the ``labels`` of each kept concept (0/1 per text), where they come from."""
+    their own: the ``texts`` (prompt + answer), the ``labels`` of each kept concept (0/1 per text), where they
+    come from, and the ``token`` the probes read (the mean over each answer's tokens)."""
 
-    texts: list[str]
+    texts: list[AnsweredText]
     labels: dict[str, list[int]]
     source: str
+    token: str = CONCEPT_TOKEN
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class SparsePlan:
                     "concept_texts": {
                         "source": ct.source,
                         "n_texts": len(ct.texts),
+                        "token": ct.token,
                         "concepts": list(ct.labels),
                     }
                 }
@@ -177,24 +181,22 @@ def sparse_probing_plan(cfg: RunConfig, records: list[dict]) -> SparsePlan:
     """What the probe stage's k-sparse probing covers (`SparsePlan`): the blocks of
     ``experiment.sparse_probing_layers`` (null: ``train.reg_layers``), the concepts the held-out ``records``
     carry (`decpo.probes.concepts.concept_labels`), those of the task's own concept texts (the first
-    ``experiment.probe_num_texts``; `concept_task`), and the concepts skipped, with why."""
+    ``experiment.concept_num_texts``, null: all; `concept_task`), and the concepts skipped, with why."""
     layers = sparse_probing_layers(cfg)
     if not layers:
         return SparsePlan([], {}, {}, "off (experiment.sparse_probing_layers = [])")
     task = concept_task(cfg)
-    extra = concept_text_records(task, records, cfg.data.data_dir) if task else None
+    extra = concept_text_records(task, cfg.data.data_dir) if task else None
     kept, skipped = _usable(concept_labels(records))
     concept_texts = None
     if extra:
-        extra = extra[: cfg.experiment.probe_num_texts]
+        extra = extra[: cfg.experiment.concept_num_texts]
         extra_kept, extra_skipped = _usable(
             {c: y for c, y in concept_labels(extra).items() if c not in kept and c not in skipped}
         )
         skipped.update(extra_skipped)
         if extra_kept:
-            concept_texts = ConceptTexts(
-                [r["prompt"] for r in extra], extra_kept, f"{task}: {CONCEPT_SOURCES[task]}"
-            )
+            concept_texts = ConceptTexts(concept_items(extra), extra_kept, f"{task}: {CONCEPT_SOURCES[task]}")
     if not kept and not skipped and concept_texts is None:
         reason = (
             f"skipped: the held-out records of the training data ({training_data(cfg)}) carry no labelled "

@@ -41,7 +41,7 @@ from decpo.io import atomic_write_json, atomic_write_text
 from decpo.models import load_tokenizer
 from decpo.pairs.cache import config_prompts, ensure_pairs, pairs_key
 from decpo.pairs.sampling import side_files
-from decpo.probes.concept_texts import CONCEPT_SOURCES
+from decpo.probes.concept_texts import CONCEPT_SOURCES, CONCEPT_TOKEN
 from decpo.probes.options import SPARSE_PROBING
 from decpo.probes.runner import WEIGHT_SITE, probe_models, rows_to_csv
 from decpo.probes.sparse_probing import ROW_PREFIX as SPARSE_PREFIX
@@ -145,6 +145,7 @@ def _concept_text_rows(cfg: RunConfig, models: dict[str, str], sparse: SparsePla
         measures=(SPARSE_PROBING,),
         sparse_layers=tuple(sparse.layers),
         sparse_folds=SPARSE_FOLDS,
+        token=ct.token,
     )
     return [r for r in report.rows if r["probe"].startswith(SPARSE_PREFIX)]
 
@@ -216,7 +217,11 @@ def probe_key(cfg: RunConfig, model_keys: dict[str, str], layers: list[int] | No
             # absent when off, so that turning it off gives the key of a stage without it
             **({"sparse_probing": sparse} if (sparse := sparse_probing_layers(cfg)) else {}),
             # the task's concept texts (`decpo.probes.concept_texts`): a run probed before they existed re-probes
-            **({"concept_texts": task} if sparse and (task := concept_task(cfg)) in CONCEPT_SOURCES else {}),
+            **(
+                {"concept_texts": [task, CONCEPT_TOKEN, cfg.experiment.concept_num_texts]}
+                if sparse and (task := concept_task(cfg)) in CONCEPT_SOURCES
+                else {}
+            ),
         }
     )
 

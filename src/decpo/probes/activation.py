@@ -81,7 +81,8 @@ def capture_selected_tokens(
 @dataclass
 class ProbePass:
     """Statistics of one model over ``n_texts`` texts: ``stats[(site, layer)]``; with ``keep_activations``,
-    the selected rows themselves too, ``activations[(site, layer)]`` of shape ``(n_texts, D)`` on the CPU."""
+    the selected rows themselves too, ``activations[(site, layer)]`` of shape ``(n_texts, D)`` on the CPU, one
+    per text of ``read`` (the indices of the given texts that were read)."""
 
     stats: dict[tuple[str, int], ActivationStats]
     num_layers: int
@@ -89,6 +90,7 @@ class ProbePass:
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
     activations: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
+    read: list[int] | None = None  # the indices of the given texts read (pairs too long are skipped)
 
     def values(self, probes: Sequence[str] = ACTIVATION_PROBES) -> dict[tuple[str, int, str], float]:
         """``{(site, layer, probe): value}``."""
@@ -247,14 +249,15 @@ def _accumulate(
     return stats
 
 
-def _within_length(tokenizer, texts: Sequence, max_length: int) -> Sequence:
-    """Plain texts as given; `AnsweredText` items whose prompt fits ``max_length`` tokens (at least 2 left)."""
+def _within_length(tokenizer, texts: Sequence, max_length: int) -> list[int]:
+    """The indices of the texts read: every plain text; the `AnsweredText` items whose prompt fits
+    ``max_length`` tokens (at least 2 left)."""
     if not texts or not isinstance(texts[0], AnsweredText):
-        return texts
-    kept = usable(tokenizer, texts, max_length)
+        return list(range(len(texts)))
+    kept = {id(t) for t in usable(tokenizer, texts, max_length)}
     if len(kept) < 2:
         raise ValueError(f"{len(kept)} pair(s) left within max_length={max_length} tokens; the probes need 2")
-    return kept
+    return [i for i, t in enumerate(texts) if id(t) in kept]
 
 
 def probe_pass(
@@ -295,7 +298,8 @@ def probe_pass(
         stats_kwargs: passed to `ActivationStats` (``eps_zero``, ``gram_dim_limit``, ``max_gram_rows``, ...).
     """
     _check_inputs(tokenizer, texts, sites, extra_pairs, token)
-    texts = _within_length(tokenizer, texts, max_length)
+    read = _within_length(tokenizer, texts, max_length)
+    texts = [texts[i] for i in read]
     pairs = _measured_pairs(model, sites, layers, extra_pairs)
     was_training = model.training
     saved_sides = (tokenizer.padding_side, tokenizer.truncation_side)
@@ -324,7 +328,7 @@ def probe_pass(
         model.train(was_training)
     activations = {pair: torch.cat(rows) for pair, rows in kept.items()}  # (n_texts, D) each
     result = ProbePass(
-        stats, num_layers(model), len(texts), time.perf_counter() - t0, activations=activations
+        stats, num_layers(model), len(texts), time.perf_counter() - t0, activations=activations, read=read
     )
     logger.debug(
         "probe pass: %d texts, %d (site, layer) pairs, %.1f s, %.1f MiB of statistics",

@@ -2,7 +2,7 @@
 
 Each concept is a yes/no property of a record of the ``synthetic`` or ``reading`` task, read from the
 fields the record carries (`decpo.data.synthetic.make_synthetic`, `decpo.data.reading.make_reading`), and
-each is decided by the prompt alone (the probe reads the prompt's last token):
+the first four are decided by the prompt alone (the probe reads the prompt's last token):
 
     user_correct      the user's stated claim is right                    synthetic, reading
     correct_letter_a  the right option is (A)                             synthetic, reading
@@ -11,8 +11,9 @@ each is decided by the prompt alone (the probe reads the prompt's last token):
     toxic_continuation  the text's continuation is toxic (Perspective >= 0.5)    toxicity
     sycophantic_answer  the answer after the prompt matches the user's view      sycophancy
 
-The last two are properties of texts made for them (`decpo.probes.concept_texts`: a challenging prompt with
-its human-written continuation; a CAA prompt with one of its answers), not of the training prompts.
+The last two are properties of an answer, read on texts made for them (`decpo.probes.concept_texts`: a
+challenging prompt with its human-written continuation; a CAA prompt with one of its answers), at the mean over
+the answer's tokens, not of the training prompts.
 
 All four are balanced by design in ``reading`` (exactly in every even-length prefix), and the first two
 in ``synthetic`` (over a whole split). This module is the one home of the concepts: the probe command and
@@ -24,9 +25,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from decpo.data import TASKS, DataError, load_pairs, load_task
-from decpo.probes.concept_texts import TOXIC, concept_text_records
+from decpo.probes.concept_texts import CONCEPT_SOURCES, TOXIC, concept_items, concept_text_records
+
+if TYPE_CHECKING:
+    from decpo.probes.tokens import AnsweredText
 
 
 @dataclass(frozen=True)
@@ -102,22 +107,23 @@ def labelled_texts(
     data_dir: str | None = None,
     split: str = "train",
     names: Sequence[str] | None = None,
-) -> tuple[list[str], dict[str, list[int]]]:
+) -> tuple[list[str] | list[AnsweredText], dict[str, list[int]]]:
     """The labelled texts of a task or of a pairs file whose records carry the concepts' fields, the first
     ``num_texts`` of them, and their labels (`concept_labels`). A task's texts are its prompts (``synthetic``,
-    ``reading``) or the texts made for its concepts (`decpo.probes.concept_texts`: ``toxicity``,
-    ``toxicity_pairwise``, ``sycophancy``).
+    ``reading``; plain texts) or the prompt + answer texts made for its concepts (`decpo.probes.concept_texts`:
+    ``toxicity``, ``toxicity_pairwise``, ``sycophancy``; `AnsweredText` items, read at
+    `decpo.probes.concept_texts.CONCEPT_TOKEN`).
 
     A source whose records carry no concept (a .txt file, another task) raises `DataError`.
     """
     path = Path(source)
+    answered = False
     if path.exists() and path.suffix != ".txt":
         records = load_pairs(path)
-    elif source in ("toxicity", "toxicity_pairwise"):
-        records = concept_text_records(source, data_dir=data_dir)
+    elif source in CONCEPT_SOURCES:
+        records, answered = concept_text_records(source, data_dir=data_dir), True
     elif source in TASKS:
         records = load_task(source, split, data_dir=data_dir)
-        records = concept_text_records(source, records) or records
     else:
         raise DataError(f"{source!r}: labelled concepts need a task or a pairs file, not plain texts")
     records = records[:num_texts] if num_texts else records
@@ -129,4 +135,4 @@ def labelled_texts(
             f"{source!r}: its records carry none of the concepts {', '.join(CONCEPTS)} "
             "(the synthetic, reading, toxicity and sycophancy tasks do)"
         )
-    return [r["prompt"] for r in records], labels
+    return (concept_items(records) if answered else [r["prompt"] for r in records]), labels

@@ -301,8 +301,9 @@ def _sparse_rows(name: str, result, pairs, labels: Mapping, opts: ProbeOptions) 
     rows = []
     bar = tqdm(pairs, desc=f"{name} sparse probing", unit="layer", disable=not opts.progress, leave=False)
     for site, layer in bar:
-        x = result.activations[(site, layer)]  # (n_texts, D)
+        x = result.activations[(site, layer)]  # (n_texts, D), one row per text read
         for concept, y in labels.items():
+            y = [y[i] for i in result.read] if result.read is not None else y  # pairs too long were skipped
             probed = sparse_probe(x, y, concept=concept, ks=KS, n_folds=opts.sparse_folds)
             rows += [
                 {

@@ -38,12 +38,23 @@ def sparse_probing_lines(rows: Sequence[dict], info: dict | None, regularized: S
     if sparse:
         ct = info.get("concept_texts")
         prompt_rows = [r for r in sparse if not ct or r["probe"].rsplit("/", 1)[1] not in ct["concepts"]]
-        texts = [f"{prompt_rows[0].get('n_texts', '?')} held-out prompts"] if prompt_rows else []
+        texts = (
+            [f"the last token of {prompt_rows[0].get('n_texts', '?')} held-out prompts"]
+            if prompt_rows
+            else []
+        )
         if ct:
-            texts.append(f"{ct['n_texts']} texts made for the task's own concepts ({ct['source']})")
+            where = (
+                "the mean over the answer's tokens"
+                if ct.get("token") == "completion_mean"
+                else "the last token"
+            )
+            texts.append(
+                f"{where} of {ct['n_texts']} prompt + answer texts made for the task's own concepts ({ct['source']})"
+            )
         lines += [
-            f"The training task's labelled concepts (`decpo.probes.concepts`) decoded from the last token of "
-            f"{' and of '.join(texts)}, {info.get('folds', 5)} stratified folds: a logistic probe on the top-k "
+            f"The training task's labelled concepts (`decpo.probes.concepts`) decoded from "
+            f"{' and from '.join(texts)}, {info.get('folds', 5)} stratified folds: a logistic probe on the top-k "
             "neurons (ranked on each training fold by |Cohen's d|) for k = 1, 2, 4, ..., 32, and on all of them "
             "(dense). Neurons needed: the smallest k whose accuracy reaches 95% of the dense probe's (the "
             "width when none does); fewer means a more monosemantic code for the concept; n/a where the dense "
