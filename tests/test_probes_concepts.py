@@ -128,3 +128,27 @@ def test_the_real_sycophancy_and_toxicity_texts_carry_both_classes(data_dir):
     )
     texts, labels = labelled_texts("toxicity", None, str(data_dir))
     assert 10 <= sum(labels["toxic_continuation"]) <= len(texts) - 10  # both classes usable by 5 folds
+
+
+@pytest.mark.parametrize(("flags", "token"), [([], "completion_mean"), (["--token", "last"], "last")])
+def test_decpo_probe_reads_the_concept_texts_over_the_answer_unless_told(tmp_path, monkeypatch, flags, token):
+    import argparse
+
+    from decpo.cli.probe import add_parser
+    from decpo.probes import runner
+
+    seen = {}
+
+    def fake_probe_models(models, texts, output_dir, options, **kw):
+        seen.update(texts=texts, token=options.token)
+        raise SystemExit(0)  # nothing to probe: the options are what this test reads
+
+    monkeypatch.setattr(runner, "probe_models", fake_probe_models)
+    data_dir = _rtp_file(tmp_path)
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    argv = ["probe", "--texts", "toxicity", "--data-dir", str(data_dir), "--measure", "sparse_probing"]
+    args = parser.parse_args([*argv, *flags, "--output-dir", str(tmp_path / "out")])
+    with pytest.raises(SystemExit):
+        args.func(args)
+    assert seen["token"] == token and isinstance(seen["texts"][0], AnsweredText)
