@@ -56,6 +56,7 @@ def test_dpo_lowers_the_independent_scorers_toxicity_without_collapse(tmp_path):
         "experiment.seeds=[0]",
         "experiment.eval_num_samples=0",  # greedy only: the sampled protocol is not asserted here
         "experiment.probe_num_texts=8",
+        "experiment.concept_num_texts=64",  # the concept-text pass on the real model, kept short for CI
     ]
     assert (
         main(
