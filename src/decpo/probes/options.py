@@ -92,7 +92,9 @@ class ProbeOptions:
                 "The token(s) read, as the penalty's train.reg_tokens selects them: last, prompt_last or "
                 "completion_mean, on prompt + chosen answer + EOS tokenized as the trainer tokenizes a pair "
                 "(prompt_last and completion_mean need pairs: a pairs file or a task as --texts; a .txt file "
-                "allows only last). Default: the last token of each text, of a pair its prompt's (the paper's probe)."
+                "allows only last). Default: the last token of each text, of a pair its prompt's (the paper's probe); "
+                "the texts made for the toxicity and sycophancy concepts (--measure sparse_probing): "
+                "completion_mean."
             ),
             "choices": PROBE_TOKENS,
         },
