@@ -72,6 +72,34 @@ def test_a_shares_interval_over_seeds_is_clipped_to_its_range():
     assert cells[4] == f"0.1000 [0.0000, {high:.4f}]"
 
 
+def test_neurons_needed_is_clipped_to_the_layers_width_in_both_tables():
+    """Neurons needed is a k of KS or the width (when no k reaches 95% of the dense probe), so a value outside KS
+    is the width, and no interval runs past it (the toxicity run's [1.0, 3191.7] for 32, 1536, 1536)."""
+    from decpo.reports.sparse_probing import neurons_bounds, sparse_probing_lines
+
+    need = {"base": 32, "dpo-s0": 32, "dpo-s1": 1536, "dpo-s2": 1536, "decpo-s0": 32, "decpo-s1": 32}
+    need["decpo-s2"] = 32
+    rows = [
+        {"model": m, "layer": "3", "site": SITE, "probe": "sparse_probe/neurons_needed/t", "value": str(v)}
+        for m, v in need.items()
+    ]
+    assert neurons_bounds(rows, SITE) == (1.0, 1536.0) and neurons_bounds(rows, "other") == (
+        1.0,
+        float("inf"),
+    )
+    mean = np.mean([32, 1536, 1536])
+    low = stats.t.interval(0.95, 2, loc=mean, scale=stats.sem([32, 1536, 1536]))[0]
+    assert _cells(claim1_three_ways(rows, SITE), "sparse probing: neurons needed (t)", 3)[4] == (
+        f"{mean:.1f} [{max(low, 1.0):.1f}, 1536.0]"
+    )
+    section = "\n".join(sparse_probing_lines(rows, {"layers": [3]}, [3]))
+    line = next(x for x in section.splitlines() if "| t | neurons needed |" in x)
+    assert f"{mean:.1f} [{max(low, 1.0):.1f}, 1536.0]" in line
+    # only values of KS: the width is unknown, the upper end open
+    small = [dict(r, value="32") for r in rows]
+    assert neurons_bounds(small, SITE) == (1.0, float("inf"))
+
+
 def test_each_sentence_gives_spearmans_rho_on_the_same_points():
     sentences = proxy_sentences(_rows(), SITE)
     assert len(sentences) == 2  # neurons needed, L0

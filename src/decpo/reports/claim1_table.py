@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from decpo.names import BASE
 from decpo.probes.proxy_check import SIDES, proxy_tracking
 from decpo.reports import probes as P
+from decpo.reports.sparse_probing import neurons_bounds
 from decpo.reports.stats import Estimate
 from decpo.reports.tables import markdown_table
 
@@ -93,6 +94,8 @@ def _table(rows: Sequence[dict], site: str, layers: Sequence[int]) -> str:
     table = [head]
     floor = undecodable(rows, site)
     for probe, name, digits, side, (low, high) in _measures(rows):
+        if probe.startswith(SPARSE[1][0]):  # neurons needed: at most the layer's width
+            low, high = neurons_bounds(rows, site)
         c = P.curves(rows, probe, site)
         if BASE not in c and not probe.startswith(SPARSE[1][0]):
             continue

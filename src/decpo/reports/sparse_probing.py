@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 
 from decpo.names import BASE
+from decpo.probes.sparse_probing import KS
 from decpo.reports import probes as P
 from decpo.reports.tables import markdown_table
 
@@ -22,7 +23,7 @@ PREFIX = "sparse_probe/"
 # as `decpo.reports.tables.over_seeds` clips a share's: two or three seeds' t-intervals reach past the range)
 SHOWN = (
     ("acc_k1", "accuracy at k = 1", 3, (0.0, 1.0)),
-    ("neurons_needed", "neurons needed", 1, (1.0, math.inf)),
+    ("neurons_needed", "neurons needed", 1, (1.0, math.inf)),  # up to the width: `neurons_bounds`
     ("acc_dense", "dense accuracy", 3, (0.0, 1.0)),
 )
 
@@ -73,6 +74,21 @@ def sparse_probing_lines(rows: Sequence[dict], info: dict | None, regularized: S
     return lines
 
 
+def neurons_bounds(rows: Sequence[dict], site: str) -> tuple[float, float]:
+    """The range neurons needed lies in at ``site``: from 1 to the layer's width. Neurons needed is a k of
+    `decpo.probes.sparse_probing.KS` or, when no k reaches the target, the width, so any other value of the
+    site's rows is the width; with none, the upper end is unknown (infinity)."""
+    widths = {
+        float(r["value"])
+        for r in rows
+        if r["site"] == site
+        and r["probe"].startswith(f"{PREFIX}neurons_needed/")
+        and math.isfinite(float(r["value"]))
+        and float(r["value"]) not in KS
+    }
+    return 1.0, max(widths, default=math.inf)
+
+
 def _table(rows: Sequence[dict], site: str, regularized: Sequence[int]) -> str:
     """Rows (layer, concept, measure): base, each method's mean [t-interval], DecPO - DPO paired by seed."""
     concepts = sorted({r["probe"].rsplit("/", 1)[1] for r in rows if r["site"] == site})
@@ -81,6 +97,7 @@ def _table(rows: Sequence[dict], site: str, regularized: Sequence[int]) -> str:
     table = [["layer", "concept", "measure", BASE, *methods, *(["DecPO - DPO"] if paired else [])]]
     for concept in concepts:
         for measure, name, digits, bounds in SHOWN:
+            bounds = neurons_bounds(rows, site) if measure == "neurons_needed" else bounds
             r = P.measure_rows(P.curves(rows, f"{PREFIX}{measure}/{concept}", site), methods, bounds)
             for layer in r.layers:
                 table.append(
