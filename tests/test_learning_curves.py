@@ -50,6 +50,7 @@ METRIC = "ab_accuracy_debiased"
         # saves at 2, 4, 6, 8; the newest 2 kept: checkpoint-2 would be gone before its evaluation
         (["train.max_steps=8", "experiment.curve_steps=[2]"], "train.save_total_limit"),
         (["experiment.curve_limit=0"], "experiment.curve_limit"),
+        (["experiment.concept_num_texts=0"], "experiment.concept_num_texts"),  # would probe no concept text
     ],
 )
 def test_bad_curve_settings_are_refused_naming_the_field(overrides, field):

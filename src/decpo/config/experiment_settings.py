@@ -221,8 +221,8 @@ class ExperimentSettings:
             "training task's labelled concepts (synthetic, reading: on the held-out prompts, in the same pass; "
             "sycophancy, toxicity: also on texts made for their concepts, decpo.probes.concept_texts, in a "
             "pass of their own, experiment.concept_num_texts of them; other tasks: skipped, with the reason "
-            "logged and in the report), experiment.probe_num_texts held-out texts (a concept with fewer than 10 texts per class is skipped, its "
-            "reason in the report); negative indices count from the end. null: the regularized layer(s), "
+            "logged and in the report), experiment.probe_num_texts held-out texts (a concept with fewer than "
+            "10 texts per class is skipped, its reason in the report); negative indices count from the end. null: the regularized layer(s), "
             "train.reg_layers, which keeps the default run's probe stage within its time budget (about 0.2 s "
             "of fits per model, concept, layer and site on 2 cores); empty list: off."
         ),
@@ -232,9 +232,10 @@ class ExperimentSettings:
         metadata=described(
             "Texts made for the training task's own concepts (decpo.probes.concept_texts; toxicity: 593 "
             "challenging prompts with their continuation, sycophancy: 1,050 CAA items with one answer) that "
-            "the probe stage's sparse probing reads, the first N; null: all of them. With 128 or fewer, "
-            "neither concept is decodable on the embedded model (benchmarks/RESULTS.md). About 40 s per model "
-            "for the 593 toxicity texts, 3.5 min for the 1,050 CAA texts, on 2 cores."
+            "the probe stage's sparse probing reads, the first N; null: all of them. On the embedded model the "
+            "toxicity concept is decodable from all 593, the sycophancy one only weakly from all 1,050 "
+            "(benchmarks/RESULTS.md). About 40 s per model for the 593 toxicity texts, 3.5 min for the 1,050 "
+            "CAA texts, on 2 cores."
         ),
     )
     sae: bool = field(
@@ -316,7 +317,13 @@ class ExperimentSettings:
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"experiment.seeds lists a seed twice: {self.seeds}")
         _check_counts(
-            "experiment", self, curve_limit=1, eval_transfer_limit=1, eval_num_samples=0, sae_train_tokens=1
+            "experiment",
+            self,
+            curve_limit=1,
+            eval_transfer_limit=1,
+            eval_num_samples=0,
+            sae_train_tokens=1,
+            concept_num_texts=1,
         )
         steps = self.curve_steps
         if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in steps) or any(
