@@ -1,8 +1,9 @@
 """Diagnostic for issue 23 (not part of the library): can a plain logistic probe read `toxic_continuation` from the
 embedded model when it sees all 593 scored RealToxicityPrompts continuations (train + eval splits), at the last
 token and averaged over the tokens? The residual stream after blocks 9, 15, 21; standardized features;
-`LogisticRegressionCV` (5 C values) scored by 5-fold cross-validation. decpo's concept texts use the 190 of the eval
-split at the last token of `mlp.up_proj`, where no model's dense probe beats chance.
+`LogisticRegressionCV` (5 C values) scored by 5-fold cross-validation. It was written when decpo's concept texts were
+the 190 of the eval split read at the last token of `mlp.up_proj`, where no model's dense probe beat chance; it led to
+the library's read (all 593, the mean over the continuation's tokens: benchmarks/RESULTS.md).
 
     python benchmarks/toxic_concept_readout.py
 """
