@@ -7,6 +7,11 @@ import os
 # never reach for the Hub from tests (peft looks up a base model's config when saving adapters)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# under pytest-xdist the workers share the cores: each takes its share of intra-op threads (before torch starts),
+# which the processes a test starts inherit
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _share = (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _share)))
 from pathlib import Path
 
 import pytest
@@ -16,6 +21,13 @@ from decpo.models import load_model, load_tokenizer
 from decpo.models.tiny import TINY_NAME
 
 REPO = Path(__file__).resolve().parents[1]
+if os.environ.get("PYTEST_XDIST_WORKER"):  # also when torch started before this file set OMP_NUM_THREADS
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto`` (pyproject's addopts): a worker per core, at most 4 (each builds models of its own)."""
+    return min(4, os.cpu_count() or 1)
 
 
 def real_data_dir() -> Path | None:

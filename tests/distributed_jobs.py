@@ -2,7 +2,8 @@
 
 python tests/distributed_jobs.py train <decpo train arguments...>   `decpo train`, pairs in file order
 python tests/distributed_jobs.py sharded <out.json>                  FSDP2 probes, a short-last-batch run
-python tests/distributed_jobs.py fsdp <decpo train arguments...>    `decpo train` under FSDP2 on CPU processes
+python tests/distributed_jobs.py fsdp <decpo train arguments...>    `decpo train` under FSDP2 on CPU processes, pairs
+    in file order, saying what the penalty's hook is attached to
 python tests/distributed_jobs.py deepspeed <decpo train arguments...>  `decpo train`, pairs in file order, saying
     what the penalty's hook is attached to (run under `accelerate launch` with a DeepSpeed config)
 
@@ -119,7 +120,8 @@ def fsdp_on_cpu() -> None:
     """Let accelerate (1.15) run FSDP2 on CPU processes, which it does not on its own; two patches:
 
     1. ``AcceleratorState`` makes a run on CPU processes ``MULTI_CPU`` (DDP) even when the Trainer hands it an
-       FSDP plugin (``train.fsdp``): FSDP is chosen for GPU kinds only. Here it becomes ``FSDP``.
+       FSDP plugin (``train.fsdp``): FSDP is chosen for GPU kinds only. Here it becomes ``FSDP``, in
+       ``PartialState`` too (which every later ``AcceleratorState()`` copies).
     2. ``Accelerator.get_state_dict`` then takes its FSDP1 branch (``is_fsdp2`` is False), whose tensors point
        at freed storage once the model is FSDP2-sharded on CPU ("Attempted to access the data pointer on an
        invalid python storage" in safetensors). Here: torch's full state dict, copied, on every process.
@@ -135,6 +137,9 @@ def fsdp_on_cpu() -> None:
         init(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
         if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
             self.distributed_type, self.fsdp_plugin = DistributedType.FSDP, fsdp_plugin
+            # every later `AcceleratorState()` copies PartialState's type over its own: FSDP there too, or the
+            # resume's loads take FSDP1 branches (`is_fsdp2` False) and rank 0 waits alone in a broadcast
+            state.PartialState._shared_state["distributed_type"] = DistributedType.FSDP
             print("fsdp-on-cpu: distributed type FSDP", file=sys.stderr)
 
     def full_state_dict(self, model, unwrap=True):
@@ -194,6 +199,6 @@ if __name__ == "__main__":
     job, *rest = sys.argv[1:]
     if job == "fsdp":
         fsdp_on_cpu()
-    if job == "deepspeed":
+    if job in ("deepspeed", "fsdp"):
         report_penalty_hook()
     raise SystemExit(train(rest) if job in ("train", "fsdp", "deepspeed") else sharded(*rest))

@@ -94,6 +94,25 @@ def train_two(job: str, run_dir, *args) -> subprocess.CompletedProcess:
     return done
 
 
+def train_fsdp_launched(run_dir, *args) -> subprocess.CompletedProcess:
+    """`distributed_jobs.py fsdp` (`decpo train` on the smoke preset) in 2 CPU processes started the way the README
+    says, by `accelerate launch` with ``configs/accelerate/fsdp.yaml`` (its GPU settings made CPU ones)."""
+    config = REPO / "configs" / "accelerate" / "fsdp.yaml"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+    launch += ["--num_processes", "2", "--mixed_precision", "no"]
+    script = [str(REPO / "tests" / "distributed_jobs.py"), "fsdp", "--config", SMOKE]
+    env = {**child_env(), NUM_PROCESSES_ENV: "2"}
+    done = subprocess.run(
+        [*launch, *script, "--output-dir", str(run_dir), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def train_deepspeed(stage: int, run_dir, *args) -> subprocess.CompletedProcess:
     """`distributed_jobs.py deepspeed` (`decpo train` on the smoke preset) in 2 CPU processes started by
     `accelerate launch` with ``configs/accelerate/deepspeed_zero<stage>.yaml``, its GPU settings made CPU ones."""
@@ -290,6 +309,70 @@ def test_deepspeed_in_two_processes_equals_one_and_resumes(
         for key in x.keys() - CLOCK:
             assert y[key] == pytest.approx(x[key], rel=1e-5, abs=1e-7), (x["step"], key)
     assert_same_final_weights(one, two, weights_file, atol=atol)
+
+
+def test_fsdp_launched_from_its_config_trains_decpo_with_probes_and_resumes_anywhere(tmp_path, monkeypatch):
+    # `accelerate launch --config_file configs/accelerate/fsdp.yaml` (FSDP2, FULL_STATE_DICT), as the README says,
+    # on 2 CPU processes: DecPO with its penalty and the probes every step, LoRA, against one process accumulating
+    # 2 micro-batches; the checkpoint of step 2 resumes under FSDP and in one plain process
+    monkeypatch.setenv("DECPO_CACHE", str(tmp_path / "cache"))
+    args = [*[a for a in DECPO if not a.startswith("train.save_steps")], "train.save_steps=2"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    monkeypatch.setattr(run, "trainer_args", sequential_trainer_args)
+    assert train_one(one, "train.gradient_accumulation_steps=2", *args) == 0
+    done = train_fsdp_launched(two, *args)
+    assert done.stderr.count("fsdp-on-cpu: distributed type FSDP") == 2
+    # the penalty's hook, on each process, in the model FSDP2 shards, received the whole activation
+    assert re.findall(HOOK, done.stderr) == [("FSDPPeftModelForCausalLM", "512", "512", "8", "32")] * 2
+    # FSDP's checkpoint: the weights and the optimizer state whole, keyed by name
+    assert {"pytorch_model_fsdp.bin", "optimizer.bin"} <= {p.name for p in (two / "checkpoint-2").iterdir()}
+
+    a, b = rows(one), rows(two)
+    assert [r["probe/step"] for r in b if "probe/step" in r] == [0, 1, 2, 3]
+    assert all("train/loss/decorr" in r for r in b if "train/loss" in r)
+    pooled = {f"{mode}/{key}" for mode in ("train", "eval") for key in TOKEN_POOLED}
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        for key in x.keys() - CLOCK - pooled:
+            assert y[key] == pytest.approx(x[key], rel=1e-4, abs=1e-5), (x["step"], key)
+    assert_same_final_weights(one, two, "adapter_model.safetensors")
+
+    # as if stopped after step 2: the same launch again, then one process (its micro-batches accumulated)
+    for where in ("fsdp", "one process"):
+        shutil.rmtree(two / "checkpoint-3")
+        shutil.rmtree(two / "final")
+        if where == "fsdp":
+            again = train_fsdp_launched(two, *args).stderr
+        else:
+            again = subprocess.run(
+                [
+                    sys.executable,
+                    str(REPO / "tests" / "distributed_jobs.py"),
+                    "train",
+                    "--config",
+                    SMOKE,
+                    "--output-dir",
+                    str(two),
+                    *args,
+                    "train.gradient_accumulation_steps=2",
+                    "--allow-config-change",
+                ],
+                env=child_env(),
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            assert again.returncode == 0, again.stderr[-3000:]
+            again = again.stderr
+        assert f"resuming from {two / 'checkpoint-2'}" in again, (where, again[-3000:])
+        resumed = [r for r in rows(two) if r["step"] > 2 and "train/loss" in r]
+        before = [r for r in b if r["step"] > 2 and "train/loss" in r]
+        assert [r["step"] for r in resumed] == [r["step"] for r in before] == [3]
+        for x, y in zip(before, resumed, strict=True):
+            for key in x.keys() - CLOCK - pooled:
+                assert y[key] == pytest.approx(x[key], rel=1e-5, abs=1e-7), (where, key)
+        assert_same_final_weights(one, two, "adapter_model.safetensors")
 
 
 def test_short_last_batch_penalty_and_fsdp_probes_on_every_process(tmp_path):

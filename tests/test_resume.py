@@ -214,6 +214,32 @@ def test_counters_continue_after_a_resume(uninterrupted, tmp_path, resume_at):
     assert summary(ours) == pytest.approx(summary(theirs), rel=1e-6)
 
 
+def test_fsdp_checkpoint_is_complete_with_its_model_and_optimizer_states(two_checkpoints, tmp_path):
+    # FSDP saves no optimizer.pt: optimizer.bin and pytorch_model_fsdp.bin (FULL_STATE_DICT) or the folders
+    # optimizer_0/ and pytorch_model_fsdp_0/ (SHARDED_STATE_DICT)
+    ckpt = tmp_path / "checkpoint-2"
+    shutil.copytree(two_checkpoints / "checkpoint-2", ckpt)
+    (ckpt / "optimizer.pt").rename(ckpt / "optimizer.bin")
+    (ckpt / "pytorch_model_fsdp.bin").write_bytes(b"weights")
+    write_manifest(ckpt)
+    assert checkpoint_problem(ckpt) is None
+    (ckpt / "optimizer.bin").unlink()
+    write_manifest(ckpt)
+    assert checkpoint_problem(ckpt) == "no FSDP optimizer state (optimizer.bin or optimizer_0/)"
+    (ckpt / "optimizer_0").mkdir()
+    assert checkpoint_problem(ckpt) == "no FSDP optimizer state (optimizer.bin or optimizer_0/)"  # empty
+    (ckpt / "optimizer_0" / "__0_0.distcp").write_bytes(b"state")
+    (ckpt / "pytorch_model_fsdp.bin").unlink()
+    (ckpt / "pytorch_model_fsdp_0").mkdir()
+    assert checkpoint_problem(ckpt) == "the FSDP model state folder in checkpoint-2 is empty"
+    (ckpt / "pytorch_model_fsdp_0" / "__0_0.distcp").write_bytes(b"weights")
+    (ckpt / "adapter_model.safetensors").unlink()  # the weights only in FSDP's shards
+    write_manifest(ckpt)
+    assert checkpoint_problem(ckpt) is None
+    (ckpt / "pytorch_model_fsdp_0" / "__0_0.distcp").write_bytes(b"w")  # the manifest still guards the shards
+    assert "__0_0.distcp" in checkpoint_problem(ckpt)
+
+
 def test_deepspeed_checkpoint_is_complete_with_its_states_where_latest_says(two_checkpoints, tmp_path):
     # DeepSpeed saves no optimizer.pt: each process's optimizer state goes to the folder `latest` names
     ckpt = tmp_path / "checkpoint-2"

@@ -14,6 +14,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from decpo.config import ConfigError, RunConfig
 from decpo.integrity import manifest_problem
+from decpo.training.fsdp_resume import FSDP_MODEL_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -54,14 +55,19 @@ def checkpoint_problem(ckpt: Path) -> str | None:
     complete only when its manifest (`decpo.integrity`, written last at save) exists and matches its files.
 
     Under DeepSpeed the optimizer state (and, under ZeRO-3 without gathered weights, the weights) are in the
-    folder that its ``latest`` file names, one file per process, not in ``optimizer.pt``."""
+    folder that its ``latest`` file names, one file per process, not in ``optimizer.pt``. Under FSDP they are
+    in ``optimizer.bin`` and ``pytorch_model_fsdp.bin`` (``fsdp_state_dict_type: FULL_STATE_DICT``) or in the
+    folders ``optimizer_0/`` and ``pytorch_model_fsdp_0/`` (``SHARDED_STATE_DICT``)."""
     if not (ckpt / "trainer_state.json").is_file():
         return "no trainer_state.json (interrupted while saving)"
     deepspeed = _deepspeed_states(ckpt)
     if isinstance(deepspeed, str):
         return deepspeed
+    fsdp = _fsdp_states(ckpt)
+    if isinstance(fsdp, str):
+        return fsdp
     weights = list(ckpt.glob("*.safetensors"))
-    if not weights and not (deepspeed and deepspeed["model"]):
+    if not weights and not (deepspeed and deepspeed["model"]) and not fsdp:
         return "no safetensors weights"
     for w in weights:
         try:
@@ -70,7 +76,7 @@ def checkpoint_problem(ckpt: Path) -> str | None:
             return f"{w.name} is unreadable: {e}"
         if w.stat().st_size < expected:
             return f"{w.name} is truncated ({w.stat().st_size} of {expected} bytes)"
-    for name in ("scheduler.pt",) if deepspeed else ("optimizer.pt", "scheduler.pt"):
+    for name in ("scheduler.pt",) if deepspeed or fsdp else ("optimizer.pt", "scheduler.pt"):
         if not (ckpt / name).is_file():
             return f"no {name}"
     return manifest_problem(ckpt)
@@ -87,6 +93,23 @@ def _deepspeed_states(ckpt: Path) -> dict[str, list[Path]] | str | None:
     if not states["optim"]:
         return f"no DeepSpeed optimizer states in {tag}/ (named by latest)"
     return states
+
+
+def _fsdp_states(ckpt: Path) -> list[Path] | str | None:
+    """An FSDP checkpoint's model and optimizer states (``pytorch_model_fsdp*``, ``optimizer.bin`` or
+    ``optimizer_*/``, as transformers' Trainer saves them); None when it is no FSDP checkpoint; what is missing
+    as a string. A sharded state's folder must hold files (its ``.distcp`` shards and ``.metadata``)."""
+    model = [p for p in ckpt.glob(f"{FSDP_MODEL_NAME}*") if p.is_file() or any(p.iterdir())]
+    if not model and not any(ckpt.glob(f"{FSDP_MODEL_NAME}*")):
+        return None
+    if not model:
+        return f"the FSDP model state folder in {ckpt.name} is empty"
+    optim = [
+        p for p in ckpt.glob("optimizer*") if p.name == "optimizer.bin" or (p.is_dir() and any(p.iterdir()))
+    ]
+    if not optim:
+        return "no FSDP optimizer state (optimizer.bin or optimizer_0/)"
+    return [*model, *optim]
 
 
 def _safetensors_size(path: Path) -> int:

@@ -48,6 +48,7 @@ from decpo.records import is_auto
 from decpo.training.batching import LengthGroupedMixin
 from decpo.training.calibration import calibrate
 from decpo.training.callbacks import DIVERGED_HINT, NonFiniteError, check_optimizer_state
+from decpo.training.fsdp_resume import FSDPCheckpointMixin
 from decpo.training.model_card import ModelCardMixin
 from decpo.training.prefix_sharing import SharedPromptMixin
 from decpo.training.ref_cache import CachedReferenceMixin
@@ -313,6 +314,7 @@ class DecPOTrainer(
     ModelCardMixin,
     ResumedCountersMixin,
     ActivationRegularizerMixin,
+    FSDPCheckpointMixin,
     SharedPromptMixin,
     LengthGroupedMixin,
     CachedReferenceMixin,
@@ -336,7 +338,9 @@ class DecPOTrainer(
         self._metrics[mode][key].append(value)
 
 
-class SimPOTrainer(ModelCardMixin, ResumedCountersMixin, ActivationRegularizerMixin, CPOTrainer):
+class SimPOTrainer(
+    ModelCardMixin, ResumedCountersMixin, ActivationRegularizerMixin, FSDPCheckpointMixin, CPOTrainer
+):
     """TRL's `CPOTrainer` with `SimPOConfig` (SimPO), plus the same activation regularizer."""
 
     def __init__(self, *args, **kwargs):
