@@ -160,6 +160,18 @@ def launched_fsdp_on_cpu() -> None:
     run.trainer_args = sequential_trainer_args
 
 
+def without_shared_memory_allreduce() -> None:
+    """DeepSpeed's CPU accelerator builds a shared-memory allreduce op at its first start on a machine (ninja and
+    the C++ compiler: about 2 minutes on 2 cores, then cached in ~/.cache/torch_extensions); here gloo's allreduce
+    serves instead, so that a fresh machine (CI) runs the DeepSpeed tests in seconds. The op is a CPU speed-up of
+    DeepSpeed's own communication; what these tests check (decpo's trainer under ZeRO) does not go through it."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = (
+        False  # read by deepspeed.comm.torch.build_shm_op
+    )
+
+
 def report_penalty_hook() -> None:
     """Print, at the penalty's first capture in a training step on this process, what its hook sees: the model
     the Trainer hands ``compute_loss`` (under DeepSpeed a ``DeepSpeedEngine``), the hooked module's weight
@@ -201,4 +213,6 @@ if __name__ == "__main__":
         fsdp_on_cpu()
     if job in ("deepspeed", "fsdp"):
         report_penalty_hook()
+    if job == "deepspeed":
+        without_shared_memory_allreduce()
     raise SystemExit(train(rest) if job in ("train", "fsdp", "deepspeed") else sharded(*rest))

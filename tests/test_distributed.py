@@ -324,6 +324,9 @@ def test_fsdp_launched_from_its_config_trains_decpo_with_probes_and_resumes_anyw
     assert done.stderr.count("fsdp-on-cpu: distributed type FSDP") == 2
     # the penalty's hook, on each process, in the model FSDP2 shards, received the whole activation
     assert re.findall(HOOK, done.stderr) == [("FSDPPeftModelForCausalLM", "512", "512", "8", "32")] * 2
+    # the reference log-probs of the model FSDP holds, cached under a key (a cache hit when resuming)
+    cached = re.search(r"reference log-probs for train: cached \((.+)\)", done.stderr)
+    assert cached and "not cached" not in done.stderr, done.stderr[-3000:]
     # FSDP's checkpoint: the weights and the optimizer state whole, keyed by name
     assert {"pytorch_model_fsdp.bin", "optimizer.bin"} <= {p.name for p in (two / "checkpoint-2").iterdir()}
 
@@ -344,6 +347,7 @@ def test_fsdp_launched_from_its_config_trains_decpo_with_probes_and_resumes_anyw
         shutil.rmtree(two / "final")
         if where == "fsdp":
             again = train_fsdp_launched(two, *args).stderr
+            assert f"reference log-probs for train: cache hit ({cached[1]})" in again
         else:
             again = subprocess.run(
                 [
