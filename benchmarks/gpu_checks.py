@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import math
 import os
@@ -248,6 +249,7 @@ def child_equality(args) -> dict:
                 steps[f"{dtype_name}:{variant}"] = one_step(trainer, lora)
                 lora = lora or steps[f"{dtype_name}:{variant}"]["lora"]  # the same adapters everywhere
                 del trainer, model
+                gc.collect()  # the trainer's reference cycles: its model's memory back before the next one
                 if device == "cuda":
                     torch.cuda.empty_cache()
     for reference, shared in (("trl", "dpo_shared"), ("decpo_layout", "decpo_shared")):
