@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import importlib.util
 import json
 import math
 import os
@@ -392,8 +393,8 @@ def child_train(argv: list[str], result_file: str | None, cpu_fsdp: bool, cpu_kb
     """`decpo train <argv>` in this process; the peak GPU memory (or 0) to ``result_file``."""
     import torch
 
+    sys.path.insert(0, str(ROOT / "tests"))  # tests/distributed_jobs.py: the hook report, FSDP on CPU
     if cpu_fsdp:
-        sys.path.insert(0, str(ROOT / "tests"))
         from distributed_jobs import fsdp_on_cpu
 
         fsdp_on_cpu()
@@ -402,7 +403,6 @@ def child_train(argv: list[str], result_file: str | None, cpu_fsdp: bool, cpu_kb
 
         loading.check_quantizable = lambda *a, **k: None  # the CUDA guard, off for bitsandbytes' CPU backend
         loading.kbit_device_map = lambda device=None: {"": device or "cpu"}  # not this process's GPU
-    sys.path.insert(0, str(ROOT / "tests"))
     from decpo.cli import main
 
     from distributed_jobs import report_penalty_hook
@@ -444,8 +444,7 @@ def child_qlora(args) -> dict:
 
     from decpo.models import load_tokenizer
 
-    has_bnb = __import__("importlib").util.find_spec("bitsandbytes") is not None
-    if not has_bnb:
+    if importlib.util.find_spec("bitsandbytes") is None:
         return {"skipped": "bitsandbytes is not installed", "targets": []}
     shape = "small" if args.cpu else "8b"
     device = "cpu" if args.cpu else "cuda"
@@ -617,8 +616,6 @@ def child_fsdp(args) -> dict:
 
 
 def child_kbit(args) -> dict:
-    import importlib.util
-
     if importlib.util.find_spec("bitsandbytes") is None:
         return {"skipped": "bitsandbytes is not installed", "targets": []}
     from decpo.models import loading

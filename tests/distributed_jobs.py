@@ -167,9 +167,8 @@ def without_shared_memory_allreduce() -> None:
     DeepSpeed's own communication; what these tests check (decpo's trainer under ZeRO) does not go through it."""
     import deepspeed.ops
 
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = (
-        False  # read by deepspeed.comm.torch.build_shm_op
-    )
+    # read by deepspeed.comm.torch.build_shm_op at the first init of its communication
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def report_penalty_hook() -> None:

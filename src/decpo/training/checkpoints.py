@@ -14,7 +14,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from decpo.config import ConfigError, RunConfig
 from decpo.integrity import manifest_problem
-from decpo.training.fsdp_resume import FSDP_MODEL_NAME
+from decpo.training.fsdp_resume import FSDP_MODEL_NAME, FULL_OPTIMIZER, FULL_WEIGHTS, fsdp_checkpoint_kind
 
 logger = logging.getLogger(__name__)
 
@@ -96,17 +96,17 @@ def _deepspeed_states(ckpt: Path) -> dict[str, list[Path]] | str | None:
 
 
 def _fsdp_states(ckpt: Path) -> list[Path] | str | None:
-    """An FSDP checkpoint's model and optimizer states (``pytorch_model_fsdp*``, ``optimizer.bin`` or
-    ``optimizer_*/``, as transformers' Trainer saves them); None when it is no FSDP checkpoint; what is missing
-    as a string. A sharded state's folder must hold files (its ``.distcp`` shards and ``.metadata``)."""
-    model = [p for p in ckpt.glob(f"{FSDP_MODEL_NAME}*") if p.is_file() or any(p.iterdir())]
-    if not model and not any(ckpt.glob(f"{FSDP_MODEL_NAME}*")):
+    """An FSDP checkpoint's model and optimizer states (`decpo.training.fsdp_resume.fsdp_checkpoint_kind`: whole
+    in ``pytorch_model_fsdp.bin`` and ``optimizer.bin``, or sharded in folders that must hold files, their
+    ``.distcp`` shards and ``.metadata``); None when it is no FSDP checkpoint; what is missing as a string."""
+    kind = fsdp_checkpoint_kind(ckpt)
+    if kind is None:
         return None
+    filled = lambda pattern: [p for p in ckpt.glob(pattern) if p.is_dir() and any(p.iterdir())]  # noqa: E731
+    model = [ckpt / FULL_WEIGHTS] if kind == "full" else filled(f"{FSDP_MODEL_NAME}*")
     if not model:
         return f"the FSDP model state folder in {ckpt.name} is empty"
-    optim = [
-        p for p in ckpt.glob("optimizer*") if p.name == "optimizer.bin" or (p.is_dir() and any(p.iterdir()))
-    ]
+    optim = [ckpt / FULL_OPTIMIZER] if (ckpt / FULL_OPTIMIZER).is_file() else filled("optimizer*")
     if not optim:
         return "no FSDP optimizer state (optimizer.bin or optimizer_0/)"
     return [*model, *optim]

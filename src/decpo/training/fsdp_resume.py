@@ -16,12 +16,14 @@ from typing import Any
 import torch
 from accelerate.utils.constants import FSDP_MODEL_NAME
 
+from decpo.errors import DecPOError
+
 FULL_WEIGHTS = f"{FSDP_MODEL_NAME}.bin"
 FULL_OPTIMIZER = "optimizer.bin"
 
 
-class FSDPCheckpointError(RuntimeError):
-    """A checkpoint FSDP saved that this run cannot take."""
+class FSDPCheckpointError(DecPOError, ValueError):
+    """A checkpoint FSDP saved that this run cannot take (the command line prints it, no traceback)."""
 
 
 def fsdp_checkpoint_kind(ckpt: Path) -> str | None:
@@ -87,7 +89,8 @@ class FSDPCheckpointMixin:
         model = self.model if model is None else model
         weights = torch.load(ckpt / FULL_WEIGHTS, map_location="cpu", weights_only=True)
         missing, unexpected = model.load_state_dict(weights, strict=False)
-        trained = [n for n, p in model.named_parameters() if p.requires_grad and n in set(missing)]
+        missing = set(missing)
+        trained = [n for n, p in model.named_parameters() if p.requires_grad and n in missing]
         if unexpected or trained:
             name = (unexpected or trained)[0]
             what = "is not a parameter of this model" if unexpected else "is missing"
