@@ -1,4 +1,5 @@
-"""Batched generation with left padding (greedy by default, as the paper)."""
+"""Batched generation with left padding (greedy by default, as the paper); several samples of a prompt share one
+pass over it."""
 
 from __future__ import annotations
 
@@ -6,7 +7,14 @@ from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TemperatureLogitsWarper,
+)
+
+from decpo.inference.nucleus import LargestFirstTopP
 
 
 def batches(n: int, batch_size: int) -> list[range]:
@@ -56,7 +64,18 @@ def generate(
     device = model_device(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     sampling = (
-        {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": None}
+        {
+            "do_sample": True,
+            # transformers' own top-p sorts the whole vocabulary; its warpers come after the ones passed here, so
+            # the temperature goes here too, before the nucleus, as transformers orders them
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "top_k": None,
+            "logits_processor": LogitsProcessorList(
+                ([TemperatureLogitsWarper(temperature)] if temperature != 1.0 else [])
+                + ([LargestFirstTopP(top_p)] if top_p < 1.0 else [])
+            ),
+        }
         if do_sample
         else {
             "do_sample": False,
@@ -77,17 +96,45 @@ def generate(
                 truncation=max_prompt_tokens is not None,
                 max_length=max_prompt_tokens,
             ).to(device)
+            inputs = _shared_prompt_pass(model, enc, num_return_sequences)
             out = model.generate(
-                **enc,
+                **inputs,
                 max_new_tokens=max_new_tokens,
                 pad_token_id=pad_id,
                 eos_token_id=tokenizer.eos_token_id,
-                num_return_sequences=num_return_sequences,
                 **sampling,
             )
-            new_tokens = out[:, enc["input_ids"].shape[1] :]  # (B, <= max_new_tokens)
+            new_tokens = out[:, enc["input_ids"].shape[1] :]  # (B * k, <= max_new_tokens)
             outputs.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
     finally:
         tokenizer.padding_side, tokenizer.truncation_side = old_side, old_trunc
         model.train(was_training)
     return outputs
+
+
+def _shared_prompt_pass(model: PreTrainedModel, enc, k: int) -> dict:
+    """``generate``'s inputs for ``k`` continuations of each row of ``enc``, rows of one prompt together.
+
+    transformers repeats each prompt ``k`` times before its first forward pass, so a prompt is read ``k`` times
+    (a third of the time of 4 samples of 20 tokens after 40-token prompts on a CPU). Here the prompt, all but its
+    last token, is read once; its key/value cache is repeated ``k`` times and ``generate`` goes on from it with the
+    last token, at the positions it gives a left-padded prompt (the attention mask's running count). The logits are
+    those of the repeated pass (tests/test_generation.py), so the same seed draws the same tokens."""
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    if k == 1 or ids.shape[1] < 2:
+        return {"input_ids": ids, "attention_mask": mask, "num_return_sequences": k}
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    head = model(
+        input_ids=ids[:, :-1],
+        attention_mask=mask[:, :-1],
+        position_ids=positions[:, :-1],
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache = head.cache
+    cache.batch_repeat_interleave(k)
+    return {
+        "input_ids": ids.repeat_interleave(k, dim=0),
+        "attention_mask": mask.repeat_interleave(k, dim=0),
+        "cache": cache,
+    }
