@@ -28,6 +28,25 @@ def model_device(model: PreTrainedModel) -> torch.device:
     return next(model.parameters()).device
 
 
+GREEDY = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+
+
+def _decoding(temperature: float, top_p: float) -> dict:
+    """``model.generate``'s sampling arguments. transformers' own top-p sorts the whole vocabulary
+    (`decpo.inference.nucleus`); its warpers come after the ones passed here, so the temperature is passed here
+    too, before the nucleus, in transformers' order."""
+    processors = ([TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []) + (
+        [LargestFirstTopP(top_p)] if top_p < 1.0 else []
+    )
+    return {
+        "do_sample": True,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "top_k": None,
+        "logits_processor": LogitsProcessorList(processors),
+    }
+
+
 @torch.no_grad()
 def generate(
     model: PreTrainedModel,
@@ -63,27 +82,7 @@ def generate(
     model.eval()
     device = model_device(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    sampling = (
-        {
-            "do_sample": True,
-            # transformers' own top-p sorts the whole vocabulary; its warpers come after the ones passed here, so
-            # the temperature goes here too, before the nucleus, as transformers orders them
-            "temperature": 1.0,
-            "top_p": 1.0,
-            "top_k": None,
-            "logits_processor": LogitsProcessorList(
-                ([TemperatureLogitsWarper(temperature)] if temperature != 1.0 else [])
-                + ([LargestFirstTopP(top_p)] if top_p < 1.0 else [])
-            ),
-        }
-        if do_sample
-        else {
-            "do_sample": False,
-            "temperature": None,
-            "top_p": None,
-            "top_k": None,
-        }
-    )
+    sampling = _decoding(temperature, top_p) if do_sample else GREEDY
     old_side, old_trunc = tokenizer.padding_side, tokenizer.truncation_side
     tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
     outputs: list[str] = []
