@@ -6,6 +6,7 @@ the logged penalty under a short last batch; the probes on an FSDP2-sharded mode
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -201,13 +202,13 @@ def test_decpo_and_probes_in_two_processes_equal_one(tmp_path, monkeypatch):
     [(["model.use_peft=false"], "model.safetensors"), ([], "adapter_model.safetensors")],
     ids=["full", "lora"],
 )
-def test_fsdp2_in_two_processes_equals_one(tmp_path, extra, weights_file):
+def test_fsdp2_in_two_processes_equals_one(tmp_path, caplog, extra, weights_file):
     # DecPOTrainer sharded by FSDP2 (train.fsdp) on 2 CPU processes, accelerate patched to allow it on CPU
     # (`distributed_jobs.fsdp_on_cpu`: on its own it runs DDP there); plain DPO, full fine-tuning (the reference
     # a frozen copy: `decpo.training.build.reference_model`) or LoRA, 8 pairs = one global batch
     from decpo.models import TINY_NAME, load_model
 
-    args = [*COMMON, *extra]
+    args = [*[a for a in COMMON if not a.startswith("train.save_steps")], "train.save_steps=2", *extra]
     one, two = tmp_path / "one", tmp_path / "two"
     assert train_one(one, "train.per_device_train_batch_size=8", *args) == 0
     fsdp = "train.fsdp_config={version: 2, transformer_layer_cls_to_wrap: [LlamaDecoderLayer]}"
@@ -223,6 +224,17 @@ def test_fsdp2_in_two_processes_equals_one(tmp_path, extra, weights_file):
         assert torch.equal(loaded, weights[up])
     else:
         assert not torch.equal(loaded, dict(load_model(TINY_NAME).named_parameters())[up])
+
+    # as if stopped after step 2: FSDP's checkpoint (FULL_STATE_DICT: the weights and the optimizer state whole,
+    # keyed by name) resumes in one plain process to the same step 3 and final weights
+    assert {"pytorch_model_fsdp.bin", "optimizer.bin"} <= {p.name for p in (two / "checkpoint-2").iterdir()}
+    shutil.rmtree(two / "checkpoint-3")
+    shutil.rmtree(two / "final")
+    caplog.set_level(logging.INFO)
+    assert train_one(two, "train.per_device_train_batch_size=8", *args, "--allow-config-change") == 0
+    assert f"resuming from {two / 'checkpoint-2'}" in caplog.text
+    assert losses(two) == pytest.approx(losses(one), rel=1e-5)
+    assert_same_final_weights(one, two, weights_file)
 
 
 # TRL's token-pooled means: the sum over the batch's tokens over their count. Two processes pool the global
