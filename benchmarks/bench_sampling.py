@@ -12,7 +12,7 @@ texts. Each repeat times both paths on the same batch, the one going first alter
 batch per path, and the ratio transformers / decpo (min / median / max over repeats).
 
     python benchmarks/bench_sampling.py --model tiny-random-llama            # seconds
-    python benchmarks/bench_sampling.py --model default                      # SmolLM2-135M, about 4 min
+    python benchmarks/bench_sampling.py --model default                      # SmolLM2-135M, about 3 min
     python benchmarks/bench_sampling.py --model default --write benchmarks/RESULTS.md
 """
 
@@ -50,7 +50,7 @@ def prompts_for(n: int) -> tuple[list[str], str]:
     except DataError:
         found = []
     if len(found) >= n:
-        return [p if isinstance(p, str) else p["prompt"] for p in found[:n]], "toxicity train prompts"
+        return [r["prompt"] for r in found[:n]], "toxicity train prompts"
     return [FALLBACK[i % len(FALLBACK)] for i in range(n)], "built-in texts (no toxicity data found)"
 
 
